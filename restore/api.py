@@ -1,0 +1,102 @@
+"""The Python API: ``restore(image, task, ...)`` and ``Restorer`` (keeps loaded priors for many images)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from restore import io, metrics
+from restore.posterior import Posterior
+from restore.priors import registry
+from restore.solvers import base
+from restore.tasks import Task, TaskError, parse
+
+DEFAULT_SOLVER = "langevin"
+
+
+class Restorer:
+    """Restores many images with one solver, loading each prior once.
+
+    Args:
+        solver: registered solver name (``restore.solvers.base.names()``).
+        prior: registered prior name; None = the solver's default prior.
+        device: torch device string.
+        **options: solver config overrides (e.g. ``iterations=1000``).
+    """
+
+    def __init__(self, solver: str = DEFAULT_SOLVER, prior: str | None = None, device: str = "cpu", **options):
+        self.solver = base.get(solver, **options)
+        self.prior_name = prior or self.solver.default_prior
+        registry.spec(self.prior_name)  # fail early on an unknown name
+        self.device = torch.device(device)
+        self._priors: dict[str, registry.Prior] = {}
+
+    def prior(self) -> registry.Prior:
+        if self.prior_name not in self._priors:
+            self._priors[self.prior_name] = registry.load(self.prior_name, self.device)
+        return self._priors[self.prior_name]
+
+    def __call__(self, image, task: str | Task, samples: int = 8, seed: int = 0, ground_truth=None,
+                 progress: base.ProgressFn | None = None) -> Posterior:
+        """Restore one degraded image.
+
+        Args:
+            image: the observation y: a path, numpy array, PIL image or tensor (see ``restore.io.to_tensor``). For
+                SR it is the low-resolution image; the result is ``factor`` times larger.
+            task: the degradation, a spec string (``restore.tasks``) or a Task.
+            samples: number of posterior samples K >= 1.
+            seed: the only source of randomness; same seed, same output.
+            ground_truth: optional clean image of the restored size; adds ``meta['metrics']``.
+            progress: optional ``callback(fraction, message)``.
+        """
+        task = parse(task)
+        reason = self.solver.supports(task)
+        if reason:
+            raise base.SolverError(reason)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise base.SolverError(f"samples must be a whole number >= 1; got {samples!r}")
+        y = io.to_tensor(image, observation=True).to(self.device)
+        x_shape = task.x_shape(tuple(y.shape))
+        io.check_size(x_shape[2], x_shape[3], "restored size")
+        physics = task.physics(x_shape, device=self.device)
+        if task.kind == "inpaint":
+            y = y * physics.mask  # unobserved pixels carry no information, whatever the file holds there
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        t0 = time.perf_counter()
+        prior = self.prior()
+        t_prior = time.perf_counter() - t0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="deepinv")
+            post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
+        post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
+        post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
+        if ground_truth is not None:
+            truth = io.to_tensor(ground_truth).to(self.device)
+            if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
+                truth = truth.mean(1, keepdim=True).expand_as(post.mean)
+            post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
+        return post
+
+    def simulate(self, clean, task: str | Task, seed: int = 0) -> torch.Tensor:
+        """Degrade a clean image with the task (for demos and benchmarks); returns y (1, C, h, w)."""
+        task = parse(task)
+        x = io.to_tensor(clean).to(self.device)
+        g = torch.Generator(device=self.device).manual_seed(int(seed))
+        y, _ = task.simulate(x, g)
+        return y
+
+
+def restore(image, task: str | Task, solver: str = DEFAULT_SOLVER, prior: str | None = None, samples: int = 8,
+            seed: int = 0, device: str = "cpu", ground_truth=None, progress: base.ProgressFn | None = None,
+            **options) -> Posterior:
+    """Restore one degraded image and return its :class:`Posterior` (mean, samples, std, meta).
+
+    ``options`` override the solver's config fields. See :class:`Restorer` for the arguments.
+    """
+    return Restorer(solver, prior, device, **options)(image, task, samples=samples, seed=seed,
+                                                      ground_truth=ground_truth, progress=progress)
+
+
+__all__ = ["restore", "Restorer", "DEFAULT_SOLVER", "TaskError"]

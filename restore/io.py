@@ -1,0 +1,199 @@
+"""Reading and writing images with validation and clear errors.
+
+Every image that enters the package goes through :func:`to_tensor`: the result is a float32 tensor of shape
+(1, C, H, W), C in {1, 3}, values in [0, 1]. Files are written atomically (temporary name, then rename), so an
+interrupted run never leaves a truncated output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+MIN_SIDE = 8  # below this no prior or solver here means anything
+MAX_PIXELS = 4096 * 4096  # per image; larger photos must be tiled (planned: restore.tiling) or downscaled first
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the problem and, when known, the file."""
+
+
+def _where(source) -> str:
+    return f" ({source})" if source else ""
+
+
+def _array_to_unit_float(arr: np.ndarray, source=None, observation: bool = False) -> np.ndarray:
+    """Integer images are scaled by their dtype's range; float images must already lie in [0, 1].
+
+    An ``observation`` (a noisy measurement held in memory) may stray outside [0, 1] by noise: [-1, 2] is accepted
+    and kept as is, since clipping would bias the likelihood."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.itemsize > 2:
+            raise ImageError(f"unsupported integer image type {arr.dtype}{_where(source)}: use 8 or 16 bits per channel")
+        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise ImageError(f"image contains {bad} NaN or infinite values{_where(source)}")
+        lo, hi = float(arr.min()), float(arr.max())
+        if observation and lo >= -1 and hi <= 2:
+            return arr
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            allowed = "[-1, 2] for a noisy observation" if observation else "[0, 1]"
+            raise ImageError(f"float image values must lie in {allowed}; got range [{lo:.3g}, {hi:.3g}]{_where(source)}")
+        return np.clip(arr, 0.0, 1.0)
+    raise ImageError(f"unsupported image data type {arr.dtype}{_where(source)}")
+
+
+def _hwc(arr: np.ndarray, source=None) -> np.ndarray:
+    """Bring an array to (H, W, C) with C in {1, 3}; RGBA loses alpha with a warning."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) array
+    if arr.ndim != 3:
+        raise ImageError(f"expected a 2-D grey or 3-D colour image; got an array of shape {arr.shape}{_where(source)}")
+    c = arr.shape[2]
+    if c == 4:
+        warnings.warn(f"RGBA image{_where(source)}: the alpha channel is dropped", stacklevel=3)
+        arr = arr[:, :, :3]
+    elif c == 2:
+        warnings.warn(f"grey+alpha image{_where(source)}: the alpha channel is dropped", stacklevel=3)
+        arr = arr[:, :, :1]
+    elif c not in (1, 3):
+        raise ImageError(f"images must have 1, 3 or 4 channels; got {c}{_where(source)}")
+    return arr
+
+
+def check_size(h: int, w: int, source=None, max_pixels: int = MAX_PIXELS):
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"image of {w}x{h} pixels is too small{_where(source)}: each side needs at least {MIN_SIDE}")
+    if h * w > max_pixels:
+        raise ImageError(f"image of {w}x{h} = {h * w / 1e6:.1f} megapixels is over the limit of {max_pixels / 1e6:.1f} "
+                         f"megapixels{_where(source)}; downscale or crop it first")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Read an image file into a (1, C, H, W) float32 tensor in [0, 1].
+
+    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning.
+    Raises :class:`ImageError` (or FileNotFoundError) naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image file: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"empty file: {path}")
+    try:
+        arr = iio.imread(path)
+    except Exception as exc:  # imageio raises many types for undecodable data
+        raise ImageError(f"cannot read {path} as an image: {type(exc).__name__}: {exc}") from None
+    if arr.ndim == 4:  # animated GIF / multi-page TIFF: first frame
+        warnings.warn(f"{path} holds {arr.shape[0]} frames; using the first", stacklevel=2)
+        arr = arr[0]
+    return to_tensor(arr, source=path, max_pixels=max_pixels)
+
+
+def to_tensor(image, source=None, max_pixels: int = MAX_PIXELS, observation: bool = False) -> torch.Tensor:
+    """Convert a path, numpy array, PIL image or tensor to a validated (1, C, H, W) float32 tensor in [0, 1].
+
+    Arrays may be (H, W), (H, W, C) or (C, H, W); tensors (C, H, W) or (1, C, H, W). Integer data is scaled
+    by its range (uint8 by 255, uint16 by 65535); float data must already be in [0, 1] ([-1, 2] for an
+    ``observation``, whose noise may leave the range).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels=max_pixels)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ImageError(f"expected a single image (batch size 1); got a batch of {t.shape[0]}")
+            t = t[0]
+        if t.ndim == 2:
+            t = t[None]
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise ImageError(f"expected a tensor of shape (C, H, W) or (1, C, H, W) with C in 1, 3, 4; "
+                             f"got {tuple(image.shape)}")
+        arr = t.permute(1, 2, 0).numpy()
+    else:
+        try:
+            from PIL import Image
+            if isinstance(image, Image.Image):
+                image = np.asarray(image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image)
+        except ImportError:  # pragma: no cover - PIL comes with imageio
+            pass
+        if not isinstance(image, np.ndarray):
+            raise ImageError(f"cannot use an object of type {type(image).__name__} as an image: pass a file path, "
+                             "a numpy array, a PIL image or a torch tensor")
+        arr = image
+    arr = _array_to_unit_float(_hwc(np.asarray(arr), source), source, observation)
+    check_size(arr.shape[0], arr.shape[1], source, max_pixels)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+
+
+def to_numpy_image(x: torch.Tensor) -> np.ndarray:
+    """(1, C, H, W) or (C, H, W) tensor -> (H, W) or (H, W, 3) float array in [0, 1]."""
+    if x.ndim == 4:
+        x = x[0]
+    arr = x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def _atomic(path: Path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, bit_depth: int = 8) -> Path:
+    """Write an image in [0, 1] as PNG/TIFF (8 or 16 bits per channel) atomically. Returns the path."""
+    path = Path(path)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16; got {bit_depth}")
+    arr = to_numpy_image(x) if isinstance(x, torch.Tensor) else np.clip(np.asarray(x, dtype=np.float32), 0, 1)
+    if bit_depth == 16 and path.suffix.lower() in (".jpg", ".jpeg"):
+        raise ValueError("JPEG cannot hold 16-bit images: use .png or .tiff")
+    scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    data = np.round(arr * scale).astype(dtype)
+    ext = path.suffix
+    _atomic(path, lambda tmp: iio.imwrite(tmp, data, extension=ext))
+    return path
+
+
+def write_array(path: str | os.PathLike, arr: np.ndarray) -> Path:
+    """Write a float array as .npy or float32 .tiff atomically."""
+    path = Path(path)
+    arr = np.asarray(arr, dtype=np.float32)
+    if path.suffix == ".npy":
+        def save_npy(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        _atomic(path, save_npy)
+    elif path.suffix in (".tif", ".tiff"):
+        import tifffile
+        _atomic(path, lambda tmp: tifffile.imwrite(tmp, arr))
+    else:
+        raise ValueError(f"arrays are written as .npy or .tiff; got {path.suffix!r}")
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
+    return path

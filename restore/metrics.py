@@ -1,0 +1,126 @@
+"""Image-quality and calibration metrics. Images are (B, C, H, W) float tensors in [0, 1].
+
+Definitions (fixed, so numbers are comparable across the project):
+- PSNR: 10 log10(1 / MSE) on [0, 1] images, MSE over all channels and pixels, no border crop, per image.
+- SSIM: ``SSIM_DEFINITION`` below (deepinv 0.5.0 -> torchmetrics), no border crop.
+- LPIPS (AlexNet, the ``lpips`` package's linear heads): only when the torchvision AlexNet backbone file is on disk
+  (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``); otherwise ``None`` with the reason. Never downloads.
+- Coverage(level): fraction of pixel values whose truth lies in the posterior's central credible interval.
+- std-error rank correlation: Spearman correlation, over pixels, of the posterior std and |mean - truth|.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+SSIM_DEFINITION = ("SSIM of Wang et al. 2004 as computed by torchmetrics (via deepinv 0.5.0): 11x11 Gaussian window, "
+                   "sigma 1.5, K1=0.01, K2=0.03, data range 1, averaged over channels and pixels, no border crop")
+LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image, shape (B,)."""
+    mse = ((x.float().clamp(0, 1) - ref.float()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """SSIM per image, shape (B,); see ``SSIM_DEFINITION``. Images smaller than the window are rejected."""
+    from deepinv.loss.metric import SSIM
+
+    if min(x.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels; got {x.shape[-1]}x{x.shape[-2]}")
+    return SSIM()(x.float().clamp(0, 1), ref.float())
+
+
+def _torch_hub_checkpoints() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+
+def lpips_status() -> tuple[bool, str]:
+    """(available, reason): LPIPS needs its backbone on disk; nothing is downloaded."""
+    f = _torch_hub_checkpoints() / LPIPS_BACKBONE
+    if f.exists():
+        return True, f"backbone found at {f}"
+    return False, f"LPIPS backbone {LPIPS_BACKBONE} not found in {f.parent} (offline: it is never downloaded)"
+
+
+_LPIPS = None
+
+
+def lpips(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor | None:
+    """LPIPS-Alex per image (B,), or None when the backbone is not on disk (see :func:`lpips_status`)."""
+    global _LPIPS
+    ok, _ = lpips_status()
+    if not ok:
+        return None
+    if _LPIPS is None:
+        import lpips as lp
+
+        _LPIPS = lp.LPIPS(net="alex", verbose=False).eval()
+    with torch.no_grad():
+        return _LPIPS(x.float().clamp(0, 1) * 2 - 1, ref.float() * 2 - 1).flatten()
+
+
+def coverage(posterior, truth: torch.Tensor, level: float = 0.9, method: str = "auto") -> float:
+    """Fraction of pixel values of ``truth`` (1, C, H, W) inside the central ``level`` credible interval."""
+    lo, hi = posterior.interval(level, method=method)
+    inside = (truth >= lo) & (truth <= hi)
+    return float(inside.float().mean())
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equally shaped tensors (flattened); ties get arbitrary distinct ranks."""
+    a, b = a.flatten().double(), b.flatten().double()
+    if a.numel() < 3:
+        raise ValueError("rank correlation needs at least 3 values")
+    ra = torch.empty_like(a)
+    ra[a.argsort()] = torch.arange(a.numel(), dtype=torch.float64)
+    rb = torch.empty_like(b)
+    rb[b.argsort()] = torch.arange(b.numel(), dtype=torch.float64)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = (ra.norm() * rb.norm()).item()
+    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def std_error_correlation(posterior, truth: torch.Tensor) -> float:
+    """Spearman correlation over pixels between the posterior std and |mean - truth| (channel-averaged)."""
+    err = (posterior.mean - truth).abs().mean(1)
+    return spearman(posterior.std.mean(1), err)
+
+
+def diversity(posterior) -> float:
+    """Mean pixel-wise std of the samples (0 for a single sample): how much the samples differ."""
+    if posterior.n_samples < 2:
+        return 0.0
+    return float(posterior.samples.std(0).mean())
+
+
+def report(posterior, truth: torch.Tensor, observation: torch.Tensor | None = None) -> dict:
+    """All metrics of a posterior against the ground truth, as a JSON-ready dict."""
+    if truth.shape != posterior.mean.shape:
+        raise ValueError(f"ground truth of shape {tuple(truth.shape)} does not match the restored image "
+                         f"{tuple(posterior.mean.shape)}")
+    out = {
+        "psnr": float(psnr(posterior.mean, truth)[0]),
+        "ssim": float(ssim(posterior.mean, truth)[0]),
+        "ssim_definition": SSIM_DEFINITION,
+        "coverage_50": coverage(posterior, truth, 0.5),
+        "coverage_90": coverage(posterior, truth, 0.9),
+        "coverage_95": coverage(posterior, truth, 0.95),
+        "std_error_spearman": std_error_correlation(posterior, truth),
+        "mean_std": float(posterior.std.mean()),
+        "sample_diversity": diversity(posterior),
+        "sample_psnr_mean": float(psnr(posterior.samples, truth.expand_as(posterior.samples)).mean()),
+    }
+    lp = lpips(posterior.mean, truth)
+    out["lpips"] = None if lp is None else float(lp[0])
+    if lp is None:
+        out["lpips_reason"] = lpips_status()[1]
+    if observation is not None and observation.shape == truth.shape:
+        out["psnr_input"] = float(psnr(observation, truth)[0])
+        out["ssim_input"] = float(ssim(observation, truth)[0])
+    return out

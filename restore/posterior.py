@@ -1,0 +1,126 @@
+"""The one result type every solver returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Posterior:
+    """Posterior summary for one image.
+
+    Attributes:
+        mean: (1, C, H, W) MMSE estimate in [0, 1].
+        samples: (K, C, H, W) posterior samples in [0, 1], K >= 1.
+        std: (1, C, H, W) pixel-wise posterior standard deviation (same units as the image). When a solver does not
+            give one (e.g. from a long chain), it is the unbiased std of ``samples`` (0 when K == 1).
+        meta: solver, prior, task, config, seed, timings (seconds), versions.
+    """
+
+    mean: torch.Tensor
+    samples: torch.Tensor
+    std: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.samples.ndim != 4:
+            raise ValueError(f"samples must be (K, C, H, W); got {tuple(self.samples.shape)}")
+        if self.mean.ndim == 3:
+            self.mean = self.mean[None]
+        if self.mean.shape[1:] != self.samples.shape[1:] or self.mean.shape[0] != 1:
+            raise ValueError(f"mean {tuple(self.mean.shape)} does not match samples {tuple(self.samples.shape)}")
+        if self.std is None:
+            k = self.samples.shape[0]
+            self.std = self.samples.std(dim=0, keepdim=True) if k > 1 else torch.zeros_like(self.mean)
+        self.mean = self.mean.detach().float()
+        self.samples = self.samples.detach().float()
+        self.std = self.std.detach().float()
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    def quantile(self, q: float) -> torch.Tensor:
+        """Pixel-wise empirical quantile of the samples, (1, C, H, W); q in [0, 1]."""
+        if not 0 <= q <= 1:
+            raise ValueError(f"quantile q must be in [0, 1]; got {q}")
+        return torch.quantile(self.samples, q, dim=0, keepdim=True)
+
+    def interval(self, level: float = 0.9, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-wise central credible interval (lower, upper), each (1, C, H, W).
+
+        ``method='quantile'`` uses the empirical quantiles of the samples; ``'gaussian'`` uses mean +- z * std.
+        ``'auto'`` picks quantiles when there are enough samples to resolve the tails (K >= 2 / (1 - level)),
+        else the Gaussian form.
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"credible level must be in (0, 1); got {level}")
+        if method == "auto":
+            method = "quantile" if self.n_samples >= 2 / (1 - level) else "gaussian"
+        if method == "quantile":
+            a = (1 - level) / 2
+            return self.quantile(a), self.quantile(1 - a)
+        if method == "gaussian":
+            z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(0.5 + level / 2)))
+            return self.mean - z * self.std, self.mean + z * self.std
+        raise ValueError(f"unknown interval method {method!r}; use 'auto', 'quantile' or 'gaussian'")
+
+    def save(self, directory: str | os.PathLike, bit_depth: int = 8, std_format: str = "npy",
+             max_samples: int | None = None, extras: dict | None = None) -> Path:
+        """Write the posterior to ``directory`` (replaced as a whole, atomically):
+
+        ``mean.png``, ``samples/sample_000.png``..., ``std.npy`` or ``std.tiff`` (float32, (H, W, C)),
+        ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
+        ``meta.json``, and any ``extras`` (file name -> image tensor, e.g. the observation). PNGs are 8- or 16-bit.
+        Returns the directory.
+        """
+        from restore import io, viz
+
+        if std_format not in ("npy", "tiff"):
+            raise ValueError(f"std_format must be 'npy' or 'tiff'; got {std_format!r}")
+        out = Path(directory)
+        tmp = out.with_name(f".{out.name}.partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            io.write_image(tmp / "mean.png", self.mean, bit_depth)
+            n = self.n_samples if max_samples is None else min(max_samples, self.n_samples)
+            for k in range(n):
+                io.write_image(tmp / "samples" / f"sample_{k:03d}.png", self.samples[k], bit_depth)
+            std_hwc = self.std[0].permute(1, 2, 0).numpy()
+            io.write_array(tmp / f"std.{std_format}", std_hwc)
+            scale = viz.save_std_heatmap(self.std, tmp / "std.png")
+            io.write_text(tmp / "std_scale.json", json.dumps(scale, indent=2) + "\n")
+            for fname, img in (extras or {}).items():
+                io.write_image(tmp / fname, img, bit_depth)
+            io.write_text(tmp / "meta.json", json.dumps(_jsonable(self.meta), indent=2) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return out
+
+
+def _jsonable(obj):
+    """Recursively turn tensors, numpy scalars and paths into JSON-friendly values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist() if obj.numel() <= 16 else f"tensor{tuple(obj.shape)}"
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)

@@ -1,0 +1,134 @@
+"""One registry of priors: a name -> a loader returning a :class:`Prior` (an ``nn.Module`` plus its model card).
+
+Weight-free priors (``wavelet``, ``tv``) need no files. Trained priors are loaded from ``models/NAME.pt`` with the
+card ``models/NAME.json`` beside it; the models folder is ``$RESTORE_MODELS`` or the repository's ``models/``.
+Weights are stored in float16 and cast to float32 on load. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class PriorError(ValueError):
+    """Unknown prior name, missing or unusable checkpoint; the message says which and what to do."""
+
+
+@dataclass
+class Prior:
+    """A loaded prior: ``module`` (eval mode, no grad on its parameters) and its ``card`` (name, kind, architecture,
+    training data, steps, measured quality). ``kind`` is one of 'denoiser', 'cae', 'flow', 'tokens'."""
+
+    name: str
+    kind: str
+    module: torch.nn.Module
+    card: dict = field(default_factory=dict)
+
+    def to(self, device) -> "Prior":
+        self.module.to(device)
+        return self
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    kind: str
+    loader: Callable[[], Prior]
+    description: str
+    file: str | None = None  # checkpoint stem under the models folder, if any
+
+
+def models_dir() -> Path:
+    env = os.environ.get("RESTORE_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _wavelet() -> Prior:
+    from deepinv.models import WaveletDenoiser
+
+    card = {"name": "wavelet", "kind": "denoiser", "architecture": "orthogonal db8 wavelet soft-thresholding, 3 levels "
+            "(deepinv WaveletDenoiser); sigma is the threshold", "training_data": "none (weight-free)", "steps": 0}
+    return Prior("wavelet", "denoiser", _frozen(WaveletDenoiser(level=3, wv="db8")), card)
+
+
+def _tv() -> Prior:
+    from deepinv.models import TVDenoiser
+
+    card = {"name": "tv", "kind": "denoiser", "architecture": "isotropic total-variation proximal operator, 20 "
+            "primal-dual iterations (deepinv TVDenoiser); sigma is the regularisation weight",
+            "training_data": "none (weight-free)", "steps": 0}
+    return Prior("tv", "denoiser", _frozen(TVDenoiser(n_it_max=20)), card)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PriorError(f"checkpoint not found: {path}. Train it (see models/MODELS.md) or set $RESTORE_MODELS")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PriorError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck or "config" not in ck:
+        raise PriorError(f"{path} is not a restore checkpoint (expected a dict with 'config' and 'state_dict')")
+    ck["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
+    return ck
+
+
+def read_card(stem: str) -> dict:
+    f = models_dir() / f"{stem}.json"
+    return json.loads(f.read_text()) if f.exists() else {"name": stem}
+
+
+def _score(stem: str) -> Callable[[], Prior]:
+    def load() -> Prior:
+        from restore.priors.denoiser import ScoreDenoiser
+
+        ck = load_checkpoint(models_dir() / f"{stem}.pt")
+        net = ScoreDenoiser(**ck["config"])
+        try:
+            net.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            raise PriorError(f"checkpoint {stem}.pt does not fit ScoreDenoiser{ck['config']}: {exc}") from None
+        return Prior(stem, "denoiser", _frozen(net), read_card(stem))
+
+    return load
+
+
+PRIORS: dict[str, PriorSpec] = {
+    "wavelet": PriorSpec("denoiser", _wavelet, "weight-free wavelet soft-thresholding (baseline)"),
+    "tv": PriorSpec("denoiser", _tv, "weight-free total variation (baseline)"),
+    "score-natural": PriorSpec("denoiser", _score("score-natural"),
+                               "noise-conditional DRUNet denoiser / score network trained on BSD432", "score-natural"),
+}
+
+
+def names(kind: str | None = None) -> list[str]:
+    return [n for n, s in PRIORS.items() if kind is None or s.kind == kind]
+
+
+def available(kind: str | None = None) -> list[str]:
+    """Registered priors whose files are on disk."""
+    return [n for n in names(kind) if PRIORS[n].file is None or (models_dir() / f"{PRIORS[n].file}.pt").exists()]
+
+
+def spec(name: str) -> PriorSpec:
+    if name not in PRIORS:
+        raise PriorError(f"unknown prior {name!r}; known priors: {', '.join(PRIORS)}")
+    return PRIORS[name]
+
+
+def load(name: str, device: str | torch.device = "cpu") -> Prior:
+    """Load a registered prior by name onto ``device``."""
+    return spec(name).loader().to(device)

@@ -1,0 +1,168 @@
+"""The solver interface and registry.
+
+Every solver is called the same way::
+
+    posterior = solver(y, physics, prior, n_samples=K, generator=g, progress=cb)
+
+with y the observation (1, C, h, w), physics a deepinv ``LinearPhysics`` acting on images of the restored size,
+prior a loaded :class:`restore.priors.registry.Prior`, g a ``torch.Generator`` (the only source of randomness) and
+cb an optional ``progress(fraction in [0, 1], message)`` callable. It returns a :class:`restore.Posterior`.
+
+Paper defaults live in a dataclass config per solver; any field can be overridden by keyword:
+``get("langevin", iterations=2000)``. Adding a solver = one new module defining a ``Solver`` subclass + one line
+in ``SOLVERS`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import platform
+import time
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from restore.posterior import Posterior
+
+ProgressFn = Callable[[float, str], None]
+
+# name -> module defining it (imported on first use, so `import restore` stays light)
+SOLVERS: dict[str, str] = {
+    "langevin": "restore.solvers.langevin",
+}
+
+
+class SolverError(ValueError):
+    """A solver cannot run on this input (unknown name, unsupported task or prior, bad observation)."""
+
+
+class Solver:
+    """Base class: validates inputs, times the run, fills ``Posterior.meta``; subclasses implement ``_solve``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = type(None)
+    prior_kinds: ClassVar[tuple[str, ...]] = ("denoiser",)
+    default_prior: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ("denoise", "deblur", "sr", "inpaint")
+    needs_noise_level: ClassVar[bool] = True  # False for solvers that estimate unknown (real) noise
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config=None, **overrides):
+        base = config if config is not None else self.config_cls()
+        known = {f.name for f in dataclasses.fields(base)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise SolverError(f"{self.name} has no option {', '.join(sorted(unknown))}; options: {', '.join(sorted(known))}")
+        self.config = dataclasses.replace(base, **overrides)
+
+    def supports(self, task) -> str | None:
+        """None if the solver can run ``task`` (a restore.tasks.Task), else the reason it cannot."""
+        if task.kind not in self.tasks:
+            return f"solver {self.name!r} does not support {task.kind} tasks (it supports: {', '.join(self.tasks)})"
+        if task.variant == "real" and self.needs_noise_level:
+            return (f"solver {self.name!r} needs a known noise level; for denoise:real (unknown noise) use a solver that "
+                    "estimates it")
+        return None
+
+    def __call__(self, y: torch.Tensor, physics, prior, *, n_samples: int = 8, generator: torch.Generator | None = None,
+                 progress: ProgressFn | None = None) -> Posterior:
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise SolverError(f"n_samples must be a whole number >= 1; got {n_samples!r}")
+        if y.ndim != 4 or y.shape[0] != 1:
+            raise SolverError(f"y must have shape (1, C, H, W); got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise SolverError("the observation contains NaN or infinite values")
+        if prior is not None and prior.kind not in self.prior_kinds:
+            raise SolverError(f"solver {self.name!r} runs on {' or '.join(self.prior_kinds)} priors; "
+                              f"{prior.name!r} is a {prior.kind} prior")
+        if generator is None:
+            generator = torch.Generator(device=y.device).manual_seed(0)
+        report = progress or (lambda f, m: None)
+        t0 = time.perf_counter()
+        post = self._solve(y, physics, prior, n_samples=n_samples, generator=generator, progress=report)
+        seconds = time.perf_counter() - t0
+        report(1.0, "done")
+        post.meta.setdefault("timings", {})["total_s"] = round(seconds, 4)
+        post.meta.update({
+            "solver": self.name,
+            "prior": getattr(prior, "name", None),
+            "config": dataclasses.asdict(self.config),
+            "n_samples": n_samples,
+            "versions": versions(),
+        })
+        return post
+
+    def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover
+        raise NotImplementedError
+
+
+def versions() -> dict:
+    import deepinv
+
+    import restore
+
+    return {"restore": restore.__version__, "torch": torch.__version__, "deepinv": deepinv.__version__,
+            "python": platform.python_version()}
+
+
+def names() -> list[str]:
+    return list(SOLVERS)
+
+
+def solver_class(name: str) -> type[Solver]:
+    if name not in SOLVERS:
+        raise SolverError(f"unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}")
+    module = importlib.import_module(SOLVERS[name])
+    return module.SOLVER
+
+
+def get(name: str, config=None, **overrides) -> Solver:
+    """A configured solver instance by name; keyword overrides replace config fields."""
+    return solver_class(name)(config, **overrides)
+
+
+# ---- helpers shared by solvers ---------------------------------------------------------------------------------
+
+def noise_sigma(physics, y: torch.Tensor) -> float:
+    """Gaussian std standing for the physics' noise model (Poisson: sqrt(gain * mean(y) + sigma^2)), floored at 1e-3."""
+    nm = getattr(physics, "noise_model", None)
+    sigma = float(getattr(nm, "sigma", 0.0) or 0.0) if nm is not None else 0.0
+    gain = getattr(nm, "gain", None)
+    var = sigma**2
+    if gain is not None and type(nm).__name__ != "GaussianNoise":
+        var += float(gain) * float(y.clamp_min(0).mean())
+    return max(math.sqrt(var), 1e-3)
+
+
+def initial_estimate(y: torch.Tensor, physics) -> torch.Tensor:
+    """A cheap image-sized estimate to start from: y for denoising/deblurring, bicubic upsampling for SR,
+    normalised-convolution fill of missing pixels for inpainting, A^T y otherwise."""
+    kind = type(physics).__name__
+    if kind in ("Denoising", "Blur", "BlurFFT"):
+        return y.clone()
+    if kind == "Downsampling":
+        return F.interpolate(y, scale_factor=physics.factor, mode="bicubic", align_corners=False).clamp(0, 1)
+    if kind == "Inpainting":
+        mask = physics.mask.expand_as(y).float()
+        x = y * mask
+        filled, weight = x, mask
+        # grow the observed region with growing box filters until every pixel has a value
+        for r in (1, 2, 4, 8, 16, 32, 64):
+            w = 2 * r + 1
+            num = F.avg_pool2d(x, w, stride=1, padding=r, count_include_pad=False)
+            den = F.avg_pool2d(mask, w, stride=1, padding=r, count_include_pad=False)
+            est = num / den.clamp_min(1e-6)
+            filled = torch.where(weight > 0, filled, torch.where(den > 0, est, filled))
+            weight = torch.maximum(weight, (den > 0).float())
+            if bool((weight > 0).all()):
+                break
+        return torch.where(weight > 0, filled, torch.full_like(filled, 0.5)).clamp(0, 1)
+    return physics.A_adjoint(y).clamp(0, 1)
+
+
+def randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn only from ``generator``."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)

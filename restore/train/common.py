@@ -1,0 +1,121 @@
+"""Shared pieces of the training scripts: image loading, random patches, EMA, atomic resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted by relative path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}")
+    return files
+
+
+def load_uint8_images(files: list[Path]) -> list[torch.Tensor]:
+    """Decode every file once into a (3, H, W) uint8 tensor (grey files are repeated to 3 channels)."""
+    out = []
+    for f in files:
+        arr = np.asarray(Image.open(f).convert("RGB"))
+        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+    return out
+
+
+def random_patches(images: list[torch.Tensor], batch: int, patch: int, gen: torch.Generator,
+                   grey_fraction: float = 0.0) -> torch.Tensor:
+    """A (batch, 3, patch, patch) float batch in [0, 1]: random image, crop, flip and 90-degree rotation.
+
+    A ``grey_fraction`` of the patches is made grey (three equal channels) so a colour network also learns grey images.
+    """
+    out = torch.empty(batch, 3, patch, patch)
+    idx = torch.randint(len(images), (batch,), generator=gen)
+    for b, i in enumerate(idx.tolist()):
+        img = images[i]
+        h, w = img.shape[-2:]
+        top = int(torch.randint(h - patch + 1, (1,), generator=gen))
+        left = int(torch.randint(w - patch + 1, (1,), generator=gen))
+        p = img[:, top:top + patch, left:left + patch].float() / 255.0
+        k = int(torch.randint(4, (1,), generator=gen))
+        if k:
+            p = torch.rot90(p, k, dims=(1, 2))
+        if torch.rand(1, generator=gen).item() < 0.5:
+            p = p.flip(-1)
+        if grey_fraction and torch.rand(1, generator=gen).item() < grey_fraction:
+            p = p.mean(0, keepdim=True).expand(3, -1, -1)
+        out[b] = p
+    return out
+
+
+def centre_crops(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """(N, 3, size, size) float centre crops in [0, 1] (for validation)."""
+    crops = []
+    for img in images:
+        h, w = img.shape[-2:]
+        t, l = (h - size) // 2, (w - size) // 2
+        crops.append(img[:, t:t + size, l:l + size].float() / 255.0)
+    return torch.stack(crops)
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int):
+        # warm-up as in common practice: short memory early on
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def save_atomic(obj, path: str | Path):
+    """torch.save to a temporary name then rename, so a kill never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: str | Path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def half_state_dict(state: dict) -> dict:
+    """Float tensors stored as float16 for shipping (loaders cast back to float32)."""
+    return {k: (v.half() if v.dtype.is_floating_point else v) for k, v in state.items()}
+
+
+class Clock:
+    """Wall time accumulated across resumed runs."""
+
+    def __init__(self, previous_seconds: float = 0.0):
+        self.previous = previous_seconds
+        self.start = time.time()
+
+    @property
+    def total(self) -> float:
+        return self.previous + time.time() - self.start

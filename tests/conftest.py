@@ -1,0 +1,30 @@
+import warnings
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(arr.astype(np.float32) / 255.0)
+    return (t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None].contiguous()
+
+
+@pytest.fixture(scope="session")
+def clean_rgb() -> torch.Tensor:
+    """(1, 3, 48, 48) natural colour crop (astronaut's face) in [0, 1]."""
+    return _tensor(skimage.data.astronaut()[60:156:2, 180:276:2])
+
+
+@pytest.fixture(scope="session")
+def clean_grey() -> torch.Tensor:
+    """(1, 1, 48, 48) natural grey crop (cameraman) in [0, 1]."""
+    return _tensor(skimage.data.camera()[80:176:2, 200:296:2])
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)

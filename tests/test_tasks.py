@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from restore.tasks import Task, TaskError, parse
+
+SPECS = [
+    "denoise:gaussian:sigma=0.1", "denoise:poisson:gain=0.05", "denoise:poisson-gaussian:gain=0.05,sigma=0.02",
+    "denoise:real", "deblur:gaussian:sigma=2,noise=0.01", "deblur:motion:size=9,seed=3,noise=0.01", "sr:x2",
+    "sr:bicubic:factor=4,noise=0.01", "inpaint:random:missing=0.5,seed=1", "inpaint:box:size=0.3,noise=0.01",
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_round_trips(spec):
+    t = parse(spec)
+    assert parse(str(t)) == t
+    assert str(parse(str(t))) == str(t)
+
+
+def test_defaults_and_aliases():
+    assert str(parse("sr:x4")) == "sr:bicubic:factor=4,noise=0.01"
+    assert parse("deblur") == parse("deblur:gaussian:sigma=2,noise=0.01")
+    assert parse(" Deblur:Gaussian:sigma=2 ") == parse("deblur:gaussian:sigma=2.0")
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s != "denoise:real"])
+def test_simulate_shapes_and_determinism(spec, clean_rgb):
+    t = parse(spec)
+    y1, physics = t.simulate(clean_rgb, torch.Generator().manual_seed(0))
+    y2, _ = t.simulate(clean_rgb, torch.Generator().manual_seed(0))
+    y3, _ = t.simulate(clean_rgb, torch.Generator().manual_seed(1))
+    assert tuple(y1.shape) == t.y_shape(tuple(clean_rgb.shape))
+    assert torch.equal(y1, y2)
+    assert not torch.equal(y1, y3)  # every task here has noise
+    assert physics.A(clean_rgb).shape == y1.shape
+    assert t.x_shape(tuple(y1.shape)) == tuple(clean_rgb.shape)
+
+
+def test_noise_level_matches_spec(clean_rgb):
+    y, _ = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    assert abs(float((y - clean_rgb).std()) - 0.1) < 0.01
+
+
+def test_blur_kernels_are_2d_and_normalised():
+    for spec in ("deblur:gaussian:sigma=2", "deblur:motion:size=15,seed=2"):
+        k = parse(spec).kernel()
+        assert k.ndim == 4 and k.shape[-1] > 1 and k.shape[-2] > 1  # a 1-D Gaussian kernel is deepinv's trap
+        assert abs(float(k.sum()) - 1) < 1e-5 and float(k.min()) >= 0
+    k1 = parse("deblur:motion:size=15,seed=2").kernel()
+    k2 = parse("deblur:motion:size=15,seed=2").kernel()
+    assert torch.equal(k1, k2)
+
+
+def test_masks(clean_rgb):
+    m = parse("inpaint:random:missing=0.5,seed=3").mask(clean_rgb.shape)
+    assert 0.4 < float(m.mean()) < 0.6
+    box = parse("inpaint:box:size=0.5").mask(clean_rgb.shape)
+    assert box[0, 0, 24, 24] == 0 and box[0, 0, 0, 0] == 1
+    assert abs(float(1 - box.mean()) - 0.25) < 0.02
+    y, physics = parse("inpaint:box:size=0.5").simulate(clean_rgb)
+    assert float(y[..., 24, 24].abs().max()) == 0  # missing pixels read as 0
+
+
+def test_user_kernel_and_mask_files(tmp_path, clean_rgb):
+    import imageio.v3 as iio
+    import numpy as np
+
+    k = np.zeros((5, 5)); k[2, :] = 1
+    np.save(tmp_path / "k.npy", k)
+    t = parse(f"deblur:kernel:path={tmp_path / 'k.npy'},noise=0")
+    assert parse(str(t)) == t
+    y, _ = t.simulate(clean_rgb)
+    assert y.shape == clean_rgb.shape
+    mask = np.full((48, 48), 255, np.uint8); mask[10:20, 10:20] = 0
+    iio.imwrite(tmp_path / "m.png", mask)
+    m = parse(f"inpaint:mask:path={tmp_path / 'm.png'}").mask(clean_rgb.shape)
+    assert float(m.sum()) == 48 * 48 - 100
+    with pytest.raises(TaskError, match="same size"):
+        parse(f"inpaint:mask:path={tmp_path / 'm.png'}").mask((1, 3, 64, 64))
+    with pytest.raises(TaskError, match="not found"):
+        parse("deblur:kernel:path=/nonexistent/k.npy").kernel()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("blur:gaussian", "unknown task kind 'blur'; known kinds: denoise, deblur, sr, inpaint"),
+    ("deblur:foo", "known: gaussian, motion, kernel"),
+    ("denoise:gaussian", "needs the parameter 'sigma'"),
+    ("denoise:gaussian:sigma=25", "out of range"),
+    ("denoise:gaussian:sigma=0", "out of range"),
+    ("denoise:gaussian:sigma=nan", "finite"),
+    ("deblur:gaussian:sigma=2,noise=-0.1", "out of range"),
+    ("sr:x5", "SR factor"),
+    ("sr:bicubic:factor=2.5", "whole number"),
+    ("inpaint:random:missing=1.5", "missing fraction"),
+    ("deblur:gaussian:foo=1", "unknown: foo"),
+    ("deblur:gaussian:sigma", "key=value"),
+    ("", "non-empty"),
+])
+def test_bad_specs_have_clear_errors(spec, message):
+    with pytest.raises(TaskError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(spec)
+
+
+def test_sr_needs_divisible_size():
+    with pytest.raises(TaskError, match="not divisible by the SR factor 4"):
+        parse("sr:x4").simulate(torch.rand(1, 3, 30, 30))
+
+
+def test_real_noise_cannot_be_simulated(clean_rgb):
+    with pytest.raises(TaskError, match="cannot be simulated"):
+        parse("denoise:real").simulate(clean_rgb)
+
+
+def test_effective_sigma_for_poisson():
+    y = torch.full((1, 3, 8, 8), 0.5)
+    assert parse("denoise:gaussian:sigma=0.1").effective_sigma(y) == pytest.approx(0.1)
+    assert parse("denoise:poisson:gain=0.02").effective_sigma(y) == pytest.approx((0.02 * 0.5) ** 0.5, rel=1e-4)
+    assert isinstance(parse("sr:x2"), Task)
