@@ -95,14 +95,30 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
         raise ImageError(f"{path} is a folder, not an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"empty file: {path}")
-    try:
-        arr = iio.imread(path)
-    except Exception as exc:  # imageio raises many types for undecodable data
-        raise ImageError(f"cannot read {path} as an image: {type(exc).__name__}: {exc}") from None
+    arr = _read_16bit_capable(path)
+    if arr is None:
+        try:
+            arr = iio.imread(path)
+        except Exception as exc:  # imageio raises many types for undecodable data
+            raise ImageError(f"cannot read {path} as an image: {type(exc).__name__}: {exc}") from None
     if arr.ndim == 4:  # animated GIF / multi-page TIFF: first frame
         warnings.warn(f"{path} holds {arr.shape[0]} frames; using the first", stacklevel=2)
         arr = arr[0]
     return to_tensor(arr, source=path, max_pixels=max_pixels)
+
+
+def _read_16bit_capable(path: Path) -> np.ndarray | None:
+    """PNG/TIFF through OpenCV, which keeps 16-bit colour (Pillow reduces it to 8 bits); None if it cannot."""
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        return None
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # OpenCV's BGR(A) -> RGB(A)
+        arr = arr[:, :, [2, 1, 0, 3][:arr.shape[2]]]
+    return arr
 
 
 def to_tensor(image, source=None, max_pixels: int = MAX_PIXELS, observation: bool = False) -> torch.Tensor:
@@ -172,6 +188,15 @@ def write_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, bit_depth
     scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
     data = np.round(arr * scale).astype(dtype)
     ext = path.suffix
+    if bit_depth == 16 and data.ndim == 3 and ext.lower() == ".png":  # Pillow cannot write 16-bit colour PNG
+        import cv2
+
+        def write16(tmp):
+            if not cv2.imwrite(str(tmp) + ext, np.ascontiguousarray(data[:, :, ::-1])):
+                raise OSError(f"cannot write {path}")
+            os.replace(str(tmp) + ext, tmp)
+        _atomic(path, write16)
+        return path
     _atomic(path, lambda tmp: iio.imwrite(tmp, data, extension=ext))
     return path
 
@@ -187,7 +212,8 @@ def write_array(path: str | os.PathLike, arr: np.ndarray) -> Path:
         _atomic(path, save_npy)
     elif path.suffix in (".tif", ".tiff"):
         import tifffile
-        _atomic(path, lambda tmp: tifffile.imwrite(tmp, arr))
+        photometric = "rgb" if arr.ndim == 3 and arr.shape[2] == 3 else "minisblack"
+        _atomic(path, lambda tmp: tifffile.imwrite(tmp, arr, photometric=photometric))
     else:
         raise ValueError(f"arrays are written as .npy or .tiff; got {path.suffix!r}")
     return path

@@ -163,6 +163,20 @@ def initial_estimate(y: torch.Tensor, physics) -> torch.Tensor:
     return physics.A_adjoint(y).clamp(0, 1)
 
 
+def operator_norm_sq(physics, x_shape, generator: torch.Generator, iterations: int = 30) -> float:
+    """||A||^2 (largest eigenvalue of A^T A) by power iteration started from ``generator``: deterministic per seed,
+    unlike deepinv's ``compute_norm`` which draws its own start vector."""
+    v = torch.randn(x_shape, generator=generator, device=generator.device)
+    v = v / v.norm()
+    lam = 0.0
+    with torch.no_grad():
+        for _ in range(iterations):
+            w = physics.A_adjoint(physics.A(v))
+            lam = float((v * w).sum())
+            v = w / w.norm().clamp_min(1e-12)
+    return lam
+
+
 def randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise drawn only from ``generator``."""
     return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)

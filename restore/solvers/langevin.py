@@ -14,13 +14,12 @@ samples are the chains' final states. This solver stays as the baseline every be
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from restore.posterior import Posterior
-from restore.solvers.base import Solver, initial_estimate, noise_sigma, randn
+from restore.solvers.base import Solver, initial_estimate, noise_sigma, operator_norm_sq, randn
 
 
 @dataclass
@@ -48,10 +47,7 @@ class LangevinSolver(Solver):
             raise ValueError("iterations must be >= 2 and burnin in [0, 1)")
         sigma_y = noise_sigma(physics, y)
         x0 = initial_estimate(y, physics)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            norm_a = float(physics.compute_norm(torch.rand(x0.shape, generator=generator).to(x0), max_iter=50,
-                                                tol=1e-4, verbose=False))
+        norm_a = operator_norm_sq(physics, x0.shape, generator)
         eta = cfg.step_scale / (norm_a / sigma_y**2 + cfg.alpha / cfg.prior_sigma**2)
         fidelity = dinv.optim.L2(sigma=sigma_y)
         score_prior = dinv.optim.ScorePrior(denoiser=prior.module)

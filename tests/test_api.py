@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import restore
+from restore import Restorer
+from restore.io import ImageError
+from restore.priors.registry import PriorError
+from restore.solvers.base import SolverError
+from restore.tasks import TaskError
+
+FAST = {"iterations": 40}
+
+
+def test_restore_accepts_path_array_pil_tensor(tmp_path, clean_rgb):
+    from restore import io
+
+    r = Restorer("langevin", **FAST)
+    y = r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1", seed=0)
+    assert y.shape == clean_rgb.shape
+    io.write_image(tmp_path / "y.png", y)
+    arr = np.round(y.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    results = [r(src, "denoise:gaussian:sigma=0.1", samples=2, seed=1)
+               for src in (tmp_path / "y.png", str(tmp_path / "y.png"), arr, Image.fromarray(arr))]
+    for post in results[1:]:
+        assert torch.equal(post.mean, results[0].mean)  # the same 8-bit data whatever the container
+    assert r(y, "denoise:gaussian:sigma=0.1", samples=2, seed=1).mean.shape == clean_rgb.shape
+
+
+def test_top_level_function_with_ground_truth(clean_rgb):
+    r = Restorer("langevin", **FAST)
+    y = r.simulate(clean_rgb, "inpaint:random:missing=0.5,noise=0.01", seed=0)
+    post = restore.restore(y, "inpaint:random:missing=0.5,noise=0.01", solver="langevin", samples=3, seed=0,
+                           ground_truth=clean_rgb, **FAST)
+    m = post.meta["metrics"]
+    assert m["psnr"] > m["psnr_input"] + 3
+    assert 0 <= m["coverage_90"] <= 1 and "std_error_spearman" in m
+    assert post.meta["task"] == "inpaint:random:missing=0.5,noise=0.01,seed=0"
+    assert post.meta["seed"] == 0 and post.samples.shape[0] == 3
+
+
+def test_sr_output_is_larger(clean_rgb):
+    r = Restorer("langevin", **FAST)
+    y = r.simulate(clean_rgb, "sr:x2", seed=0)
+    post = r(y, "sr:x2", samples=2, ground_truth=clean_rgb)
+    assert y.shape[-1] == 24 and post.mean.shape == clean_rgb.shape
+
+
+def test_restorer_loads_prior_once(monkeypatch, clean_rgb):
+    from restore.priors import registry
+
+    calls = []
+    original = registry.load
+    monkeypatch.setattr(registry, "load", lambda *a, **k: calls.append(a) or original(*a, **k))
+    r = Restorer("langevin", prior="tv", iterations=5)
+    for _ in range(3):
+        r(clean_rgb, "denoise:gaussian:sigma=0.05", samples=1)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"solver": "nope"}, SolverError, "known solvers: langevin"),
+    ({"prior": "nope"}, PriorError, "known priors: wavelet, tv"),
+    ({"samples": 0}, SolverError, "samples must be a whole number >= 1"),
+    ({"task": "denoise:real"}, SolverError, "needs a known noise level"),
+    ({"task": "sharpen"}, TaskError, "unknown task kind"),
+    ({"iterations_typo": 3}, SolverError, "has no option iterations_typo"),
+])
+def test_clear_errors(kwargs, error, message, clean_rgb):
+    args = {"image": clean_rgb, "task": "denoise:gaussian:sigma=0.1", "samples": 1, **kwargs}
+    with pytest.raises(error, match=message):
+        restore.restore(**args)
+
+
+def test_bad_images_rejected(clean_rgb):
+    nan = clean_rgb.clone(); nan[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ImageError, match="NaN"):
+        restore.restore(nan, "denoise:gaussian:sigma=0.1", samples=1)
+    with pytest.raises(TaskError, match="same size"):
+        from restore.io import write_image
+        import tempfile, pathlib
+        d = pathlib.Path(tempfile.mkdtemp())
+        write_image(d / "m.png", torch.ones(1, 1, 10, 10))
+        restore.restore(clean_rgb, f"inpaint:mask:path={d / 'm.png'}", samples=1)
+
+
+def test_unknown_prior_file_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORE_MODELS", str(tmp_path))
+    from restore.priors import registry
+
+    assert "score-natural" not in registry.available()
+    with pytest.raises(PriorError, match="checkpoint not found"):
+        registry.load("score-natural")

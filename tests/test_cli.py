@@ -1,0 +1,114 @@
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from restore import cli, io
+
+runner = CliRunner()
+FAST = ["-O", "iterations=20", "-n", "2"]
+
+
+def invoke(*args):
+    argv = [str(a) for a in args]
+    if argv and argv[0] not in cli.SUBCOMMANDS:
+        argv.insert(0, "run")
+    return runner.invoke(cli.app, argv)
+
+
+@pytest.fixture
+def folder(tmp_path, clean_rgb, clean_grey):
+    d = tmp_path / "in"
+    io.write_image(d / "a.png", clean_rgb)
+    io.write_image(d / "sub" / "b.png", clean_grey)
+    io.write_image(d / "sub" / "c.jpg", clean_rgb)
+    (d / "sub" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (d / "notes.txt").write_text("not an image, not globbed")
+    return d
+
+
+def test_single_image_simulate(tmp_path, folder):
+    out = tmp_path / "out"
+    r = invoke(folder / "a.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST)
+    assert r.exit_code == 0, r.output
+    assert "psnr=" in r.output
+    for f in ("mean.png", "observation.png", "std.png", "std.npy", "std_scale.json", "samples/sample_001.png"):
+        assert (out / f).exists(), f
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metrics"]["psnr"] > meta["metrics"]["psnr_input"]
+
+
+def test_single_image_errors(tmp_path, folder):
+    r = invoke(folder / "sub" / "corrupt.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "cannot read" in r.output
+    assert not (tmp_path / "o").exists()  # nothing partial left behind
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-s", "magic")
+    assert r.exit_code == 2 and "unknown solver 'magic'" in r.output
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-O", "bad")
+    assert r.exit_code != 0
+
+
+def test_batch_keeps_going_reports_bad_file_and_resumes(tmp_path, folder):
+    out = tmp_path / "out"
+    args = ["batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", "--seed", "5", *FAST]
+    r = invoke(*args)
+    assert r.exit_code == 1, r.output
+    assert "restored 3, skipped 0 already done, failed 1 of 4" in r.output
+    assert "sub/corrupt.png" in r.output
+    for rel in ("a", "sub/b", "sub/c"):
+        assert (out / rel / "mean.png").exists()
+    assert (out / "sub" / "b" / "mean.png").exists()  # mirrored sub-folders
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error"]
+    assert len({r["seed"] for r in rows}) == 4  # per-image seeds
+    mtime = (out / "a" / "meta.json").stat().st_mtime_ns
+
+    # rerun: finished images are skipped; the bad one is tried again and still reported
+    (folder / "sub" / "new.png").write_bytes((folder / "a.png").read_bytes())
+    r = invoke(*args)
+    assert "restored 1, skipped 3 already done, failed 1 of 5" in r.output, r.output
+    assert (out / "a" / "meta.json").stat().st_mtime_ns == mtime
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(t["file"] for t in table) == ["a.png", "sub/b.png", "sub/c.jpg", "sub/corrupt.png", "sub/new.png"]
+    assert float(next(t for t in table if t["file"] == "a.png")["psnr"]) > 0
+
+
+def test_batch_seed_depends_on_relative_path_only(tmp_path, folder):
+    assert cli.image_seed(0, "sub/b.png") == cli.image_seed(0, "sub/b.png")
+    assert cli.image_seed(0, "sub/b.png") != cli.image_seed(0, "sub/c.png")
+    assert cli.image_seed(1, "a.png") != cli.image_seed(0, "a.png")
+
+
+def test_batch_with_ground_truth_dir(tmp_path, folder, clean_rgb):
+    from restore.api import Restorer
+
+    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
+    y = Restorer().simulate(clean_rgb, "denoise:gaussian:sigma=0.1")
+    io.write_image(noisy / "x.png", y)
+    io.write_image(clean / "x.png", clean_rgb)
+    io.write_image(noisy / "orphan.png", y)
+    r = invoke("batch", noisy, tmp_path / "o", "-t", "denoise:gaussian:sigma=0.1", "--ground-truth-dir", clean, *FAST)
+    assert r.exit_code == 1 and "no ground truth for orphan.png" in r.output
+    meta = json.loads((tmp_path / "o" / "x" / "meta.json").read_text())
+    assert meta["metrics"]["psnr"] > 20
+
+
+def test_batch_empty_or_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in invoke("batch", tmp_path / "empty", tmp_path / "o", "-t", "sr:x2").output
+    assert "input folder not found" in invoke("batch", tmp_path / "none", tmp_path / "o", "-t", "sr:x2").output
+
+
+def test_console_script_installed(tmp_path):
+    exe = Path(sys.executable).with_name("restore")
+    if not exe.exists():
+        exe = shutil.which("restore")
+    assert exe, "the console script `restore` is not installed"
+    res = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout

@@ -1,0 +1,119 @@
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restore import io
+from restore.io import ImageError
+
+
+def test_png_round_trip_8_and_16_bit(tmp_path, clean_rgb):
+    for bits, tol in ((8, 0.5 / 255 + 1e-6), (16, 0.5 / 65535 + 1e-6)):
+        p = io.write_image(tmp_path / f"x{bits}.png", clean_rgb, bit_depth=bits)
+        back = io.read_image(p)
+        assert back.shape == clean_rgb.shape and back.dtype == torch.float32
+        assert float((back - clean_rgb).abs().max()) <= tol
+        import cv2  # Pillow (imageio) would report 16-bit colour PNGs as 8-bit
+        assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED).dtype == (np.uint8 if bits == 8 else np.uint16)
+
+
+def test_grey_and_16bit_files(tmp_path):
+    arr = (np.arange(64 * 32).reshape(32, 64) * 30).astype(np.uint16)
+    iio.imwrite(tmp_path / "g16.png", arr)
+    t = io.read_image(tmp_path / "g16.png")
+    assert t.shape == (1, 1, 32, 64)
+    assert float(t.max()) == pytest.approx(arr.max() / 65535, abs=1e-6)
+
+
+def test_rgba_drops_alpha_with_warning(tmp_path):
+    rgba = np.zeros((16, 16, 4), np.uint8); rgba[..., 0] = 200; rgba[..., 3] = 10
+    iio.imwrite(tmp_path / "a.png", rgba)
+    with pytest.warns(UserWarning, match="alpha channel is dropped"):
+        t = io.read_image(tmp_path / "a.png")
+    assert t.shape == (1, 3, 16, 16) and float(t[0, 0, 0, 0]) == pytest.approx(200 / 255)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "cannot read"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot read"),  # truncated PNG
+])
+def test_unreadable_files(tmp_path, content, message):
+    f = tmp_path / "bad.png"
+    f.write_bytes(content)
+    with pytest.raises(ImageError, match=message) as e:
+        io.read_image(f)
+    if content:
+        assert "bad.png" in str(e.value)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        io.read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        io.read_image(tmp_path)
+
+
+def test_sizes():
+    with pytest.raises(ImageError, match="too small"):
+        io.to_tensor(np.zeros((1, 1), np.uint8))
+    with pytest.raises(ImageError, match="too small"):
+        io.to_tensor(np.zeros((1, 500), np.uint8))
+    with pytest.raises(ImageError, match="megapixels is over the limit"):
+        io.to_tensor(np.zeros((100, 100), np.uint8), max_pixels=5000)
+
+
+def test_arrays_tensors_pil():
+    arr = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
+    a = io.to_tensor(arr)
+    assert a.shape == (1, 3, 20, 30)
+    assert torch.equal(io.to_tensor(np.moveaxis(arr, -1, 0)), a)  # (C, H, W) arrays too
+    assert torch.equal(io.to_tensor(a), a) and torch.equal(io.to_tensor(a[0]), a)
+    pil = Image.fromarray((arr * 255).astype(np.uint8))
+    assert float((io.to_tensor(pil) - a).abs().max()) < 1 / 255 + 1e-6
+    assert io.to_tensor(np.zeros((10, 12), np.uint8)).shape == (1, 1, 10, 12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.full((10, 10), np.nan, np.float32), "NaN or infinite"),
+    (np.full((10, 10), np.inf, np.float64), "NaN or infinite"),
+    (np.full((10, 10), 3.0, np.float32), r"must lie in \[0, 1\]"),
+    (np.zeros((10, 10, 5), np.uint8), "1, 3 or 4 channels"),
+    (np.zeros((2, 10, 10, 3), np.uint8), "2-D grey or 3-D colour"),
+    (np.zeros((10, 10), np.int64), "8 or 16 bits"),
+    (np.zeros((10, 10), np.complex64), "unsupported image data type"),
+    ("not-a-file.png", "no such image file"),
+    ({"a": 1}, "cannot use an object of type dict"),
+    (torch.zeros(2, 3, 10, 10), "batch of 2"),
+])
+def test_bad_arrays(bad, message):
+    with pytest.raises((ImageError, FileNotFoundError), match=message):
+        io.to_tensor(bad)
+
+
+def test_observation_may_exceed_range_by_noise():
+    y = np.random.default_rng(0).normal(0.5, 0.3, (16, 16)).astype(np.float32)
+    with pytest.raises(ImageError):
+        io.to_tensor(y)
+    t = io.to_tensor(y, observation=True)
+    assert float(t.min()) < 0 or float(t.max()) > 1  # kept, not clipped
+    with pytest.raises(ImageError, match=r"\[-1, 2\] for a noisy observation"):
+        io.to_tensor(y * 10, observation=True)
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    io.write_image(target, torch.rand(1, 3, 8, 8))
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io.iio, "imwrite", boom)
+    with pytest.raises(RuntimeError):
+        io.write_image(target, torch.rand(1, 3, 8, 8))
+    assert target.read_bytes() == before  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no partial file left

@@ -1,0 +1,86 @@
+"""The reference solver through the common interface: PSNR gains, determinism, uncertainty that means something."""
+
+import pytest
+import torch
+
+from restore import metrics
+from restore.priors import registry
+from restore.solvers import base
+from restore.tasks import parse
+
+
+@pytest.fixture(scope="module")
+def wavelet():
+    return registry.load("wavelet")
+
+
+def _run(task, x, prior, n=4, seed=0, **cfg):
+    y, physics = parse(task).simulate(x, torch.Generator().manual_seed(7))
+    solver = base.get("langevin", **{"iterations": 120, **cfg})
+    post = solver(y, physics, prior, n_samples=n, generator=torch.Generator().manual_seed(seed))
+    return y, post
+
+
+@pytest.mark.parametrize("task", ["denoise:gaussian:sigma=0.1", "inpaint:random:missing=0.5,noise=0.01"])
+def test_psnr_gain_over_input(task, clean_rgb, wavelet):
+    y, post = _run(task, clean_rgb, wavelet)
+    gain = float(metrics.psnr(post.mean, clean_rgb) - metrics.psnr(y, clean_rgb))
+    assert gain > 1.0, gain
+    assert post.mean.shape == clean_rgb.shape and post.samples.shape == (4, 3, 48, 48)
+    assert float(post.std.min()) >= 0 and float(post.std.mean()) > 1e-3
+    assert metrics.diversity(post) > 1e-3
+
+
+def test_deblur_gain_and_sr_shape(clean_rgb, wavelet):
+    y, post = _run("deblur:gaussian:sigma=1.5,noise=0.01", clean_rgb, wavelet, iterations=200)
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 0.3
+    y, post = _run("sr:x2", clean_rgb, wavelet, n=2)
+    assert y.shape == (1, 3, 24, 24) and post.mean.shape == (1, 3, 48, 48)
+
+
+def test_grey_images(clean_grey, wavelet):
+    y, post = _run("denoise:gaussian:sigma=0.1", clean_grey, wavelet)
+    assert post.mean.shape == (1, 1, 48, 48)
+    assert float(metrics.psnr(post.mean, clean_grey)) > float(metrics.psnr(y, clean_grey)) + 1
+
+
+def test_same_seed_same_output_other_seed_differs(clean_rgb, wavelet):
+    _, a = _run("denoise:gaussian:sigma=0.1", clean_rgb, wavelet, n=2, seed=3, iterations=30)
+    _, b = _run("denoise:gaussian:sigma=0.1", clean_rgb, wavelet, n=2, seed=3, iterations=30)
+    _, c = _run("denoise:gaussian:sigma=0.1", clean_rgb, wavelet, n=2, seed=4, iterations=30)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.mean, b.mean)
+    assert not torch.equal(a.samples, c.samples)
+
+
+def test_std_is_larger_where_pixels_are_missing(clean_rgb, wavelet):
+    _, post = _run("inpaint:box:size=0.4,noise=0.01", clean_rgb, wavelet, iterations=150)
+    mask = parse("inpaint:box:size=0.4").mask(clean_rgb.shape)
+    std = post.std.mean(1, keepdim=True)
+    assert float(std[mask == 0].mean()) > 2 * float(std[mask == 1].mean())
+
+
+def test_progress_callback_and_meta(clean_rgb, wavelet):
+    seen = []
+    y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    post = base.get("langevin", iterations=40)(y, physics, wavelet, n_samples=2,
+                                               generator=torch.Generator().manual_seed(0),
+                                               progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert post.meta["solver"] == "langevin" and post.meta["prior"] == "wavelet"
+    assert post.meta["config"]["iterations"] == 40 and post.meta["timings"]["total_s"] > 0
+    assert {"torch", "deepinv", "restore"} <= set(post.meta["versions"])
+
+
+def test_bad_inputs(clean_rgb, wavelet):
+    y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb)
+    solver = base.get("langevin", iterations=5)
+    with pytest.raises(base.SolverError, match="n_samples must be"):
+        solver(y, physics, wavelet, n_samples=0)
+    bad = y.clone(); bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(base.SolverError, match="NaN"):
+        solver(bad, physics, wavelet, n_samples=1)
+    with pytest.raises(base.SolverError, match="unknown solver 'nope'; known solvers: langevin"):
+        base.get("nope")
+    with pytest.raises(base.SolverError, match="has no option stepsize"):
+        base.get("langevin", stepsize=3)
+    assert "needs a known noise level" in base.get("langevin").supports(parse("denoise:real"))
