@@ -32,6 +32,8 @@ ProgressFn = Callable[[float, str], None]
 # name -> module defining it (imported on first use, so `import restore` stays light)
 SOLVERS: dict[str, str] = {
     "langevin": "restore.solvers.langevin",
+    "reddiff": "restore.solvers.reddiff",
+    "scoredvi": "restore.solvers.scoredvi",
 }
 
 

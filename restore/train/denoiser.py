@@ -98,6 +98,7 @@ def main(argv=None):
     ema = EMA(model, args.ema)
     gen = torch.Generator().manual_seed(args.seed)
     step, log, prev_seconds = 0, [], 0.0
+    train_command = " ".join(["python -m restore.train.denoiser"] + (sys.argv[1:] if argv is None else list(argv)))
     ckpt_path = Path(args.ckpt)
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
@@ -106,12 +107,14 @@ def main(argv=None):
         ema.shadow = ck["ema"]
         gen.set_state(ck["rng"])
         step, log, prev_seconds = ck["step"], ck["log"], ck["seconds"]
+        train_command = ck.get("train_command", train_command)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     clock = Clock(prev_seconds)
 
     def checkpoint():
         save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "rng": gen.get_state(),
-                     "step": step, "log": log, "seconds": clock.total, "args": vars(args)}, ckpt_path)
+                     "step": step, "log": log, "seconds": clock.total, "args": vars(args),
+                     "train_command": train_command}, ckpt_path)
 
     def do_export():
         ema_model = ScoreDenoiser(nc=args.nc, nb=args.nb).to(dev)
@@ -130,7 +133,8 @@ def main(argv=None):
             "hardware": f"{platform.processor() or platform.machine()}, {args.threads} threads, {args.device}, "
                         f"bf16 autocast={not args.no_bf16}",
             "validation_psnr_db": {"held_out_128px_crops": val_psnr},
-            "command": " ".join(["python -m restore.train.denoiser"] + sys.argv[1:]),
+            "command": train_command,
+            "validation_log": log,
             "weights_dtype": "float16",
         }
         export(ema.shadow, model.config, Path(args.out), meta)

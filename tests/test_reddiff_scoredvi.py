@@ -1,0 +1,98 @@
+"""RED-Diff and ScoreDVI on the shipped score prior (models/score-natural.pt)."""
+
+import pytest
+import torch
+
+from restore import metrics
+from restore.priors import registry
+from restore.solvers import base
+from restore.solvers.reddiff import RedDiffConfig, vp_sigmas
+from restore.solvers.scoredvi import estimate_noise_std, prior_weight
+from restore.tasks import parse
+
+
+@pytest.fixture(scope="module")
+def score():
+    return registry.load("score-natural")
+
+
+def _run(solver, task, x, prior, n=3, seed=0, **cfg):
+    y, physics = parse(task).simulate(x, torch.Generator().manual_seed(7))
+    post = base.get(solver, **cfg)(y, physics, prior, n_samples=n, generator=torch.Generator().manual_seed(seed))
+    return y, post
+
+
+def test_schedule_descends_within_the_prior_range():
+    s = vp_sigmas(RedDiffConfig(steps=50, sigma_max=1.0))
+    assert len(s) == 50 and bool((s[1:] <= s[:-1]).all())
+    assert 0.9 < float(s[0]) <= 1.0 and float(s[-1]) < 0.02
+
+
+@pytest.mark.parametrize("task, gain", [("denoise:gaussian:sigma=0.1", 2.0), ("deblur:gaussian:sigma=1.5,noise=0.01", 0.5),
+                                        ("inpaint:random:missing=0.5,noise=0.01", 5.0)])
+def test_reddiff_psnr_gain(task, gain, clean_rgb, score):
+    y, post = _run("reddiff", task, clean_rgb, score, steps=60)
+    assert post.mean.shape == clean_rgb.shape and post.samples.shape == (3, 3, 48, 48)
+    got = float(metrics.psnr(post.mean, clean_rgb) - metrics.psnr(y, clean_rgb))
+    assert got > gain, got
+    assert float(post.std.mean()) > 0 and float(post.std.min()) >= 0
+
+
+def test_reddiff_sr_and_grey(clean_rgb, clean_grey, score):
+    y, post = _run("reddiff", "sr:x2", clean_rgb, score, n=2, steps=30)
+    up = torch.nn.functional.interpolate(y, scale_factor=2, mode="bicubic").clamp(0, 1)
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(up, clean_rgb))
+    y, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_grey, score, n=2, steps=100)
+    assert post.mean.shape == (1, 1, 48, 48)
+    assert float(metrics.psnr(post.mean, clean_grey)) > float(metrics.psnr(y, clean_grey)) + 0.2
+
+
+def test_reddiff_deterministic_and_seed_dependent(clean_rgb, score):
+    _, a = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, steps=10, seed=1)
+    _, b = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, steps=10, seed=1)
+    _, c = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, steps=10, seed=2)
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+
+
+def test_noise_estimate_and_prior_weight(clean_rgb):
+    g = torch.Generator().manual_seed(0)
+    big = torch.nn.functional.interpolate(clean_rgb, scale_factor=3, mode="bilinear")
+    for s in (0.05, 0.1, 0.2):
+        est = estimate_noise_std(big + s * torch.randn(big.shape, generator=g))
+        assert abs(est - s) < 0.35 * s + 0.01, (s, est)
+    assert prior_weight(5 / 255) == 0.5 and prior_weight(20 / 255) == 1.0 and prior_weight(40 / 255) == 2.0
+
+
+def test_scoredvi_denoises_blind(clean_rgb, score):
+    """ScoreDVI is blind: it never reads the task's sigma, and still removes most of the noise."""
+    y, post = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=4, iterations=150,
+                   mc_samples=1, restart_std=None)
+    assert post.mean.shape == clean_rgb.shape and post.samples.shape == (4, 3, 48, 48)
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 2
+    assert float(post.std.min()) >= 0 and float(post.std.mean()) > 1e-3
+    assert metrics.diversity(post) > 1e-3
+    assert 0.05 < post.meta["estimated_noise_std"] < 0.2
+
+
+def test_scoredvi_deterministic(clean_rgb, score):
+    kw = dict(iterations=5, mc_samples=1, restart_std=None)
+    _, a = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, seed=4, **kw)
+    _, b = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, seed=4, **kw)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.samples, b.samples)
+
+
+def test_scoredvi_accepts_real_noise_and_refuses_other_tasks(clean_rgb, score):
+    from restore import restore
+
+    post = restore(clean_rgb, "denoise:real", solver="scoredvi", samples=2, iterations=3, mc_samples=1,
+                   restart_std=None)
+    assert post.mean.shape == clean_rgb.shape
+    with pytest.raises(base.SolverError, match="does not support deblur tasks"):
+        restore(clean_rgb, "deblur:gaussian:sigma=2", solver="scoredvi", samples=1)
+    with pytest.raises(base.SolverError, match="needs a known noise level"):
+        restore(clean_rgb, "denoise:real", solver="reddiff", samples=1)
+    with pytest.raises(base.SolverError, match="runs on denoiser priors"):
+        fake = registry.Prior("x", "cae", torch.nn.Identity())
+        y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb)
+        base.get("reddiff")(y, physics, fake, n_samples=1)
