@@ -80,10 +80,17 @@ def test_training_script_resumes_exports_and_registry_loads(tmp_path, monkeypatc
     saved = torch.load(tmp_path / "models" / "score-natural.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
 
+    # without the optimiser checkpoint, training warm-starts from the shipped weights and card
+    (tmp_path / "ck.pt").unlink()
+    train.main(common + ["--steps", "6"])
+    third = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert third["step"] == 6
+    assert json.loads((tmp_path / "models" / "score-natural.json").read_text())["steps"] == 6
+
     monkeypatch.setenv("RESTORE_MODELS", str(tmp_path / "models"))
     assert "score-natural" in registry.available()
     prior = registry.load("score-natural")
-    assert prior.kind == "denoiser" and prior.card["steps"] == 4
+    assert prior.kind == "denoiser" and prior.card["steps"] == 6
     assert not any(p.requires_grad for p in prior.module.parameters())
     with torch.no_grad():
         assert prior.module(torch.rand(1, 3, 24, 24), 0.1).shape == (1, 3, 24, 24)

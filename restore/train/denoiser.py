@@ -15,6 +15,7 @@ times the per-pixel squared error of ``D(x + s n, s)`` against ``x``, i.e. equal
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -81,6 +82,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-bf16", action="store_true", help="disable bfloat16 autocast (2.3x slower on AVX512 CPUs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     ap.add_argument("--export", action="store_true", help="only export the current checkpoint and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -109,6 +111,20 @@ def main(argv=None):
         step, log, prev_seconds = ck["step"], ck["log"], ck["seconds"]
         train_command = ck.get("train_command", train_command)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    elif Path(args.out).with_suffix(".pt").exists() and not args.from_scratch:
+        # no optimiser state here (it is not committed): warm-start from the shipped EMA weights and card
+        shipped = torch.load(Path(args.out).with_suffix(".pt"), map_location=dev, weights_only=True)
+        weights = {k: v.float() for k, v in shipped["state_dict"].items()}
+        model.load_state_dict(weights)
+        ema.shadow = {k: v.clone() for k, v in model.state_dict().items()}
+        card_path = Path(args.out).with_suffix(".json")
+        if card_path.exists():
+            card = json.loads(card_path.read_text())
+            step = int(card.get("steps", 0))
+            prev_seconds = 3600 * float(card.get("wall_time_hours", 0))
+            log = card.get("validation_log", [])
+            train_command = card.get("command", train_command)
+        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev_seconds)
 
     def checkpoint():
