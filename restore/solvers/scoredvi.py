@@ -20,9 +20,9 @@ ends above 0.05 the whole optimisation is rerun once.
 
 Our choices, stated: the paper's three blind bias-free DnCNNs are replaced by our one noise-conditional denoiser,
 evaluated for component k at noise level s_k = sqrt(mean(s2_k)) (one scalar per component, as ScoreDVI+ does), so the
-components' priors differ through their own posterior std. Posterior samples are drawn from the variational
-mixture: per pixel, a component from pi, then N(mu_k, s2_k); the std map is the mixture's std. Mean-field samples
-are pixel-independent noise around the mean, so expect calibrated-looking marginals but no structural diversity.
+components' priors differ through their own posterior std. The std map is the paper's output variance,
+sum_k pi_k s2_k; posterior samples are N(estimate, that variance) per pixel. Mean-field samples are
+pixel-independent noise around the mean: expect no structural diversity, and check calibration in the benchmark.
 """
 
 from __future__ import annotations
@@ -142,17 +142,12 @@ class ScoreDVISolver(Solver):
         lam = cfg.lam if cfg.lam is not None else prior_weight(noise_std)
         runs = 1 + (cfg.restart_std is not None)
         for attempt in range(runs):
-            out, mix_mean, mix_std, state = self._optimise(y, prior.module, lam, generator, progress)
+            out, mix_std, pi = self._optimise(y, prior.module, lam, generator, progress)
             if cfg.restart_std is None or float(mix_std.mean()) <= cfg.restart_std:
                 break
-        mu, s2, pi = state
-        # samples from the variational mixture: a component per pixel from pi, then N(mu_k, s2_k)
-        k = pi.shape[1]
-        u = torch.rand((n_samples, 1, *pi.shape[2:]), generator=generator, device=generator.device).to(y)
-        comp = (u > pi.cumsum(1)).sum(1, keepdim=True).clamp_max(k - 1)  # (K_s, 1, C, H, W)
-        mu_c = torch.gather(mu.expand(n_samples, -1, -1, -1, -1), 1, comp)[:, 0]
-        s_c = torch.gather(s2.expand(n_samples, -1, -1, -1, -1), 1, comp)[:, 0].sqrt()
-        samples = (mu_c + s_c * randn(mu_c.shape, generator, mu_c)).clamp(0, 1)
+        # the paper's uncertainty: the per-component variances mixed by pi (not the spread between components'
+        # means, which for low-weight components is unconstrained); samples are Gaussian around the estimate
+        samples = (out + mix_std * randn((n_samples, *out.shape[1:]), generator, out)).clamp(0, 1)
         return Posterior(mean=out.clamp(0, 1), samples=samples, std=mix_std,
                          meta={"estimated_noise_std": noise_std, "lam": lam, "attempts": attempt + 1,
                                "mixture_weights": [round(float(v), 4) for v in pi.mean(dim=(0, 2, 3, 4))]})
@@ -198,11 +193,9 @@ class ScoreDVISolver(Solver):
             if it % max(1, cfg.iterations // 20) == 0:
                 progress(it / cfg.iterations, f"ScoreDVI iteration {it}/{cfg.iterations}")
         with torch.no_grad():
-            mu, log_s2, _, _, pi, _ = nets(y)
-            s2 = log_s2.exp()
-            mean = (pi * mu).sum(1)
-            var = (pi * (s2 + mu ** 2)).sum(1) - mean ** 2
-        return out, mean, var.clamp_min(0).sqrt(), (mu, s2, pi)
+            _, log_s2, _, _, pi, _ = nets(y)
+            var = (pi * log_s2.exp()).sum(1)
+        return out, var.sqrt(), pi
 
 
 SOLVER = ScoreDVISolver
