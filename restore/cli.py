@@ -3,6 +3,7 @@
     restore IMAGE -t TASK [-s SOLVER] [-p PRIOR] [-n SAMPLES] [--seed S] [-o OUT_DIR]   one image
     restore batch IN_DIR OUT_DIR -t TASK [...]                                           a folder, resumable
     restore list                                                                          solvers, priors, tasks
+    restore bench NAME [--quick ...]                                                      benchmarks/NAME.py
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian image restoration with uncertainty.")
-SUBCOMMANDS = ("run", "batch", "list")
+SUBCOMMANDS = ("run", "batch", "list", "bench")
 
 
 def _parse_options(options: list[str]) -> dict:
@@ -266,6 +267,20 @@ def list_all():
         for v in variants:
             params = ",".join(f"{k}={'<required>' if d is None else d}" for k, d in PARAMS[(kind, v)].items())
             typer.echo(f"  {kind}:{v}" + (f":{params}" if params else ""))
+
+
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark: denoiser, quality")):
+    """Run a benchmark from the repository's benchmarks/ folder (extra arguments are passed on)."""
+    import importlib
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "benchmarks" / f"{name}.py").exists():
+        known = sorted(p.stem for p in (repo / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
+        _fail(f"unknown benchmark {name!r}; known: {', '.join(known) or 'none (benchmarks/ is not here)'}")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    importlib.import_module(f"benchmarks.{name}").main(list(ctx.args))
 
 
 def main(argv: Optional[list[str]] = None):

@@ -112,3 +112,8 @@ def test_console_script_installed(tmp_path):
     assert exe, "the console script `restore` is not installed"
     res = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout
+
+
+def test_bench_unknown_name_lists_known():
+    r = invoke("bench", "nope")
+    assert r.exit_code == 2 and "unknown benchmark 'nope'" in r.output and "quality" in r.output

@@ -1,0 +1,101 @@
+"""Shared benchmark plumbing: evaluation images, the train/eval separation check, tables, JSON with provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+EVAL_SETS = ("CBSD68", "BSD68", "Set12", "CC15", "SIDD-val-80", "RNI15", "CelebA-test-41", "CelebAHQ-56", "FFHQ-test-15")
+# The fixed quick subset: these CBSD68 files (the 1st, 18th, 35th and 52nd by sorted name).
+QUICK_CBSD68 = ("101085.png", "143090.png", "19021.png", "253055.png")
+
+
+def data_root() -> Path:
+    """``$RESTORE_DATA`` or the shared data folder beside the repository."""
+    root = Path(os.environ.get("RESTORE_DATA", REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        raise SystemExit(f"evaluation data not found at {root}: set RESTORE_DATA to the folder holding CBSD68/ "
+                         "(see data/README.md)")
+    return root
+
+
+def load_set(name: str, crop: int | None = None, files: tuple[str, ...] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """[(file name, (1, C, H, W) tensor in [0, 1])] of an evaluation set, optionally centre-cropped to crop x crop."""
+    from restore.io import read_image
+
+    folder = data_root() / name
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
+    if files is not None:
+        paths = [p for p in paths if p.name in files]
+        if len(paths) != len(files):
+            raise SystemExit(f"{folder} lacks some of {files}")
+    out = []
+    for p in paths:
+        x = read_image(p)
+        if crop:
+            h, w = x.shape[-2:]
+            t, l = (h - crop) // 2, (w - crop) // 2
+            x = x[..., t:t + crop, l:l + crop]
+        out.append((p.name, x))
+    return out
+
+
+def check_cards_exclude(eval_set: str, prior_names: list[str]):
+    """Refuse to benchmark a prior whose model card says it saw ``eval_set`` in training."""
+    from restore.priors import registry
+
+    for name in prior_names:
+        card = registry.read_card(registry.PRIORS[name].file) if registry.PRIORS[name].file else {}
+        data = str(card.get("training_data", ""))
+        if any(s in data for s in EVAL_SETS):
+            raise SystemExit(f"prior {name}'s card names an evaluation set in its training data: {data}")
+
+
+def environment() -> dict:
+    import deepinv
+
+    import restore
+
+    return {"restore": restore.__version__, "torch": torch.__version__, "deepinv": deepinv.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_results(name: str, payload: dict, out: str | None = None) -> Path:
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "command": command_line(),
+               "environment": environment(), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def command_line() -> str:
+    """How this run was started, as a user would type it (``python -m benchmarks.X ...``)."""
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and script.resolve().parent == REPO / "benchmarks":
+        return " ".join(["python -m benchmarks." + script.stem] + sys.argv[1:])
+    return " ".join([script.name] + sys.argv[1:])
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` (missing values shown as '-')."""
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
