@@ -58,7 +58,8 @@ def _restore_one(restorer, image_path: Path, task, out_dir: Path, samples: int, 
             truth = io.read_image(truth_path)
     post = restorer(y, task, samples=samples, seed=seed, ground_truth=truth, progress=progress)
     post.meta["input_file"] = str(image_path)
-    post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y})
+    post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
+              truth=truth if truth is not None and truth.shape == post.mean.shape else None)
     row = {"seed": seed, "seconds": post.meta["timings"]["total_s"]}
     for k, v in post.meta.get("metrics", {}).items():
         if isinstance(v, (int, float)) or v is None:

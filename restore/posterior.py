@@ -73,12 +73,14 @@ class Posterior:
         raise ValueError(f"unknown interval method {method!r}; use 'auto', 'quantile' or 'gaussian'")
 
     def save(self, directory: str | os.PathLike, bit_depth: int = 8, std_format: str = "npy",
-             max_samples: int | None = None, extras: dict | None = None) -> Path:
+             max_samples: int | None = None, extras: dict | None = None,
+             truth: torch.Tensor | None = None) -> Path:
         """Write the posterior to ``directory`` (replaced as a whole, atomically):
 
         ``mean.png``, ``samples/sample_000.png``..., ``std.npy`` or ``std.tiff`` (float32, (H, W, C)),
         ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
-        ``meta.json``, and any ``extras`` (file name -> image tensor, e.g. the observation). PNGs are 8- or 16-bit.
+        ``samples_grid.png``, ``meta.json``, any ``extras`` (file name -> image tensor, e.g. the observation) and,
+        given the ``truth``, ``error_vs_std.png`` (|error| beside std on one colour scale). PNGs are 8- or 16-bit.
         Returns the directory.
         """
         from restore import io, viz
@@ -98,6 +100,9 @@ class Posterior:
             std_hwc = self.std[0].permute(1, 2, 0).numpy()
             io.write_array(tmp / f"std.{std_format}", std_hwc)
             scale = viz.save_std_heatmap(self.std, tmp / "std.png")
+            viz.save_sample_grid(self.samples[:16], tmp / "samples_grid.png")
+            if truth is not None:
+                viz.save_error_vs_std(self.mean, self.std, truth, tmp / "error_vs_std.png")
             io.write_text(tmp / "std_scale.json", json.dumps(scale, indent=2) + "\n")
             for fname, img in (extras or {}).items():
                 io.write_image(tmp / fname, img, bit_depth)

@@ -85,10 +85,11 @@ def test_save_writes_every_file(tmp_path):
     truth = torch.rand(1, 3, 20, 24)
     post = _gaussian_posterior(truth, 0.05, 5)
     post.meta = {"solver": "test", "array": np.float32(1.5), "t": torch.tensor([1.0])}
-    out = post.save(tmp_path / "res", bit_depth=16, std_format="tiff", extras={"observation.png": truth})
+    out = post.save(tmp_path / "res", bit_depth=16, std_format="tiff", extras={"observation.png": truth},
+                    truth=truth)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["mean.png", "meta.json", "observation.png", "samples/sample_000.png", "samples/sample_001.png",
-                     "samples/sample_002.png", "samples/sample_003.png", "samples/sample_004.png", "std.png",
+    assert names == ["error_vs_std.png", "mean.png", "meta.json", "observation.png", "samples/sample_000.png", "samples/sample_001.png",
+                     "samples/sample_002.png", "samples/sample_003.png", "samples/sample_004.png", "samples_grid.png", "std.png",
                      "std.tiff", "std_scale.json"]
     import tifffile
     std = tifffile.imread(out / "std.tiff")
@@ -105,3 +106,22 @@ def test_save_writes_every_file(tmp_path):
 def test_mismatched_shapes_rejected():
     with pytest.raises(ValueError, match="does not match"):
         Posterior(mean=torch.rand(1, 3, 8, 8), samples=torch.rand(4, 1, 8, 8))
+
+
+def test_viz_pictures(tmp_path):
+    from PIL import Image
+
+    from restore import viz
+
+    s = torch.rand(5, 3, 20, 30)
+    grid = viz.sample_grid(s, ncol=3)
+    assert grid.shape == (2 * 20 + 2, 3 * 30 + 4, 3)
+    assert np.allclose(grid[:20, :30], s[0].permute(1, 2, 0).numpy())
+    std = torch.zeros(1, 3, 20, 30); std[..., :10] = 0.2
+    scale = viz.save_std_heatmap(std, tmp_path / "std.png")
+    assert scale["vmax"] == pytest.approx(0.2) and scale["colormap"] == viz.CMAP
+    img = np.asarray(Image.open(tmp_path / "std.png").convert("RGB"))
+    assert img.shape[1] > img.shape[0] > 50  # the map plus its colour bar
+    viz.save_error_vs_std(torch.rand(1, 3, 20, 30), std, torch.rand(1, 3, 20, 30), tmp_path / "e.png")
+    viz.save_reliability_plot({"a": {"levels": [0.5, 0.9], "coverage": [0.4, 0.85]}}, tmp_path / "r.png")
+    assert (tmp_path / "e.png").stat().st_size > 1000 and (tmp_path / "r.png").stat().st_size > 1000
