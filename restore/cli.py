@@ -4,6 +4,7 @@
     restore batch IN_DIR OUT_DIR -t TASK [...]                                           a folder, resumable
     restore list                                                                          solvers, priors, tasks
     restore bench NAME [--quick ...]                                                      benchmarks/NAME.py
+    restore ui [--host 127.0.0.1] [--port 7860]                                           the web app
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian image restoration with uncertainty.")
-SUBCOMMANDS = ("run", "batch", "list", "bench")
+SUBCOMMANDS = ("run", "batch", "list", "bench", "ui")
 
 
 def _parse_options(options: list[str]) -> dict:
@@ -270,17 +271,39 @@ def list_all():
             typer.echo(f"  {kind}:{v}" + (f":{params}" if params else ""))
 
 
+def _repo_on_path() -> Path:
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    return repo
+
+
+@app.command("ui")
+def ui(host: str = typer.Option("127.0.0.1", "--host", help="bind address; 0.0.0.0 exposes the app to the network"),
+       port: int = typer.Option(7860, "--port"), share: bool = typer.Option(False, "--share")):
+    """Start the Gradio web app (offline: analytics off, local only unless told otherwise)."""
+    repo = _repo_on_path()
+    if not (repo / "app" / "app.py").exists():
+        _fail("the web app (app/app.py) is not here: run `restore ui` from a source checkout")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _fail("the web app needs gradio: pip install 'restore[ui]'")
+    from app.app import launch
+
+    typer.echo(f"restore ui on http://{host}:{port} (Ctrl-C to stop)")
+    launch(host=host, port=port, share=share)
+
+
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark: denoiser, quality")):
     """Run a benchmark from the repository's benchmarks/ folder (extra arguments are passed on)."""
     import importlib
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = _repo_on_path()
     if not (repo / "benchmarks" / f"{name}.py").exists():
         known = sorted(p.stem for p in (repo / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
         _fail(f"unknown benchmark {name!r}; known: {', '.join(known) or 'none (benchmarks/ is not here)'}")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
     importlib.import_module(f"benchmarks.{name}").main(list(ctx.args))
 
 
