@@ -280,9 +280,9 @@ def build_demo():
                     info = gr.Markdown(elem_id="info")
                     slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", elem_id="slider")
                     with gr.Row():
-                        mean = gr.Image(label="MMSE estimate", format="png", elem_id="mean",
+                        mean = gr.Image(label="MMSE estimate", format="png", elem_id="mean", height=340,
                                         buttons=["download", "fullscreen"])
-                        std = gr.Image(label="Uncertainty (posterior std)", format="png", elem_id="std")
+                        std = gr.Image(label="Uncertainty (posterior std)", format="png", elem_id="std", height=340)
                     err = gr.Image(label="|error| beside std (needs a clean reference)", format="png", elem_id="err")
                     gallery = gr.Gallery(label="Posterior samples", columns=4, height=260, format="png",
                                          elem_id="gallery")
@@ -300,6 +300,8 @@ def build_demo():
 
             for trigger in (kind.change, mode.change):
                 trigger(toggle, [kind, mode, inp], [blur, motion, factor, mode, missing, box, editor], queue=False)
+            # the usual noise level of each task (the benchmarks' settings): 25/255 for denoising, 2.55/255 otherwise
+            kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), kind, noise, queue=False)
             solver.change(priors_for, solver, prior, queue=False)
             demo.load(priors_for, solver, prior, queue=False)
 

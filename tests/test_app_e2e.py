@@ -1,0 +1,142 @@
+"""The web app in a real headless Chromium (Debian's chromium + playwright's Python package).
+
+Skipped, with the reason shown, when either is missing (`.ci/run` installs them where it can). Every non-local
+request is aborted, so the test also proves the page works offline. Set RESTORE_SCREENSHOTS=DIR to keep screenshots.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not CHROMIUM:
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+from app import app as webapp  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SHOTS = os.environ.get("RESTORE_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def server():
+    demo = webapp.launch(host="127.0.0.1", port=None, block=False)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    external = []
+    pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+
+    def route(r):
+        if urlparse(r.request.url).hostname in ("127.0.0.1", "localhost"):
+            return r.continue_()
+        external.append(r.request.url)
+        return r.abort()
+
+    pg.route("**/*", route)
+    pg.goto(server, wait_until="networkidle")
+    yield pg
+    pg.close()
+    assert not external, f"the page tried to reach the internet: {external[:3]}"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    import skimage.data
+
+    from restore.io import write_image
+
+    d = tmp_path_factory.mktemp("e2e")
+    write_image(d / "small.png", skimage.data.astronaut()[100:164, 150:214].astype(np.float32) / 255)
+    write_image(d / "huge.png", np.zeros((1100, 1000), np.float32))
+    return d
+
+
+def _shot(page, name):
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+def _fast(page):
+    page.get_by_text("Advanced solver options").click()
+    page.locator("#options textarea").fill('{"iterations": 40}')
+
+
+def test_upload_denoise_see_samples_and_std(page, sample):
+    expect = playwright.expect
+    page.locator("#inp input[type=file]").set_input_files(str(sample / "small.png"))
+    expect(page.locator("#inp img").first).to_be_visible()
+    page.get_by_label("Posterior samples").first.fill("4")
+    _fast(page)
+    page.locator("#run").click()
+    expect(page.locator("#gallery img").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#std img").first).to_be_visible()
+    expect(page.locator("#info")).to_contain_text("langevin", timeout=10_000)
+    assert page.locator("#gallery img").count() >= 4
+    expect(page.locator("#metrics")).to_contain_text(re.compile(r"langevin"))
+    _shot(page, "restore")
+
+
+def test_draw_mask_and_inpaint(page, sample):
+    expect = playwright.expect
+    page.locator("#inp input[type=file]").set_input_files(str(sample / "small.png"))
+    expect(page.locator("#inp img").first).to_be_visible()
+    page.get_by_label("Task", exact=True).click()
+    page.get_by_role("option", name="inpaint").click()
+    page.locator("#mode").get_by_text("draw").click()
+    canvas = page.locator("#editor canvas").last
+    expect(canvas).to_be_visible(timeout=20_000)
+    page.wait_for_timeout(2500)  # the editor's canvas initialises asynchronously
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy)
+    page.mouse.down()
+    for i in range(24):
+        page.mouse.move(cx - 40 + 80 * (i + 1) / 24, cy + 10 * np.sin(i / 3), steps=3)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    _fast(page)
+    page.locator("#run").click()
+    expect(page.locator("#info")).to_contain_text("inpaint:mask", timeout=120_000)
+    expect(page.locator("#mean img").first).to_be_visible()
+    _shot(page, "inpaint")
+
+
+def test_compare_two_solvers(page, sample):
+    expect = playwright.expect
+    page.get_by_role("tab", name="Compare solvers").click()
+    page.locator("#c_inp input[type=file]").set_input_files(str(sample / "small.png"))
+    expect(page.locator("#c_inp img").first).to_be_visible()
+    page.locator("#c_run").click()
+    expect(page.locator("#c_info")).to_contain_text("one colour scale", timeout=300_000)
+    assert page.locator("#c_means img").count() >= 2 and page.locator("#c_stds img").count() >= 2
+    _shot(page, "compare")
+
+
+def test_bad_upload_shows_an_error(page, sample):
+    expect = playwright.expect
+    page.locator("#inp input[type=file]").set_input_files(str(sample / "huge.png"))
+    expect(page.locator("#inp img").first).to_be_visible(timeout=20_000)
+    page.locator("#run").click()
+    expect(page.get_by_text(re.compile("megapixels")).first).to_be_visible(timeout=30_000)
+    _shot(page, "error")
