@@ -30,7 +30,23 @@ def _quality(data: dict) -> str:
             + table(data["rows"], cols))
 
 
-RENDER = {"denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality}
+def _speed(data: dict) -> str:
+    cols = ["solver", "size", "seconds_K1", "seconds_K4", "seconds_per_extra_sample", "peak_MiB_K4",
+            "MiB_per_megapixel_K4", "note"]
+    return (f"**Speed and memory** (CPU, {data['threads']} threads, `{data['task']}`, default configs)\n\n"
+            + table(data["rows"], cols))
+
+
+def _calibration(data: dict) -> str:
+    cols = ["method", "coverage 50%", "coverage 90%", "coverage 95%"]
+    rows = [{"method": m, **{f"coverage {int(100 * lv)}%": c for lv, c in zip(v["levels"], v["coverage"])}}
+            for m, v in data["curves"].items()]
+    return (f"**Calibration** (mean over the quality benchmark's tasks; reliability plot "
+            f"`benchmarks/results/{data['plot']}`)\n\n" + table(rows, cols))
+
+
+RENDER = {"denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
+          "calibration": _calibration, "calibration_quick": _calibration, "speed": _speed, "speed_quick": _speed}
 
 
 def render() -> str:

@@ -1,0 +1,106 @@
+"""Time and memory per image and per posterior sample, for every registered solver, at 128/256/512 px.
+
+    python -m benchmarks.speed              # sizes 128 256 512, K = 1 and 4
+    python -m benchmarks.speed --quick      # sizes 128 256
+
+Each solver runs its default config on Gaussian denoising (sigma 25/255) of a centre crop of a bundled scikit-image
+photo. To keep a CPU run short, iterative solvers run a fraction of their iterations (``--fraction``, default 0.1)
+and the time is scaled to the full count, which is exact up to start-up cost because every iteration does the
+same work; the table says so. Peak memory is the process's resident-set growth during the call, sampled every 5 ms.
+Seconds per sample = (time with K=4 - time with K=1) / 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from benchmarks.common import table, write_results
+
+ITERATION_FIELD = {"langevin": "iterations", "reddiff": "steps", "scoredvi": "iterations"}
+
+
+class PeakRSS:
+    """Peak resident-set growth (MiB) of this process while the block runs."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.mib = (self.peak - self.base) / 2**20
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--fraction", type=float, default=0.1, help="fraction of the iterations actually run")
+    ap.add_argument("--solvers", nargs="*", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import skimage.data
+
+    from restore.api import Restorer
+    from restore.solvers import base
+
+    sizes = args.sizes or ([128, 256] if args.quick else [128, 256, 512])
+    photo = torch.from_numpy(skimage.data.chelsea().astype(np.float32) / 255).permute(2, 0, 1)[None]
+    photo = torch.nn.functional.interpolate(photo, size=(600, 902), mode="bilinear")  # room for 512 crops
+    task = f"denoise:gaussian:sigma={25 / 255:.6f}"
+    rows = []
+    for name in args.solvers or base.names():
+        cls = base.solver_class(name)
+        field = ITERATION_FIELD.get(name)
+        full = getattr(cls.config_cls(), field) if field else None
+        run_iters = max(5, int(round(full * args.fraction))) if field else None
+        scale = full / run_iters if field else 1.0
+        r = Restorer(name, **({field: run_iters} if field else {}))
+        r.prior()  # load outside the timed region
+        for size in sizes:
+            t, l = (photo.shape[-2] - size) // 2, (photo.shape[-1] - size) // 2
+            x = photo[..., t:t + size, l:l + size]
+            y = r.simulate(x, task, seed=0)
+            times, mem = {}, {}
+            for k in (1, 4):
+                with PeakRSS() as peak:
+                    t0 = time.perf_counter()
+                    r(y, task, samples=k, seed=0)
+                    times[k] = (time.perf_counter() - t0) * scale
+                mem[k] = peak.mib
+            rows.append({"solver": name, "size": size, "seconds_K1": times[1], "seconds_K4": times[4],
+                         "seconds_per_extra_sample": (times[4] - times[1]) / 3, "peak_MiB_K4": mem[4],
+                         "MiB_per_megapixel_K4": mem[4] / (size * size / 1e6),
+                         "note": f"{run_iters}/{full} {field} run, time scaled" if field else ""})
+            print(f"{name:<10} {size:>4}px  K=1 {times[1]:7.2f}s  K=4 {times[4]:7.2f}s  peak {mem[4]:7.1f} MiB",
+                  flush=True)
+    cols = ["solver", "size", "seconds_K1", "seconds_K4", "seconds_per_extra_sample", "peak_MiB_K4",
+            "MiB_per_megapixel_K4", "note"]
+    print(table(rows, cols))
+    path = write_results("speed_quick" if args.quick else "speed",
+                         {"task": task, "sizes": sizes, "fraction": args.fraction, "rows": rows,
+                          "device": "cpu", "threads": torch.get_num_threads()}, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
