@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from restore import io, metrics
+from restore import io, metrics, tiling
 from restore.posterior import Posterior
 from restore.priors import registry
 from restore.solvers import base
@@ -23,10 +23,19 @@ class Restorer:
         solver: registered solver name (``restore.solvers.base.names()``).
         prior: registered prior name; None = the solver's default prior.
         device: torch device string.
+        tile: restored images above ``tile_above`` pixels are solved in overlapping tiles of this size
+            (``restore.tiling``), bounding memory; 0 disables tiling.
+        overlap: tile overlap in pixels (keep it above a blur kernel's radius).
+        tile_above: pixel count above which tiling is used (default: 4 tiles' worth, 512 x 512 for tile 256).
         **options: solver config overrides (e.g. ``iterations=1000``).
     """
 
-    def __init__(self, solver: str = DEFAULT_SOLVER, prior: str | None = None, device: str = "cpu", **options):
+    def __init__(self, solver: str = DEFAULT_SOLVER, prior: str | None = None, device: str = "cpu",
+                 tile: int = 256, overlap: int = 32, tile_above: int | None = None, **options):
+        if tile and (tile < 64 or not 0 <= overlap < tile // 2):
+            raise ValueError(f"tile must be >= 64 pixels and overlap in [0, tile/2); got tile={tile}, overlap={overlap}")
+        self.tile, self.overlap = int(tile), int(overlap)
+        self.tile_above = tile_above if tile_above is not None else 4 * self.tile**2
         self.solver = base.get(solver, **options)
         self.prior_name = prior or self.solver.default_prior
         registry.spec(self.prior_name)  # fail early on an unknown name
@@ -60,16 +69,25 @@ class Restorer:
         y = io.to_tensor(image, observation=True).to(self.device)
         x_shape = task.x_shape(tuple(y.shape))
         io.check_size(x_shape[2], x_shape[3], "restored size")
-        physics = task.physics(x_shape, device=self.device)
-        if task.kind == "inpaint":
-            y = y * physics.mask  # unobserved pixels carry no information, whatever the file holds there
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
         t0 = time.perf_counter()
         prior = self.prior()
         t_prior = time.perf_counter() - t0
+        t1 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="deepinv")
-            post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
+            if self.tile and x_shape[2] * x_shape[3] > self.tile_above:
+                f = task.scale
+                post = tiling.restore_tiled(
+                    lambda y_t, ph, n, g, cb: self.solver(y_t, ph, prior, n_samples=n, generator=g, progress=cb),
+                    y, task, x_shape, samples, int(seed), tile=self.tile - self.tile % f,
+                    overlap=max(f, self.overlap - self.overlap % f), progress=progress)
+                post.meta["timings"] = {"total_s": round(time.perf_counter() - t1, 4)}
+            else:
+                physics = task.physics(x_shape, device=self.device)
+                if task.kind == "inpaint":
+                    y = y * physics.mask  # unobserved pixels carry no information, whatever the file holds there
+                generator = torch.Generator(device=self.device).manual_seed(int(seed))
+                post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
         if ground_truth is not None:
@@ -95,7 +113,7 @@ def restore(image, task: str | Task, solver: str = DEFAULT_SOLVER, prior: str | 
 
     ``options`` override the solver's config fields. See :class:`Restorer` for the arguments.
     """
-    return Restorer(solver, prior, device, **options)(image, task, samples=samples, seed=seed,
+    return Restorer(solver, prior, device, tile=tile, overlap=overlap, **options)(image, task, samples=samples, seed=seed,
                                                       ground_truth=ground_truth, progress=progress)
 
 

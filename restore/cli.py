@@ -83,12 +83,13 @@ def run(
     bit_depth: int = typer.Option(8, "--bit-depth", help="8 or 16-bit PNG outputs"),
     std_format: str = typer.Option("npy", "--std-format", help="npy or tiff"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
+    tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
 
     try:
-        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, **_parse_options(option))
+        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, **_parse_options(option))
         t0 = time.time()
         bar = _progress_printer()
         row = _restore_one(restorer, image, _task(task), out, samples, seed, simulate, ground_truth, bit_depth,
@@ -194,6 +195,7 @@ def batch(
     bit_depth: int = typer.Option(8, "--bit-depth"),
     std_format: str = typer.Option("npy", "--std-format"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
+    tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
 ):
     """Restore every image under IN_DIR. Finished images are skipped on rerun; bad files are reported, not fatal."""
     from tqdm import tqdm
@@ -204,7 +206,7 @@ def batch(
         _fail(f"input folder not found: {in_dir}")
     try:
         t = _task(task)
-        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, **_parse_options(option))
+        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, **_parse_options(option))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     files = find_images(in_dir)

@@ -222,8 +222,10 @@ class Task:
                                 "they must have the same size")
         return m.to(device)
 
-    def physics(self, x_shape, device="cpu", generator: torch.Generator | None = None):
-        """deepinv LinearPhysics acting on images of shape ``x_shape`` (B, C, H, W)."""
+    def physics(self, x_shape, device="cpu", generator: torch.Generator | None = None,
+                mask: torch.Tensor | None = None):
+        """deepinv LinearPhysics acting on images of shape ``x_shape`` (B, C, H, W). ``mask`` (1, 1, H, W) replaces
+        the spec's inpainting mask (tiles pass their crop of the full image's mask)."""
         import deepinv as dinv
 
         _, c, h, w = x_shape
@@ -241,7 +243,7 @@ class Task:
 
             return dinv.physics.Downsampling(img_size=(c, h, w), filter=bicubic_filter(self.scale), factor=self.scale,
                                              padding="reflect", noise_model=noise, device=device)
-        mask = self.mask(x_shape, device).expand(1, c, h, w).contiguous()
+        mask = (self.mask(x_shape, device) if mask is None else mask.to(device)).expand(1, c, h, w).contiguous()
         return dinv.physics.Inpainting(img_size=(c, h, w), mask=mask, noise_model=noise, device=device)
 
     def simulate(self, x: torch.Tensor, generator: torch.Generator | None = None):
