@@ -108,13 +108,13 @@ class Restorer:
 
 def restore(image, task: str | Task, solver: str = DEFAULT_SOLVER, prior: str | None = None, samples: int = 8,
             seed: int = 0, device: str = "cpu", ground_truth=None, progress: base.ProgressFn | None = None,
-            **options) -> Posterior:
+            tile: int = 256, overlap: int = 32, **options) -> Posterior:
     """Restore one degraded image and return its :class:`Posterior` (mean, samples, std, meta).
 
     ``options`` override the solver's config fields. See :class:`Restorer` for the arguments.
     """
-    return Restorer(solver, prior, device, tile=tile, overlap=overlap, **options)(image, task, samples=samples, seed=seed,
-                                                      ground_truth=ground_truth, progress=progress)
+    restorer = Restorer(solver, prior, device, tile=tile, overlap=overlap, **options)
+    return restorer(image, task, samples=samples, seed=seed, ground_truth=ground_truth, progress=progress)
 
 
 __all__ = ["restore", "Restorer", "DEFAULT_SOLVER", "TaskError"]
