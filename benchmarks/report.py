@@ -45,7 +45,15 @@ def _calibration(data: dict) -> str:
             f"`benchmarks/results/{data['plot']}`)\n\n" + table(rows, cols))
 
 
-RENDER = {"denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
+def _single(title: str):
+    def render(data: dict) -> str:
+        return f"**{title}**\n\n" + table(data["rows"], list(data["rows"][0]))
+    return render
+
+
+RENDER = {"large": _single("A large photo through tiling (denoising 25/255)"),
+          "app_load": _single("Web app under concurrent loopback clients"),
+          "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
           "calibration": _calibration, "calibration_quick": _calibration, "speed": _speed, "speed_quick": _speed}
 
 
