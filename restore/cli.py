@@ -14,7 +14,6 @@ import io as _io
 import json
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,30 +43,6 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _restore_one(restorer, image_path: Path, task, out_dir: Path, samples: int, seed: int, simulate: bool,
-                 truth_path: Optional[Path], bit_depth: int, std_format: str, progress=None) -> dict:
-    """Restore one file into ``out_dir`` (written atomically); returns the metrics row."""
-    from restore import io
-
-    truth = None
-    if simulate:
-        truth = io.read_image(image_path)
-        y = restorer.simulate(truth, task, seed=seed)
-    else:
-        y = io.read_image(image_path)
-        if truth_path is not None:
-            truth = io.read_image(truth_path)
-    post = restorer(y, task, samples=samples, seed=seed, ground_truth=truth, progress=progress)
-    post.meta["input_file"] = str(image_path)
-    post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
-              truth=truth if truth is not None and truth.shape == post.mean.shape else None)
-    row = {"seed": seed, "seconds": post.meta["timings"]["total_s"]}
-    for k, v in post.meta.get("metrics", {}).items():
-        if isinstance(v, (int, float)) or v is None:
-            row[k] = v
-    return row
-
-
 @app.command("run")
 def run(
     image: Path = typer.Argument(..., help="degraded image (or a clean one with --simulate)"),
@@ -87,12 +62,13 @@ def run(
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
+    from restore.batch import restore_file
 
     try:
         restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, **_parse_options(option))
         t0 = time.time()
         bar = _progress_printer()
-        row = _restore_one(restorer, image, _task(task), out, samples, seed, simulate, ground_truth, bit_depth,
+        row = restore_file(restorer, image, _task(task), out, samples, seed, simulate, ground_truth, bit_depth,
                            std_format, progress=bar)
     except (ValueError, FileNotFoundError, NotImplementedError) as exc:
         _fail(str(exc))
@@ -118,41 +94,6 @@ def _progress_printer():
             typer.echo(f"\r[{'#' * (pct // 5):<20}] {pct:3d}% {message:<40}", nl=False, err=True)
 
     return cb
-
-
-def image_seed(seed: int, rel: str) -> int:
-    """Per-image seed from the global seed and the file's relative path: stable across runs and machines."""
-    return (int(seed) + zlib.crc32(rel.encode("utf-8"))) % (2**31)
-
-
-def find_images(folder: Path) -> list[Path]:
-    from restore.io import IMAGE_SUFFIXES
-
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
-                  key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _find_truth(gt_dir: Path, rel: Path) -> Optional[Path]:
-    from restore.io import IMAGE_SUFFIXES
-
-    exact = gt_dir / rel
-    if exact.exists():
-        return exact
-    for suf in IMAGE_SUFFIXES:
-        cand = (gt_dir / rel).with_suffix(suf)
-        if cand.exists():
-            return cand
-    return None
-
-
-def append_jsonl(path: Path, row: dict):
-    import os
-
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def rebuild_summary(jsonl: Path, csv_path: Path) -> int:
@@ -196,52 +137,52 @@ def batch(
     std_format: str = typer.Option("npy", "--std-format"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (restore[distributed])"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster; default: start one here"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="CPUs for a Ray instance started here"),
 ):
     """Restore every image under IN_DIR. Finished images are skipped on rerun; bad files are reported, not fatal."""
-    from tqdm import tqdm
-
     from restore import api
+    from restore.batch import BatchSettings, append_jsonl, plan, run_local, run_ray
 
     if not in_dir.is_dir():
         _fail(f"input folder not found: {in_dir}")
+    if engine not in ("local", "ray"):
+        _fail(f"unknown engine {engine!r}; use local or ray")
     try:
-        t = _task(task)
-        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, **_parse_options(option))
+        settings = BatchSettings(str(_task(task)), solver or api.DEFAULT_SOLVER, prior, device, tile,
+                                 tuple(sorted(_parse_options(option).items())), samples, simulate, bit_depth,
+                                 std_format)
+        api.Restorer(settings.solver, prior, device, tile=tile, **dict(settings.options))  # fail early on bad names
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    files = find_images(in_dir)
-    if not files:
+    jobs, skipped, n_files = plan(in_dir, out_dir, seed, ground_truth_dir)
+    if not n_files:
         _fail(f"no images found under {in_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, summary = out_dir / "metrics.jsonl", out_dir / "summary.csv"
-    failed, done, skipped = [], 0, 0
+    failed, done = [], 0
     t0 = time.time()
-    for f in tqdm(files, desc="restore batch", unit="img", file=sys.stderr):
-        rel = f.relative_to(in_dir)
-        target = out_dir / rel.with_suffix("")
-        if (target / "meta.json").exists():
-            skipped += 1
-            continue
-        s = image_seed(seed, rel.as_posix())
-        truth = None
-        if ground_truth_dir is not None:
-            truth = _find_truth(ground_truth_dir, rel)
-        try:
-            if ground_truth_dir is not None and truth is None:
-                raise FileNotFoundError(f"no ground truth for {rel} in {ground_truth_dir}")
-            row = _restore_one(restorer, f, t, target, samples, s, simulate, truth, bit_depth, std_format)
-            append_jsonl(jsonl, {"file": rel.as_posix(), "status": "ok", **row})
+
+    def on_row(row: dict):
+        nonlocal done
+        append_jsonl(jsonl, row)
+        if row["status"] == "ok":
             done += 1
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one bad file never stops the batch
-            msg = f"{type(exc).__name__}: {exc}"
-            failed.append((rel.as_posix(), msg))
-            append_jsonl(jsonl, {"file": rel.as_posix(), "status": "error", "error": msg, "seed": s})
+        else:
+            failed.append((row["file"], row["error"]))
+
+    if engine == "ray":
+        try:
+            run_ray(settings, jobs, on_row, address=ray_address, num_cpus=workers)
+        except RuntimeError as exc:
+            _fail(str(exc))
+    else:
+        run_local(settings, jobs, on_row)
     n_rows = rebuild_summary(jsonl, summary)
     hours = (time.time() - t0) / 3600
     rate = f", {done / hours:.0f} images/hour" if done and hours > 0 else ""
-    typer.echo(f"restored {done}, skipped {skipped} already done, failed {len(failed)} of {len(files)}{rate}; "
+    typer.echo(f"restored {done}, skipped {skipped} already done, failed {len(failed)} of {n_files}{rate}; "
                f"{summary} has {n_rows} rows")
     if failed:
         typer.secho("failed files:", fg=typer.colors.RED, err=True)

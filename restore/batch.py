@@ -1,0 +1,209 @@
+"""Folder restoration: one pure per-image function, run in this process or on Ray workers.
+
+``run_job(settings, job)`` restores one file into its own output folder (written atomically) and returns its
+metrics row; it never raises for a bad file, so one failure never stops a batch. Engines:
+
+- ``local``: the jobs one after another in this process (memory: one image's solve at a time).
+- ``ray`` (``pip install 'restore[distributed]'``): the same function as Ray tasks, one CPU each, on a local Ray
+  instance or an existing cluster (``address``); at most ``2 x CPUs`` tasks are in flight, and rows are written by
+  the driver as tasks finish, so a kill loses at most the images in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    task: str
+    solver: str
+    prior: Optional[str] = None
+    device: str = "cpu"
+    tile: int = 256
+    options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs of solver overrides
+    samples: int = 8
+    simulate: bool = False
+    bit_depth: int = 8
+    std_format: str = "npy"
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str  # input file
+    rel: str  # its path relative to the input folder (posix)
+    target: str  # output folder for this image
+    seed: int
+    truth: Optional[str] = None  # ground-truth file, if any
+    error: Optional[str] = None  # a problem found while planning (e.g. missing ground truth)
+
+
+def image_seed(seed: int, rel: str) -> int:
+    """Per-image seed from the global seed and the file's relative path: stable across runs and machines."""
+    return (int(seed) + zlib.crc32(rel.encode("utf-8"))) % (2**31)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted by relative path."""
+    from restore.io import IMAGE_SUFFIXES
+
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def find_truth(gt_dir: Path, rel: Path) -> Optional[Path]:
+    from restore.io import IMAGE_SUFFIXES
+
+    exact = gt_dir / rel
+    if exact.exists():
+        return exact
+    for suf in IMAGE_SUFFIXES:
+        cand = (gt_dir / rel).with_suffix(suf)
+        if cand.exists():
+            return cand
+    return None
+
+
+def plan(in_dir: Path, out_dir: Path, seed: int, gt_dir: Optional[Path] = None) -> tuple[list[Job], int, int]:
+    """(jobs still to do, number already done, number of files found). Done = the output folder has meta.json."""
+    files = find_images(in_dir)
+    jobs, skipped = [], 0
+    for f in files:
+        rel = f.relative_to(in_dir)
+        target = out_dir / rel.with_suffix("")
+        if (target / "meta.json").exists():
+            skipped += 1
+            continue
+        truth, error = None, None
+        if gt_dir is not None:
+            truth = find_truth(gt_dir, rel)
+            if truth is None:
+                error = f"FileNotFoundError: no ground truth for {rel.as_posix()} in {gt_dir}"
+        jobs.append(Job(str(f), rel.as_posix(), str(target), image_seed(seed, rel.as_posix()),
+                        None if truth is None else str(truth), error))
+    return jobs, skipped, len(files)
+
+
+def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, seed: int, simulate: bool,
+                 truth_path: Optional[Path], bit_depth: int, std_format: str, progress=None) -> dict:
+    """Restore one file into ``out_dir`` (written atomically); returns the metrics row."""
+    from restore import io
+
+    truth = None
+    if simulate:
+        truth = io.read_image(image_path)
+        y = restorer.simulate(truth, task, seed=seed)
+    else:
+        y = io.read_image(image_path)
+        if truth_path is not None:
+            truth = io.read_image(truth_path)
+    post = restorer(y, task, samples=samples, seed=seed, ground_truth=truth, progress=progress)
+    post.meta["input_file"] = str(image_path)
+    post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
+              truth=truth if truth is not None and truth.shape == post.mean.shape else None)
+    row = {"seed": seed, "seconds": post.meta["timings"]["total_s"]}
+    for k, v in post.meta.get("metrics", {}).items():
+        if isinstance(v, (int, float)) or v is None:
+            row[k] = v
+    return row
+
+
+_RESTORERS: dict = {}
+
+
+def _restorer(s: BatchSettings):
+    """One Restorer per settings per process (a Ray worker keeps its prior loaded across tasks)."""
+    if s not in _RESTORERS:
+        from restore.api import Restorer
+
+        _RESTORERS[s] = Restorer(s.solver, s.prior, s.device, tile=s.tile, **dict(s.options))
+    return _RESTORERS[s]
+
+
+def run_job(settings: BatchSettings, job: Job) -> dict:
+    """Restore one job; returns {"file", "status": "ok"|"error", ...}. Never raises for a bad input."""
+    from restore.tasks import parse
+
+    if job.error:
+        return {"file": job.rel, "status": "error", "error": job.error, "seed": job.seed}
+    try:
+        row = restore_file(_restorer(settings), Path(job.source), parse(settings.task), Path(job.target),
+                           settings.samples, job.seed, settings.simulate,
+                           None if job.truth is None else Path(job.truth), settings.bit_depth, settings.std_format)
+        return {"file": job.rel, "status": "ok", **row}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one bad file never stops the batch
+        return {"file": job.rel, "status": "error", "error": f"{type(exc).__name__}: {exc}", "seed": job.seed}
+
+
+def run_local(settings: BatchSettings, jobs: list[Job], on_row: Callable[[dict], None], progress: bool = True):
+    import sys
+
+    from tqdm import tqdm
+
+    for job in tqdm(jobs, desc="restore batch", unit="img", file=sys.stderr, disable=not progress):
+        on_row(run_job(settings, job))
+
+
+def run_ray(settings: BatchSettings, jobs: list[Job], on_row: Callable[[dict], None], address: Optional[str] = None,
+            num_cpus: Optional[int] = None, progress: bool = True):
+    """The same per-image function as Ray tasks (1 CPU each), at most 2 x CPUs in flight."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("the ray engine needs Ray: pip install 'restore[distributed]'") from None
+    import sys
+
+    from tqdm import tqdm
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
+        limit = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending = iter(jobs)
+        in_flight = {}
+        bar = tqdm(total=len(jobs), desc="restore batch (ray)", unit="img", file=sys.stderr, disable=not progress)
+        for job in _take(pending, limit):
+            in_flight[remote.remote(settings, job)] = job
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            job = in_flight.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as exc:  # a worker that died
+                row = {"file": job.rel, "status": "error", "error": f"worker failed: {exc}", "seed": job.seed}
+            on_row(row)
+            bar.update(1)
+            for nxt in _take(pending, 1):
+                in_flight[remote.remote(settings, nxt)] = nxt
+        bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _take(it: Iterable, n: int) -> list:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+def append_jsonl(path: Path, row: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
