@@ -19,10 +19,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/restore list
-	$(BIN)/restore data/samples/astronaut.png --simulate -t deblur:gaussian:sigma=2,noise=0.02 -n 8 --seed 0 -o $(DEMO_OUT)/deblur
+	$(BIN)/restore data/samples/astronaut.png --simulate -t deblur:gaussian:sigma=2,noise=0.02 -s reddiff -p score-natural -n 8 --seed 0 -o $(DEMO_OUT)/deblur
 	@echo
 	@echo "Outputs in $(DEMO_OUT)/deblur/: observation.png (degraded input), mean.png (MMSE estimate),"
 	@echo "samples/ (posterior samples), std.png + std.npy (uncertainty map; scale in std_scale.json), meta.json (metrics, timings)"
+	@echo "Web app: $(BIN)/restore ui   (then open http://127.0.0.1:7860)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
