@@ -1,4 +1,3 @@
-import warnings
 
 import imageio.v3 as iio
 import numpy as np
