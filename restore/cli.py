@@ -85,13 +85,19 @@ def _task(spec: str):
 
 
 def _progress_printer():
+    """A one-line bar on a terminal; in a log (not a TTY), a line every 25%."""
+    tty = sys.stderr.isatty()
+    step = 5 if tty else 25
     state = {"last": -1}
 
     def cb(fraction: float, message: str):
         pct = int(100 * fraction)
-        if pct // 5 != state["last"]:
-            state["last"] = pct // 5
-            typer.echo(f"\r[{'#' * (pct // 5):<20}] {pct:3d}% {message:<40}", nl=False, err=True)
+        if pct // step != state["last"]:
+            state["last"] = pct // step
+            if tty:
+                typer.echo(f"\r[{'#' * (pct // 5):<20}] {pct:3d}% {message:<40}", nl=False, err=True)
+            else:
+                typer.echo(f"{pct:3d}% {message}", err=True)
 
     return cb
 
