@@ -106,11 +106,28 @@ def _score(stem: str) -> Callable[[], Prior]:
     return load
 
 
+def _cae(stem: str) -> Callable[[], Prior]:
+    def load() -> Prior:
+        from restore.priors.cae import build
+
+        ck = load_checkpoint(models_dir() / f"{stem}.pt")
+        net = build(**ck["config"])
+        try:
+            net.load_state_dict(ck["state_dict"], strict=False)  # compressai resizes its CDF buffers itself
+        except RuntimeError as exc:
+            raise PriorError(f"checkpoint {stem}.pt does not fit the CAE {ck['config']}: {exc}") from None
+        return Prior(stem, "cae", _frozen(net), read_card(stem))
+
+    return load
+
+
 PRIORS: dict[str, PriorSpec] = {
     "wavelet": PriorSpec("denoiser", _wavelet, "weight-free wavelet soft-thresholding (baseline)"),
     "tv": PriorSpec("denoiser", _tv, "weight-free total variation (baseline)"),
     "score-natural": PriorSpec("denoiser", _score("score-natural"),
                                "noise-conditional DRUNet denoiser / score network trained on BSD432", "score-natural"),
+    "cae-natural-q4": PriorSpec("cae", _cae("cae-natural-q4"),
+                                "compressai mbt2018-mean CAE trained on BSD432 at lambda 0.0130 (VBLE)", "cae-natural-q4"),
 }
 
 

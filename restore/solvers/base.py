@@ -34,6 +34,7 @@ SOLVERS: dict[str, str] = {
     "langevin": "restore.solvers.langevin",
     "reddiff": "restore.solvers.reddiff",
     "scoredvi": "restore.solvers.scoredvi",
+    "vble": "restore.solvers.vble",
 }
 
 
