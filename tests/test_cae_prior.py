@@ -25,8 +25,10 @@ def test_train_resume_export_and_entropy_coding(tmp_path):
               "--ckpt-every", "1", "--val-every", "2", "--threads", "1"]
     cae.main(common + ["--steps", "1"])
     cae.main(common + ["--steps", "2"])
+    (tmp_path / "ck.pt").unlink()  # without the optimiser checkpoint: warm start from the shipped weights
+    cae.main(common + ["--steps", "3"])
     card = json.loads((tmp_path / "cae.json").read_text())
-    assert card["steps"] == 2 and card["kind"] == "cae" and len(card["validation_log"]) == 1
+    assert card["steps"] == 3 and card["kind"] == "cae" and len(card["validation_log"]) == 1
     rd = card["rate_distortion_held_out"]
     assert rd["bpp"] > 0 and rd["coded_bpp_first_image"] > 0 and rd["psnr"] > 0
     ck = load_checkpoint(tmp_path / "cae.pt")

@@ -14,6 +14,7 @@ likelihoods, PSNR of the reconstruction) and an actual compress/decompress round
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -92,6 +93,18 @@ def main(argv=None):
         gen.set_state(ck["rng"])
         step, log, prev, command = ck["step"], ck["log"], ck["seconds"], ck.get("command", command)
         print(f"resumed from {ck_path} at step {step}", flush=True)
+    elif Path(args.out).with_suffix(".pt").exists():
+        # no optimiser state (it is not committed): warm-start from the shipped weights and card
+        from restore.priors.registry import load_checkpoint
+
+        net.load_state_dict(load_checkpoint(Path(args.out).with_suffix(".pt"))["state_dict"], strict=False)
+        card_path = Path(args.out).with_suffix(".json")
+        if card_path.exists():
+            card = json.loads(card_path.read_text())
+            step, log, prev = int(card.get("steps", 0)), card.get("validation_log", []), \
+                3600 * float(card.get("wall_time_hours", 0))
+            command = card.get("command", command)
+        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev)
     config = {"arch": args.arch, "N": args.N, "M": args.M}
 
