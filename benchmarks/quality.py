@@ -95,6 +95,7 @@ def main(argv=None):
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
     all_methods = {k: v for k, v in methods(args.quick).items() if not args.methods or k in args.methods}
     restorers = {m: Restorer(c["solver"], c["prior"], **c["options"]) for m, c in all_methods.items() if "solver" in c}
+    ready = set(registry.available())
     score = registry.load("score-natural") if "score-natural" in registry.available() else None
     rows = []
     t_start = time.time()
@@ -108,6 +109,9 @@ def main(argv=None):
         for mname, cfg in all_methods.items():
             row = {"task": tname, "method": mname}
             if "solver" in cfg:
+                if restorers[mname].prior_name not in ready:
+                    rows.append({**row, "note": f"n/a: prior {restorers[mname].prior_name} has no weights yet"})
+                    continue
                 reason = restorers[mname].solver.supports(task)
                 if reason:
                     rows.append({**row, "note": f"n/a: {reason}"})

@@ -71,21 +71,11 @@ class ScoreDenoiser(Denoiser):
         xc = x - 0.5
         if grey:
             xc = xc.expand(-1, 3, -1, -1)
-        # DRUNet downsamples 3 times: pad to a multiple of 8 (and at least 32) ourselves, by reflection.
-        ph, pw = max(32, -(-h // 8) * 8) - h, max(32, -(-w // 8) * 8) - w
         s2 = s * s + SIGMA_DATA**2
         c_in = torch.rsqrt(s2)
         c_skip = SIGMA_DATA**2 / s2
         c_out = s * SIGMA_DATA * c_in
-        c_noise = torch.log(s) / 4
-        inp = c_in * xc
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
-            if c_noise.shape[-2:] != (1, 1):
-                c_noise = F.pad(c_noise, (0, pw, 0, ph), mode="replicate")
-        c_noise = c_noise.expand(x.shape[0], 1, *inp.shape[-2:])
-        out = self.net.forward_unet(torch.cat([inp, c_noise], dim=1))[..., :h, :w]
+        out = run_unet(self.net, c_in * xc, torch.log(s) / 4)
         den = c_skip * xc + c_out * out
         if grey:
             den = den.mean(dim=1, keepdim=True)
@@ -95,6 +85,20 @@ class ScoreDenoiser(Denoiser):
         """Tweedie score estimate grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2."""
         s = _as_batch_sigma(sigma, x)
         return (self.forward(x, sigma) - x) / (s * s)
+
+
+def run_unet(net: DRUNet, inp: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """DRUNet's U-Net on (B, 3, H, W) ``inp`` with a conditioning map ``cond`` ((B, 1, 1, 1) or (B, 1, H, W)) as its
+    fourth channel; any H, W (reflect-padded to a multiple of 8, at least 32, since DRUNet downsamples 3 times)."""
+    h, w = inp.shape[-2:]
+    ph, pw = max(32, -(-h // 8) * 8) - h, max(32, -(-w // 8) * 8) - w
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
+        if cond.shape[-2:] != (1, 1):
+            cond = F.pad(cond, (0, pw, 0, ph), mode="replicate")
+    cond = cond.expand(inp.shape[0], 1, *inp.shape[-2:])
+    return net.forward_unet(torch.cat([inp, cond], dim=1))[..., :h, :w]
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -121,6 +121,21 @@ def _cae(stem: str) -> Callable[[], Prior]:
     return load
 
 
+def _flow(stem: str) -> Callable[[], Prior]:
+    def load() -> Prior:
+        from restore.priors.flow import FlowNet
+
+        ck = load_checkpoint(models_dir() / f"{stem}.pt")
+        net = FlowNet(**ck["config"])
+        try:
+            net.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            raise PriorError(f"checkpoint {stem}.pt does not fit FlowNet{ck['config']}: {exc}") from None
+        return Prior(stem, "flow", _frozen(net), read_card(stem))
+
+    return load
+
+
 PRIORS: dict[str, PriorSpec] = {
     "wavelet": PriorSpec("denoiser", _wavelet, "weight-free wavelet soft-thresholding (baseline)"),
     "tv": PriorSpec("denoiser", _tv, "weight-free total variation (baseline)"),
@@ -128,6 +143,9 @@ PRIORS: dict[str, PriorSpec] = {
                                "noise-conditional DRUNet denoiser / score network trained on BSD432", "score-natural"),
     "cae-natural-q4": PriorSpec("cae", _cae("cae-natural-q4"),
                                 "compressai mbt2018-mean CAE trained on BSD432 at lambda 0.0130 (VBLE)", "cae-natural-q4"),
+    "flow-natural": PriorSpec("flow", _flow("flow-natural"),
+                              "rectified-flow velocity network from posterior means to clean images (PMRF)",
+                              "flow-natural"),
 }
 
 

@@ -35,6 +35,7 @@ SOLVERS: dict[str, str] = {
     "reddiff": "restore.solvers.reddiff",
     "scoredvi": "restore.solvers.scoredvi",
     "vble": "restore.solvers.vble",
+    "pmrf": "restore.solvers.pmrf",
 }
 
 
