@@ -95,12 +95,12 @@ def _check_image(image, what: str) -> np.ndarray:
     return arr
 
 
-def _restorer(solver: str, prior: str | None, options: dict):
+def _restorer(solver: str, prior: str | None, options: dict, quant: str = "none"):
     from restore import Restorer
 
-    key = (solver, prior, json.dumps(options, sort_keys=True))
+    key = (solver, prior, quant, json.dumps(options, sort_keys=True))
     if key not in _restorers:
-        _restorers[key] = Restorer(solver, prior or None, **options)
+        _restorers[key] = Restorer(solver, prior or None, quant=quant, **options)
     return _restorers[key]
 
 
@@ -127,7 +127,7 @@ def _metrics_row(name: str, meta: dict) -> list:
 
 
 def restore_image(image, simulate: bool, task: str, solver: str, prior: str | None, samples: int, seed: int,
-                  ground_truth=None, options: str = "", progress=None) -> dict:
+                  ground_truth=None, options: str = "", progress=None, quant: str = "none") -> dict:
     """Run one restoration for the app. ``image``: HxW[xC] uint8 array; ``task``: spec string. Returns a dict of
     outputs (paths and arrays) for the components; raises UserError with a readable message."""
     from restore import io, tasks
@@ -143,7 +143,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     out_dir = _fresh_dir()
     try:
         t = tasks.parse(task)
-        r = _restorer(solver, prior, opts)
+        r = _restorer(solver, prior, opts, quant)
         x = io.to_tensor(arr)
         truth = None
         if simulate:
@@ -174,7 +174,8 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
         "std": str(res / "std.png"),
         "error_vs_std": str(res / "error_vs_std.png") if (res / "error_vs_std.png").exists() else None,
         "metrics": [_metrics_row(solver, post.meta)],
-        "info": (f"**{solver}** on `{post.meta['task']}` with prior `{post.meta['prior']}`, seed {post.meta['seed']}, "
+        "info": (f"**{solver}** on `{post.meta['task']}` with prior `{post.meta['prior']}`"
+                 f"{'' if quant in (None, 'none') else f' ({quant})'}, seed {post.meta['seed']}, "
                  f"{post.n_samples} samples, {post.meta['timings']['total_s']:.1f} s. Std colour scale: "
                  f"{json.loads((res / 'std_scale.json').read_text())['vmax']:.4f} at the top (see std_scale.json)."),
         "files": [str(res / f) for f in ("mean.png", "std.png", "std.npy", "std.tiff", "meta.json")],
@@ -275,6 +276,9 @@ def build_demo():
                                          elem_id="truth")
                     with gr.Accordion("Advanced solver options", open=False):
                         options = gr.Textbox(label='JSON, e.g. {"iterations": 300}', value="", elem_id="options")
+                        quant = gr.Dropdown(["none", "int8", "w8a8", "w4a8"], value="none", elem_id="quant",
+                                            label="Quantised backbone (int8: real kernels, ~4x faster denoiser; "
+                                                  "w8a8/w4a8: simulated)")
                     run = gr.Button("Restore", variant="primary", elem_id="run")
                 with gr.Column(scale=2):
                     info = gr.Markdown(elem_id="info")
@@ -307,18 +311,18 @@ def build_demo():
 
             @gr_error
             def on_run(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
-                       solver_, prior_, samples_, seed_, truth_, options_, progress=gr.Progress()):
+                       solver_, prior_, samples_, seed_, truth_, options_, quant_, progress=gr.Progress()):
                 mask_path = None
                 if kind_ == "inpaint" and mode_ == "draw" and image is not None:
                     mask_path = mask_from_editor(editor_, np.asarray(image).shape[:2], _fresh_dir())
                 spec = task_spec(kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, mask_path)
                 r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
-                                  progress=progress)
+                                  progress=progress, quant=quant_)
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
                         r["files"])
 
             run.click(on_run, [inp, simulate, kind, noise, blur, motion, factor, mode, missing, box, editor, solver,
-                               prior, samples, seed, truth, options],
+                               prior, samples, seed, truth, options, quant],
                       [info, slider, mean, std, err, gallery, metrics, files], api_name="restore",
                       concurrency_limit=1, time_limit=1800)
             if EXAMPLES.is_dir():

@@ -46,7 +46,7 @@ def main(argv=None):
         for k in range(args.requests):
             t0 = time.time()
             job = client.submit(handle_file(str(img)), True, "denoise", 25, 2, 19, 4, "random pixels", 0.5, 0.3,
-                                None, "langevin", "wavelet", 2, i * 100 + k, None, '{"iterations": 40}',
+                                None, "langevin", "wavelet", 2, i * 100 + k, None, '{"iterations": 40}', "none",
                                 api_name="/restore")
             while not job.done() and time.time() < deadline:
                 st = job.status()

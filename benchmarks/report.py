@@ -51,7 +51,9 @@ def _single(title: str):
     return render
 
 
-RENDER = {"large": _single("A large photo through tiling (denoising 25/255)"),
+RENDER = {"quant": _single("Quantised backbones (ratios against float in the same run)"),
+          "quant_quick": _single("Quantised backbones, quick (ratios against float in the same run)"),
+          "large": _single("A large photo through tiling (denoising 25/255)"),
           "app_load": _single("Web app under concurrent loopback clients"),
           "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
           "calibration": _calibration, "calibration_quick": _calibration, "speed": _speed, "speed_quick": _speed}

@@ -27,16 +27,27 @@ class Restorer:
             (``restore.tiling``), bounding memory; 0 disables tiling.
         overlap: tile overlap in pixels (keep it above a blur kernel's radius).
         tile_above: pixel count above which tiling is used (default: 4 tiles' worth, 512 x 512 for tile 256).
+        quant: None, or a scheme of ``restore.quant`` ("int8" real kernels, "w8a8"/"w4a8" simulated) applied to
+            the prior once, when it is loaded.
         **options: solver config overrides (e.g. ``iterations=1000``).
     """
 
     def __init__(self, solver: str = DEFAULT_SOLVER, prior: str | None = None, device: str = "cpu",
-                 tile: int = 256, overlap: int = 32, tile_above: int | None = None, **options):
+                 tile: int = 256, overlap: int = 32, tile_above: int | None = None, quant: str | None = None,
+                 **options):
         if tile and (tile < 64 or not 0 <= overlap < tile // 2):
             raise ValueError(f"tile must be >= 64 pixels and overlap in [0, tile/2); got tile={tile}, overlap={overlap}")
         self.tile, self.overlap = int(tile), int(overlap)
         self.tile_above = tile_above if tile_above is not None else 4 * self.tile**2
         self.solver = base.get(solver, **options)
+        from restore.quant import SCHEMES, QuantError
+
+        if quant not in (None, "none", *SCHEMES):
+            raise QuantError(f"unknown quantisation scheme {quant!r}; known: {', '.join(SCHEMES)}")
+        self.quant = None if quant in (None, "none") else quant
+        if self.quant == "int8" and getattr(self.solver, "needs_prior_gradients", False):
+            raise base.SolverError(f"solver {solver!r} back-propagates through its prior; real int8 gives zero "
+                                   "gradients. Use quant='w8a8' or 'w4a8' (simulated) instead")
         self.prior_name = prior or self.solver.default_prior
         registry.spec(self.prior_name)  # fail early on an unknown name
         self.device = torch.device(device)
@@ -44,7 +55,12 @@ class Restorer:
 
     def prior(self) -> registry.Prior:
         if self.prior_name not in self._priors:
-            self._priors[self.prior_name] = registry.load(self.prior_name, self.device)
+            prior = registry.load(self.prior_name, self.device)
+            if self.quant:
+                from restore.quant import quantize
+
+                prior = quantize(prior, self.quant)
+            self._priors[self.prior_name] = prior
         return self._priors[self.prior_name]
 
     def __call__(self, image, task: str | Task, samples: int = 8, seed: int = 0, ground_truth=None,
@@ -108,12 +124,12 @@ class Restorer:
 
 def restore(image, task: str | Task, solver: str = DEFAULT_SOLVER, prior: str | None = None, samples: int = 8,
             seed: int = 0, device: str = "cpu", ground_truth=None, progress: base.ProgressFn | None = None,
-            tile: int = 256, overlap: int = 32, **options) -> Posterior:
+            tile: int = 256, overlap: int = 32, quant: str | None = None, **options) -> Posterior:
     """Restore one degraded image and return its :class:`Posterior` (mean, samples, std, meta).
 
     ``options`` override the solver's config fields. See :class:`Restorer` for the arguments.
     """
-    restorer = Restorer(solver, prior, device, tile=tile, overlap=overlap, **options)
+    restorer = Restorer(solver, prior, device, tile=tile, overlap=overlap, quant=quant, **options)
     return restorer(image, task, samples=samples, seed=seed, ground_truth=ground_truth, progress=progress)
 
 

@@ -31,6 +31,7 @@ class BatchSettings:
     simulate: bool = False
     bit_depth: int = 8
     std_format: str = "npy"
+    quant: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _restorer(s: BatchSettings):
     if s not in _RESTORERS:
         from restore.api import Restorer
 
-        _RESTORERS[s] = Restorer(s.solver, s.prior, s.device, tile=s.tile, **dict(s.options))
+        _RESTORERS[s] = Restorer(s.solver, s.prior, s.device, tile=s.tile, quant=s.quant, **dict(s.options))
     return _RESTORERS[s]
 
 

@@ -59,13 +59,15 @@ def run(
     std_format: str = typer.Option("npy", "--std-format", help="npy or tiff"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels) or w8a8/w4a8 (simulated)"),
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
     from restore.batch import restore_file
 
     try:
-        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, **_parse_options(option))
+        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, quant=quant,
+                                **_parse_options(option))
         t0 = time.time()
         bar = _progress_printer()
         row = restore_file(restorer, image, _task(task), out, samples, seed, simulate, ground_truth, bit_depth,
@@ -146,6 +148,7 @@ def batch(
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (restore[distributed])"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster; default: start one here"),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPUs for a Ray instance started here"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels) or w8a8/w4a8 (simulated)"),
 ):
     """Restore every image under IN_DIR. Finished images are skipped on rerun; bad files are reported, not fatal."""
     from restore import api
@@ -158,8 +161,9 @@ def batch(
     try:
         settings = BatchSettings(str(_task(task)), solver or api.DEFAULT_SOLVER, prior, device, tile,
                                  tuple(sorted(_parse_options(option).items())), samples, simulate, bit_depth,
-                                 std_format)
-        api.Restorer(settings.solver, prior, device, tile=tile, **dict(settings.options))  # fail early on bad names
+                                 std_format, quant)
+        api.Restorer(settings.solver, prior, device, tile=tile, quant=quant,
+                     **dict(settings.options))  # fail early on bad names
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     jobs, skipped, n_files = plan(in_dir, out_dir, seed, ground_truth_dir)

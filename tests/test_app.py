@@ -95,7 +95,8 @@ def test_api_restore_through_gradio_client(client, image, tmp_path):
 
     write_image(tmp_path / "in.png", image.astype(np.float32) / 255)
     job = client.submit(handle_file(str(tmp_path / "in.png")), True, "denoise", 25, 2, 19, 4, "random pixels", 0.5,
-                        0.3, None, "langevin", "wavelet", 2, 0, None, '{"iterations": 10}', api_name="/restore")
+                        0.3, None, "langevin", "wavelet", 2, 0, None, '{"iterations": 10}', "none",
+                        api_name="/restore")
     info, slider, mean, std, err, gallery, metrics, files = job.result(timeout=300)
     assert "langevin" in info and len(gallery) == 2
     assert read_image(mean).shape == (1, 3, 64, 64)  # PNG, full size
@@ -108,4 +109,10 @@ def test_api_reports_errors(client):
 
     with pytest.raises(Exception, match="upload an image"):
         client.predict(None, True, "denoise", 25, 2, 19, 4, "random pixels", 0.5, 0.3, None, "langevin", "wavelet",
-                       1, 0, None, "", api_name="/restore")
+                       1, 0, None, "", "none", api_name="/restore")
+
+
+def test_quantised_backbone_from_the_app(image):
+    r = webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "reddiff", "score-natural", 1, 0, None,
+                             '{"steps": 5}', quant="int8")
+    assert "(int8)" in r["info"]

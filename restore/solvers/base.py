@@ -52,6 +52,7 @@ class Solver:
     default_prior: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ("denoise", "deblur", "sr", "inpaint")
     needs_noise_level: ClassVar[bool] = True  # False for solvers that estimate unknown (real) noise
+    needs_prior_gradients: ClassVar[bool] = False  # True: back-propagates through the prior (no real int8)
     paper: ClassVar[str] = ""
 
     def __init__(self, config=None, **overrides):

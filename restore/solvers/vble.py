@@ -98,10 +98,11 @@ class VBLESolver(Solver):
     config_cls = VBLEConfig
     prior_kinds = ("cae",)
     default_prior = "cae-natural-q4"
+    needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
-        if prior.card.get("quantized"):
+        if prior.card.get("quantized") == "int8":
             raise SolverError("vble back-propagates through the CAE decoder; an int8 CAE gives zero gradients. "
                               "Use the float prior (or a simulated quantisation scheme)")
         cfg = self.config

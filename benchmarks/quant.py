@@ -1,0 +1,104 @@
+"""Quantised backbones: speed, size and accuracy against float, in the same run.
+
+    python -m benchmarks.quant [--quick]
+
+For each shipped DRUNet-based backbone (score-natural; flow-natural when trained) and scheme (int8 real kernels;
+w8a8, w4a8 simulated): latency of one forward pass on a 256x256 colour image (median of 5, after warm-up) as a ratio
+to float eager; model size (bytes of the saved weights; simulated schemes report the nominal bit-width ratio);
+output PSNR against the float output on the CBSD68 quick crops (denoising 25/255); and the end-task PSNR change of
+each forward-only solver that uses the backbone (reddiff, langevin on score-natural) on the same crops.
+Target from the issue: int8 >= 2x faster than float eager with <= 0.1 dB end-task loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+import warnings
+
+import torch
+
+from benchmarks.common import QUICK_CBSD68, load_set, table, write_results
+
+
+def _size_bytes(module) -> int:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.tell()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from restore.api import Restorer
+    from restore.metrics import psnr
+    from restore.priors import registry
+    from restore.quant import SCHEMES, quantize
+
+    crops = [x for _, x in load_set("CBSD68", crop=128, files=QUICK_CBSD68)]
+    x256 = load_set("CBSD68", crop=256, files=QUICK_CBSD68[:1])[0][1]
+    task = f"denoise:gaussian:sigma={25 / 255:.6f}"
+    solvers = {"reddiff": {"steps": 30 if args.quick else 100},
+               "langevin": {"iterations": 100 if args.quick else 500, "prior_sigma": 0.02}}
+    rows = []
+    for name in [n for n in ("score-natural", "flow-natural") if n in registry.available()]:
+        prior = registry.load(name)
+        if prior.kind != "denoiser":
+            rows.append({"backbone": name, "scheme": "-", "note": "flow benchmarks come with its solver (issue 4)"})
+            continue
+
+        def latency(p):
+            y = x256 + 0.1 * torch.randn(x256.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                p.module(y, 0.1)
+                ts = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    p.module(y, 0.1)
+                    ts.append(time.perf_counter() - t0)
+            return statistics.median(ts)
+
+        def outputs(p):
+            g = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                return [p.module(x + 25 / 255 * torch.randn(x.shape, generator=g), 25 / 255) for x in crops]
+
+        def task_psnr(solver, quant):
+            r = Restorer(solver, prior=name, quant=quant, **solvers[solver])
+            vals = []
+            for i, x in enumerate(crops):
+                y = r.simulate(x, task, seed=i)
+                vals.append(float(psnr(r(y, task, samples=2, seed=i).mean, x)))
+            return sum(vals) / len(vals)
+
+        t_float, out_float, size_float = latency(prior), outputs(prior), _size_bytes(prior.module)
+        base_task = {s: task_psnr(s, None) for s in solvers}
+        for scheme in SCHEMES:
+            q = quantize(prior, scheme)
+            out_q = outputs(q)
+            row = {"backbone": name, "scheme": scheme, "float_ms": 1000 * t_float, "quant_ms": 1000 * latency(q),
+                   "output_psnr_vs_float": sum(float(psnr((a - b) + 0.5, torch.full_like(a, 0.5)))
+                                               for a, b in zip(out_q, out_float)) / len(crops)}
+            row["speedup"] = row["float_ms"] / row["quant_ms"]
+            row["size_ratio"] = (_size_bytes(q.module) / size_float) if scheme == "int8" else \
+                (8 if scheme == "w8a8" else 4) / 32
+            for s in solvers:
+                row[f"{s}_task_psnr_change"] = task_psnr(s, scheme) - base_task[s]
+            rows.append(row)
+            print(row, flush=True)
+    cols = ["backbone", "scheme", "float_ms", "quant_ms", "speedup", "size_ratio", "output_psnr_vs_float",
+            "reddiff_task_psnr_change", "langevin_task_psnr_change", "note"]
+    print(table(rows, cols))
+    path = write_results("quant_quick" if args.quick else "quant", {
+        "rows": rows, "task": task, "images": list(QUICK_CBSD68), "threads": torch.get_num_threads(),
+        "solver_options": solvers, "note": "size_ratio of simulated schemes is the nominal bit-width ratio"}, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Quantised priors: int8 stays close to float, simulated schemes keep gradients, unsupported uses are refused."""
+
+import pytest
+import torch
+
+from restore import Restorer
+from restore.priors import registry
+from restore.quant import QuantError, quantize, sensitivity
+from restore.solvers.base import SolverError
+
+
+@pytest.fixture(scope="module")
+def score():
+    return registry.load("score-natural")
+
+
+def _psnr(a, b):
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def noisy(clean_rgb):
+    g = torch.Generator().manual_seed(0)
+    return clean_rgb + 0.1 * torch.randn(clean_rgb.shape, generator=g)
+
+
+def test_int8_output_within_tolerance_of_float(score, noisy, clean_rgb):
+    q = quantize(score, "int8")
+    with torch.no_grad():
+        ref, out = score.module(noisy, 0.1), q.module(noisy, 0.1)
+    assert _psnr(out, ref) > 32  # stated tolerance: int8 output within 32 dB PSNR of the float output
+    assert abs(_psnr(out.clamp(0, 1), clean_rgb) - _psnr(ref.clamp(0, 1), clean_rgb)) < 0.5
+    assert q.card["quantized"] == "int8" and score.card.get("quantized") is None  # the float prior is untouched
+
+
+@pytest.mark.parametrize("scheme, tol", [("w8a8", 40), ("w4a8", 30)])
+def test_simulated_schemes_keep_gradients(score, noisy, scheme, tol):
+    q = quantize(score, scheme)
+    x = noisy.clone().requires_grad_(True)
+    out = q.module(x, 0.1)
+    out.sum().backward()
+    assert float(x.grad.abs().mean()) > 0  # straight-through rounding: gradients reach the input
+    with torch.no_grad():
+        assert _psnr(out.detach(), score.module(noisy, 0.1)) > tol
+
+
+def test_every_allowed_front_combination(clean_rgb):
+    """Every (solver, scheme) the fronts allow runs; int8 with a gradient-based solver is refused up front."""
+    for solver, opts in (("langevin", {"iterations": 10}), ("reddiff", {"steps": 10})):
+        for scheme in ("int8", "w8a8"):
+            post = Restorer(solver, prior="score-natural", quant=scheme, **opts)(
+                clean_rgb, "denoise:gaussian:sigma=0.1", samples=1)
+            assert torch.isfinite(post.mean).all()
+    with pytest.raises(SolverError, match="zero gradients"):
+        Restorer("vble", quant="int8")
+    with pytest.raises(QuantError, match="known: int8, w8a8, w4a8"):
+        Restorer("langevin", quant="int4")
+
+
+def test_unsupported_priors(score):
+    with pytest.raises(QuantError, match="cannot be quantised"):
+        quantize(registry.load("wavelet"), "int8")
+    with pytest.raises(QuantError, match="unknown quantisation scheme"):
+        quantize(score, "fp4")
+
+
+def test_sensitivity_scan_ranks_layers(score):
+    tiny = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ranked = sensitivity(score, tiny)
+    assert len(ranked) > 10 and ranked[0][1] <= ranked[-1][1]
+    assert all(name for name, _ in ranked)
