@@ -136,6 +136,21 @@ def _flow(stem: str) -> Callable[[], Prior]:
     return load
 
 
+def _tokens(stem: str) -> Callable[[], Prior]:
+    def load() -> Prior:
+        from restore.priors.tokens import TokenPrior
+
+        ck = load_checkpoint(models_dir() / f"{stem}.pt")
+        net = TokenPrior(**ck["config"])
+        try:
+            net.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            raise PriorError(f"checkpoint {stem}.pt does not fit TokenPrior{ck['config']}: {exc}") from None
+        return Prior(stem, "tokens", _frozen(net), read_card(stem))
+
+    return load
+
+
 PRIORS: dict[str, PriorSpec] = {
     "wavelet": PriorSpec("denoiser", _wavelet, "weight-free wavelet soft-thresholding (baseline)"),
     "tv": PriorSpec("denoiser", _tv, "weight-free total variation (baseline)"),
@@ -146,6 +161,8 @@ PRIORS: dict[str, PriorSpec] = {
     "flow-natural": PriorSpec("flow", _flow("flow-natural"),
                               "rectified-flow velocity network from posterior means to clean images (PMRF)",
                               "flow-natural"),
+    "tokens-natural": PriorSpec("tokens", _tokens("tokens-natural"),
+                                "FSQ tokenizer + masked-token transformer (APS)", "tokens-natural"),
 }
 
 

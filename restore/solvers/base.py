@@ -36,6 +36,7 @@ SOLVERS: dict[str, str] = {
     "scoredvi": "restore.solvers.scoredvi",
     "vble": "restore.solvers.vble",
     "pmrf": "restore.solvers.pmrf",
+    "aps": "restore.solvers.aps",
 }
 
 
