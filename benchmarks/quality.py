@@ -44,7 +44,8 @@ def methods(quick: bool) -> dict[str, dict]:
     # --quick trades iterations for time so every solver fits in 15 minutes on 2 cores; the full run uses the
     # solvers' default (paper) settings. Both are recorded in the JSON.
     quick_opts = {"langevin": {"iterations": 300}, "reddiff": {"steps": 60},
-                  "scoredvi": {"iterations": 100, "mc_samples": 1}}
+                  "scoredvi": {"iterations": 100, "mc_samples": 1}, "vble": {"iterations": 150, "stat_samples": 32},
+                  "aps": {"steps": 8, "inner_steps": 15}, "pmrf": {"flow_steps": 10}}
     out = {"input": {"baseline": "input"}}
     for name in base.names():
         out[name] = {"solver": name, "prior": None, "options": quick_opts.get(name, {}) if quick else {}}

@@ -22,7 +22,9 @@ import torch
 
 from benchmarks.common import table, write_results
 
-ITERATION_FIELD = {"langevin": "iterations", "reddiff": "steps", "scoredvi": "iterations"}
+ITERATION_FIELD = {"langevin": "iterations", "reddiff": "steps", "scoredvi": "iterations", "vble": "iterations",
+                   "aps": "steps"}
+DEFAULT_ITERATIONS = {"vble": 300}  # configs whose default is None (task-dependent)
 
 
 class PeakRSS:
@@ -72,7 +74,7 @@ def main(argv=None):
     for name in args.solvers or base.names():
         cls = base.solver_class(name)
         field = ITERATION_FIELD.get(name)
-        full = getattr(cls.config_cls(), field) if field else None
+        full = (getattr(cls.config_cls(), field) or DEFAULT_ITERATIONS.get(name)) if field else None
         run_iters = max(5, int(round(full * args.fraction))) if field else None
         scale = full / run_iters if field else 1.0
         r = Restorer(name, **({field: run_iters} if field else {}))
