@@ -241,6 +241,10 @@ class Task:
             self.y_shape(x_shape)
             from deepinv.physics.functional.blur import bicubic_filter
 
+            k = bicubic_filter(self.scale).shape[-1]
+            if min(h, w) <= k // 2:
+                raise TaskError(f"image {w}x{h} is too small for x{self.scale} SR: each side of the restored image "
+                                f"must exceed {k // 2} pixels (the bicubic filter's reach)")
             return dinv.physics.Downsampling(img_size=(c, h, w), filter=bicubic_filter(self.scale), factor=self.scale,
                                              padding="reflect", noise_model=noise, device=device)
         mask = (self.mask(x_shape, device) if mask is None else mask.to(device)).expand(1, c, h, w).contiguous()

@@ -46,12 +46,13 @@ def test_shapes_std_and_measurement_fit_improves(task, clean_rgb, tiny_cae):
     assert hist[-1] < hist[0]  # the data-fidelity term decreases: gradients reach the latents through g_s
 
 
-def test_grey_and_determinism(clean_grey, tiny_cae):
-    _, a = _run("denoise:gaussian:sigma=0.1", clean_grey, tiny_cae, n=2, seed=5)
-    _, b = _run("denoise:gaussian:sigma=0.1", clean_grey, tiny_cae, n=2, seed=5)
-    _, c = _run("denoise:gaussian:sigma=0.1", clean_grey, tiny_cae, n=2, seed=6)
-    assert a.mean.shape == (1, 1, 48, 48)
+def test_grey_and_determinism(clean_rgb, clean_grey, tiny_cae):
+    _, a = _run("denoise:gaussian:sigma=0.1", clean_rgb, tiny_cae, n=2, seed=5)
+    _, b = _run("denoise:gaussian:sigma=0.1", clean_rgb, tiny_cae, n=2, seed=5)
+    _, c = _run("denoise:gaussian:sigma=0.1", clean_rgb, tiny_cae, n=2, seed=6)
     assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+    _, g = _run("denoise:gaussian:sigma=0.1", clean_grey, tiny_cae, n=2)
+    assert g.mean.shape == (1, 1, 48, 48) and torch.isfinite(g.mean).all()
 
 
 def test_refuses_quantized_cae_and_wrong_prior_kind(clean_rgb, tiny_cae):

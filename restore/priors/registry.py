@@ -91,78 +91,39 @@ def read_card(stem: str) -> dict:
     return json.loads(f.read_text()) if f.exists() else {"name": stem}
 
 
-def _score(stem: str) -> Callable[[], Prior]:
+def _trained(stem: str, kind: str, builder: str, strict: bool = True) -> Callable[[], Prior]:
+    """Loader of a checkpoint ``models/STEM.pt``: ``builder`` ("module:callable") makes the network from the saved
+    config; ``strict=False`` for compressai models, which resize their CDF buffers themselves."""
     def load() -> Prior:
-        from restore.priors.denoiser import ScoreDenoiser
+        import importlib
 
+        mod, fn = builder.split(":")
         ck = load_checkpoint(models_dir() / f"{stem}.pt")
-        net = ScoreDenoiser(**ck["config"])
+        net = getattr(importlib.import_module(mod), fn)(**ck["config"])
         try:
-            net.load_state_dict(ck["state_dict"])
+            net.load_state_dict(ck["state_dict"], strict=strict)
         except RuntimeError as exc:
-            raise PriorError(f"checkpoint {stem}.pt does not fit ScoreDenoiser{ck['config']}: {exc}") from None
-        return Prior(stem, "denoiser", _frozen(net), read_card(stem))
+            raise PriorError(f"checkpoint {stem}.pt does not fit {fn}({ck['config']}): {exc}") from None
+        return Prior(stem, kind, _frozen(net), read_card(stem))
 
     return load
 
 
-def _cae(stem: str) -> Callable[[], Prior]:
-    def load() -> Prior:
-        from restore.priors.cae import build
-
-        ck = load_checkpoint(models_dir() / f"{stem}.pt")
-        net = build(**ck["config"])
-        try:
-            net.load_state_dict(ck["state_dict"], strict=False)  # compressai resizes its CDF buffers itself
-        except RuntimeError as exc:
-            raise PriorError(f"checkpoint {stem}.pt does not fit the CAE {ck['config']}: {exc}") from None
-        return Prior(stem, "cae", _frozen(net), read_card(stem))
-
-    return load
-
-
-def _flow(stem: str) -> Callable[[], Prior]:
-    def load() -> Prior:
-        from restore.priors.flow import FlowNet
-
-        ck = load_checkpoint(models_dir() / f"{stem}.pt")
-        net = FlowNet(**ck["config"])
-        try:
-            net.load_state_dict(ck["state_dict"])
-        except RuntimeError as exc:
-            raise PriorError(f"checkpoint {stem}.pt does not fit FlowNet{ck['config']}: {exc}") from None
-        return Prior(stem, "flow", _frozen(net), read_card(stem))
-
-    return load
-
-
-def _tokens(stem: str) -> Callable[[], Prior]:
-    def load() -> Prior:
-        from restore.priors.tokens import TokenPrior
-
-        ck = load_checkpoint(models_dir() / f"{stem}.pt")
-        net = TokenPrior(**ck["config"])
-        try:
-            net.load_state_dict(ck["state_dict"])
-        except RuntimeError as exc:
-            raise PriorError(f"checkpoint {stem}.pt does not fit TokenPrior{ck['config']}: {exc}") from None
-        return Prior(stem, "tokens", _frozen(net), read_card(stem))
-
-    return load
+def _shipped(stem: str, kind: str, builder: str, description: str, strict: bool = True) -> PriorSpec:
+    return PriorSpec(kind, _trained(stem, kind, builder, strict), description, stem)
 
 
 PRIORS: dict[str, PriorSpec] = {
     "wavelet": PriorSpec("denoiser", _wavelet, "weight-free wavelet soft-thresholding (baseline)"),
     "tv": PriorSpec("denoiser", _tv, "weight-free total variation (baseline)"),
-    "score-natural": PriorSpec("denoiser", _score("score-natural"),
-                               "noise-conditional DRUNet denoiser / score network trained on BSD432", "score-natural"),
-    "cae-natural-q4": PriorSpec("cae", _cae("cae-natural-q4"),
-                                "compressai mbt2018-mean CAE trained on BSD432 at lambda 0.0130 (VBLE)", "cae-natural-q4"),
-    "flow-natural": PriorSpec("flow", _flow("flow-natural"),
-                              "rectified-flow velocity network from posterior means to clean images (PMRF)",
-                              "flow-natural"),
-    "tokens-natural": PriorSpec("tokens", _tokens("tokens-natural"),
-                                "FSQ tokenizer + masked-token transformer (APS)", "tokens-natural"),
+    "score-natural": _shipped("score-natural", "denoiser", "restore.priors.denoiser:ScoreDenoiser",
+                              "noise-conditional DRUNet denoiser / score network trained on BSD432"),
+    "cae-natural-q4": _shipped("cae-natural-q4", "cae", "restore.priors.cae:build",
+                               "compressai mbt2018-mean CAE trained on BSD432 at lambda 0.0130 (VBLE)", strict=False),
+    "flow-natural": _shipped("flow-natural", "flow", "restore.priors.flow:FlowNet",
+                             "rectified-flow velocity network from posterior means to clean images (PMRF)"),
+    "tokens-natural": _shipped("tokens-natural", "tokens", "restore.priors.tokens:TokenPrior",
+                               "FSQ tokenizer + masked-token transformer (APS)"),
 }
 
 

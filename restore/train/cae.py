@@ -75,6 +75,7 @@ def main(argv=None):
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
     val = centre_crops(load_uint8_images(files[-args.val_images:]), args.val_size)
+    torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
     net = build(args.arch, args.N, args.M)
     main_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]

@@ -95,6 +95,7 @@ def main(argv=None):
     val = centre_crops(load_uint8_images(val_files), 128).to(dev)
     print(f"loaded {len(train_imgs)} training and {len(val)} validation images in {time.time() - t0:.1f}s", flush=True)
 
+    torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
     model = ScoreDenoiser(nc=args.nc, nb=args.nb).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ema = EMA(model, args.ema)

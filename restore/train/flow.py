@@ -74,6 +74,7 @@ def main(argv=None):
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
     val = centre_crops(load_uint8_images(files[-args.val_images:]), 64)
+    torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
     net = FlowNet(args.nc, args.nb)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ema = EMA(net, 0.999)

@@ -66,6 +66,7 @@ def main(argv=None):
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
     val = centre_crops(load_uint8_images(files[-args.val_images:]), args.patch)
+    torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
     prior = TokenPrior({"ch": args.ch}, {"dim": args.dim, "depth": args.depth, "heads": args.heads,
                                          "grid": args.patch // 4})
     opt_tok = torch.optim.Adam(prior.tokenizer.parameters(), lr=1e-3)
