@@ -28,3 +28,14 @@ def clean_grey() -> torch.Tensor:
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+def make_image_folder(folder, n: int, h: int, w: int):
+    """``n`` random colour PNGs of h x w in ``folder`` (a stand-in training set for the training scripts' tests)."""
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        iio.imwrite(folder / f"{i}.png", (rng.random((h, w, 3)) * 255).astype(np.uint8))
+    return folder

@@ -78,9 +78,10 @@ def test_bad_images_rejected(clean_rgb):
     with pytest.raises(ImageError, match="NaN"):
         restore.restore(nan, "denoise:gaussian:sigma=0.1", samples=1)
     with pytest.raises(TaskError, match="same size"):
-        from restore.io import write_image
-        import tempfile
         import pathlib
+        import tempfile
+
+        from restore.io import write_image
         d = pathlib.Path(tempfile.mkdtemp())
         write_image(d / "m.png", torch.ones(1, 1, 10, 10))
         restore.restore(clean_rgb, f"inpaint:mask:path={d / 'm.png'}", samples=1)

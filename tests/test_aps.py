@@ -8,18 +8,15 @@ from restore.priors import registry
 from restore.solvers import base
 from restore.tasks import parse
 
+from conftest import make_image_folder
+
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
-    import imageio.v3 as iio
-
     from restore.train import tokens as train
 
     d = tmp_path_factory.mktemp("tok")
-    (d / "data").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        iio.imwrite(d / "data" / f"{i}.png", (rng.random((70, 80, 3)) * 255).astype(np.uint8))
+    make_image_folder(d / "data", 3, 70, 80)
     train.main(["--data", str(d / "data"), "--out", str(d / "models" / "tokens-natural"), "--ckpt", str(d / "ck.pt"),
                 "--tokenizer-steps", "3", "--transformer-steps", "2", "--batch", "2", "--patch", "32", "--ch", "16",
                 "--dim", "32", "--depth", "1", "--heads", "2", "--val-images", "1", "--ckpt-every", "2",

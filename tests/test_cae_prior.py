@@ -8,18 +8,14 @@ import torch
 
 from restore.priors.cae import build, load_zoo
 
+from conftest import make_image_folder
+
 
 def test_train_resume_export_and_entropy_coding(tmp_path):
-    import imageio.v3 as iio
-
     from restore.priors.registry import load_checkpoint
     from restore.train import cae
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        iio.imwrite(data / f"{i}.png", (rng.random((80, 96, 3)) * 255).astype(np.uint8))
+    data = make_image_folder(tmp_path / "data", 3, 80, 96)
     common = ["--data", str(data), "--out", str(tmp_path / "cae"), "--ckpt", str(tmp_path / "ck.pt"), "--N", "16",
               "--M", "24", "--batch", "2", "--patch", "64", "--val-images", "1", "--val-size", "64",
               "--ckpt-every", "1", "--val-every", "2", "--threads", "1"]

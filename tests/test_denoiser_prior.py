@@ -7,6 +7,8 @@ import torch
 from restore.priors import registry
 from restore.priors.denoiser import ScoreDenoiser
 
+from conftest import make_image_folder
+
 TINY = {"nc": (8, 16, 16, 16), "nb": 1}
 
 
@@ -57,15 +59,9 @@ def test_score_is_tweedie(net):
 
 
 def test_training_script_resumes_exports_and_registry_loads(tmp_path, monkeypatch):
-    import imageio.v3 as iio
-
     from restore.train import denoiser as train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        iio.imwrite(data / f"{i}.png", (rng.random((140, 150, 3)) * 255).astype(np.uint8))
+    data = make_image_folder(tmp_path / "data", 4, 140, 150)
     common = ["--data", str(data), "--out", str(tmp_path / "models" / "score-natural"), "--ckpt",
               str(tmp_path / "ck.pt"), "--batch", "2", "--patch", "32", "--nc", "8", "16", "16", "16", "--nb", "1",
               "--val-images", "1", "--ckpt-every", "2", "--val-every", "2", "--threads", "1"]

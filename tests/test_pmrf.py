@@ -10,11 +10,11 @@ from restore.priors import registry
 from restore.solvers import base
 from restore.tasks import parse
 
+from conftest import make_image_folder
+
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    import imageio.v3 as iio
-
     from restore.train import flow as train
 
     d = tmp_path_factory.mktemp("flow")
@@ -22,10 +22,7 @@ def flow(tmp_path_factory):
     models.mkdir()
     for f in ("score-natural.pt", "score-natural.json"):  # the mean denoiser the flow is trained against
         shutil.copy(registry.models_dir() / f, models / f)
-    (d / "data").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        iio.imwrite(d / "data" / f"{i}.png", (rng.random((70, 80, 3)) * 255).astype(np.uint8))
+    make_image_folder(d / "data", 3, 70, 80)
     mp = pytest.MonkeyPatch()
     mp.setenv("RESTORE_MODELS", str(models))
     train.main(["--data", str(d / "data"), "--out", str(models / "flow-natural"), "--ckpt", str(d / "ck.pt"),

@@ -8,18 +8,15 @@ from restore.priors import registry
 from restore.solvers import base
 from restore.tasks import parse
 
+from conftest import make_image_folder
+
 
 @pytest.fixture(scope="module")
 def tiny_cae(tmp_path_factory):
-    import imageio.v3 as iio
-
     from restore.train import cae
 
     d = tmp_path_factory.mktemp("cae")
-    (d / "data").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        iio.imwrite(d / "data" / f"{i}.png", (rng.random((80, 96, 3)) * 255).astype(np.uint8))
+    make_image_folder(d / "data", 3, 80, 96)
     cae.main(["--data", str(d / "data"), "--out", str(d / "models" / "cae-natural-q4"), "--ckpt", str(d / "ck.pt"),
               "--N", "16", "--M", "24", "--batch", "2", "--patch", "64", "--val-images", "1", "--val-size", "64",
               "--steps", "3", "--ckpt-every", "3", "--val-every", "100", "--threads", "1"])
