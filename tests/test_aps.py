@@ -1,6 +1,5 @@
 """APS mechanics on a tiny token prior made by the training script (the shipped one is still to be trained)."""
 
-import numpy as np
 import pytest
 import torch
 

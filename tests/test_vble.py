@@ -1,6 +1,5 @@
 """VBLE mechanics on a tiny CAE made by the training script (the shipped CAE is still to be trained; issue 3)."""
 
-import numpy as np
 import pytest
 import torch
 
