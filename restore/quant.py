@@ -199,7 +199,6 @@ def sensitivity(prior: Prior, calibration: torch.Tensor | None = None, bits: int
     """Layers ranked by the PSNR (dB, vs the float output) when each alone is quantised to ``bits`` bits; the most
     sensitive first. Use it to choose which layers stay in float."""
     images = (default_calibration() if calibration is None else calibration)[:4]
-    test = Prior(prior.name, prior.kind, prior.module, prior.card)
 
     def outputs(p):
         g = torch.Generator().manual_seed(1)
@@ -208,7 +207,7 @@ def sensitivity(prior: Prior, calibration: torch.Tensor | None = None, bits: int
                 return p.module(images + 0.1 * torch.randn(images.shape, generator=g), 0.1)
             return p.module(images, 0.5)
 
-    ref = outputs(test)
+    ref = outputs(prior)
     scores = []
     for name, _ in _layers(prior.module.net):
         module = copy.deepcopy(prior.module)
