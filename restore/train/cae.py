@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from restore.priors.cae import build
-from restore.train.common import (Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, write_json_atomic)
+from restore.train.common import (Clock, Deadline, centre_crops, half_state_dict, list_images, load_uint8_images,
+                                  random_patches, save_atomic, training_device, write_json_atomic)
 
 
 @torch.no_grad()
@@ -66,17 +66,20 @@ def main(argv=None):
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--val-every", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    dev = training_device(args.device, args.threads)
+    deadline = Deadline(args.stop_after)
     from compressai.losses import RateDistortionLoss
 
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
-    val = centre_crops(load_uint8_images(files[-args.val_images:]), args.val_size)
+    val = centre_crops(load_uint8_images(files[-args.val_images:]), args.val_size).to(dev)
     torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
-    net = build(args.arch, args.N, args.M)
+    net = build(args.arch, args.N, args.M).to(dev)
     main_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
@@ -87,11 +90,11 @@ def main(argv=None):
     command = " ".join(["python -m restore.train.cae"] + (sys.argv[1:] if argv is None else list(argv)))
     ck_path = Path(args.ckpt)
     if ck_path.exists():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ck_path, map_location=dev, weights_only=False)
         net.load_state_dict(ck["model"], strict=False)
         opt.load_state_dict(ck["opt"])
         aux_opt.load_state_dict(ck["aux_opt"])
-        gen.set_state(ck["rng"])
+        gen.set_state(ck["rng"].cpu())
         step, log, prev, command = ck["step"], ck["log"], ck["seconds"], ck.get("command", command)
         print(f"resumed from {ck_path} at step {step}", flush=True)
     elif Path(args.out).with_suffix(".pt").exists():
@@ -122,7 +125,7 @@ def main(argv=None):
             "name": out.name, "kind": "cae", "architecture": f"compressai {args.arch} N={args.N} M={args.M}",
             "parameters": sum(p.numel() for p in net.parameters()), "lambda": args.lmbda,
             "training_data": f"{Path(args.data).name} ({len(files) - args.val_images} images; last "
-                             f"{args.val_images} held out)", "steps": step, "batch": args.batch, "patch": args.patch,
+                             f"{args.val_images} held out)", "steps": step, "batch": args.batch, "patch": args.patch, "hardware": args.device,
             "wall_time_hours": round(clock.total / 3600, 2), "command": command,
             "rate_distortion_held_out": rd, "validation_log": log, "weights_dtype": "float16"},
             out.with_suffix(".json"))
@@ -134,7 +137,7 @@ def main(argv=None):
     net.train()
     t_last, acc = time.time(), 0.0
     while step < args.steps:
-        x = random_patches(train_imgs, args.batch, args.patch, gen)
+        x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         out = net(x)
         loss = crit(out, x)["loss"]
         opt.zero_grad(set_to_none=True)
@@ -155,6 +158,8 @@ def main(argv=None):
         if step % args.val_every == 0:
             log.append({"step": step, **rate_distortion(net, val)})
             print(f"step {step} {log[-1]}", flush=True)
+        if deadline.passed:
+            break
     checkpoint()
     export()
 

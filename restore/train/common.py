@@ -119,3 +119,39 @@ class Clock:
     @property
     def total(self) -> float:
         return self.previous + time.time() - self.start
+
+
+def training_device(name: str, threads: int) -> torch.device:
+    """The torch device to train on; on CUDA, cuDNN autotuning and TF32 (the priors are trained in bf16/TF32)."""
+    torch.set_num_threads(threads)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def shipped_weights(out: str | Path) -> tuple[dict, dict] | None:
+    """``(float32 state_dict, card)`` of a shipped ``OUT.pt`` + ``OUT.json``, for warm starts; None if absent.
+
+    Warm starts resume the weights and the step count of the card, with a fresh optimiser (its state is never
+    committed)."""
+    pt, js = Path(out).with_suffix(".pt"), Path(out).with_suffix(".json")
+    if not pt.exists():
+        return None
+    ck = torch.load(pt, map_location="cpu", weights_only=True)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
+    card = json.loads(js.read_text()) if js.exists() else {}
+    return state, card
+
+
+class Deadline:
+    """``--stop-after MINUTES``: lets a run end (checkpoint + export) inside a time-limited session."""
+
+    def __init__(self, minutes: float | None):
+        self.end = None if minutes is None else time.time() + 60 * minutes
+
+    @property
+    def passed(self) -> bool:
+        return self.end is not None and time.time() > self.end

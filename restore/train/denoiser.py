@@ -26,7 +26,7 @@ import torch
 
 from restore.priors.denoiser import SIGMA_DATA, ScoreDenoiser, count_parameters
 from restore.train.common import (EMA, Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, write_json_atomic)
+                                  random_patches, save_atomic, training_device, write_json_atomic)
 
 VAL_SIGMAS_255 = (15, 25, 50)
 
@@ -45,7 +45,7 @@ def validate(model: torch.nn.Module, val: torch.Tensor, seed: int = 0) -> dict:
     res = {}
     for s255 in VAL_SIGMAS_255:
         s = s255 / 255
-        noise = torch.randn(val.shape, generator=gen)
+        noise = torch.randn(val.shape, generator=gen).to(val.device)
         mses = []
         for i in range(0, len(val), 4):
             x = val[i:i + 4]
@@ -54,6 +54,15 @@ def validate(model: torch.nn.Module, val: torch.Tensor, seed: int = 0) -> dict:
         mse = torch.cat(mses)
         res[str(s255)] = round(float((10 * torch.log10(1 / mse)).mean()), 3)
     return res
+
+
+def grey_consistent_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Unit Gaussian noise like ``x``; grey patches (three equal channels) get one noise field copied to all three,
+    which is what a grey image looks like to the network at run time (it is expanded to 3 equal channels)."""
+    noise = torch.randn(x.shape, generator=gen)
+    grey = ((x[:, 0] == x[:, 1]) & (x[:, 1] == x[:, 2])).flatten(1).all(1)
+    noise[grey] = noise[grey, :1].expand(-1, 3, -1, -1)
+    return noise
 
 
 def export(model_state: dict, cfg: dict, out: Path, meta: dict):
@@ -72,6 +81,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--grey-fraction", type=float, default=0.1, help="share of patches made grey (one noise field)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--nc", type=int, nargs=4, default=[32, 64, 128, 256])
     ap.add_argument("--nb", type=int, default=2)
@@ -85,8 +95,7 @@ def main(argv=None):
     ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     ap.add_argument("--export", action="store_true", help="only export the current checkpoint and exit")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+    dev = training_device(args.device, args.threads)
 
     files = list_images(args.data)
     train_files, val_files = files[:-args.val_images], files[-args.val_images:]
@@ -108,7 +117,7 @@ def main(argv=None):
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
-        gen.set_state(ck["rng"])
+        gen.set_state(ck["rng"].cpu())
         step, log, prev_seconds = ck["step"], ck["log"], ck["seconds"]
         train_command = ck.get("train_command", train_command)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
@@ -169,9 +178,10 @@ def main(argv=None):
         lr = 1e-6 + (args.lr - 1e-6) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = random_patches(train_imgs, args.batch, args.patch, gen, grey_fraction=0.05).to(dev)
-        s = sample_sigmas(args.batch, gen).to(dev)
-        noise = torch.randn(x.shape, generator=gen).to(dev)
+        x = random_patches(train_imgs, args.batch, args.patch, gen, grey_fraction=args.grey_fraction)
+        s = sample_sigmas(args.batch, gen)
+        noise = grey_consistent_noise(x, gen)
+        x, s, noise = x.to(dev), s.to(dev), noise.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = model(x + s.view(-1, 1, 1, 1) * noise, s)
         weight = (s**2 + SIGMA_DATA**2) / (s * SIGMA_DATA) ** 2

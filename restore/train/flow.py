@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from restore.priors.flow import FlowNet
-from restore.train.common import (EMA, Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, write_json_atomic)
+from restore.train.common import (EMA, Clock, Deadline, centre_crops, half_state_dict, list_images,
+                                  load_uint8_images, random_patches, save_atomic, shipped_weights, training_device,
+                                  write_json_atomic)
 
 
 @torch.no_grad()
@@ -31,19 +32,19 @@ def source_means(x: torch.Tensor, den, gen: torch.Generator) -> torch.Tensor:
     from deepinv.physics.functional import conv2d
     from deepinv.physics.functional import gaussian_blur
 
-    b = x.shape[0]
+    b, dev = x.shape[0], x.device
     half = b // 2
-    s = 0.02 + 0.18 * torch.rand(half, generator=gen)
-    noisy = x[:half] + s.view(-1, 1, 1, 1) * torch.randn(x[:half].shape, generator=gen)
+    s = (0.02 + 0.18 * torch.rand(half, generator=gen)).to(dev)
+    noisy = x[:half] + s.view(-1, 1, 1, 1) * torch.randn(x[:half].shape, generator=gen).to(dev)
     out = [den(noisy, s)]
     if b - half:
         blurred = []
         for i in range(half, b):
             sb = float(0.5 + 2.0 * torch.rand(1, generator=gen))
-            k = gaussian_blur(sigma=(sb, sb))
+            k = gaussian_blur(sigma=(sb, sb)).to(dev)
             blurred.append(conv2d(x[i:i + 1], k, padding="reflect"))
         blurred = torch.cat(blurred)
-        blurred = blurred + 0.01 * torch.randn(blurred.shape, generator=gen)
+        blurred = blurred + 0.01 * torch.randn(blurred.shape, generator=gen).to(dev)
         out.append(den(blurred, 0.05))
     return torch.cat(out).clamp(0, 1)
 
@@ -64,18 +65,22 @@ def main(argv=None):
     ap.add_argument("--val-images", type=int, default=8)
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     ap.add_argument("--export", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    dev = training_device(args.device, args.threads)
+    deadline = Deadline(args.stop_after)
     from restore.priors import registry
 
-    den = registry.load(args.denoiser).module
+    den = registry.load(args.denoiser).module.to(dev)
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
-    val = centre_crops(load_uint8_images(files[-args.val_images:]), 64)
+    val = centre_crops(load_uint8_images(files[-args.val_images:]), 64).to(dev)
     torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
-    net = FlowNet(args.nc, args.nb)
+    net = FlowNet(args.nc, args.nb).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ema = EMA(net, 0.999)
     gen = torch.Generator().manual_seed(args.seed)
@@ -83,12 +88,19 @@ def main(argv=None):
     command = " ".join(["python -m restore.train.flow"] + (sys.argv[1:] if argv is None else list(argv)))
     ck_path = Path(args.ckpt)
     if ck_path.exists():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ck_path, map_location=dev, weights_only=False)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
-        gen.set_state(ck["rng"])
+        gen.set_state(ck["rng"].cpu())
         step, prev, command = ck["step"], ck["seconds"], ck.get("command", command)
+        print(f"resumed from {ck_path} at step {step}", flush=True)
+    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
+        net.load_state_dict(shipped[0])
+        ema.shadow = {k: v.clone() for k, v in net.state_dict().items()}
+        step, prev = int(shipped[1].get("steps", 0)), 3600 * float(shipped[1].get("wall_time_hours", 0))
+        command = shipped[1].get("command", command)
+        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev)
 
     def checkpoint():
@@ -98,13 +110,13 @@ def main(argv=None):
     @torch.no_grad()
     def evaluate() -> dict:
         """PSNR of the mean and of the 25-step flow output on the held-out crops (denoising sigma 25/255)."""
-        model = FlowNet(args.nc, args.nb)
+        model = FlowNet(args.nc, args.nb).to(dev)
         model.load_state_dict(ema.shadow)
         model.eval()
         g = torch.Generator().manual_seed(123)
         s = 25 / 255
-        mean = den(val + s * torch.randn(val.shape, generator=g), s).clamp(0, 1)
-        z = mean + args.sigma_s * torch.randn(val.shape, generator=g)
+        mean = den(val + s * torch.randn(val.shape, generator=g).to(dev), s).clamp(0, 1)
+        z = mean + args.sigma_s * torch.randn(val.shape, generator=g).to(dev)
         for i in range(25):
             z = z + model(z, i / 25) / 25
         p = lambda a: float((10 * torch.log10(1 / ((a.clamp(0, 1) - val) ** 2).flatten(1).mean(1))).mean())  # noqa
@@ -120,7 +132,9 @@ def main(argv=None):
                            "mean_denoiser": args.denoiser,
                            "training_data": f"{Path(args.data).name} ({len(files) - args.val_images} images); sources:"
                                             " denoiser means of noisy patches + denoised blurred patches (proxy)",
-                           "steps": step, "wall_time_hours": round(clock.total / 3600, 2), "command": command,
+                           "steps": step, "batch": args.batch, "patch": args.patch,
+                           "hardware": f"{args.device}, bf16 autocast",
+                           "wall_time_hours": round(clock.total / 3600, 2), "command": command,
                            "held_out_denoise25": rd, "weights_dtype": "float16"}, out.with_suffix(".json"))
         print(f"exported {out}.pt {rd}", flush=True)
 
@@ -130,11 +144,11 @@ def main(argv=None):
     net.train()
     t_last = time.time()
     while step < args.steps:
-        x = random_patches(train_imgs, args.batch, args.patch, gen)
-        z0 = source_means(x, den, gen) + args.sigma_s * torch.randn(x.shape, generator=gen)
-        t = (torch.arange(args.batch) + torch.rand(args.batch, generator=gen)) / args.batch  # stratified
+        x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
+        z0 = source_means(x, den, gen) + args.sigma_s * torch.randn(x.shape, generator=gen).to(dev)
+        t = ((torch.arange(args.batch) + torch.rand(args.batch, generator=gen)) / args.batch).to(dev)  # stratified
         xt = t.view(-1, 1, 1, 1) * x + (1 - t.view(-1, 1, 1, 1)) * z0
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             v = net(xt, t)
         loss = ((v.float() - (x - z0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -148,6 +162,8 @@ def main(argv=None):
             print(f"step {step} loss {loss.item():.5f} {1000 * (time.time() - t_last) / args.ckpt_every:.0f} ms/step",
                   flush=True)
             t_last = time.time()
+        if deadline.passed:
+            break
     checkpoint()
     export()
 

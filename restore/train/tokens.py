@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from restore.priors.tokens import TokenPrior
-from restore.train.common import (Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, write_json_atomic)
+from restore.train.common import (Clock, Deadline, centre_crops, half_state_dict, list_images, load_uint8_images,
+                                  random_patches, save_atomic, shipped_weights, training_device, write_json_atomic)
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def evaluate(prior: TokenPrior, val: torch.Tensor, gen_seed: int = 0) -> dict:
     psnr = float((10 * torch.log10(1 / ((rec - val) ** 2).flatten(1).mean(1))).mean())
     tokens = prior.tokenizer.encode(val)
     g = torch.Generator().manual_seed(gen_seed)
-    mask = torch.rand(tokens.shape, generator=g) < 0.5
+    mask = (torch.rand(tokens.shape, generator=g) < 0.5).to(tokens.device)
     inp = tokens.masked_fill(mask, prior.transformer.mask_id)
     logits = prior.transformer(inp).view(*tokens.shape, -1)
     ce = F.cross_entropy(logits[mask], tokens[mask])
@@ -58,17 +58,21 @@ def main(argv=None):
     ap.add_argument("--val-images", type=int, default=8)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    dev = training_device(args.device, args.threads)
+    deadline = Deadline(args.stop_after)
     from pytorch_msssim import ms_ssim
 
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
-    val = centre_crops(load_uint8_images(files[-args.val_images:]), args.patch)
+    val = centre_crops(load_uint8_images(files[-args.val_images:]), args.patch).to(dev)
     torch.manual_seed(args.seed)  # initial weights, so a run is reproducible
     prior = TokenPrior({"ch": args.ch}, {"dim": args.dim, "depth": args.depth, "heads": args.heads,
-                                         "grid": args.patch // 4})
+                                         "grid": args.patch // 4}).to(dev)
     opt_tok = torch.optim.Adam(prior.tokenizer.parameters(), lr=1e-3)
     opt_tf = torch.optim.AdamW(prior.transformer.parameters(), lr=3e-4, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
@@ -76,13 +80,19 @@ def main(argv=None):
     command = " ".join(["python -m restore.train.tokens"] + (sys.argv[1:] if argv is None else list(argv)))
     ck_path = Path(args.ckpt)
     if ck_path.exists():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ck_path, map_location=dev, weights_only=False)
         prior.load_state_dict(ck["model"])
         opt_tok.load_state_dict(ck["opt_tok"])
         opt_tf.load_state_dict(ck["opt_tf"])
-        gen.set_state(ck["rng"])
+        gen.set_state(ck["rng"].cpu())
         step, prev, command = ck["step"], ck["seconds"], ck.get("command", command)
         print(f"resumed from {ck_path} at step {step}", flush=True)
+    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
+        prior.load_state_dict(shipped[0])
+        steps = shipped[1].get("steps", {})
+        step = int(steps.get("tokenizer", 0)) + int(steps.get("transformer", 0))
+        prev, command = 3600 * float(shipped[1].get("wall_time_hours", 0)), shipped[1].get("command", command)
+        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev)
     total = args.tokenizer_steps + args.transformer_steps
 
@@ -92,7 +102,7 @@ def main(argv=None):
 
     prior.train()
     while step < total:
-        x = random_patches(train_imgs, args.batch, args.patch, gen)
+        x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         if step < args.tokenizer_steps:
             lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / args.tokenizer_steps))
             for g in opt_tok.param_groups:
@@ -109,7 +119,7 @@ def main(argv=None):
                 tokens = prior.tokenizer.encode(x)
             r = torch.rand(args.batch, 1, 1, generator=gen)
             ratio = torch.cos(math.pi / 2 * r).clamp_min(1 / tokens[0].numel())
-            mask = torch.rand(tokens.shape, generator=gen) < ratio
+            mask = (torch.rand(tokens.shape, generator=gen) < ratio).to(dev)
             logits = prior.transformer(tokens.masked_fill(mask, prior.transformer.mask_id)).view(*tokens.shape, -1)
             loss = F.cross_entropy(logits[mask], tokens[mask], label_smoothing=0.1)
             opt_tf.zero_grad(set_to_none=True)
@@ -121,6 +131,8 @@ def main(argv=None):
             checkpoint()
             print(f"step {step} ({'tokenizer' if step <= args.tokenizer_steps else 'transformer'}) "
                   f"loss {loss.item():.4f}", flush=True)
+        if deadline.passed:
+            break
     checkpoint()
     quality = evaluate(prior, val)
     out = Path(args.out)
@@ -133,6 +145,7 @@ def main(argv=None):
                                         f"{args.val_images} held out)",
                        "steps": {"tokenizer": min(step, args.tokenizer_steps),
                                  "transformer": max(0, step - args.tokenizer_steps)},
+                       "batch": args.batch, "hardware": args.device,
                        "wall_time_hours": round(clock.total / 3600, 2), "command": command,
                        "held_out_64px": quality, "weights_dtype": "float16"}, out.with_suffix(".json"))
     print(f"exported {out}.pt {quality}", flush=True)
