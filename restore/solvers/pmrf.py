@@ -62,17 +62,28 @@ class PMRFSolver(Solver):
         cfg = self.config
         sigma_s = cfg.sigma_s if cfg.sigma_s is not None else float(prior.card.get("sigma_s", 0.025))
         mean = self.posterior_mean(y, physics, prior, generator, progress)
-        z = mean.expand(n_samples, -1, -1, -1) + sigma_s * randn((n_samples, *mean.shape[1:]), generator, mean)
-        k = cfg.flow_steps
-        with torch.no_grad():
-            for i in range(k):
-                z = z + prior.module(z, i / k) / k
-                progress(0.5 + 0.5 * (i + 1) / k, f"flow step {i + 1}/{k}")
-        samples = z.clamp(0, 1)
+        samples = flow_transport(mean, prior.module, n_samples=n_samples, sigma_s=sigma_s, steps=cfg.flow_steps,
+                                 generator=generator,
+                                 progress=lambda i, k: progress(0.5 + 0.5 * i / k, f"flow step {i}/{k}"))
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
-                         meta={"sigma_s": sigma_s, "flow_steps": k,
+                         meta={"sigma_s": sigma_s, "flow_steps": cfg.flow_steps,
                                "mean_vs_output_rmse": float(((samples.mean(0, keepdim=True) - mean) ** 2).mean()
                                                             .sqrt())})
+
+
+@torch.no_grad()
+def flow_transport(mean: torch.Tensor, velocity, *, n_samples: int, sigma_s: float, steps: int,
+                   generator: torch.Generator | None, progress=None) -> torch.Tensor:
+    """PMRF's second stage: K Euler steps of dz/dt = v(z, t) from z0 = mean + sigma_s n, t = 0 -> 1.
+
+    mean: (1, C, H, W) posterior-mean estimate in [0, 1]; velocity(z, t) -> dz/dt. Returns (n_samples, C, H, W) in
+    [0, 1], one sample per source-noise draw (run as one batch)."""
+    z = mean.expand(n_samples, -1, -1, -1) + sigma_s * randn((n_samples, *mean.shape[1:]), generator, mean)
+    for i in range(steps):
+        z = z + velocity(z, i / steps) / steps
+        if progress is not None:
+            progress(i + 1, steps)
+    return z.clamp(0, 1)
 
 
 SOLVER = PMRFSolver
