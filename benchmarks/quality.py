@@ -52,6 +52,8 @@ def methods(quick: bool) -> dict[str, dict]:
     out["pnp-ula (score-natural)"] = {"solver": "langevin", "prior": "score-natural",
                                       "options": {"iterations": 100 if quick else 500, "prior_sigma": 0.02}}
     out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 20 if quick else 100}
+    # APS cannot beat its tokenizer: the PSNR of tokenizer(x) against x is its ceiling (same on every task)
+    out["tokenizer ceiling (tokens-natural)"] = {"baseline": "tokenizer"}
     return out
 
 
@@ -120,12 +122,19 @@ def main(argv=None):
             if cfg.get("baseline") == "diffpir" and score is None:
                 rows.append({**row, "note": "n/a: score-natural weights missing"})
                 continue
+            if cfg.get("baseline") == "tokenizer" and "tokens-natural" not in ready:
+                rows.append({**row, "note": "n/a: tokens-natural weights missing"})
+                continue
             acc: dict[str, list] = {}
             for i, (x, y, physics) in enumerate(obs):
                 t0 = time.perf_counter()
-                if cfg.get("baseline") == "input":
-                    est = y if y.shape == x.shape else torch.nn.functional.interpolate(
-                        y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
+                if cfg.get("baseline") in ("input", "tokenizer"):
+                    if cfg["baseline"] == "tokenizer":
+                        with torch.no_grad():
+                            est = registry.load("tokens-natural").module.tokenizer(x).clamp(0, 1)
+                    else:
+                        est = y if y.shape == x.shape else torch.nn.functional.interpolate(
+                            y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
                     m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
                 else:
                     if cfg.get("baseline") == "diffpir":

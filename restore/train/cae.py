@@ -135,14 +135,25 @@ def main(argv=None):
         export()
         return
     net.train()
-    t_last, acc = time.time(), 0.0
+    t_last, acc, skipped = time.time(), 0.0, 0
     while step < args.steps:
         x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         out = net(x)
         loss = crit(out, x)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            # a warm-started run on a GPU once diverged to NaN weights here: skip the update and, if the weights
+            # are already broken, go back to the last checkpoint
+            skipped += 1
+            if not all(torch.isfinite(p).all() for p in main_params) and ck_path.exists():
+                ck = torch.load(ck_path, map_location=dev, weights_only=False)
+                net.load_state_dict(ck["model"], strict=False)
+                opt.load_state_dict(ck["opt"])
+            if skipped > 100:
+                raise RuntimeError(f"CAE training diverged: {skipped} non-finite steps (lower --lr)")
+            continue
         opt.step()
         aux = net.aux_loss()
         aux_opt.zero_grad(set_to_none=True)
