@@ -3,7 +3,7 @@
 ``quantize(prior, scheme, calibration=None) -> Prior`` returns a new Prior (the float one is untouched):
 
 - ``"int8"``: real int8 on CPU through torch.ao's FX graph mode (x86 backend: per-channel int8 weights, per-tensor
-  uint8 activations, static ranges from calibration). It applies to the DRUNet U-Net inside the denoiser and the
+  uint8 activations, static ranges from calibration, one set of ranges per band of noise levels / flow times). It applies to the DRUNet U-Net inside the denoiser and the
   flow network; the EDM preconditioning around it stays in float, and so do the transposed convolutions (their
   int8 version gives wrong outputs with per-channel weights here, measured: relative error ~1). Int8 graphs have
   no useful gradients (they silently return zeros), so solvers that back-propagate through a prior refuse it.
@@ -11,8 +11,10 @@
   needs neither.)
 - ``"w8a8"`` / ``"w4a8"``: simulated ("fake") quantisation in float: weights rounded per output channel
   (symmetric, 8 or 4 bits), activations at every conv/linear input rounded per tensor (asymmetric 8 bits) with
-  min/max ranges from calibration; straight-through rounding keeps gradients. ``keep_first_last=True`` leaves the
-  first and last layers in float (the usual mixed-precision choice).
+  min/max ranges from calibration; straight-through rounding keeps gradients.
+- ``keep_first_last=True`` (default, both kinds) leaves the U-Net's first and last convolutions in float, the usual
+  mixed-precision choice; measured on 4 CBSD68 crops at sigma 25/255 (one thread): int8 with 4 bands and float
+  ends -0.09 dB against float at 2.6x the speed; all-int8 -0.15 dB at 4x (``keep_first_last=False``).
 - ``sensitivity(prior, calibration)`` ranks layers by the error each adds when it alone is quantised to 4 bits.
 
 Calibration inputs are images in [0, 1] (default: the bundled ``data/samples`` crops, never evaluation images); for
@@ -73,8 +75,9 @@ def _calibration_calls(prior: Prior, images: torch.Tensor):
 
 
 def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
-             keep_first_last: bool = True) -> Prior:
-    """A quantised copy of ``prior`` (see the module docstring). ``calibration``: (N, 3, H, W) images in [0, 1]."""
+             keep_first_last: bool = True, bands: int = 4) -> Prior:
+    """A quantised copy of ``prior`` (see the module docstring). ``calibration``: (N, 3, H, W) images in [0, 1];
+    ``bands``: int8 only, how many noise-level / time bands get their own activation ranges (and graph)."""
     if scheme not in SCHEMES:
         raise QuantError(f"unknown quantisation scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     if prior.kind not in ("denoiser", "flow") or not hasattr(getattr(prior.module, "net", None), "forward_unet"):
@@ -84,7 +87,7 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
     module = copy.deepcopy(prior.module)
     q = Prior(f"{prior.name}@{scheme}", prior.kind, module, {**prior.card, "quantized": scheme})
     if scheme == "int8":
-        module.net = _int8_unet(module.net, lambda: _calibration_calls(q, images))
+        module.net = _int8_unet(module.net, lambda: _calibration_calls(q, images), bands, keep_first_last)
     else:
         bits = 8 if scheme == "w8a8" else 4
         _fake_quantize(module.net, bits, lambda: _calibration_calls(q, images), keep_first_last)
@@ -104,23 +107,32 @@ class _UNet(nn.Module):
 
 
 class _Int8UNet(nn.Module):
-    """Stands in for DRUNet: ``forward_unet`` runs the converted int8 graph."""
+    """Stands in for DRUNet: ``forward_unet`` runs one converted int8 graph per band of the conditioning level
+    (noise level for the denoiser, time for the flow), each with activation ranges calibrated on that band only, as
+    the timestep-aware calibration of the diffusion-quantisation papers (PTQ4DM, Q-Diffusion)."""
 
-    def __init__(self, graph):
+    def __init__(self, graphs: list, edges: list[float]):
         super().__init__()
-        self.graph = graph
+        self.graphs = nn.ModuleList(graphs)
+        self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32))
 
     def forward_unet(self, x):
-        return self.graph(x)
+        # channel 3 is the constant conditioning map (see restore.priors.denoiser.run_unet)
+        band = torch.bucketize(x[:, 3].mean(dim=(1, 2)), self.edges)
+        if bool((band == band[0]).all()):
+            return self.graphs[int(band[0])](x)
+        return torch.cat([self.graphs[int(b)](x[i:i + 1]) for i, b in enumerate(band)])
 
 
-def _int8_unet(net, run_calibration) -> _Int8UNet:
+def _int8_unet(net, run_calibration, bands: int = 4, float_ends: bool = False) -> _Int8UNet:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
     qmap = get_default_qconfig_mapping("x86")
     qmap.set_object_type(nn.ConvTranspose2d, None)  # int8 transposed convs come out wrong here: keep them float
+    if float_ends:
+        qmap.set_module_name("net.m_head", None).set_module_name("net.m_tail", None)
     captured = []
     original = net.forward_unet
 
@@ -133,14 +145,23 @@ def _int8_unet(net, run_calibration) -> _Int8UNet:
         run_calibration()
     finally:
         del net.forward_unet
+    # split the calibration calls' conditioning levels into contiguous bands
+    level = lambda x: float(x[:, 3].mean())  # noqa: E731
+    levels = sorted({round(level(x), 6) for x in captured})
+    bands = max(1, min(bands, len(levels)))
+    groups = [levels[i * len(levels) // bands:(i + 1) * len(levels) // bands] for i in range(bands)]
+    edges = [(a[-1] + b[0]) / 2 for a, b in zip(groups, groups[1:])]
+    graphs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(_UNet(net).eval(), qmap, example_inputs=(captured[0],))
-        with torch.no_grad():
-            for x in captured:
-                prepared(x)
-        graph = convert_fx(prepared)
-    return _Int8UNet(graph)
+        for group in groups:
+            inputs = [x for x in captured if round(level(x), 6) in group]
+            prepared = prepare_fx(copy.deepcopy(_UNet(net)).eval(), qmap, example_inputs=(inputs[0],))
+            with torch.no_grad():
+                for x in inputs:
+                    prepared(x)
+            graphs.append(convert_fx(prepared))
+    return _Int8UNet(graphs, edges)
 
 
 # ---- simulated quantisation ---------------------------------------------------------------------------------------
