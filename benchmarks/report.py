@@ -45,6 +45,14 @@ def _calibration(data: dict) -> str:
             f"`benchmarks/results/{data['plot']}`)\n\n" + table(rows, cols))
 
 
+def _pmrf(data: dict) -> str:
+    cols = ["task", "method", "psnr", "ssim", "lpips", "blur_strength", "sharpness_index", "psnr_cost_vs_mean",
+            "seconds"]
+    return (f"**PMRF: posterior mean vs flow output** ({len(data['images'])} CBSD68 images, {data['crop']}x"
+            f"{data['crop']} crops, {data['samples']} samples, {data['flow_steps']} Euler steps; blur strength: 0 sharp"
+            f" .. 1 blurry; seconds: the mean's solve per image, the flow per sample)\n\n" + table(data["rows"], cols))
+
+
 def _single(title: str):
     def render(data: dict) -> str:
         return f"**{title}**\n\n" + table(data["rows"], list(data["rows"][0]))
@@ -56,7 +64,7 @@ RENDER = {"quant": _single("Quantised backbones (ratios against float in the sam
           "large": _single("A large photo through tiling (denoising 25/255)"),
           "app_load": _single("Web app under concurrent loopback clients"),
           "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
-          "calibration": _calibration, "calibration_quick": _calibration, "speed": _speed, "speed_quick": _speed}
+          "calibration": _calibration, "calibration_quick": _calibration, "pmrf": _pmrf, "pmrf_quick": _pmrf, "speed": _speed, "speed_quick": _speed}
 
 
 def render() -> str:
