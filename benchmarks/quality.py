@@ -137,10 +137,15 @@ def main(argv=None):
                             y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
                     m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
                 else:
-                    if cfg.get("baseline") == "diffpir":
-                        post = run_diffpir(y, physics, score, cfg["max_iter"], args.samples, seed=i)
-                    else:
-                        post = restorers[mname](y, task, samples=args.samples, seed=i)
+                    try:
+                        if cfg.get("baseline") == "diffpir":
+                            post = run_diffpir(y, physics, score, cfg["max_iter"], args.samples, seed=i)
+                        else:
+                            post = restorers[mname](y, task, samples=args.samples, seed=i)
+                    except Exception as exc:  # one failing method must not lose the others' rows
+                        row["note"] = f"failed on image {i}: {exc}"[:200]
+                        acc = {}
+                        break
                     m = metrics.report(post, x)
                 m["seconds"] = time.perf_counter() - t0
                 for k, v in m.items():

@@ -61,3 +61,22 @@ def test_zoo_from_local_file_and_offline_error(tmp_path, monkeypatch):
     monkeypatch.setattr(zi, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="offline, pass a local state-dict file"):
         load_zoo("compressai:mbt2018-mean:1")
+
+
+def test_float16_export_keeps_constants_float16_cannot_hold():
+    """compressai's likelihood bound (1e-9) underflows to 0 in float16, which made VBLE's rate -inf: it stays
+    float32 on export, and shipped files that hold it as 0 get the architecture's constant back on load."""
+    import torch
+
+    from restore.priors import registry
+    from restore.train.common import half_state_dict
+
+    state = half_state_dict({"w": torch.ones(3), "bound": torch.tensor([1e-9]), "big": torch.tensor([1e6])})
+    assert state["w"].dtype == torch.float16
+    assert state["bound"].dtype == torch.float32 and float(state["bound"]) == pytest.approx(1e-9)
+    assert state["big"].dtype == torch.float32
+    for name in registry.available("cae"):
+        if registry.PRIORS[name].file:
+            net = registry.load(name).module
+            assert float(net.gaussian_conditional.likelihood_lower_bound.bound) > 0
+            assert float(net.entropy_bottleneck.likelihood_lower_bound.bound) > 0

@@ -100,8 +100,13 @@ def _trained(stem: str, kind: str, builder: str, strict: bool = True) -> Callabl
         mod, fn = builder.split(":")
         ck = load_checkpoint(models_dir() / f"{stem}.pt")
         net = getattr(importlib.import_module(mod), fn)(**ck["config"])
+        state = ck["state_dict"]
+        if not strict:
+            # compressai's LowerBound constants (likelihood bound 1e-9) are architecture constants, and float16 files
+            # hold them as 0, which makes log-likelihoods -inf: keep the freshly built ones
+            state = {k: v for k, v in state.items() if not k.endswith(".bound")}
         try:
-            net.load_state_dict(ck["state_dict"], strict=strict)
+            net.load_state_dict(state, strict=strict)
         except RuntimeError as exc:
             raise PriorError(f"checkpoint {stem}.pt does not fit {fn}({ck['config']}): {exc}") from None
         return Prior(stem, kind, _frozen(net), read_card(stem))

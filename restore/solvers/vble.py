@@ -146,9 +146,11 @@ class VBLESolver(Solver):
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):  # keep the last finite iterate rather than poisoning Adam's state
                 skipped += 1
+                bad = [n for n, v in (("data fit", datafit), ("rate", rate), ("entropy", entropy))
+                       if not torch.isfinite(v)]
                 if skipped > max(5, iters // 10):
-                    raise SolverError(f"VBLE diverged (non-finite objective in {skipped} of {it + 1} iterations): "
-                                      "lower lr, or check that the CAE prior is trained")
+                    raise SolverError(f"VBLE diverged (non-finite {', '.join(bad)} in {skipped} of {it + 1} "
+                                      "iterations): lower lr, or check that the CAE prior is trained")
                 continue
             loss.backward()
             torch.nn.utils.clip_grad_norm_([zbar, hbar, az, ah], cfg.clip_grad)

@@ -105,8 +105,13 @@ def write_json_atomic(obj, path: str | Path):
 
 
 def half_state_dict(state: dict) -> dict:
-    """Float tensors stored as float16 for shipping (loaders cast back to float32)."""
-    return {k: (v.half() if v.dtype.is_floating_point else v) for k, v in state.items()}
+    """Float tensors stored as float16 for shipping (loaders cast back to float32), except those float16 cannot hold
+    (a value that would underflow to 0 or overflow, e.g. compressai's likelihood bound 1e-9): they stay float32."""
+    def fits(v):
+        h = v.half()
+        return bool(torch.isfinite(h).all() == torch.isfinite(v).all() and not ((h == 0) & (v != 0)).any())
+
+    return {k: (v.half() if v.dtype.is_floating_point and fits(v) else v) for k, v in state.items()}
 
 
 class Clock:
