@@ -82,6 +82,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None, help="posterior samples (default 2 quick, 8 full)")
     ap.add_argument("--tasks", nargs="*", default=None, help="subset of task names")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
+    ap.add_argument("--images", type=int, default=None, help="only the first N images of the set")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -94,7 +95,7 @@ def main(argv=None):
     check_cards_exclude("CBSD68", [n for n in registry.available() if registry.PRIORS[n].file])
     crop = 128 if args.quick else 256
     args.samples = args.samples or (2 if args.quick else 8)
-    images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if args.quick else None)
+    images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if args.quick else None)[:args.images]
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
     all_methods = {k: v for k, v in methods(args.quick).items() if not args.methods or k in args.methods}
     restorers = {m: Restorer(c["solver"], c["prior"], **c["options"]) for m, c in all_methods.items() if "solver" in c}
