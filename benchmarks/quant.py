@@ -29,9 +29,61 @@ def _size_bytes(module) -> int:
     return buf.tell()
 
 
+def _token_rows(prior, crops, quick: bool) -> list[dict]:
+    """The token prior: only its transformer is quantised (APS runs it forward-only). Latency of one transformer
+    call on a 64x64 token grid (a 256 px image); 'output_psnr_vs_float' is replaced by the largest change of a token
+    probability; the end task is APS on box inpainting (2.55/255) of the same crops."""
+    from restore.metrics import psnr
+    from restore.quant import quantize
+    from restore.solvers import base
+    from restore.tasks import parse
+
+    task = parse(f"inpaint:box:size=0.3,noise={2.55 / 255:.6f}")
+    observations = [task.simulate(x, torch.Generator().manual_seed(i)) for i, x in enumerate(crops)]
+    opts = {"steps": 8, "inner_steps": 15} if quick else {}
+    grid = torch.randint(prior.module.transformer.mask_id, (1, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        idx = prior.module.tokenizer.encode(torch.cat(crops))
+
+    def latency(p):
+        with torch.no_grad():
+            p.module.transformer(grid)
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                p.module.transformer(grid)
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    def task_psnr(p):
+        solver = base.get("aps", **opts)
+        vals = [float(psnr(solver(y, ph, p, n_samples=2, generator=torch.Generator().manual_seed(i)).mean, x))
+                for i, (x, (y, ph)) in enumerate(zip(crops, observations))]
+        return sum(vals) / len(vals)
+
+    with torch.no_grad():
+        ref = prior.module.transformer(idx).softmax(-1)
+    t_float, base_task, size_float = latency(prior), task_psnr(prior), _size_bytes(prior.module.transformer)
+    rows = []
+    for scheme in ("int8", "w8a8", "w4a8"):
+        q = quantize(prior, scheme)
+        with torch.no_grad():
+            change = float((q.module.transformer(idx).softmax(-1) - ref).abs().max())
+        row = {"backbone": "tokens-natural (transformer)", "scheme": scheme, "float_ms": 1000 * t_float,
+               "quant_ms": 1000 * latency(q), "size_ratio": (_size_bytes(q.module.transformer) / size_float)
+               if scheme == "int8" else (8 if scheme == "w8a8" else 4) / 32,
+               "aps_task_psnr_change": task_psnr(q) - base_task,
+               "note": f"max token-probability change {change:.3f}"}
+        row["speedup"] = row["float_ms"] / row["quant_ms"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backbones", nargs="*", default=["score-natural", "flow-natural", "tokens-natural"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -52,7 +104,7 @@ def main(argv=None):
     variants = {"int8": ("int8", {}), "int8 all-int8": ("int8", {"keep_first_last": False}),
                 "int8 1 band": ("int8", {"bands": 1}), "w8a8": ("w8a8", {}), "w4a8": ("w4a8", {})}
     rows = []
-    for name in [n for n in ("score-natural", "flow-natural") if n in registry.available()]:
+    for name in [n for n in ("score-natural", "flow-natural") if n in registry.available() and n in args.backbones]:
         prior = registry.load(name)
         # the conditioning the solvers use most: sigma 25/255 for the denoiser, mid-way time for the flow
         cond = 25 / 255 if prior.kind == "denoiser" else 0.5
@@ -94,10 +146,11 @@ def main(argv=None):
                 row[f"{s}_task_psnr_change"] = task_psnr(s, q) - base_task[s]
             rows.append(row)
             print(row, flush=True)
-    rows.append({"backbone": "tokens-natural", "scheme": "-",
-                 "note": "not quantised yet (dynamic int8 for the transformer is still to do)"})
+    if "tokens-natural" in args.backbones and "tokens-natural" in registry.available():
+        rows += _token_rows(registry.load("tokens-natural"), crops, args.quick)
     cols = ["backbone", "scheme", "float_ms", "quant_ms", "speedup", "size_ratio", "output_psnr_vs_float",
-            "reddiff_task_psnr_change", "langevin_task_psnr_change", "pmrf_task_psnr_change", "note"]
+            "reddiff_task_psnr_change", "langevin_task_psnr_change", "pmrf_task_psnr_change", "aps_task_psnr_change",
+            "note"]
     print(table(rows, cols))
     path = write_results("quant_quick" if args.quick else "quant", {
         "rows": rows, "task": task_spec, "images": list(QUICK_CBSD68), "threads": torch.get_num_threads(),

@@ -45,7 +45,8 @@ class Restorer:
         if quant not in (None, "none", *SCHEMES):
             raise QuantError(f"unknown quantisation scheme {quant!r}; known: {', '.join(SCHEMES)}")
         self.quant = None if quant in (None, "none") else quant
-        if self.quant == "int8" and getattr(self.solver, "needs_prior_gradients", False):
+        int8_ok = self.solver.int8_ok if self.solver.int8_ok is not None else not self.solver.needs_prior_gradients
+        if self.quant == "int8" and not int8_ok:
             raise base.SolverError(f"solver {solver!r} back-propagates through its prior; real int8 gives zero "
                                    "gradients. Use quant='w8a8' or 'w4a8' (simulated) instead")
         self.prior_name = prior or self.solver.default_prior

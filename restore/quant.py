@@ -70,6 +70,13 @@ def _calibration_calls(prior: Prior, images: torch.Tensor):
             for t in (0.0, 0.2, 0.4, 0.6, 0.8, 0.96):
                 z = images + 0.05 * torch.randn(images.shape, generator=g)
                 prior.module(z, t)
+        elif prior.kind == "tokens":
+            # the transformer as APS calls it: token grids with growing shares of masked positions
+            tokens = prior.module.tokenizer.encode(images)
+            tf = prior.module.transformer
+            for ratio in (1.0, 0.8, 0.6, 0.4, 0.2, 0.05):
+                mask = torch.rand(tokens.shape, generator=g) < ratio
+                tf(tokens.masked_fill(mask, tf.mask_id))
         else:
             raise QuantError(f"quantisation supports denoiser and flow priors; {prior.name!r} is a {prior.kind} prior")
 
@@ -80,9 +87,11 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
     ``bands``: int8 only, how many noise-level / time bands get their own activation ranges (and graph)."""
     if scheme not in SCHEMES:
         raise QuantError(f"unknown quantisation scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    if prior.kind == "tokens":
+        return _quantize_tokens(prior, scheme, calibration, keep_first_last)
     if prior.kind not in ("denoiser", "flow") or not hasattr(getattr(prior.module, "net", None), "forward_unet"):
         raise QuantError(f"prior {prior.name!r} ({prior.kind}) cannot be quantised here: only the DRUNet-based "
-                         "denoiser and flow priors are supported")
+                         "denoiser and flow priors and the token prior's transformer are supported")
     images = default_calibration() if calibration is None else calibration
     module = copy.deepcopy(prior.module)
     q = Prior(f"{prior.name}@{scheme}", prior.kind, module, {**prior.card, "quantized": scheme})
@@ -91,6 +100,27 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
     else:
         bits = 8 if scheme == "w8a8" else 4
         _fake_quantize(module.net, bits, lambda: _calibration_calls(q, images), keep_first_last)
+    module.eval()
+    return q
+
+
+def _quantize_tokens(prior: Prior, scheme: str, calibration, keep_first_last: bool) -> Prior:
+    """Token prior: only the masked-token transformer is quantised (APS runs it forward-only); the tokenizer stays
+    float because APS back-propagates through its decoder. int8 = dynamic int8 Linear layers (weights int8 per
+    channel, activations quantised on the fly), the usual path for transformers on CPU."""
+    module = copy.deepcopy(prior.module)
+    q = Prior(f"{prior.name}@{scheme}", prior.kind, module,
+              {**prior.card, "quantized": scheme, "quantized_parts": ["transformer"]})
+    if scheme == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        torch.backends.quantized.engine = "x86"
+        module.transformer = quantize_dynamic(module.transformer.eval(), {nn.Linear}, dtype=torch.qint8)
+    else:
+        images = default_calibration() if calibration is None else calibration
+        images = images[..., :images.shape[-2] // 4 * 4, :images.shape[-1] // 4 * 4]
+        _fake_quantize(module.transformer, 8 if scheme == "w8a8" else 4, lambda: _calibration_calls(q, images),
+                       keep_first_last)
     module.eval()
     return q
 

@@ -69,3 +69,26 @@ def test_sensitivity_scan_ranks_layers(score):
     ranked = sensitivity(score, tiny)
     assert len(ranked) > 10 and ranked[0][1] <= ranked[-1][1]
     assert all(name for name, _ in ranked)
+
+
+def test_token_prior_int8_transformer_and_float_tokenizer():
+    """APS may use int8: only the transformer is quantised (dynamic int8); its decoder keeps real gradients."""
+    tokens = registry.load("tokens-natural")
+    q = quantize(tokens, "int8")
+    assert q.card["quantized_parts"] == ["transformer"]
+    assert any("quantized" in type(m).__module__ for m in q.module.transformer.modules())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        idx = tokens.module.tokenizer.encode(x)
+        ref = tokens.module.transformer(idx).softmax(-1)
+        out = q.module.transformer(idx).softmax(-1)
+    assert float((out - ref).abs().max()) < 0.1  # stated tolerance on token probabilities
+    codes = q.module.tokenizer.codebook()[idx.flatten()].detach().clone().requires_grad_(True)
+    img = q.module.tokenizer.decode_codes(codes.view(*idx.shape, -1).permute(0, 3, 1, 2))
+    img.sum().backward()
+    assert float(codes.grad.abs().mean()) > 0
+    y = x[:1]
+    post = Restorer("aps", quant="int8", steps=2, inner_steps=2)(y, "inpaint:box:size=0.3", samples=2, seed=0)
+    assert post.samples.shape == (2, 3, 32, 32) and torch.isfinite(post.mean).all()
+    for scheme in ("w8a8", "w4a8"):
+        assert quantize(tokens, scheme).card["quantized"] == scheme

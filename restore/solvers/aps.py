@@ -48,11 +48,13 @@ class APSSolver(Solver):
     prior_kinds = ("tokens",)
     default_prior = "tokens-natural"
     needs_prior_gradients = True  # through the tokenizer's decoder
+    int8_ok = True  # restore.quant int8s only the transformer, which APS runs forward-only
     paper = "Rout et al., Test-Time Anchoring for Discrete Diffusion Posterior Sampling (APS), 2025"
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
-        if prior.card.get("quantized") == "int8":
-            raise SolverError("aps back-propagates through the tokenizer's decoder: use a float token prior")
+        if prior.card.get("quantized") == "int8" and "tokenizer" in prior.card.get("quantized_parts", ["tokenizer"]):
+            raise SolverError("aps back-propagates through the tokenizer's decoder: its tokenizer must stay float "
+                              "(restore.quant quantises only the transformer)")
         cfg = self.config
         tok, tf = prior.module.tokenizer, prior.module.transformer
         sigma = max(noise_sigma(physics, y), cfg.sigma_floor)

@@ -54,6 +54,9 @@ class Solver:
     tasks: ClassVar[tuple[str, ...]] = ("denoise", "deblur", "sr", "inpaint")
     needs_noise_level: ClassVar[bool] = True  # False for solvers that estimate unknown (real) noise
     needs_prior_gradients: ClassVar[bool] = False  # True: back-propagates through the prior (no real int8)
+    # real int8 allowed? None: only when no gradients flow through the prior; True: the parts that int8 touches
+    # run forward-only (APS: quant.quantize leaves the tokenizer float and int8s the transformer)
+    int8_ok: ClassVar[bool | None] = None
     paper: ClassVar[str] = ""
 
     def __init__(self, config=None, **overrides):
