@@ -277,7 +277,7 @@ def build_demo():
                     with gr.Accordion("Advanced solver options", open=False):
                         options = gr.Textbox(label='JSON, e.g. {"iterations": 300}', value="", elem_id="options")
                         quant = gr.Dropdown(["none", "int8", "w8a8", "w4a8"], value="none", elem_id="quant",
-                                            label="Quantised backbone (int8: real kernels, ~4x faster denoiser; "
+                                            label="Quantised backbone (int8: real kernels, ~2.8x faster denoiser; "
                                                   "w8a8/w4a8: simulated)")
                     run = gr.Button("Restore", variant="primary", elem_id="run")
                 with gr.Column(scale=2):

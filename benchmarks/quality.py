@@ -161,7 +161,7 @@ def main(argv=None):
     print(table(rows, cols))
     path = write_results("quality_quick" if args.quick else "quality", {
         "images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
-        "methods": all_methods, "rows": rows, "total_seconds": time.time() - t_start})
+        "methods": all_methods, "rows": rows, "total_seconds": time.time() - t_start}, args.out)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")
 
 
