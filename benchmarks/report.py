@@ -26,8 +26,8 @@ def _denoiser(data: dict) -> str:
 def _quality(data: dict) -> str:
     cols = ["task", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "sample_diversity", "seconds", "note"]
     return (f"**Solvers on CBSD68 crops** ({len(data['images'])} images, {data['crop']}x{data['crop']} centre crops, "
-            f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)\n\n"
-            + table(data["rows"], cols))
+            f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)"
+            + (f" Note: {data['note']}." if data.get("note") else "") + "\n\n" + table(data["rows"], cols))
 
 
 def _speed(data: dict) -> str:
