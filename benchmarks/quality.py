@@ -101,6 +101,7 @@ def main(argv=None):
     restorers = {m: Restorer(c["solver"], c["prior"], **c["options"]) for m, c in all_methods.items() if "solver" in c}
     ready = set(registry.available())
     score = registry.load("score-natural") if "score-natural" in registry.available() else None
+    tokenizer = registry.load("tokens-natural").module.tokenizer if "tokens-natural" in ready else None
     rows = []
     t_start = time.time()
     for tname, spec in all_tasks.items():
@@ -132,7 +133,7 @@ def main(argv=None):
                 if cfg.get("baseline") in ("input", "tokenizer"):
                     if cfg["baseline"] == "tokenizer":
                         with torch.no_grad():
-                            est = registry.load("tokens-natural").module.tokenizer(x).clamp(0, 1)
+                            est = tokenizer(x).clamp(0, 1)
                     else:
                         est = y if y.shape == x.shape else torch.nn.functional.interpolate(
                             y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)

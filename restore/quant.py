@@ -33,7 +33,6 @@ import torch.nn as nn
 from restore.priors.registry import Prior
 
 SCHEMES = ("int8", "w8a8", "w4a8")
-FORWARD_ONLY = "int8"  # schemes without gradients
 CALIB_SIGMAS = (0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 0.8, 1.5)
 
 
@@ -78,7 +77,8 @@ def _calibration_calls(prior: Prior, images: torch.Tensor):
                 mask = torch.rand(tokens.shape, generator=g) < ratio
                 tf(tokens.masked_fill(mask, tf.mask_id))
         else:
-            raise QuantError(f"quantisation supports denoiser and flow priors; {prior.name!r} is a {prior.kind} prior")
+            raise QuantError(f"quantisation supports denoiser, flow and token priors; {prior.name!r} is a {prior.kind} "
+                             "prior")
 
 
 def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,

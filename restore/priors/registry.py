@@ -82,7 +82,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise PriorError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(ck, dict) or "state_dict" not in ck or "config" not in ck:
         raise PriorError(f"{path} is not a restore checkpoint (expected a dict with 'config' and 'state_dict')")
-    ck["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
+    # compressai's LowerBound constants (likelihood bound 1e-9) are architecture constants that older float16 files
+    # hold as 0, which makes log-likelihoods -inf: drop those so the freshly built module keeps its own (the CAE
+    # loaders are non-strict)
+    ck["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()
+                        if not (k.endswith(".bound") and not bool(v.float().abs().max() > 0))}
     return ck
 
 
@@ -100,13 +104,8 @@ def _trained(stem: str, kind: str, builder: str, strict: bool = True) -> Callabl
         mod, fn = builder.split(":")
         ck = load_checkpoint(models_dir() / f"{stem}.pt")
         net = getattr(importlib.import_module(mod), fn)(**ck["config"])
-        state = ck["state_dict"]
-        if not strict:
-            # compressai's LowerBound constants (likelihood bound 1e-9) are architecture constants, and float16 files
-            # hold them as 0, which makes log-likelihoods -inf: keep the freshly built ones
-            state = {k: v for k, v in state.items() if not k.endswith(".bound")}
         try:
-            net.load_state_dict(state, strict=strict)
+            net.load_state_dict(ck["state_dict"], strict=strict)
         except RuntimeError as exc:
             raise PriorError(f"checkpoint {stem}.pt does not fit {fn}({ck['config']}): {exc}") from None
         return Prior(stem, kind, _frozen(net), read_card(stem))

@@ -14,7 +14,6 @@ likelihoods, PSNR of the reconstruction) and an actual compress/decompress round
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -24,7 +23,8 @@ import torch
 
 from restore.priors.cae import build
 from restore.train.common import (Clock, Deadline, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, training_device, write_json_atomic)
+                                  random_patches, save_atomic, shipped_weights, training_device,
+                                  write_json_atomic)
 
 
 @torch.no_grad()
@@ -97,17 +97,13 @@ def main(argv=None):
         gen.set_state(ck["rng"].cpu())
         step, log, prev, command = ck["step"], ck["log"], ck["seconds"], ck.get("command", command)
         print(f"resumed from {ck_path} at step {step}", flush=True)
-    elif Path(args.out).with_suffix(".pt").exists():
+    elif shipped := shipped_weights(args.out):
         # no optimiser state (it is not committed): warm-start from the shipped weights and card
-        from restore.priors.registry import load_checkpoint
-
-        net.load_state_dict(load_checkpoint(Path(args.out).with_suffix(".pt"))["state_dict"], strict=False)
-        card_path = Path(args.out).with_suffix(".json")
-        if card_path.exists():
-            card = json.loads(card_path.read_text())
-            step, log, prev = int(card.get("steps", 0)), card.get("validation_log", []), \
-                3600 * float(card.get("wall_time_hours", 0))
-            command = card.get("command", command)
+        weights, card = shipped
+        net.load_state_dict(weights, strict=False)
+        step, log, prev = int(card.get("steps", 0)), card.get("validation_log", []), \
+            3600 * float(card.get("wall_time_hours", 0))
+        command = card.get("command", command)
         print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev)
     config = {"arch": args.arch, "N": args.N, "M": args.M}

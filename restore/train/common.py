@@ -107,11 +107,14 @@ def write_json_atomic(obj, path: str | Path):
 def half_state_dict(state: dict) -> dict:
     """Float tensors stored as float16 for shipping (loaders cast back to float32), except those float16 cannot hold
     (a value that would underflow to 0 or overflow, e.g. compressai's likelihood bound 1e-9): they stay float32."""
-    def fits(v):
+    def to_half(v):
+        if not v.dtype.is_floating_point:
+            return v
         h = v.half()
-        return bool(torch.isfinite(h).all() == torch.isfinite(v).all() and not ((h == 0) & (v != 0)).any())
+        fits = bool(torch.isfinite(h).all() == torch.isfinite(v).all() and not ((h == 0) & (v != 0)).any())
+        return h if fits else v
 
-    return {k: (v.half() if v.dtype.is_floating_point and fits(v) else v) for k, v in state.items()}
+    return {k: to_half(v) for k, v in state.items()}
 
 
 class Clock:
@@ -142,13 +145,13 @@ def shipped_weights(out: str | Path) -> tuple[dict, dict] | None:
 
     Warm starts resume the weights and the step count of the card, with a fresh optimiser (its state is never
     committed)."""
+    from restore.priors.registry import load_checkpoint
+
     pt, js = Path(out).with_suffix(".pt"), Path(out).with_suffix(".json")
     if not pt.exists():
         return None
-    ck = torch.load(pt, map_location="cpu", weights_only=True)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
     card = json.loads(js.read_text()) if js.exists() else {}
-    return state, card
+    return load_checkpoint(pt)["state_dict"], card
 
 
 class Deadline:

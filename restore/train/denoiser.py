@@ -15,7 +15,6 @@ times the per-pixel squared error of ``D(x + s n, s)`` against ``x``, i.e. equal
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -26,7 +25,8 @@ import torch
 
 from restore.priors.denoiser import SIGMA_DATA, ScoreDenoiser, count_parameters
 from restore.train.common import (EMA, Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, training_device, write_json_atomic)
+                                  random_patches, save_atomic, shipped_weights, training_device,
+                                  write_json_atomic)
 
 VAL_SIGMAS_255 = (15, 25, 50)
 
@@ -121,19 +121,15 @@ def main(argv=None):
         step, log, prev_seconds = ck["step"], ck["log"], ck["seconds"]
         train_command = ck.get("train_command", train_command)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif Path(args.out).with_suffix(".pt").exists() and not args.from_scratch:
+    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
         # no optimiser state here (it is not committed): warm-start from the shipped EMA weights and card
-        shipped = torch.load(Path(args.out).with_suffix(".pt"), map_location=dev, weights_only=True)
-        weights = {k: v.float() for k, v in shipped["state_dict"].items()}
+        weights, card = shipped
         model.load_state_dict(weights)
         ema.shadow = {k: v.clone() for k, v in model.state_dict().items()}
-        card_path = Path(args.out).with_suffix(".json")
-        if card_path.exists():
-            card = json.loads(card_path.read_text())
-            step = int(card.get("steps", 0))
-            prev_seconds = 3600 * float(card.get("wall_time_hours", 0))
-            log = card.get("validation_log", [])
-            train_command = card.get("command", train_command)
+        step = int(card.get("steps", 0))
+        prev_seconds = 3600 * float(card.get("wall_time_hours", 0))
+        log = card.get("validation_log", [])
+        train_command = card.get("command", train_command)
         print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev_seconds)
 
