@@ -3,10 +3,14 @@
     python -m benchmarks.quant [--quick]
 
 For each shipped DRUNet-based backbone (score-natural, flow-natural) and scheme (int8 real kernels: the default with
-4 noise/time bands and float first/last convolutions, all-int8, one band; w8a8, w4a8 simulated): latency of one
-forward pass on a 256x256 colour image (median of 5, after warm-up) as a ratio to float eager; model size (bytes of the saved weights; simulated schemes report the nominal bit-width ratio);
-output PSNR against the float output on the CBSD68 quick crops (denoising 25/255); and the end-task PSNR change of
-solver that uses the backbone (reddiff, langevin on score-natural; pmrf on flow-natural) on the same crops.
+4 noise/time bands and float first/last convolutions, all-int8, one band, and the same default through torchao's
+PT2E + Inductor instead of FX; w8a8, w4a8 simulated, and w4a8 with the
+3 layers the sensitivity scan ranks worst kept float): latency of one forward pass on a 256x256 colour image (median
+of 5, after a warm-up call, which is where PT2E compiles) as a ratio to float eager; model size (bytes of the saved weights; simulated schemes report the
+nominal bit-width ratio); output PSNR against the float output on the CBSD68 quick crops (denoising 25/255); and the
+end-task PSNR change of each solver that uses the backbone (reddiff, langevin on score-natural; pmrf on flow-natural;
+vble on cae-natural-q2, simulated schemes only; aps on tokens-natural) on the same crops. Quantised copies are
+calibrated afresh here (never read from the on-disk cache).
 Target from the issue: int8 >= 2x faster than float eager with <= 0.1 dB end-task loss.
 """
 
@@ -29,12 +33,59 @@ def _size_bytes(module) -> int:
     return buf.tell()
 
 
+def make(prior, scheme: str, kw: dict):
+    """A quantised copy; ``kw["mixed"] = n`` keeps the n most sensitive layers float (restore.quant.mixed_precision).
+    Never from the on-disk cache, so every variant is calibrated in this run."""
+    from restore.quant import mixed_precision, quantize
+
+    kw = dict(kw)
+    n_float = kw.pop("mixed", 0)
+    if n_float:
+        return mixed_precision(prior, scheme, n_float, cache=False, **kw)
+    return quantize(prior, scheme, cache=False, **kw)
+
+
+def _cae_rows(prior, crops, observations, quick: bool) -> list[dict]:
+    """The CAE behind VBLE: simulated schemes only (VBLE back-propagates through the decoder, so real int8 is
+    refused). Output PSNR = CAE reconstruction (encode + decode) against the float one; the end task is VBLE on the
+    same denoising observations. Latency is not reported: simulated quantisation runs in float."""
+    from restore.metrics import psnr
+    from restore.solvers import base
+
+    opts = {"iterations": 100, "stat_samples": 32} if quick else {}
+
+    def task_psnr(p):
+        solver = base.get("vble", **opts)
+        vals = [float(psnr(solver(y, ph, p, n_samples=2, generator=torch.Generator().manual_seed(i)).mean, x))
+                for i, (x, (y, ph)) in enumerate(zip(crops, observations))]
+        return sum(vals) / len(vals)
+
+    def recon(p):
+        with torch.no_grad():
+            return [p.module(x)["x_hat"] for x in crops]
+
+    ref, base_task = recon(prior), task_psnr(prior)
+    rows = []
+    for label, (scheme, kw) in {"w8a8": ("w8a8", {}), "w4a8": ("w4a8", {}),
+                                "w4a8 mixed (3 float)": ("w4a8", {"mixed": 3})}.items():
+        q = make(prior, scheme, kw)
+        out = recon(q)
+        row = {"backbone": prior.name, "scheme": label, "size_ratio": (8 if scheme == "w8a8" else 4) / 32,
+               "output_psnr_vs_float": sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
+                                           for a, b in zip(out, ref)) / len(ref),
+               "vble_task_psnr_change": task_psnr(q) - base_task,
+               "note": "reconstruction vs float" + (", float: " + ", ".join(q.card["float_layers"])
+                                                    if q.card.get("float_layers") else "")}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def _token_rows(prior, crops, quick: bool) -> list[dict]:
     """The token prior: only its transformer is quantised (APS runs it forward-only). Latency of one transformer
     call on a 64x64 token grid (a 256 px image); 'output_psnr_vs_float' is replaced by the largest change of a token
     probability; the end task is APS on box inpainting (2.55/255) of the same crops."""
     from restore.metrics import psnr
-    from restore.quant import quantize
     from restore.solvers import base
     from restore.tasks import parse
 
@@ -66,7 +117,7 @@ def _token_rows(prior, crops, quick: bool) -> list[dict]:
     t_float, base_task, size_float = latency(prior), task_psnr(prior), _size_bytes(prior.module.transformer)
     rows = []
     for scheme in ("int8", "w8a8", "w4a8"):
-        q = quantize(prior, scheme)
+        q = make(prior, scheme, {})
         with torch.no_grad():
             change = float((q.module.transformer(idx).softmax(-1) - ref).abs().max())
         row = {"backbone": "tokens-natural (transformer)", "scheme": scheme, "float_ms": 1000 * t_float,
@@ -83,7 +134,8 @@ def _token_rows(prior, crops, quick: bool) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--backbones", nargs="*", default=["score-natural", "flow-natural", "tokens-natural"])
+    ap.add_argument("--backbones", nargs="*",
+                    default=["score-natural", "flow-natural", "cae-natural-q2", "tokens-natural"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -91,7 +143,6 @@ def main(argv=None):
     from restore.solvers import base
     from restore.tasks import parse
     from restore.priors import registry
-    from restore.quant import quantize
 
     crops = [x for _, x in load_set("CBSD68", crop=128, files=QUICK_CBSD68)]
     x256 = load_set("CBSD68", crop=256, files=QUICK_CBSD68[:1])[0][1]
@@ -102,17 +153,22 @@ def main(argv=None):
                                  "langevin": {"iterations": 100 if args.quick else 500, "prior_sigma": 0.02}},
                "flow-natural": {"pmrf": {"flow_steps": 25}}}
     variants = {"int8": ("int8", {}), "int8 all-int8": ("int8", {"keep_first_last": False}),
-                "int8 1 band": ("int8", {"bands": 1}), "w8a8": ("w8a8", {}), "w4a8": ("w4a8", {})}
+                "int8 1 band": ("int8", {"bands": 1}), "int8 pt2e": ("int8", {"backend": "pt2e"}),
+                "w8a8": ("w8a8", {}), "w4a8": ("w4a8", {}),
+                "w4a8 mixed (3 float)": ("w4a8", {"mixed": 3})}
     rows = []
     for name in [n for n in ("score-natural", "flow-natural") if n in registry.available() and n in args.backbones]:
         prior = registry.load(name)
+        first_call: dict[str, float] = {}
         # the conditioning the solvers use most: sigma 25/255 for the denoiser, mid-way time for the flow
         cond = 25 / 255 if prior.kind == "denoiser" else 0.5
 
         def latency(p):
             y = x256 + 0.1 * torch.randn(x256.shape, generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
+                t0 = time.perf_counter()
                 p.module(y, cond)
+                first_call[p.name] = time.perf_counter() - t0
                 ts = []
                 for _ in range(5):
                     t0 = time.perf_counter()
@@ -134,22 +190,31 @@ def main(argv=None):
         t_float, out_float, size_float = latency(prior), outputs(prior), _size_bytes(prior.module)
         base_task = {s: task_psnr(s, prior) for s in solvers[name]}
         for label, (scheme, kw) in variants.items():
-            q = quantize(prior, scheme, **kw)
-            out_q = outputs(q)
+            t0 = time.perf_counter()
+            q = make(prior, scheme, kw)
+            build_s = time.perf_counter() - t0
             row = {"backbone": name, "scheme": label, "float_ms": 1000 * t_float, "quant_ms": 1000 * latency(q),
-                   "output_psnr_vs_float": sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
-                                               for a, b in zip(out_q, out_float)) / len(crops)}
+                   "build_s": build_s, "first_call_s": first_call[q.name]}
+            out_q = outputs(q)
+            row["output_psnr_vs_float"] = sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
+                                              for a, b in zip(out_q, out_float)) / len(crops)
             row["speedup"] = row["float_ms"] / row["quant_ms"]
             row["size_ratio"] = (_size_bytes(q.module) / size_float) if scheme == "int8" else \
                 (8 if scheme == "w8a8" else 4) / 32
+            if q.card.get("float_layers"):
+                row["note"] = "float: first, last, " + ", ".join(q.card["float_layers"])
             for s in solvers[name]:
                 row[f"{s}_task_psnr_change"] = task_psnr(s, q) - base_task[s]
             rows.append(row)
             print(row, flush=True)
+    for name in [n for n in ("cae-natural-q2",) if n in registry.available() and n in args.backbones]:
+        rows += _cae_rows(registry.load(name), crops, observations, args.quick)
     if "tokens-natural" in args.backbones and "tokens-natural" in registry.available():
         rows += _token_rows(registry.load("tokens-natural"), crops, args.quick)
-    cols = ["backbone", "scheme", "float_ms", "quant_ms", "speedup", "size_ratio", "output_psnr_vs_float",
-            "reddiff_task_psnr_change", "langevin_task_psnr_change", "pmrf_task_psnr_change", "aps_task_psnr_change",
+    cols = ["backbone", "scheme", "float_ms", "quant_ms", "speedup", "build_s", "first_call_s", "size_ratio",
+            "output_psnr_vs_float",
+            "reddiff_task_psnr_change", "langevin_task_psnr_change", "pmrf_task_psnr_change", "vble_task_psnr_change",
+            "aps_task_psnr_change",
             "note"]
     print(table(rows, cols))
     path = write_results("quant_quick" if args.quick else "quant", {

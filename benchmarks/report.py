@@ -27,7 +27,18 @@ def _quality(data: dict) -> str:
     cols = ["task", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "sample_diversity", "seconds", "note"]
     return (f"**Solvers on CBSD68 crops** ({len(data['images'])} images, {data['crop']}x{data['crop']} centre crops, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)"
-            + (f" Note: {data['note']}." if data.get("note") else "") + "\n\n" + table(data["rows"], cols))
+            + (f" Note: {data['note']}." if data.get("note") else "")
+            + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
+               if data.get("complete") is False else "")
+            + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols))
+
+
+def _settings(methods: dict) -> str:
+    """' Settings: solver k=v, ...' for the methods whose options differ from their defaults."""
+    parts = [f"{m} " + ", ".join(f"{k}={v}" for k, v in c["options"].items())
+             for m, c in methods.items() if c.get("options")]
+    parts += [f"{m} max_iter={c['max_iter']}" for m, c in methods.items() if "max_iter" in c]
+    return (" Settings (others at their defaults): " + "; ".join(parts) + ".") if parts else ""
 
 
 def _speed(data: dict) -> str:

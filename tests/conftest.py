@@ -8,6 +8,20 @@ import torch
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Quantised copies are cached under $RESTORE_CACHE: tests use their own folder, never the user's."""
+    import os
+
+    old = os.environ.get("RESTORE_CACHE")
+    os.environ["RESTORE_CACHE"] = str(tmp_path_factory.mktemp("restore-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RESTORE_CACHE", None)
+    else:
+        os.environ["RESTORE_CACHE"] = old
+
+
 def _tensor(arr: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(arr.astype(np.float32) / 255.0)
     return (t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None].contiguous()

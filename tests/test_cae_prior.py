@@ -38,6 +38,15 @@ def test_train_resume_export_and_entropy_coding(tmp_path):
     assert rec.shape == x.shape
     assert float((rec - direct).abs().mean()) < 0.1  # decoding the bitstream matches the quantised forward pass
 
+    # another rate point fine-tuned from this one: its own step count, the origin named on its card
+    other = common[:2] + ["--out", str(tmp_path / "cae-hi"), "--ckpt", str(tmp_path / "ck-hi.pt")] + common[6:]
+    cae.main(other + ["--steps", "1", "--lmbda", "0.05", "--init-from", str(tmp_path / "cae.pt")])
+    hi = json.loads((tmp_path / "cae-hi.json").read_text())
+    assert hi["steps"] == 1 and hi["lambda"] == 0.05 and hi["initialised_from"].startswith("cae.pt (its 3 steps")
+    with pytest.raises(SystemExit, match="does not fit"):
+        cae.main(other[:-2] + ["--N", "8", "--M", "24", "--ckpt", str(tmp_path / "ck-x.pt"), "--steps", "1",
+                               "--init-from", str(tmp_path / "cae.pt")])
+
 
 def test_zoo_from_local_file_and_offline_error(tmp_path, monkeypatch):
     from compressai.zoo import image_models

@@ -5,7 +5,7 @@ import torch
 
 from restore import Restorer
 from restore.priors import registry
-from restore.quant import QuantError, quantize, sensitivity
+from restore.quant import QuantError, cache_dir, mixed_precision, quantize, sensitivity
 from restore.solvers.base import SolverError
 
 
@@ -62,6 +62,54 @@ def test_unsupported_priors(score):
         quantize(registry.load("wavelet"), "int8")
     with pytest.raises(QuantError, match="unknown quantisation scheme"):
         quantize(score, "fp4")
+    with pytest.raises(QuantError, match="CAE.*w8a8"):
+        quantize(registry.load("cae-natural-q2"), "int8")
+    with pytest.raises(QuantError, match="float_layers names no layer.*m_nope"):
+        quantize(score, "w8a8", float_layers=("m_nope",))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "w4a8"])
+def test_cached_copy_reloads_identically(score, noisy, scheme, tmp_path):
+    first = quantize(score, scheme, cache=tmp_path)
+    files = list(tmp_path.glob(f"score-natural-{scheme}-*.pt"))
+    assert len(files) == 1 and first.card["quantized_cache"] == str(files[0])
+    again = quantize(score, scheme, cache=tmp_path)  # built from the file: no calibration run
+    with torch.no_grad():
+        assert torch.equal(first.module(noisy, 0.1), again.module(noisy, 0.1))
+    other = quantize(score, scheme, cache=tmp_path, keep_first_last=False)  # other options: another entry
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and other.card["quantized_cache"] != first.card["quantized_cache"]
+    files[0].write_bytes(b"not a checkpoint")  # a damaged entry is rebuilt with a warning, not fatal
+    with pytest.warns(UserWarning, match="unreadable quantisation cache"):
+        quantize(score, scheme, cache=tmp_path)
+    assert quantize(score, scheme, cache=False).card["quantized_cache"] is None
+    assert str(cache_dir()).endswith("quant")
+
+
+def test_cae_simulated_schemes_keep_gradients_and_vble_runs(clean_rgb):
+    cae = registry.load("cae-natural-q2")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for scheme, tol in (("w8a8", 28), ("w4a8", 20)):
+        q = quantize(cae, scheme)
+        latent = cae.module.g_a(x).detach().requires_grad_(True)
+        out = q.module.g_s(latent)
+        out.sum().backward()
+        assert float(latent.grad.abs().mean()) > 0
+        with torch.no_grad():
+            assert _psnr(q.module(x)["x_hat"], cae.module(x)["x_hat"]) > tol
+    noisy = clean_rgb + 0.1 * torch.randn(clean_rgb.shape, generator=torch.Generator().manual_seed(0))
+    post = Restorer("vble", quant="w8a8", iterations=30, stat_samples=4)(noisy.clamp(0, 1), "denoise:gaussian:sigma=0.1",
+                                                                         samples=2, seed=0)
+    assert _psnr(post.mean, clean_rgb) > _psnr(noisy.clamp(0, 1), clean_rgb)
+
+
+def test_mixed_precision_keeps_the_most_sensitive_layers_float(score, noisy):
+    tiny = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    q = mixed_precision(score, "w4a8", n_float=2, calibration=tiny)
+    assert len(q.card["float_layers"]) == 2
+    plain = quantize(score, "w4a8", calibration=tiny)
+    with torch.no_grad():
+        ref = score.module(noisy, 0.1)
+        assert _psnr(q.module(noisy, 0.1), ref) > _psnr(plain.module(noisy, 0.1), ref)
 
 
 def test_sensitivity_scan_ranks_layers(score):
@@ -92,3 +140,16 @@ def test_token_prior_int8_transformer_and_float_tokenizer():
     assert post.samples.shape == (2, 3, 32, 32) and torch.isfinite(post.mean).all()
     for scheme in ("w8a8", "w4a8"):
         assert quantize(tokens, scheme).card["quantized"] == scheme
+
+
+def test_pt2e_backend_int8_close_to_float(score, noisy):
+    pytest.importorskip("torchao")
+    q = quantize(score, "int8", backend="pt2e", bands=1)  # one band: one compile
+    with torch.no_grad():
+        ref, out = score.module(noisy, 0.1), q.module(noisy, 0.1)
+    assert _psnr(out, ref) > 32  # the same stated tolerance as the FX path
+    assert q.card["quantized_backend"] == "pt2e"
+    with pytest.raises(QuantError, match="backend='pt2e' is for real int8"):
+        quantize(score, "w8a8", backend="pt2e")
+    with pytest.raises(QuantError, match="unknown int8 backend"):
+        quantize(score, "int8", backend="tvm")

@@ -28,6 +28,7 @@ class PMRFConfig:
     sigma_s: float | None = None  # None: the value the flow was trained with (its card)
     mean_source: str = "auto"  # "auto": denoiser for denoising, reddiff otherwise; or "denoiser" / a solver name
     mean_prior: str | None = None  # None: the flow card's mean_denoiser
+    mean_options: dict | None = None  # config overrides for the mean-source solver, e.g. {"steps": 30} for reddiff
 
 
 class PMRFSolver(Solver):
@@ -54,7 +55,7 @@ class PMRFSolver(Solver):
                 return den.module(y, noise_sigma(physics, y)).clamp(0, 1)
         if source == self.name:
             raise SolverError("pmrf cannot take its own output as the posterior mean")
-        solver = base.get(source)
+        solver = base.get(source, **(cfg.mean_options or {}))
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
         return solver(y, physics, den, n_samples=1, generator=generator, progress=cb).mean
 

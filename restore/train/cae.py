@@ -14,17 +14,17 @@ likelihoods, PSNR of the reconstruction) and an actual compress/decompress round
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from restore.priors.cae import build
-from restore.train.common import (Clock, Deadline, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, shipped_weights, training_device,
-                                  write_json_atomic)
+from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
+                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
+                                  warm_start, write_json_atomic)
 
 
 @torch.no_grad()
@@ -70,6 +70,10 @@ def main(argv=None):
     ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true")
+    ap.add_argument("--init-from", default=None,
+                    help="with no checkpoint: start from this other trained CAE (.pt of the same --N/--M, e.g. "
+                         "models/cae-natural-q2.pt) instead of --out's shipped weights; fine-tuning a trained CAE to "
+                         "another lambda converges far faster than a fresh start")
     args = ap.parse_args(argv)
     dev = training_device(args.device, args.threads)
     deadline = Deadline(args.stop_after)
@@ -87,31 +91,33 @@ def main(argv=None):
     crit = RateDistortionLoss(lmbda=args.lmbda)
     gen = torch.Generator().manual_seed(args.seed)
     step, log, prev = 0, [], 0.0
-    command = " ".join(["python -m restore.train.cae"] + (sys.argv[1:] if argv is None else list(argv)))
-    ck_path = Path(args.ckpt)
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=False)
-        net.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["opt"])
-        aux_opt.load_state_dict(ck["aux_opt"])
-        gen.set_state(ck["rng"].cpu())
+    initialised = None
+    command = training_command("restore.train.cae", argv)
+    ckpt = Checkpointer(args.ckpt, non_strict=("model",), model=net, opt=opt, aux_opt=aux_opt, rng=gen)
+    if (ck := ckpt.resume(dev)) is not None:
         step, log, prev, command = ck["step"], ck["log"], ck["seconds"], ck.get("command", command)
-        print(f"resumed from {ck_path} at step {step}", flush=True)
-    elif shipped := shipped_weights(args.out):
-        # no optimiser state (it is not committed): warm-start from the shipped weights and card
-        weights, card = shipped
-        net.load_state_dict(weights, strict=False)
-        step, log, prev = int(card.get("steps", 0)), card.get("validation_log", []), \
-            3600 * float(card.get("wall_time_hours", 0))
-        command = card.get("command", command)
-        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
+        initialised = ck.get("initialised_from")
+    elif args.init_from:
+        from restore.priors.registry import load_checkpoint
+
+        init = load_checkpoint(Path(args.init_from))
+        try:
+            net.load_state_dict(init["state_dict"], strict=False)
+        except RuntimeError as exc:
+            raise SystemExit(f"--init-from {args.init_from} does not fit --N {args.N} --M {args.M}: {exc}") from None
+        init_card = Path(args.init_from).with_suffix(".json")
+        init_steps = json.loads(init_card.read_text()).get("steps") if init_card.exists() else None
+        initialised = f"{Path(args.init_from).name} (its {init_steps} steps not counted here)"
+        print(f"initialised from {initialised}", flush=True)
+    elif (card := warm_start(args.out, net, strict=False)) is not None:
+        step, log = int(card.get("steps", 0)), card.get("validation_log", [])
+        prev, command = 3600 * float(card.get("wall_time_hours", 0)), card.get("command", command)
+        initialised = card.get("initialised_from")
     clock = Clock(prev)
     config = {"arch": args.arch, "N": args.N, "M": args.M}
 
     def checkpoint():
-        save_atomic({"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-                     "rng": gen.get_state(), "step": step, "log": log, "seconds": clock.total, "command": command},
-                    ck_path)
+        ckpt.save(step=step, log=log, seconds=clock.total, command=command, initialised_from=initialised)
 
     def export():
         rd = rate_distortion(net, val)  # also runs update(): the CDF tables are saved with the weights
@@ -123,7 +129,8 @@ def main(argv=None):
             "training_data": f"{Path(args.data).name} ({len(files) - args.val_images} images; last "
                              f"{args.val_images} held out)", "steps": step, "batch": args.batch, "patch": args.patch, "hardware": args.device,
             "wall_time_hours": round(clock.total / 3600, 2), "command": command,
-            "rate_distortion_held_out": rd, "validation_log": log, "weights_dtype": "float16"},
+            "rate_distortion_held_out": rd, "validation_log": log, "weights_dtype": "float16",
+            **({"initialised_from": initialised} if initialised else {})},
             out.with_suffix(".json"))
         print(f"exported {out}.pt  {rd}", flush=True)
 
@@ -143,10 +150,10 @@ def main(argv=None):
             # a warm-started run on a GPU once diverged to NaN weights here: skip the update and, if the weights
             # are already broken, go back to the last checkpoint
             skipped += 1
-            if not all(torch.isfinite(p).all() for p in main_params) and ck_path.exists():
-                ck = torch.load(ck_path, map_location=dev, weights_only=False)
-                net.load_state_dict(ck["model"], strict=False)
-                opt.load_state_dict(ck["opt"])
+            if not all(torch.isfinite(p).all() for p in main_params):
+                rng = gen.get_state()  # keep drawing new batches, not the ones that led here
+                ckpt.resume(dev)
+                gen.set_state(rng)
             if skipped > 100:
                 raise RuntimeError(f"CAE training diverged: {skipped} non-finite steps (lower --lr)")
             continue

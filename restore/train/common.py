@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +164,61 @@ class Deadline:
     @property
     def passed(self) -> bool:
         return self.end is not None and time.time() > self.end
+
+
+class Checkpointer:
+    """The resumable state of one training run, in one file written atomically: the state of every registered
+    object (modules and optimisers by ``state_dict``, an :class:`EMA` by its shadow, a ``torch.Generator`` by its RNG
+    state) plus plain fields (step, seconds, log, command, ...). ``non_strict`` names modules loaded with
+    ``strict=False`` (a compressai model's entropy tables change size after ``update()``)."""
+
+    def __init__(self, path: str | Path, non_strict: tuple[str, ...] = (), **objects):
+        self.path, self.objects, self.non_strict = Path(path), objects, set(non_strict)
+
+    def save(self, **fields):
+        state = {}
+        for name, obj in self.objects.items():
+            if isinstance(obj, torch.Generator):
+                state[name] = obj.get_state()
+            elif isinstance(obj, EMA):
+                state[name] = obj.shadow
+            else:
+                state[name] = obj.state_dict()
+        save_atomic({**state, **fields}, self.path)
+
+    def resume(self, device) -> dict | None:
+        """Load the checkpoint into the registered objects; its plain fields, or None when there is no checkpoint."""
+        if not self.path.exists():
+            return None
+        ck = torch.load(self.path, map_location=device, weights_only=False)
+        for name, obj in self.objects.items():
+            if isinstance(obj, torch.Generator):
+                obj.set_state(ck[name].cpu())
+            elif isinstance(obj, EMA):
+                obj.shadow = ck[name]
+            elif isinstance(obj, torch.nn.Module):
+                obj.load_state_dict(ck[name], strict=name not in self.non_strict)
+            else:
+                obj.load_state_dict(ck[name])
+        print(f"resumed from {self.path} at step {ck.get('step')}", flush=True)
+        return {k: v for k, v in ck.items() if k not in self.objects}
+
+
+def warm_start(out: str | Path, model: torch.nn.Module, ema: EMA | None = None, strict: bool = True) -> dict | None:
+    """With no checkpoint: load the shipped ``OUT.pt`` into ``model`` (and the EMA); returns its card, or None when
+    nothing is shipped. The optimisers start fresh (their state is never committed)."""
+    shipped = shipped_weights(out)
+    if shipped is None:
+        return None
+    weights, card = shipped
+    model.load_state_dict(weights, strict=strict)
+    if ema is not None:
+        ema.shadow = {k: v.clone() for k, v in model.state_dict().items()}
+    print(f"warm start from the shipped {Path(out).with_suffix('.pt')} at step {card.get('steps')} "
+          "(fresh optimiser state)", flush=True)
+    return card
+
+
+def training_command(module: str, argv) -> str:
+    """How a run was started, as a user would type it."""
+    return " ".join([f"python -m {module}"] + (sys.argv[1:] if argv is None else list(argv)))

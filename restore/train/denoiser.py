@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from restore.priors.denoiser import SIGMA_DATA, ScoreDenoiser, count_parameters
-from restore.train.common import (EMA, Clock, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, shipped_weights, training_device,
-                                  write_json_atomic)
+from restore.train.common import (EMA, Checkpointer, Clock, centre_crops, half_state_dict, list_images,
+                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
+                                  warm_start, write_json_atomic)
 
 VAL_SIGMAS_255 = (15, 25, 50)
 
@@ -110,33 +109,19 @@ def main(argv=None):
     ema = EMA(model, args.ema)
     gen = torch.Generator().manual_seed(args.seed)
     step, log, prev_seconds = 0, [], 0.0
-    train_command = " ".join(["python -m restore.train.denoiser"] + (sys.argv[1:] if argv is None else list(argv)))
-    ckpt_path = Path(args.ckpt)
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        gen.set_state(ck["rng"].cpu())
+    train_command = training_command("restore.train.denoiser", argv)
+    ckpt = Checkpointer(args.ckpt, model=model, opt=opt, ema=ema, rng=gen)
+    if (ck := ckpt.resume(dev)) is not None:
         step, log, prev_seconds = ck["step"], ck["log"], ck["seconds"]
         train_command = ck.get("train_command", train_command)
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
-        # no optimiser state here (it is not committed): warm-start from the shipped EMA weights and card
-        weights, card = shipped
-        model.load_state_dict(weights)
-        ema.shadow = {k: v.clone() for k, v in model.state_dict().items()}
-        step = int(card.get("steps", 0))
+    elif not args.from_scratch and (card := warm_start(args.out, model, ema)) is not None:
+        step, log = int(card.get("steps", 0)), card.get("validation_log", [])
         prev_seconds = 3600 * float(card.get("wall_time_hours", 0))
-        log = card.get("validation_log", [])
         train_command = card.get("command", train_command)
-        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
     clock = Clock(prev_seconds)
 
     def checkpoint():
-        save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "rng": gen.get_state(),
-                     "step": step, "log": log, "seconds": clock.total, "args": vars(args),
-                     "train_command": train_command}, ckpt_path)
+        ckpt.save(step=step, log=log, seconds=clock.total, args=vars(args), train_command=train_command)
 
     def do_export():
         ema_model = ScoreDenoiser(nc=args.nc, nb=args.nb).to(dev)

@@ -14,16 +14,15 @@ x_t = t x + (1 - t) z0 and stratified t ~ U[0, 1] (PMRF's MMSE-rectified-flow ob
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from restore.priors.flow import FlowNet
-from restore.train.common import (EMA, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, save_atomic, shipped_weights, training_device,
-                                  write_json_atomic)
+from restore.train.common import (EMA, Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
+                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
+                                  warm_start, write_json_atomic)
 
 
 @torch.no_grad()
@@ -85,27 +84,17 @@ def main(argv=None):
     ema = EMA(net, 0.999)
     gen = torch.Generator().manual_seed(args.seed)
     step, prev = 0, 0.0
-    command = " ".join(["python -m restore.train.flow"] + (sys.argv[1:] if argv is None else list(argv)))
-    ck_path = Path(args.ckpt)
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        gen.set_state(ck["rng"].cpu())
+    command = training_command("restore.train.flow", argv)
+    ckpt = Checkpointer(args.ckpt, model=net, opt=opt, ema=ema, rng=gen)
+    if (ck := ckpt.resume(dev)) is not None:
         step, prev, command = ck["step"], ck["seconds"], ck.get("command", command)
-        print(f"resumed from {ck_path} at step {step}", flush=True)
-    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
-        net.load_state_dict(shipped[0])
-        ema.shadow = {k: v.clone() for k, v in net.state_dict().items()}
-        step, prev = int(shipped[1].get("steps", 0)), 3600 * float(shipped[1].get("wall_time_hours", 0))
-        command = shipped[1].get("command", command)
-        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
+    elif not args.from_scratch and (card := warm_start(args.out, net, ema)) is not None:
+        step, prev = int(card.get("steps", 0)), 3600 * float(card.get("wall_time_hours", 0))
+        command = card.get("command", command)
     clock = Clock(prev)
 
     def checkpoint():
-        save_atomic({"model": net.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow, "rng": gen.get_state(),
-                     "step": step, "seconds": clock.total, "command": command}, ck_path)
+        ckpt.save(step=step, seconds=clock.total, command=command)
 
     @torch.no_grad()
     def evaluate() -> dict:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from restore.priors.tokens import TokenPrior
-from restore.train.common import (Clock, Deadline, centre_crops, half_state_dict, list_images, load_uint8_images,
-                                  random_patches, save_atomic, shipped_weights, training_device, write_json_atomic)
+from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
+                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
+                                  warm_start, write_json_atomic)
 
 
 @torch.no_grad()
@@ -77,28 +77,19 @@ def main(argv=None):
     opt_tf = torch.optim.AdamW(prior.transformer.parameters(), lr=3e-4, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     step, prev = 0, 0.0
-    command = " ".join(["python -m restore.train.tokens"] + (sys.argv[1:] if argv is None else list(argv)))
-    ck_path = Path(args.ckpt)
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=False)
-        prior.load_state_dict(ck["model"])
-        opt_tok.load_state_dict(ck["opt_tok"])
-        opt_tf.load_state_dict(ck["opt_tf"])
-        gen.set_state(ck["rng"].cpu())
+    command = training_command("restore.train.tokens", argv)
+    ckpt = Checkpointer(args.ckpt, model=prior, opt_tok=opt_tok, opt_tf=opt_tf, rng=gen)
+    if (ck := ckpt.resume(dev)) is not None:
         step, prev, command = ck["step"], ck["seconds"], ck.get("command", command)
-        print(f"resumed from {ck_path} at step {step}", flush=True)
-    elif not args.from_scratch and (shipped := shipped_weights(args.out)):
-        prior.load_state_dict(shipped[0])
-        steps = shipped[1].get("steps", {})
+    elif not args.from_scratch and (card := warm_start(args.out, prior)) is not None:
+        steps = card.get("steps", {})
         step = int(steps.get("tokenizer", 0)) + int(steps.get("transformer", 0))
-        prev, command = 3600 * float(shipped[1].get("wall_time_hours", 0)), shipped[1].get("command", command)
-        print(f"warm start from the shipped {args.out}.pt at step {step} (fresh optimiser state)", flush=True)
+        prev, command = 3600 * float(card.get("wall_time_hours", 0)), card.get("command", command)
     clock = Clock(prev)
     total = args.tokenizer_steps + args.transformer_steps
 
     def checkpoint():
-        save_atomic({"model": prior.state_dict(), "opt_tok": opt_tok.state_dict(), "opt_tf": opt_tf.state_dict(),
-                     "rng": gen.get_state(), "step": step, "seconds": clock.total, "command": command}, ck_path)
+        ckpt.save(step=step, seconds=clock.total, command=command)
 
     prior.train()
     while step < total:
