@@ -84,6 +84,10 @@ def test_float16_export_keeps_constants_float16_cannot_hold():
     assert state["w"].dtype == torch.float16
     assert state["bound"].dtype == torch.float32 and float(state["bound"]) == pytest.approx(1e-9)
     assert state["big"].dtype == torch.float32
+    # a weight with a few negligible entries (below float16's range) is still shipped as float16
+    conv = torch.full((64,), 0.05)
+    conv[0] = 1e-9
+    assert half_state_dict({"conv": conv})["conv"].dtype == torch.float16
     for name in registry.available("cae"):
         if registry.PRIORS[name].file:
             net = registry.load(name).module

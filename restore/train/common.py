@@ -106,13 +106,16 @@ def write_json_atomic(obj, path: str | Path):
 
 
 def half_state_dict(state: dict) -> dict:
-    """Float tensors stored as float16 for shipping (loaders cast back to float32), except those float16 cannot hold
-    (a value that would underflow to 0 or overflow, e.g. compressai's likelihood bound 1e-9): they stay float32."""
+    """Float tensors stored as float16 for shipping (loaders cast back to float32), except those float16 cannot hold:
+    an overflow, or an underflow to 0 of a value that matters in its tensor (at least 1e-3 of the tensor's largest
+    magnitude, e.g. compressai's likelihood bound 1e-9): they stay float32. A conv weight whose few tiny entries
+    underflow is still halved (their loss is far below float16's own rounding of the large entries)."""
     def to_half(v):
-        if not v.dtype.is_floating_point:
+        if not v.dtype.is_floating_point or v.numel() == 0:
             return v
         h = v.half()
-        fits = bool(torch.isfinite(h).all() == torch.isfinite(v).all() and not ((h == 0) & (v != 0)).any())
+        lost = (h == 0) & (v != 0) & (v.abs() >= 1e-3 * v.abs().max())
+        fits = bool(torch.isfinite(h).all() == torch.isfinite(v).all() and not lost.any())
         return h if fits else v
 
     return {k: to_half(v) for k, v in state.items()}
