@@ -136,6 +136,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--backbones", nargs="*",
                     default=["score-natural", "flow-natural", "cae-natural-q2", "tokens-natural"])
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only latency, size and output PSNR of the conv backbones (no end task): a short run to "
+                         "repeat on a quiet machine, since latency suffers most from other loads")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -188,7 +191,7 @@ def main(argv=None):
             return sum(vals) / len(vals)
 
         t_float, out_float, size_float = latency(prior), outputs(prior), _size_bytes(prior.module)
-        base_task = {s: task_psnr(s, prior) for s in solvers[name]}
+        base_task = {} if args.latency_only else {s: task_psnr(s, prior) for s in solvers[name]}
         for label, (scheme, kw) in variants.items():
             t0 = time.perf_counter()
             q = make(prior, scheme, kw)
@@ -203,13 +206,14 @@ def main(argv=None):
                 (8 if scheme == "w8a8" else 4) / 32
             if q.card.get("float_layers"):
                 row["note"] = "float: first, last, " + ", ".join(q.card["float_layers"])
-            for s in solvers[name]:
+            for s in base_task:
                 row[f"{s}_task_psnr_change"] = task_psnr(s, q) - base_task[s]
             rows.append(row)
             print(row, flush=True)
-    for name in [n for n in ("cae-natural-q2",) if n in registry.available() and n in args.backbones]:
+    for name in [n for n in ("cae-natural-q2",) if n in registry.available() and n in args.backbones
+                 and not args.latency_only]:
         rows += _cae_rows(registry.load(name), crops, observations, args.quick)
-    if "tokens-natural" in args.backbones and "tokens-natural" in registry.available():
+    if "tokens-natural" in args.backbones and "tokens-natural" in registry.available() and not args.latency_only:
         rows += _token_rows(registry.load("tokens-natural"), crops, args.quick)
     cols = ["backbone", "scheme", "float_ms", "quant_ms", "speedup", "build_s", "first_call_s", "size_ratio",
             "output_psnr_vs_float",
@@ -217,7 +221,8 @@ def main(argv=None):
             "aps_task_psnr_change",
             "note"]
     print(table(rows, cols))
-    path = write_results("quant_quick" if args.quick else "quant", {
+    name = "quant_latency" if args.latency_only else ("quant_quick" if args.quick else "quant")
+    path = write_results(name, {
         "rows": rows, "task": task_spec, "images": list(QUICK_CBSD68), "threads": torch.get_num_threads(),
         "solver_options": solvers, "note": "size_ratio of simulated schemes is the nominal bit-width ratio"}, args.out)
     print(f"wrote {path}")

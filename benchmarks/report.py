@@ -72,6 +72,8 @@ def _single(title: str):
 
 RENDER = {"quant": _single("Quantised backbones (ratios against float in the same run)"),
           "quant_quick": _single("Quantised backbones, quick (ratios against float in the same run)"),
+          "quant_latency": _single("Quantised backbones, latency on a quiet machine (ratios against float in the "
+                                   "same run)"),
           "quant_tokens": _single("Quantised token prior (transformer only; ratios against float in the same run)"),
           "large": _single("A large photo through tiling (denoising 25/255)"),
           "app_load": _single("Web app under concurrent loopback clients"),

@@ -105,7 +105,7 @@ class VBLESolver(Solver):
     name = "vble"
     config_cls = VBLEConfig
     prior_kinds = ("cae",)
-    default_prior = "cae-natural-q2"  # measured better than q4 at both rate and distortion (benchmarks.cae_rd)
+    default_prior = "cae-natural-q2"  # the lower rate: the stronger prior for noisy tasks (q4 keeps more detail)
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
 
