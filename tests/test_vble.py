@@ -86,10 +86,11 @@ def test_rate_matches_compressai_forward(tiny_cae):
     assert torch.allclose(torch.log(lik_h).sum(), torch.log(lik_h_ref).sum(), rtol=1e-4)
 
 
-def test_early_stopping_stops_sooner_at_the_same_quality(clean_rgb):
+def test_early_stopping_stops_sooner_at_the_same_quality(clean_rgb, monkeypatch):
     """The default stops on the objective; early_stop=None runs the paper's fixed count (shipped CAE)."""
     from restore.metrics import psnr
 
+    monkeypatch.delenv("RESTORE_MODELS", raising=False)  # the tiny_cae fixture points it elsewhere
     cae = registry.load("cae-natural-q2")
     y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(3))
     run = lambda **cfg: base.get("vble", stat_samples=8, **cfg)(  # noqa: E731
