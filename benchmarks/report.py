@@ -81,7 +81,7 @@ RENDER = {"quant": _single("Quantised backbones (ratios against float in the sam
           "quality_vble_paper_quick": _quality, "cae_rd": _single("Compressive autoencoders, rate-distortion on CBSD68"),
           "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),
           "calibration": _calibration, "calibration_quick": _calibration, "pmrf": _pmrf, "pmrf_quick": _pmrf,
-          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed}
+          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed}
 
 
 def render() -> str:
