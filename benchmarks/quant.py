@@ -33,6 +33,28 @@ def _size_bytes(module) -> int:
     return buf.tell()
 
 
+def _task_psnr(solver_name: str, options: dict, prior, crops, observations) -> float:
+    """Mean PSNR of ``solver_name``'s posterior mean (K=2, seed = image index) on the crops' observations."""
+    from restore.metrics import psnr
+    from restore.solvers import base
+
+    solver = base.get(solver_name, **options)
+    vals = [float(psnr(solver(y, ph, prior, n_samples=2, generator=torch.Generator().manual_seed(i)).mean, x))
+            for i, (x, (y, ph)) in enumerate(zip(crops, observations))]
+    return sum(vals) / len(vals)
+
+
+def _mean_psnr_vs(outputs: list, references: list) -> float:
+    """Mean PSNR (dB) of quantised outputs against the float ones."""
+    return sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
+               for a, b in zip(outputs, references)) / len(references)
+
+
+def _nominal_size_ratio(scheme: str) -> float:
+    """Simulated schemes store float weights: report their nominal bit width against float32."""
+    return (8 if scheme == "w8a8" else 4) / 32
+
+
 def make(prior, scheme: str, kw: dict):
     """A quantised copy; ``kw["mixed"] = n`` keeps the n most sensitive layers float (restore.quant.mixed_precision).
     Never from the on-disk cache, so every variant is calibrated in this run."""
@@ -49,16 +71,10 @@ def _cae_rows(prior, crops, observations, quick: bool) -> list[dict]:
     """The CAE behind VBLE: simulated schemes only (VBLE back-propagates through the decoder, so real int8 is
     refused). Output PSNR = CAE reconstruction (encode + decode) against the float one; the end task is VBLE on the
     same denoising observations. Latency is not reported: simulated quantisation runs in float."""
-    from restore.metrics import psnr
-    from restore.solvers import base
-
     opts = {"iterations": 100, "stat_samples": 32} if quick else {}
 
     def task_psnr(p):
-        solver = base.get("vble", **opts)
-        vals = [float(psnr(solver(y, ph, p, n_samples=2, generator=torch.Generator().manual_seed(i)).mean, x))
-                for i, (x, (y, ph)) in enumerate(zip(crops, observations))]
-        return sum(vals) / len(vals)
+        return _task_psnr("vble", opts, p, crops, observations)
 
     def recon(p):
         with torch.no_grad():
@@ -70,9 +86,8 @@ def _cae_rows(prior, crops, observations, quick: bool) -> list[dict]:
                                 "w4a8 mixed (3 float)": ("w4a8", {"mixed": 3})}.items():
         q = make(prior, scheme, kw)
         out = recon(q)
-        row = {"backbone": prior.name, "scheme": label, "size_ratio": (8 if scheme == "w8a8" else 4) / 32,
-               "output_psnr_vs_float": sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
-                                           for a, b in zip(out, ref)) / len(ref),
+        row = {"backbone": prior.name, "scheme": label, "size_ratio": _nominal_size_ratio(scheme),
+               "output_psnr_vs_float": _mean_psnr_vs(out, ref),
                "vble_task_psnr_change": task_psnr(q) - base_task,
                "note": "reconstruction vs float" + (", float: " + ", ".join(q.card["float_layers"])
                                                     if q.card.get("float_layers") else "")}
@@ -85,8 +100,6 @@ def _token_rows(prior, crops, quick: bool) -> list[dict]:
     """The token prior: only its transformer is quantised (APS runs it forward-only). Latency of one transformer
     call on a 64x64 token grid (a 256 px image); 'output_psnr_vs_float' is replaced by the largest change of a token
     probability; the end task is APS on box inpainting (2.55/255) of the same crops."""
-    from restore.metrics import psnr
-    from restore.solvers import base
     from restore.tasks import parse
 
     task = parse(f"inpaint:box:size=0.3,noise={2.55 / 255:.6f}")
@@ -107,10 +120,7 @@ def _token_rows(prior, crops, quick: bool) -> list[dict]:
         return statistics.median(ts)
 
     def task_psnr(p):
-        solver = base.get("aps", **opts)
-        vals = [float(psnr(solver(y, ph, p, n_samples=2, generator=torch.Generator().manual_seed(i)).mean, x))
-                for i, (x, (y, ph)) in enumerate(zip(crops, observations))]
-        return sum(vals) / len(vals)
+        return _task_psnr("aps", opts, p, crops, observations)
 
     with torch.no_grad():
         ref = prior.module.transformer(idx).softmax(-1)
@@ -122,7 +132,7 @@ def _token_rows(prior, crops, quick: bool) -> list[dict]:
             change = float((q.module.transformer(idx).softmax(-1) - ref).abs().max())
         row = {"backbone": "tokens-natural (transformer)", "scheme": scheme, "float_ms": 1000 * t_float,
                "quant_ms": 1000 * latency(q), "size_ratio": (_size_bytes(q.module.transformer) / size_float)
-               if scheme == "int8" else (8 if scheme == "w8a8" else 4) / 32,
+               if scheme == "int8" else _nominal_size_ratio(scheme),
                "aps_task_psnr_change": task_psnr(q) - base_task,
                "note": f"max token-probability change {change:.3f}"}
         row["speedup"] = row["float_ms"] / row["quant_ms"]
@@ -142,8 +152,6 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from restore.metrics import psnr
-    from restore.solvers import base
     from restore.tasks import parse
     from restore.priors import registry
 
@@ -185,10 +193,7 @@ def main(argv=None):
                 return [p.module(x + 25 / 255 * torch.randn(x.shape, generator=g), cond) for x in crops]
 
         def task_psnr(solver_name, p):
-            solver = base.get(solver_name, **solvers[name][solver_name])
-            vals = [float(psnr(solver(y, physics, p, n_samples=2, generator=torch.Generator().manual_seed(i)).mean,
-                               x)) for i, (x, (y, physics)) in enumerate(zip(crops, observations))]
-            return sum(vals) / len(vals)
+            return _task_psnr(solver_name, solvers[name][solver_name], p, crops, observations)
 
         t_float, out_float, size_float = latency(prior), outputs(prior), _size_bytes(prior.module)
         base_task = {} if args.latency_only else {s: task_psnr(s, prior) for s in solvers[name]}
@@ -199,11 +204,10 @@ def main(argv=None):
             row = {"backbone": name, "scheme": label, "float_ms": 1000 * t_float, "quant_ms": 1000 * latency(q),
                    "build_s": build_s, "first_call_s": first_call[q.name]}
             out_q = outputs(q)
-            row["output_psnr_vs_float"] = sum(float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-20)))
-                                              for a, b in zip(out_q, out_float)) / len(crops)
+            row["output_psnr_vs_float"] = _mean_psnr_vs(out_q, out_float)
             row["speedup"] = row["float_ms"] / row["quant_ms"]
             row["size_ratio"] = (_size_bytes(q.module) / size_float) if scheme == "int8" else \
-                (8 if scheme == "w8a8" else 4) / 32
+                _nominal_size_ratio(scheme)
             if q.card.get("float_layers"):
                 row["note"] = "float: first, last, " + ", ".join(q.card["float_layers"])
             for s in base_task:

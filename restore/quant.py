@@ -173,12 +173,10 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
         chosen = [(n, m) for n, m in _layers(qnet) if n not in keep]
         if stored is not None:
             qnet.load_state_dict(stored["weights"])
-            ranges = stored["ranges"]
+            _attach_fake_activations(chosen, stored["ranges"])
         else:
-            ranges = _observe_ranges(chosen, lambda: _calibration_calls(q, images))
-            _fake_weights(chosen, bits)
+            ranges = _simulate(chosen, bits, lambda: _calibration_calls(q, images))
             stored = {"weights": qnet.state_dict(), "ranges": ranges}
-        _attach_fake_activations(chosen, ranges)
     if path is not None and not path.exists():
         _write_cache(path, stored)
     q.card["quantized_cache"] = str(path) if path is not None else None
@@ -231,12 +229,9 @@ def _quantize_tokens(prior: Prior, scheme: str, calibration, keep_first_last: bo
     else:
         images = default_calibration() if calibration is None else calibration
         images = images[..., :images.shape[-2] // 4 * 4, :images.shape[-1] // 4 * 4]
-        layers = _layers(module.transformer)
-        keep = {layers[0][0], layers[-1][0]} if keep_first_last else set()
-        chosen = [(n, m) for n, m in layers if n not in keep]
-        ranges = _observe_ranges(chosen, lambda: _calibration_calls(q, images))
-        _fake_weights(chosen, 8 if scheme == "w8a8" else 4)
-        _attach_fake_activations(chosen, ranges)
+        keep = _end_layers(prior, module.transformer) if keep_first_last else set()
+        chosen = [(n, m) for n, m in _layers(module.transformer) if n not in keep]
+        _simulate(chosen, 8 if scheme == "w8a8" else 4, lambda: _calibration_calls(q, images))
     module.eval()
     return q
 
@@ -404,6 +399,15 @@ def _layers(net) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
 
 
+def _simulate(chosen: list[tuple[str, nn.Module]], bits: int, run_calibration) -> dict[str, list[float]]:
+    """Simulated quantisation of the chosen layers, in place: calibrate their input ranges (before any rounding),
+    round their weights to ``bits``, attach 8-bit activation rounding. Returns the ranges (what a cache stores)."""
+    ranges = _observe_ranges(chosen, run_calibration)
+    _fake_weights(chosen, bits)
+    _attach_fake_activations(chosen, ranges)
+    return ranges
+
+
 def _observe_ranges(chosen: list[tuple[str, nn.Module]], run_calibration) -> dict[str, list[float]]:
     """Min / max of every chosen layer's input over the calibration calls."""
     ranges: dict[str, list[float]] = {}
@@ -466,9 +470,7 @@ def sensitivity(prior: Prior, calibration: torch.Tensor | None = None, bits: int
     for name, _ in _layers(_target(prior)):
         q = Prior(prior.name, prior.kind, copy.deepcopy(prior.module), prior.card)
         chosen = [(n, m) for n, m in _layers(_target(q)) if n == name]
-        ranges = _observe_ranges(chosen, lambda q=q: _calibration_calls(q, images))
-        _fake_weights(chosen, bits)
-        _attach_fake_activations(chosen, ranges)
+        _simulate(chosen, bits, lambda q=q: _calibration_calls(q, images))
         mse = float(((outputs(q) - ref) ** 2).mean())
         scores.append((name, 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-20))).item()))
     return sorted(scores, key=lambda s: s[1])
