@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from restore.files import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -71,12 +72,9 @@ def environment() -> dict:
 
 
 def write_results(name: str, payload: dict, out: str | None = None) -> Path:
-    path = Path(out) if out else RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": command_line(),
-               "environment": environment(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    # atomic, because long runs rewrite their file after every row and --resume reads it back
+    return write_json_atomic({"benchmark": name, "command": command_line(), "environment": environment(), **payload},
+                             Path(out) if out else RESULTS / f"{name}.json")
 
 
 def command_line() -> str:

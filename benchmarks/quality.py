@@ -2,6 +2,7 @@
 
     python -m benchmarks.quality --quick     # 4 fixed images (benchmarks.common.QUICK_CBSD68), 128x128 centre crops
     python -m benchmarks.quality             # all 68 images, 256x256 centre crops
+    python -m benchmarks.quality --quick --paper-settings --samples 4 --jobs 2   # quick images, paper settings
 
 Tasks (noise std on the /255 scale, as in notes/vble.md and DESIGN.md): Gaussian denoising 25; deblurring with the VBLE
 paper's gaussian_std1 kernel at 2.55 and the levin09_0 motion kernel at 7.65; x4 bicubic SR at 2.55; inpainting of 50%
@@ -100,6 +101,112 @@ def previous_rows(path, settings: dict) -> tuple[list[dict], float]:
     return old.get("rows", []), float(old.get("total_seconds", 0.0))
 
 
+# Rough relative cost of one task x method pair, so --jobs starts the longest first and the workers finish together.
+COST = {"scoredvi": 40.0, "aps": 8.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0, "pmrf": 2.0}
+
+
+class Context:
+    """What evaluating one method needs, loaded once per process: its Restorer, the score prior, the tokenizer."""
+
+    def __init__(self, method_cfgs: dict, device: str):
+        from restore.api import Restorer
+        from restore.priors import registry
+
+        self.device = device
+        self.ready = set(registry.available())
+        self.restorers = {m: Restorer(c["solver"], c["prior"], device, **c["options"])
+                          for m, c in method_cfgs.items() if "solver" in c}
+        baselines = {c.get("baseline") for c in method_cfgs.values()}
+        self.score = (registry.load("score-natural", device)
+                      if "diffpir" in baselines and "score-natural" in self.ready else None)
+        self.tokenizer = (registry.load("tokens-natural", device).module.tokenizer
+                          if "tokenizer" in baselines and "tokens-natural" in self.ready else None)
+
+
+def observations(spec: str, images: list, device: str) -> list:
+    """[(x, y, physics)] per image; image i's noise is seeded by i, drawn on the CPU so every device sees the same."""
+    from restore.tasks import parse
+
+    task = parse(spec)
+    out = []
+    for i, (_, x) in enumerate(images):
+        y, physics = task.simulate(x, torch.Generator().manual_seed(i))
+        out.append((x.to(device), y.to(device), physics.to(device)))
+    return out
+
+
+def evaluate_pair(tname: str, spec: str, mname: str, cfg: dict, images: list, samples: int, ctx: Context) -> dict:
+    """The row of one task x method: metrics averaged over the images, or a note saying why there are none."""
+    from restore import metrics
+    from restore.tasks import parse
+
+    task = parse(spec)
+    row = {"task": tname, "method": mname}
+    if "solver" in cfg:
+        restorer = ctx.restorers[mname]
+        if restorer.prior_name not in ctx.ready:
+            return {**row, "note": f"n/a: prior {restorer.prior_name} has no weights yet"}
+        reason = restorer.solver.supports(task)
+        if reason:
+            return {**row, "note": f"n/a: {reason}"}
+    if cfg.get("baseline") == "diffpir" and ctx.score is None:
+        return {**row, "note": "n/a: score-natural weights missing"}
+    if cfg.get("baseline") == "tokenizer" and ctx.tokenizer is None:
+        return {**row, "note": "n/a: tokens-natural weights missing"}
+    acc: dict[str, list] = {}
+    for i, (x, y, physics) in enumerate(observations(spec, images, ctx.device)):
+        t0 = time.perf_counter()
+        if cfg.get("baseline") in ("input", "tokenizer"):
+            if cfg["baseline"] == "tokenizer":
+                with torch.no_grad():
+                    est = ctx.tokenizer(x).clamp(0, 1)
+            else:
+                est = y if y.shape == x.shape else torch.nn.functional.interpolate(
+                    y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
+            m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
+        else:
+            try:
+                if cfg.get("baseline") == "diffpir":
+                    post = run_diffpir(y, physics, ctx.score, cfg["max_iter"], samples, seed=i)
+                else:
+                    post = ctx.restorers[mname](y, task, samples=samples, seed=i)
+            except Exception as exc:  # one failing method must not lose the others' rows
+                return {**row, "note": f"failed on image {i}: {exc}"[:200]}
+            m = metrics.report(post, x)
+        m["seconds"] = time.perf_counter() - t0
+        for k, v in m.items():
+            if isinstance(v, float):
+                acc.setdefault(k, []).append(v)
+    return {**row, **{k: sum(v) / len(v) for k, v in acc.items()}}
+
+
+def _worker_init():
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+
+
+def _worker_pair(tname, spec, mname, cfg, images, samples, device) -> dict:
+    return evaluate_pair(tname, spec, mname, cfg, images, samples, Context({mname: cfg}, device))
+
+
+def run_pairs(todo: list, images: list, samples: int, device: str, jobs: int, finished) -> None:
+    """Evaluate every (task name, task spec, method name, method config) in ``todo``, calling ``finished(row)`` as each
+    row is done. jobs > 1: that many spawned processes with one thread each, the costliest pairs first."""
+    if jobs <= 1:
+        ctx = Context({m: c for _, _, m, c in todo}, device)
+        for t, s, m, c in todo:
+            finished(evaluate_pair(t, s, m, c, images, samples, ctx))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    todo = sorted(todo, key=lambda p: -COST.get(p[2], 1.0))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(_worker_pair, t, s, m, c, images, samples, device) for t, s, m, c in todo]
+        for fut in as_completed(futures):
+            finished(fut.result())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -107,6 +214,14 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="*", default=None, help="subset of task names")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
     ap.add_argument("--images", type=int, default=None, help="only the first N images of the set")
+    ap.add_argument("--subset", choices=["quick", "all"], default=None,
+                    help="which CBSD68 images: the 4 fixed quick ones or all 68 (default: quick with --quick)")
+    ap.add_argument("--crop", type=int, default=None, help="centre-crop size in px (default 128 quick, 256 full)")
+    ap.add_argument("--paper-settings", action="store_true",
+                    help="with --quick: keep the quick images and crop but run every solver at its default (paper) "
+                         "settings instead of the trimmed quick iteration counts")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="task x method pairs run in this many processes, one thread each (longest first)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
     ap.add_argument("--resume", action="store_true",
@@ -115,26 +230,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    from restore import metrics
-    from restore.api import Restorer
     from restore.priors import registry
-    from restore.tasks import parse
 
     check_cards_exclude("CBSD68", [n for n in registry.available() if registry.PRIORS[n].file])
-    crop = 128 if args.quick else 256
+    crop = args.crop or (128 if args.quick else 256)
     args.samples = args.samples or (2 if args.quick else 8)
-    images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if args.quick else None)[:args.images]
+    subset = args.subset or ("quick" if args.quick else "all")
+    images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
-    all_methods = {k: v for k, v in methods(args.quick).items()
-                   if (k in args.methods if args.methods else not (args.quick and v.get("full_only")))}
-    restorers = {m: Restorer(c["solver"], c["prior"], args.device, **c["options"])
-                 for m, c in all_methods.items() if "solver" in c}
-    ready = set(registry.available())
-    score = registry.load("score-natural", args.device) if "score-natural" in ready else None
-    tokenizer = registry.load("tokens-natural", args.device).module.tokenizer if "tokens-natural" in ready else None
+    trimmed = args.quick and not args.paper_settings
+    all_methods = {k: v for k, v in methods(trimmed).items()
+                   if (k in args.methods if args.methods else not (trimmed and v.get("full_only")))}
     settings = {"images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
                 "methods": all_methods}
-    name = "quality_quick" if args.quick else "quality"
+    name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
     rows, done = [], set()
     if args.resume:
         rows, prev_seconds = previous_rows(args.out or RESULTS / f"{name}.json", settings)
@@ -143,73 +252,25 @@ def main(argv=None):
     else:
         prev_seconds = 0.0
     t_start = time.time() - prev_seconds
+    todo = [(t, s, m, c) for t, s in all_tasks.items() for m, c in all_methods.items() if (t, m) not in done]
 
     def save(complete: bool):
-        return write_results(name, {**settings, "device": args.device, "complete": complete, "rows": rows,
+        extra = {"jobs": args.jobs, "threads_per_job": 1} if args.jobs > 1 else {}
+        return write_results(name, {**settings, "device": args.device, "complete": complete, **extra, "rows": rows,
                                     "total_seconds": time.time() - t_start}, args.out)
 
-    for tname, spec in all_tasks.items():
-        task = parse(spec)
-        obs = []
-        for i, (_, x) in enumerate(images):
-            g = torch.Generator().manual_seed(i)
-            y, physics = task.simulate(x, g)  # on the CPU, so every device sees the same observations
-            x, y, physics = x.to(args.device), y.to(args.device), physics.to(args.device)
-            obs.append((x, y, physics))
-        for mname, cfg in all_methods.items():
-            if (tname, mname) in done:
-                continue
-            row = {"task": tname, "method": mname}
-            if "solver" in cfg:
-                if restorers[mname].prior_name not in ready:
-                    rows.append({**row, "note": f"n/a: prior {restorers[mname].prior_name} has no weights yet"})
-                    continue
-                reason = restorers[mname].solver.supports(task)
-                if reason:
-                    rows.append({**row, "note": f"n/a: {reason}"})
-                    continue
-            if cfg.get("baseline") == "diffpir" and score is None:
-                rows.append({**row, "note": "n/a: score-natural weights missing"})
-                continue
-            if cfg.get("baseline") == "tokenizer" and "tokens-natural" not in ready:
-                rows.append({**row, "note": "n/a: tokens-natural weights missing"})
-                continue
-            acc: dict[str, list] = {}
-            for i, (x, y, physics) in enumerate(obs):
-                t0 = time.perf_counter()
-                if cfg.get("baseline") in ("input", "tokenizer"):
-                    if cfg["baseline"] == "tokenizer":
-                        with torch.no_grad():
-                            est = tokenizer(x).clamp(0, 1)
-                    else:
-                        est = y if y.shape == x.shape else torch.nn.functional.interpolate(
-                            y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
-                    m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
-                else:
-                    try:
-                        if cfg.get("baseline") == "diffpir":
-                            post = run_diffpir(y, physics, score, cfg["max_iter"], args.samples, seed=i)
-                        else:
-                            post = restorers[mname](y, task, samples=args.samples, seed=i)
-                    except Exception as exc:  # one failing method must not lose the others' rows
-                        row["note"] = f"failed on image {i}: {exc}"[:200]
-                        acc = {}
-                        break
-                    m = metrics.report(post, x)
-                m["seconds"] = time.perf_counter() - t0
-                for k, v in m.items():
-                    if isinstance(v, float):
-                        acc.setdefault(k, []).append(v)
-            row.update({k: sum(v) / len(v) for k, v in acc.items()})
-            rows.append(row)
-            save(complete=False)
-            print(f"[{time.time() - t_start:6.0f}s] {tname:<16} {mname:<24} PSNR {row.get('psnr', float('nan')):.2f}",
-                  flush=True)
+    def finished(row: dict):
+        rows.append(row)
+        save(complete=False)
+        print(f"[{time.time() - t_start:6.0f}s] {row['task']:<16} {row['method']:<24} "
+              f"PSNR {row.get('psnr', float('nan')):.2f}", flush=True)
+
+    run_pairs(todo, images, args.samples, args.device, args.jobs, finished)
     cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
             "seconds", "note"]
-    print(table(rows, cols))
     order = {(t, m): i for i, (t, m) in enumerate((t, m) for t in all_tasks for m in all_methods)}
     rows.sort(key=lambda r: order.get((r["task"], r["method"]), len(order)))
+    print(table(rows, cols))
     path = save(complete=True)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")
 

@@ -77,7 +77,7 @@ RENDER = {"quant": _single("Quantised backbones (ratios against float in the sam
           "quant_tokens": _single("Quantised token prior (transformer only; ratios against float in the same run)"),
           "large": _single("A large photo through tiling (denoising 25/255)"),
           "app_load": _single("Web app under concurrent loopback clients"),
-          "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_quick": _quality,
+          "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
           "quality_vble_paper_quick": _quality, "cae_rd": _single("Compressive autoencoders, rate-distortion on CBSD68"),
           "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),
           "calibration": _calibration, "calibration_quick": _calibration, "pmrf": _pmrf, "pmrf_quick": _pmrf,

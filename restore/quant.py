@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from restore.files import save_atomic
 from restore.priors.registry import Prior
 
 SCHEMES = ("int8", "w8a8", "w4a8")
@@ -205,10 +206,7 @@ def _read_cache(path: Path | None) -> dict | None:
 
 def _write_cache(path: Path, stored: dict):
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(stored, tmp)
-        tmp.replace(path)
+        save_atomic(stored, path)
     except OSError as exc:  # a read-only home must not stop quantisation
         warnings.warn(f"could not cache the quantised copy at {path}: {exc}")
 

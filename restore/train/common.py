@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from restore.files import save_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -86,23 +87,6 @@ class EMA:
                 self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
             else:
                 self.shadow[k].copy_(v)
-
-
-def save_atomic(obj, path: str | Path):
-    """torch.save to a temporary name then rename, so a kill never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj, path: str | Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def half_state_dict(state: dict) -> dict:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from restore.files import save_atomic, write_json_atomic
 from restore.priors.denoiser import SIGMA_DATA, ScoreDenoiser, count_parameters
 from restore.train.common import (EMA, Checkpointer, Clock, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
-                                  warm_start, write_json_atomic)
+                                  load_uint8_images, random_patches, training_command, training_device, warm_start)
 
 VAL_SIGMAS_255 = (15, 25, 50)
 

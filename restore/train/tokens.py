@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from restore.files import save_atomic, write_json_atomic
 from restore.priors.tokens import TokenPrior
 from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, save_atomic, training_command, training_device,
-                                  warm_start, write_json_atomic)
+                                  load_uint8_images, random_patches, training_command, training_device, warm_start)
 
 
 @torch.no_grad()

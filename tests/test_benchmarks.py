@@ -1,0 +1,70 @@
+"""The benchmark harness's own machinery: atomic result files and the quality benchmark's per-pair evaluation, serial
+and across worker processes (on synthetic images, so no evaluation data is needed)."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import quality
+from restore.files import save_atomic, write_json_atomic
+
+DENOISE = "denoise:gaussian:sigma=0.1"
+
+
+def test_atomic_writes_round_trip_and_leave_no_temporary(tmp_path):
+    save_atomic({"w": torch.arange(3)}, tmp_path / "sub" / "a.pt")
+    assert torch.equal(torch.load(tmp_path / "sub" / "a.pt")["w"], torch.arange(3))
+    write_json_atomic({"rows": [1, 2]}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"rows": [1, 2]}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.pt", "r.json", "sub"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic({"rows": [1]}, path)
+    with pytest.raises(TypeError):
+        write_json_atomic({"rows": [object()]}, path)  # not JSON-serialisable: fails half-way through
+    assert json.loads(path.read_text()) == {"rows": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.fixture(scope="module")
+def pairs(clean_rgb):
+    images = [("a.png", clean_rgb[..., :32, :32]), ("b.png", clean_rgb[..., 16:48, 16:48])]
+    methods = {"input": {"baseline": "input"},
+               "langevin": {"solver": "langevin", "prior": None, "options": {"iterations": 200}},
+               "scoredvi": {"solver": "scoredvi", "prior": None, "options": {}},
+               "vble": {"solver": "vble", "prior": None, "options": {"stat_samples": 4, "iterations": 40,
+                                                                      "early_stop": None}}}
+    todo = [("denoise", DENOISE, m, c) for m, c in methods.items() if m != "scoredvi"]
+    return images, methods, todo
+
+
+def test_evaluate_pair_scores_a_solver_above_its_input(pairs):
+    images, methods, todo = pairs
+    ctx = quality.Context({m: methods[m] for m in ("input", "langevin")}, "cpu")
+    noisy = quality.evaluate_pair("denoise", DENOISE, "input", methods["input"], images, 2, ctx)
+    restored = quality.evaluate_pair("denoise", DENOISE, "langevin", methods["langevin"], images, 2, ctx)
+    assert noisy["task"] == "denoise" and "coverage_90" not in noisy
+    assert restored["psnr"] > noisy["psnr"] + 1.0
+    assert 0.0 <= restored["coverage_90"] <= 1.0 and restored["seconds"] > 0
+
+
+def test_evaluate_pair_says_why_a_method_cannot_run(pairs):
+    images, methods, _ = pairs
+    ctx = quality.Context({"scoredvi": methods["scoredvi"]}, "cpu")
+    row = quality.evaluate_pair("sr", "sr:bicubic:factor=2,noise=0.01", "scoredvi", methods["scoredvi"], images, 2, ctx)
+    assert set(row) == {"task", "method", "note"} and row["note"].startswith("n/a:"), row
+
+
+def test_parallel_pairs_match_serial_ones(pairs):
+    """--jobs 2 runs each pair in its own process with one thread; seeded solvers give the same rows."""
+    images, _, todo = pairs
+    serial, parallel = [], []
+    quality.run_pairs(todo, images, 2, "cpu", 1, serial.append)
+    quality.run_pairs(todo, images, 2, "cpu", 2, parallel.append)
+    by_method = {r["method"]: r for r in parallel}
+    assert sorted(by_method) == sorted(r["method"] for r in serial)
+    for r in serial:
+        assert by_method[r["method"]]["psnr"] == pytest.approx(r["psnr"], abs=0.05), r["method"]
