@@ -87,8 +87,8 @@ def run_diffpir(y, physics, prior, max_iter: int, n_samples: int, seed: int):
     return Posterior(mean=s.mean(0, keepdim=True), samples=s)
 
 
-def previous_rows(path, settings: dict) -> tuple[list[dict], float]:
-    """Rows (and seconds spent) of an earlier run written to ``path`` with the same settings; none otherwise."""
+def previous_results(path, settings: dict) -> tuple[list[dict], float]:
+    """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same settings."""
     path = Path(path)
     if not path.exists():
         return [], 0.0
@@ -98,11 +98,15 @@ def previous_rows(path, settings: dict) -> tuple[list[dict], float]:
     if not same:
         raise SystemExit(f"{path} was written with other settings (images, crop, samples, tasks or methods); "
                          "use another --out or drop --resume")
-    return old.get("rows", []), float(old.get("total_seconds", 0.0))
+    if "per_image" not in old:
+        raise SystemExit(f"{path} predates per-image results and cannot be resumed; drop --resume")
+    return old["per_image"], float(old.get("total_seconds", 0.0))
 
 
-# Rough relative cost of one task x method pair, so --jobs starts the longest first and the workers finish together.
-COST = {"scoredvi": 40.0, "aps": 8.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0, "pmrf": 2.0}
+# Rough relative cost of one image of a method: --jobs runs the cheapest first, so a run cut short (and resumed
+# later) has whole rows for most methods rather than a few images of every one.
+COST = {"scoredvi": 40.0, "aps": 8.0, "pnp-ula (score-natural)": 4.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0,
+        "pmrf": 2.0}
 
 
 class Context:
@@ -123,86 +127,116 @@ class Context:
                           if "tokenizer" in baselines and "tokens-natural" in self.ready else None)
 
 
-def observations(spec: str, images: list, device: str) -> list:
-    """[(x, y, physics)] per image; image i's noise is seeded by i, drawn on the CPU so every device sees the same."""
+def cannot_run(spec: str, mname: str, cfg: dict, ctx: Context) -> str | None:
+    """'n/a: why' when the method cannot run the task here (no weights, unsupported task); None when it can."""
     from restore.tasks import parse
 
-    task = parse(spec)
-    out = []
-    for i, (_, x) in enumerate(images):
-        y, physics = task.simulate(x, torch.Generator().manual_seed(i))
-        out.append((x.to(device), y.to(device), physics.to(device)))
-    return out
-
-
-def evaluate_pair(tname: str, spec: str, mname: str, cfg: dict, images: list, samples: int, ctx: Context) -> dict:
-    """The row of one task x method: metrics averaged over the images, or a note saying why there are none."""
-    from restore import metrics
-    from restore.tasks import parse
-
-    task = parse(spec)
-    row = {"task": tname, "method": mname}
     if "solver" in cfg:
         restorer = ctx.restorers[mname]
         if restorer.prior_name not in ctx.ready:
-            return {**row, "note": f"n/a: prior {restorer.prior_name} has no weights yet"}
-        reason = restorer.solver.supports(task)
-        if reason:
-            return {**row, "note": f"n/a: {reason}"}
+            return f"n/a: prior {restorer.prior_name} has no weights yet"
+        reason = restorer.solver.supports(parse(spec))
+        return f"n/a: {reason}" if reason else None
     if cfg.get("baseline") == "diffpir" and ctx.score is None:
-        return {**row, "note": "n/a: score-natural weights missing"}
+        return "n/a: score-natural weights missing"
     if cfg.get("baseline") == "tokenizer" and ctx.tokenizer is None:
-        return {**row, "note": "n/a: tokens-natural weights missing"}
-    acc: dict[str, list] = {}
-    for i, (x, y, physics) in enumerate(observations(spec, images, ctx.device)):
-        t0 = time.perf_counter()
-        if cfg.get("baseline") in ("input", "tokenizer"):
-            if cfg["baseline"] == "tokenizer":
-                with torch.no_grad():
-                    est = ctx.tokenizer(x).clamp(0, 1)
-            else:
-                est = y if y.shape == x.shape else torch.nn.functional.interpolate(
-                    y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
-            m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
+        return "n/a: tokens-natural weights missing"
+    return None
+
+
+def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i: int, samples: int,
+                   ctx: Context) -> dict:
+    """Metrics of one method on image i of ``images`` for one task (its observation seeded by i, drawn on the CPU so
+    every device sees the same), or a note saying why there are none."""
+    from restore import metrics
+    from restore.tasks import parse
+
+    name, x = images[i]
+    out = {"task": tname, "method": mname, "image": name}
+    reason = cannot_run(spec, mname, cfg, ctx)
+    if reason:
+        return {**out, "note": reason}
+    task = parse(spec)
+    y, physics = task.simulate(x, torch.Generator().manual_seed(i))
+    x, y, physics = x.to(ctx.device), y.to(ctx.device), physics.to(ctx.device)
+    t0 = time.perf_counter()
+    if cfg.get("baseline") in ("input", "tokenizer"):
+        if cfg["baseline"] == "tokenizer":
+            with torch.no_grad():
+                est = ctx.tokenizer(x).clamp(0, 1)
         else:
-            try:
-                if cfg.get("baseline") == "diffpir":
-                    post = run_diffpir(y, physics, ctx.score, cfg["max_iter"], samples, seed=i)
-                else:
-                    post = ctx.restorers[mname](y, task, samples=samples, seed=i)
-            except Exception as exc:  # one failing method must not lose the others' rows
-                return {**row, "note": f"failed on image {i}: {exc}"[:200]}
-            m = metrics.report(post, x)
-        m["seconds"] = time.perf_counter() - t0
-        for k, v in m.items():
-            if isinstance(v, float):
-                acc.setdefault(k, []).append(v)
-    return {**row, **{k: sum(v) / len(v) for k, v in acc.items()}}
+            est = y if y.shape == x.shape else torch.nn.functional.interpolate(
+                y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
+        m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
+    else:
+        try:
+            if cfg.get("baseline") == "diffpir":
+                post = run_diffpir(y, physics, ctx.score, cfg["max_iter"], samples, seed=i)
+            else:
+                post = ctx.restorers[mname](y, task, samples=samples, seed=i)
+        except Exception as exc:  # one failing method must not lose the others' rows
+            return {**out, "note": f"failed on image {i}: {exc}"[:200]}
+        m = metrics.report(post, x)
+    return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0}
 
 
-def _worker_init():
+def summarise(per_image: list[dict], task_names, method_names, n_images: int) -> list[dict]:
+    """One row per task x method with results, in task-then-method order: every metric's mean over its images, a
+    note where the method could not run, and 'k/n images so far' for a pair still in progress."""
+    rows = []
+    for t in task_names:
+        for m in method_names:
+            results = [r for r in per_image if r["task"] == t and r["method"] == m]
+            if not results:
+                continue
+            row = {"task": t, "method": m}
+            notes = [r["note"] for r in results if "note" in r]
+            if notes:
+                rows.append({**row, "note": notes[0]})
+                continue
+            keys = [k for k in results[0] if isinstance(results[0][k], float)]
+            row.update({k: sum(r[k] for r in results) / len(results) for k in keys})
+            if len(results) < n_images:
+                row["note"] = f"{len(results)}/{n_images} images so far"
+            rows.append(row)
+    return rows
+
+
+_CONTEXTS: dict = {}
+_IMAGES: list = []
+
+
+def _worker_init(images: list):
+    """Each worker gets the images once, as numpy arrays (torch tensors would travel as shared file descriptors, one
+    per queued unit, and run out)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    _IMAGES[:] = [(n, torch.from_numpy(a)) for n, a in images]
 
 
-def _worker_pair(tname, spec, mname, cfg, images, samples, device) -> dict:
-    return evaluate_pair(tname, spec, mname, cfg, images, samples, Context({mname: cfg}, device))
+def _worker_image(tname, spec, mname, cfg, i, samples, device) -> dict:
+    if mname not in _CONTEXTS:  # each worker loads a method's priors once
+        _CONTEXTS[mname] = Context({mname: cfg}, device)
+    return evaluate_image(tname, spec, mname, cfg, _IMAGES, i, samples, _CONTEXTS[mname])
 
 
-def run_pairs(todo: list, images: list, samples: int, device: str, jobs: int, finished) -> None:
-    """Evaluate every (task name, task spec, method name, method config) in ``todo``, calling ``finished(row)`` as each
-    row is done. jobs > 1: that many spawned processes with one thread each, the costliest pairs first."""
+def run_units(todo: list, images: list, samples: int, device: str, jobs: int, finished) -> None:
+    """Evaluate every (task name, task spec, method name, method config, image index) in ``todo``, calling
+    ``finished(result)`` as each is done. jobs > 1: that many spawned processes with one thread each, cheapest
+    methods first."""
     if jobs <= 1:
-        ctx = Context({m: c for _, _, m, c in todo}, device)
-        for t, s, m, c in todo:
-            finished(evaluate_pair(t, s, m, c, images, samples, ctx))
+        ctx = Context({m: c for _, _, m, c, _ in todo}, device)
+        for t, s, m, c, i in todo:
+            finished(evaluate_image(t, s, m, c, images, i, samples, ctx))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    todo = sorted(todo, key=lambda p: -COST.get(p[2], 1.0))
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
-        futures = [pool.submit(_worker_pair, t, s, m, c, images, samples, device) for t, s, m, c in todo]
+    todo = sorted(todo, key=lambda u: COST.get(u[2], 1.0))  # stable: task order kept within a cost
+    arrays = [(n, x.numpy()) for n, x in images]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(arrays,)) as pool:
+        futures = [pool.submit(_worker_image, t, s, m, c, i, samples, device) for t, s, m, c, i in todo]
         for fut in as_completed(futures):
             finished(fut.result())
 
@@ -244,33 +278,33 @@ def main(argv=None):
     settings = {"images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
                 "methods": all_methods}
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
-    rows, done = [], set()
+    per_image, done = [], set()
     if args.resume:
-        rows, prev_seconds = previous_rows(args.out or RESULTS / f"{name}.json", settings)
-        done = {(r["task"], r["method"]) for r in rows}
-        print(f"resuming: {len(done)} task x method rows kept", flush=True)
+        per_image, prev_seconds = previous_results(args.out or RESULTS / f"{name}.json", settings)
+        done = {(r["task"], r["method"], r["image"]) for r in per_image}
+        print(f"resuming: {len(done)} task x method x image results kept", flush=True)
     else:
         prev_seconds = 0.0
     t_start = time.time() - prev_seconds
-    todo = [(t, s, m, c) for t, s in all_tasks.items() for m, c in all_methods.items() if (t, m) not in done]
+    todo = [(t, s, m, c, i) for t, s in all_tasks.items() for m, c in all_methods.items()
+            for i, (n, _) in enumerate(images) if (t, m, n) not in done]
 
     def save(complete: bool):
         extra = {"jobs": args.jobs, "threads_per_job": 1} if args.jobs > 1 else {}
+        rows = summarise(per_image, all_tasks, all_methods, len(images))
         return write_results(name, {**settings, "device": args.device, "complete": complete, **extra, "rows": rows,
-                                    "total_seconds": time.time() - t_start}, args.out)
+                                    "per_image": per_image, "total_seconds": time.time() - t_start}, args.out)
 
-    def finished(row: dict):
-        rows.append(row)
+    def finished(result: dict):
+        per_image.append(result)
         save(complete=False)
-        print(f"[{time.time() - t_start:6.0f}s] {row['task']:<16} {row['method']:<24} "
-              f"PSNR {row.get('psnr', float('nan')):.2f}", flush=True)
+        print(f"[{time.time() - t_start:6.0f}s] {result['task']:<16} {result['method']:<24} {result['image']:<12} "
+              + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
-    run_pairs(todo, images, args.samples, args.device, args.jobs, finished)
+    run_units(todo, images, args.samples, args.device, args.jobs, finished)
     cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
             "seconds", "note"]
-    order = {(t, m): i for i, (t, m) in enumerate((t, m) for t in all_tasks for m in all_methods)}
-    rows.sort(key=lambda r: order.get((r["task"], r["method"]), len(order)))
-    print(table(rows, cols))
+    print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))
     path = save(complete=True)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")
 

@@ -41,30 +41,46 @@ def pairs(clean_rgb):
     return images, methods, todo
 
 
-def test_evaluate_pair_scores_a_solver_above_its_input(pairs):
-    images, methods, todo = pairs
+def test_evaluate_image_scores_a_solver_above_its_input(pairs):
+    images, methods, _ = pairs
     ctx = quality.Context({m: methods[m] for m in ("input", "langevin")}, "cpu")
-    noisy = quality.evaluate_pair("denoise", DENOISE, "input", methods["input"], images, 2, ctx)
-    restored = quality.evaluate_pair("denoise", DENOISE, "langevin", methods["langevin"], images, 2, ctx)
-    assert noisy["task"] == "denoise" and "coverage_90" not in noisy
-    assert restored["psnr"] > noisy["psnr"] + 1.0
-    assert 0.0 <= restored["coverage_90"] <= 1.0 and restored["seconds"] > 0
+    for i in range(len(images)):
+        noisy = quality.evaluate_image("denoise", DENOISE, "input", methods["input"], images, i, 2, ctx)
+        restored = quality.evaluate_image("denoise", DENOISE, "langevin", methods["langevin"], images, i, 2, ctx)
+        assert noisy["image"] == images[i][0] and "coverage_90" not in noisy
+        assert restored["psnr"] > noisy["psnr"] + 0.5
+        assert 0.0 <= restored["coverage_90"] <= 1.0 and restored["seconds"] > 0
 
 
-def test_evaluate_pair_says_why_a_method_cannot_run(pairs):
+def test_evaluate_image_says_why_a_method_cannot_run(pairs):
     images, methods, _ = pairs
     ctx = quality.Context({"scoredvi": methods["scoredvi"]}, "cpu")
-    row = quality.evaluate_pair("sr", "sr:bicubic:factor=2,noise=0.01", "scoredvi", methods["scoredvi"], images, 2, ctx)
-    assert set(row) == {"task", "method", "note"} and row["note"].startswith("n/a:"), row
+    r = quality.evaluate_image("sr", "sr:bicubic:factor=2,noise=0.01", "scoredvi", methods["scoredvi"], images, 0, 2,
+                               ctx)
+    assert set(r) == {"task", "method", "image", "note"} and r["note"].startswith("n/a:"), r
 
 
-def test_parallel_pairs_match_serial_ones(pairs):
-    """--jobs 2 runs each pair in its own process with one thread; seeded solvers give the same rows."""
+def test_summarise_averages_images_and_marks_partial_pairs():
+    per_image = [{"task": "t", "method": "a", "image": "1", "psnr": 20.0},
+                 {"task": "t", "method": "a", "image": "2", "psnr": 22.0},
+                 {"task": "t", "method": "b", "image": "1", "psnr": 30.0},
+                 {"task": "t", "method": "c", "image": "1", "note": "n/a: no"},
+                 {"task": "t", "method": "c", "image": "2", "note": "n/a: no"}]
+    rows = quality.summarise(per_image, ["t"], ["c", "b", "a", "d"], 2)
+    assert [r["method"] for r in rows] == ["c", "b", "a"]
+    assert rows[0] == {"task": "t", "method": "c", "note": "n/a: no"}
+    assert rows[1]["psnr"] == 30.0 and rows[1]["note"] == "1/2 images so far"
+    assert rows[2]["psnr"] == 21.0 and "note" not in rows[2]
+
+
+def test_parallel_units_match_serial_ones(pairs):
+    """--jobs 2 runs each image in one of two processes with one thread; seeded solvers give the same results."""
     images, _, todo = pairs
+    units = [(t, s, m, c, i) for t, s, m, c in todo for i in range(len(images))]
     serial, parallel = [], []
-    quality.run_pairs(todo, images, 2, "cpu", 1, serial.append)
-    quality.run_pairs(todo, images, 2, "cpu", 2, parallel.append)
-    by_method = {r["method"]: r for r in parallel}
-    assert sorted(by_method) == sorted(r["method"] for r in serial)
+    quality.run_units(units, images, 2, "cpu", 1, serial.append)
+    quality.run_units(units, images, 2, "cpu", 2, parallel.append)
+    key = {(r["method"], r["image"]): r for r in parallel}
+    assert sorted(key) == sorted((r["method"], r["image"]) for r in serial)
     for r in serial:
-        assert by_method[r["method"]]["psnr"] == pytest.approx(r["psnr"], abs=0.05), r["method"]
+        assert key[(r["method"], r["image"])]["psnr"] == pytest.approx(r["psnr"], abs=0.05), r

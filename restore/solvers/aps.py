@@ -15,6 +15,18 @@ The paper has no public code; this is our reading of it (notes/aps-and-quantizat
         unmask the most confident masked positions so that a fraction cos(pi/2 (T - i + 1) / T) stays masked
     x = D(C[z])
 
+Two choices of ours on top of that reading (both on by default; ``carry_tilt=False, init="prior"`` switches them off):
+- ``carry_tilt``: phi is one set of test-time parameters (as in the paper's bound, where x_phi is a learned predictor),
+  not re-drawn per step: a still-masked row starts step i from log pi_i + (l - log pi) of step i+1, so the measurement
+  fit accumulates over the steps instead of restarting from the prior each time.
+- ``init="measurement"``: at the first step phi is tilted toward the measurement, by the FSQ distance-as-logits
+  -||E(x0) - C_k||^2 / (2 tau^2) (tau in grid steps) of the tokenizer's continuous encoding of the cheap estimate
+  x0 (y, bicubic y or the filled-in inpainting input). With our weak 4.7 M-parameter prior a near-uniform pi left
+  the first anchors to chance. Measured on 3 held-out BSD432 64 px crops (/tmp-style script, 1 thread): at the
+  quick 6 x 8 steps, x4 SR 20.4 -> 24.3 dB, denoising 25/255 21.1 -> 26.6, box inpainting 19.2 -> 25.1 (the
+  tokenizer's own ceiling 27.0); at the paper's 16 x 30 steps x4 SR 23.5 -> 24.4, denoising 26.6 -> 26.6. The
+  price: samples are closer together (mean std 0.021 -> 0.009 on SR at 16 x 30).
+
 K posterior samples are K batched chains that differ through the Gumbel draws; the std map is their spread. The
 decoder D needs gradients (float); the transformer is forward-only. Images are padded to a multiple of 4 and
 cropped; grey images run as three equal channels.
@@ -29,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from restore.posterior import Posterior
-from restore.solvers.base import Solver, SolverError, noise_sigma
+from restore.solvers.base import Solver, SolverError, initial_estimate, noise_sigma
 
 
 @dataclass
@@ -40,6 +52,10 @@ class APSConfig:
     beta: float = 0.5  # weight of KL(p || pi) on masked rows (keeps the tilt near the prior)
     temperature: float = 4.5  # Gumbel temperature at t = 1 (MaskGIT), scaled by t
     sigma_floor: float = 0.01
+    # Ours, beyond the paper's text (see the module docstring); carry_tilt=False, init="prior" is the plain reading.
+    carry_tilt: bool = True  # phi persists: a still-masked row starts from the new prior + its previous tilt
+    init: str = "measurement"  # "prior" (phi = prior at the first step) or "measurement" (tilted toward E(x0))
+    init_temperature: float = 0.5  # width, in FSQ grid steps, of the measurement tilt around E(x0)
 
 
 class APSSolver(Solver):
@@ -77,6 +93,10 @@ class APSSolver(Solver):
             return tok.indices_to_codes(tok.codes_to_indices(e_bar.clamp(-1, 1).transpose(1, 2)
                                                              .reshape(k, -1, gh, gw)).flatten(1))
 
+        if cfg.init not in ("prior", "measurement"):
+            raise SolverError(f"aps init must be 'prior' or 'measurement', not {cfg.init!r}")
+        tilt = self._measurement_tilt(tok, y, physics, book, (hp, wp), cfg.init_temperature).expand(k, -1, -1) \
+            if cfg.init == "measurement" else torch.zeros(k, length, book.shape[0], device=y.device)
         history = []
         for i in range(cfg.steps, 0, -1):
             t = i / cfg.steps
@@ -84,7 +104,7 @@ class APSSolver(Solver):
             with torch.no_grad():
                 log_pi = F.log_softmax(tf(z), dim=-1)  # (k, L, Kc)
             fixed = F.one_hot(z.flatten(1).clamp_max(book.shape[0] - 1), book.shape[0]).float()
-            logits = log_pi.clone().requires_grad_(True)
+            logits = (log_pi + tilt).requires_grad_(True)
             opt = torch.optim.Adam([logits], lr=cfg.lr)
             for _ in range(cfg.inner_steps):
                 p = torch.where(masked[..., None], F.softmax(logits, -1), fixed)
@@ -98,6 +118,10 @@ class APSSolver(Solver):
                 opt.step()
             history.append(float(fit.detach()) / k)
             with torch.no_grad():
+                if cfg.carry_tilt:
+                    tilt = (logits - log_pi).detach()
+                elif i == cfg.steps:
+                    tilt = torch.zeros_like(tilt)
                 p = torch.where(masked[..., None], F.softmax(logits, -1), fixed)
                 anchors = tok.codes_to_indices(snap(p @ book).transpose(1, 2).reshape(k, -1, gh, gw)).flatten(1)
                 conf = torch.log(torch.gather(p, -1, anchors[..., None])[..., 0].clamp_min(1e-12))
@@ -116,6 +140,19 @@ class APSSolver(Solver):
             samples = decode(book[z.flatten(1)]).clamp(0, 1)
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
                          meta={"measurement_fit_per_step": history, "token_grid": [gh, gw], "sigma": sigma})
+
+    @staticmethod
+    @torch.no_grad()
+    def _measurement_tilt(tok, y, physics, book, padded_hw, temperature: float) -> torch.Tensor:
+        """(1, L, Kc) log-weights -||E(x0) - C_k||^2 / (2 tau^2) (in grid steps) of every code around the tokenizer's
+        continuous encoding of the cheap estimate x0 = initial_estimate(y): the measurement's own vote per token."""
+        x0 = initial_estimate(y, physics)
+        x0 = x0.expand(-1, 3, -1, -1) if x0.shape[1] == 1 else x0
+        hp, wp = padded_hw
+        x0 = F.pad(x0, (0, wp - x0.shape[-1], 0, hp - x0.shape[-2]), mode="replicate")
+        u = torch.tanh(tok.enc(x0 * 2 - 1)).flatten(2).transpose(1, 2)  # (1, L, d) in [-1, 1]
+        d2 = ((u[:, :, None, :] - book[None, None]) * tok.half_levels).pow(2).sum(-1)  # squared grid steps
+        return F.log_softmax(-d2 / (2 * temperature**2), dim=-1)
 
     @staticmethod
     def _x_shape(y, physics):
