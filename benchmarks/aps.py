@@ -6,7 +6,8 @@
 The images are the last ones of BSD432-train, which the token prior's training held out (its card says so), so the
 choice of defaults is never tuned on the evaluation sets. Tasks: those of the quality benchmark (x4 SR, denoising
 25/255, box inpainting). Rows: PSNR of the mean, mean posterior std, seconds per image (K samples), and the
-tokenizer's own reconstruction PSNR (APS's ceiling).
+tokenizer's own reconstruction PSNR (APS's ceiling). The last variant replaces the transformer by equal logits,
+to show what the trained prior adds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,28 @@ TASKS = ("sr4", "denoise25", "inpaint_box")
 VARIANTS = {"plain reading (init=prior, carry_tilt=False)": {"init": "prior", "carry_tilt": False},
             "carried tilt only": {"init": "prior", "carry_tilt": True},
             "measurement init only": {"init": "measurement", "carry_tilt": False},
-            "both (default)": {}}
+            "both (default)": {},
+            "both, transformer replaced by a uniform prior": {"uniform_prior": True}}
+
+
+class UniformTransformer(torch.nn.Module):
+    """Stands in for the masked-token transformer with equal logits for every code: what APS gets from the measurement
+    and the tokenizer alone, i.e. how much the trained transformer adds."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.mask_id, self.n_codes = transformer.mask_id, transformer.mask_id
+
+    def forward(self, tokens):
+        return torch.zeros(tokens.shape[0], tokens[0].numel(), self.n_codes)
+
+
+def uniform_prior(prior):
+    from restore.priors.registry import Prior
+
+    module = torch.nn.Module()  # a new container: the loaded prior keeps its own transformer
+    module.tokenizer, module.transformer = prior.module.tokenizer, UniformTransformer(prior.module.transformer)
+    return Prior(prior.name + "@uniform", prior.kind, module, prior.card)
 
 
 def held_out_images(n: int, crop: int) -> list[tuple[str, torch.Tensor]]:
@@ -69,11 +91,13 @@ def main(argv=None):
         obs = [task.simulate(x, torch.Generator().manual_seed(i)) for i, (_, x) in enumerate(images)]
         rows.append({"task": tname, "variant": "tokenizer ceiling", "psnr": ceiling})
         for vname, cfg in VARIANTS.items():
+            cfg = dict(cfg)
+            used = uniform_prior(prior) if cfg.pop("uniform_prior", False) else prior
             solver = base.get("aps", **steps, **cfg)
             acc = {"psnr": 0.0, "mean_std": 0.0, "seconds": 0.0}
             for i, ((_, x), (y, physics)) in enumerate(zip(images, obs)):
                 t0 = time.perf_counter()
-                post = solver(y, physics, prior, n_samples=args.samples, generator=torch.Generator().manual_seed(i))
+                post = solver(y, physics, used, n_samples=args.samples, generator=torch.Generator().manual_seed(i))
                 acc["seconds"] += time.perf_counter() - t0
                 acc["psnr"] += float(metrics.psnr(post.mean, x))
                 acc["mean_std"] += float(post.std.mean())

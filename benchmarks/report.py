@@ -25,7 +25,13 @@ def _denoiser(data: dict) -> str:
 
 def _quality(data: dict) -> str:
     cols = ["task", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "sample_diversity", "seconds", "note"]
-    return (f"**Solvers on CBSD68 crops** ({len(data['images'])} images, {data['crop']}x{data['crop']} centre crops, "
+    kind = {"quality_quick": "quick settings: trimmed iterations",
+            "quality_paper_quick": "every solver at its default (paper) settings, on the quick images",
+            "quality": "every solver at its default (paper) settings"}.get(data.get("benchmark"), "")
+    jobs = (f", {data['jobs']} processes of {data['threads_per_job']} thread each (seconds are per image in one "
+            "process)") if data.get("jobs") else ""
+    return (f"**Solvers on CBSD68 crops{', ' + kind if kind else ''}** ({len(data['images'])} images, "
+            f"{data['crop']}x{data['crop']} centre crops{jobs}, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)"
             + (f" Note: {data['note']}." if data.get("note") else "")
             + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
@@ -70,18 +76,23 @@ def _single(title: str):
     return render
 
 
-RENDER = {"quant": _single("Quantised backbones (ratios against float in the same run)"),
+# In README order: solver quality first, then per-component benchmarks, then speed and the fronts.
+RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
+          "quality_vble_paper_quick": _quality,
+          "calibration": _calibration, "calibration_paper_quick": _calibration, "calibration_quick": _calibration,
+          "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
+          "aps": _single("APS ablation on held-out BSD432 crops (paper steps)"),
+          "aps_quick": _single("APS ablation on held-out BSD432 crops (quick steps)"),
+          "cae_rd": _single("Compressive autoencoders, rate-distortion on CBSD68"),
+          "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),
+          "quant": _single("Quantised backbones (ratios against float in the same run)"),
           "quant_quick": _single("Quantised backbones, quick (ratios against float in the same run)"),
           "quant_latency": _single("Quantised backbones, latency on a quiet machine (ratios against float in the "
                                    "same run)"),
           "quant_tokens": _single("Quantised token prior (transformer only; ratios against float in the same run)"),
+          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed,
           "large": _single("A large photo through tiling (denoising 25/255)"),
-          "app_load": _single("Web app under concurrent loopback clients"),
-          "denoiser": _denoiser, "denoiser_quick": _denoiser, "quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
-          "quality_vble_paper_quick": _quality, "cae_rd": _single("Compressive autoencoders, rate-distortion on CBSD68"),
-          "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),
-          "calibration": _calibration, "calibration_quick": _calibration, "pmrf": _pmrf, "pmrf_quick": _pmrf,
-          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed}
+          "app_load": _single("Web app under concurrent loopback clients")}
 
 
 def render() -> str:
