@@ -84,3 +84,19 @@ def test_measurement_tilt_and_carried_tilt_beat_the_plain_reading(clean_rgb, mon
 def test_unknown_init_is_refused(clean_rgb, tokens):
     with pytest.raises(base.SolverError, match="init must be 'prior' or 'measurement'"):
         _run("sr:x4", clean_rgb, tokens, init="bicubic")
+
+
+def test_sampled_anchors_widen_the_samples_and_stay_seeded(clean_rgb, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("RESTORE_MODELS", str(Path(__file__).resolve().parents[1] / "models"))
+    prior = registry.load("tokens-natural")
+    y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(3))
+
+    def run(seed, **cfg):
+        return base.get("aps", steps=4, inner_steps=6, **cfg)(y, physics, prior, n_samples=3,
+                                                             generator=torch.Generator().manual_seed(seed))
+
+    snapped, sampled = run(0), run(0, anchor_sampling=1.0)
+    assert float(sampled.std.mean()) > 1.2 * float(snapped.std.mean())
+    assert torch.equal(sampled.samples, run(0, anchor_sampling=1.0).samples)

@@ -27,7 +27,10 @@ Two choices of ours on top of that reading (both on by default; ``carry_tilt=Fal
   tokenizer's own ceiling 27.0); at the paper's 16 x 30 steps x4 SR 23.5 -> 24.4, denoising 26.6 -> 26.6. The
   price: samples are closer together (mean std 0.021 -> 0.009 on SR at 16 x 30).
 
-K posterior samples are K batched chains that differ through the Gumbel draws; the std map is their spread. The
+K posterior samples are K batched chains that differ through the Gumbel draws; the std map is their spread. Snapped
+anchors make APS mode-seeking (the paper's point) and its samples under-dispersed; ``anchor_sampling=1`` draws each
+anchor from the tilted table p instead (notes 1.8), which widens the samples toward the coverage a posterior sampler
+should have at a small PSNR cost (``python -m benchmarks.aps --quick``). The
 decoder D needs gradients (float); the transformer is forward-only. Images are padded to a multiple of 4 and
 cropped; grey images run as three equal channels.
 """
@@ -56,6 +59,7 @@ class APSConfig:
     carry_tilt: bool = True  # phi persists: a still-masked row starts from the new prior + its previous tilt
     init: str = "measurement"  # "prior" (phi = prior at the first step) or "measurement" (tilted toward E(x0))
     init_temperature: float = 0.5  # width, in FSQ grid steps, of the measurement tilt around E(x0)
+    anchor_sampling: float = 0.0  # > 0: anchors drawn from p^(1/this) instead of snapped (diversity; notes 1.8)
 
 
 class APSSolver(Solver):
@@ -123,7 +127,12 @@ class APSSolver(Solver):
                 elif i == cfg.steps:
                     tilt = torch.zeros_like(tilt)
                 p = torch.where(masked[..., None], F.softmax(logits, -1), fixed)
-                anchors = tok.codes_to_indices(snap(p @ book).transpose(1, 2).reshape(k, -1, gh, gw)).flatten(1)
+                if cfg.anchor_sampling > 0:
+                    drawn = torch.log(p.clamp_min(1e-12)) / cfg.anchor_sampling
+                    g = torch.rand(drawn.shape, generator=generator, device=generator.device).to(drawn)
+                    anchors = (drawn - torch.log(-torch.log(g.clamp(1e-12, 1 - 1e-12)))).argmax(-1)
+                else:
+                    anchors = tok.codes_to_indices(snap(p @ book).transpose(1, 2).reshape(k, -1, gh, gw)).flatten(1)
                 conf = torch.log(torch.gather(p, -1, anchors[..., None])[..., 0].clamp_min(1e-12))
                 u = torch.rand(conf.shape, generator=generator, device=generator.device).to(conf)
                 conf = conf + cfg.temperature * t * (-torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-12))))
