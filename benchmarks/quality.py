@@ -47,8 +47,9 @@ def methods(quick: bool) -> dict[str, dict]:
 
     # --quick trades iterations for time so every solver fits in 15 minutes on 2 cores; the full run uses the
     # solvers' default (paper) settings. Both are recorded in the JSON.
-    # Measured: 802 s in all on 2 threads (4 crops, 6 tasks, 2 samples). ScoreDVI gets 40 of its 400 iterations at
-    # 3x its paper lr (at 1e-3 it stays below the noisy input after 40 iterations: 19.8 dB vs 20.4).
+    # Measured: 802 s in one process on 2 threads, 617 s with --jobs 2 (4 crops, 6 tasks, 2 samples). ScoreDVI gets
+    # 40 of its 400 iterations at 3x its paper lr (at 1e-3 it stays below the noisy input after 40 iterations:
+    # 19.8 dB vs 20.4).
     quick_opts = {"langevin": {"iterations": 150}, "reddiff": {"steps": 30},
                   "scoredvi": {"iterations": 40, "mc_samples": 1, "restart_std": None, "lr": 3e-3},
                   "vble": {"stat_samples": 32},
@@ -181,15 +182,17 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
 
 
 def summarise(per_image: list[dict], task_names, method_names, n_images: int) -> list[dict]:
-    """One row per task x method with results, in task-then-method order: every metric's mean over its images, a
-    note where the method could not run, and 'k/n images so far' for a pair still in progress."""
+    """One row per task x method, in task-then-method order: every metric's mean over its images, a note where the
+    method could not run, 'k/n images so far' for a pair in progress and 'not run yet' for one not started (an
+    interrupted run shows its gaps instead of hiding them)."""
     rows = []
     for t in task_names:
         for m in method_names:
             results = [r for r in per_image if r["task"] == t and r["method"] == m]
-            if not results:
-                continue
             row = {"task": t, "method": m}
+            if not results:
+                rows.append({**row, "note": "not run yet (--resume continues the run)"})
+                continue
             notes = [r["note"] for r in results if "note" in r]
             if notes:
                 rows.append({**row, "note": notes[0]})

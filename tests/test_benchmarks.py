@@ -67,7 +67,8 @@ def test_summarise_averages_images_and_marks_partial_pairs():
                  {"task": "t", "method": "c", "image": "1", "note": "n/a: no"},
                  {"task": "t", "method": "c", "image": "2", "note": "n/a: no"}]
     rows = quality.summarise(per_image, ["t"], ["c", "b", "a", "d"], 2)
-    assert [r["method"] for r in rows] == ["c", "b", "a"]
+    assert [r["method"] for r in rows] == ["c", "b", "a", "d"]
+    assert rows[3]["note"].startswith("not run yet")
     assert rows[0] == {"task": "t", "method": "c", "note": "n/a: no"}
     assert rows[1]["psnr"] == 30.0 and rows[1]["note"] == "1/2 images so far"
     assert rows[2]["psnr"] == 21.0 and "note" not in rows[2]
