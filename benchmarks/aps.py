@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from benchmarks.common import data_root, table, write_results
+from benchmarks.common import centre_crop, image_paths, table, write_results
 from benchmarks.quality import tasks as quality_tasks
 
 TASKS = ("sr4", "denoise25", "inpaint_box")
@@ -36,10 +36,10 @@ class UniformTransformer(torch.nn.Module):
 
     def __init__(self, transformer):
         super().__init__()
-        self.mask_id, self.n_codes = transformer.mask_id, transformer.mask_id
+        self.mask_id = transformer.mask_id  # == the number of codes: the vocabulary is the codes plus [MASK]
 
     def forward(self, tokens):
-        return torch.zeros(tokens.shape[0], tokens[0].numel(), self.n_codes)
+        return torch.zeros(tokens.shape[0], tokens[0].numel(), self.mask_id)
 
 
 def uniform_prior(prior):
@@ -53,13 +53,7 @@ def uniform_prior(prior):
 def held_out_images(n: int, crop: int) -> list[tuple[str, torch.Tensor]]:
     from restore.io import read_image
 
-    files = sorted(p for p in (data_root() / "BSD432-train").iterdir() if p.suffix.lower() in (".jpg", ".png"))[-n:]
-    out = []
-    for f in files:
-        x = read_image(f)
-        h, w = x.shape[-2:]
-        out.append((f.name, x[..., (h - crop) // 2:(h - crop) // 2 + crop, (w - crop) // 2:(w - crop) // 2 + crop]))
-    return out
+    return [(p.name, centre_crop(read_image(p), crop)) for p in image_paths("BSD432-train")[-n:]]
 
 
 def main(argv=None):

@@ -28,25 +28,31 @@ def data_root() -> Path:
     return root
 
 
+def image_paths(name: str) -> list[Path]:
+    """Image files of the data set folder ``name`` under the data root, sorted by name."""
+    folder = data_root() / name
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
+
+
+def centre_crop(x: torch.Tensor, crop: int | None) -> torch.Tensor:
+    """The central crop x crop window of (..., H, W) ``x`` (``x`` itself when crop is None)."""
+    if not crop:
+        return x
+    h, w = x.shape[-2:]
+    t, l = (h - crop) // 2, (w - crop) // 2
+    return x[..., t:t + crop, l:l + crop]
+
+
 def load_set(name: str, crop: int | None = None, files: tuple[str, ...] | None = None) -> list[tuple[str, torch.Tensor]]:
     """[(file name, (1, C, H, W) tensor in [0, 1])] of an evaluation set, optionally centre-cropped to crop x crop."""
     from restore.io import read_image
 
-    folder = data_root() / name
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
+    paths = image_paths(name)
     if files is not None:
         paths = [p for p in paths if p.name in files]
         if len(paths) != len(files):
-            raise SystemExit(f"{folder} lacks some of {files}")
-    out = []
-    for p in paths:
-        x = read_image(p)
-        if crop:
-            h, w = x.shape[-2:]
-            t, l = (h - crop) // 2, (w - crop) // 2
-            x = x[..., t:t + crop, l:l + crop]
-        out.append((p.name, x))
-    return out
+            raise SystemExit(f"{data_root() / name} lacks some of {files}")
+    return [(p.name, centre_crop(read_image(p), crop)) for p in paths]
 
 
 def check_cards_exclude(eval_set: str, prior_names: list[str]):

@@ -258,12 +258,13 @@ def main(argv=None):
                     help="with --quick: keep the quick images and crop but run every solver at its default (paper) "
                          "settings instead of the trimmed quick iteration counts")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="task x method pairs run in this many processes, one thread each (longest first)")
+                    help="task x method x image units run in this many processes, one thread each (cheapest "
+                         "methods first)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the rows already in the output file (same images, crop, samples and settings) and run "
-                         "only the missing task x method pairs; the file is rewritten after every pair")
+                    help="keep the results already in the output file (same images, crop, samples and settings) and "
+                         "run only the missing task x method x image units; the file is rewritten after every unit")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
