@@ -54,13 +54,17 @@ def methods(quick: bool) -> dict[str, dict]:
                   "scoredvi": {"iterations": 40, "mc_samples": 1, "restart_std": None, "lr": 3e-3},
                   "vble": {"stat_samples": 32},
                   "aps": {"steps": 6, "inner_steps": 8},
-                  "pmrf": {"flow_steps": 10, "mean_options": {"steps": 30}}}
+                  "pmrf": {"mean_options": {"steps": 30}}}
     out = {"input": {"baseline": "input"}}
     for name in base.names():
         out[name] = {"solver": name, "prior": None, "options": quick_opts.get(name, {}) if quick else {}}
     # the paper's fixed iteration count beside our early-stopped default (full runs, or name it in --methods)
     out["vble (paper: fixed iterations)"] = {"solver": "vble", "prior": None, "full_only": True,
                                               "options": {"early_stop": None, **({"stat_samples": 32} if quick else {})}}
+    # PMRF's default Euler step count is the flow card's per task family; the paper's K = 25 beside it
+    out["pmrf (paper: 25 Euler steps)"] = {"solver": "pmrf", "prior": None, "full_only": True,
+                                           "options": {"flow_steps": 25, **quick_opts["pmrf"]} if quick
+                                           else {"flow_steps": 25}}
     out["pnp-ula (score-natural)"] = {"solver": "langevin", "prior": "score-natural",
                                       "options": {"iterations": 50 if quick else 500, "prior_sigma": 0.02}}
     out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 10 if quick else 100}
@@ -88,20 +92,26 @@ def run_diffpir(y, physics, prior, max_iter: int, n_samples: int, seed: int):
     return Posterior(mean=s.mean(0, keepdim=True), samples=s)
 
 
-def previous_results(path, settings: dict) -> tuple[list[dict], float]:
-    """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same settings."""
+def previous_results(path, settings: dict) -> tuple[list[dict], float, list[str]]:
+    """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
+    samples and tasks, kept for the methods whose settings are unchanged; also the names of the methods dropped
+    because their settings changed (they are rerun)."""
     path = Path(path)
     if not path.exists():
-        return [], 0.0
+        return [], 0.0, []
     old = json.loads(path.read_text())
     same = all(json.dumps(old.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
-               for k, v in settings.items())
+               for k, v in settings.items() if k != "methods")
     if not same:
-        raise SystemExit(f"{path} was written with other settings (images, crop, samples, tasks or methods); "
+        raise SystemExit(f"{path} was written with other settings (images, crop, samples or tasks); "
                          "use another --out or drop --resume")
     if "per_image" not in old:
         raise SystemExit(f"{path} predates per-image results and cannot be resumed; drop --resume")
-    return old["per_image"], float(old.get("total_seconds", 0.0))
+    old_methods = old.get("methods", {})
+    changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
+                     json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
+    kept = [r for r in old["per_image"] if r["method"] in settings["methods"] and r["method"] not in changed]
+    return kept, float(old.get("total_seconds", 0.0)), changed
 
 
 # Rough relative cost of one image of a method: --jobs runs the cheapest first, so a run cut short (and resumed
@@ -263,8 +273,9 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the results already in the output file (same images, crop, samples and settings) and "
-                         "run only the missing task x method x image units; the file is rewritten after every unit")
+                    help="keep the results already in the output file (same images, crop, samples and tasks; methods "
+                         "whose settings changed are rerun) and run only the missing task x method x image units; "
+                         "the file is rewritten after every unit")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -284,9 +295,10 @@ def main(argv=None):
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
     per_image, done = [], set()
     if args.resume:
-        per_image, prev_seconds = previous_results(args.out or RESULTS / f"{name}.json", settings)
+        per_image, prev_seconds, changed = previous_results(args.out or RESULTS / f"{name}.json", settings)
         done = {(r["task"], r["method"], r["image"]) for r in per_image}
-        print(f"resuming: {len(done)} task x method x image results kept", flush=True)
+        print(f"resuming: {len(done)} task x method x image results kept"
+              + (f"; rerunning {', '.join(changed)} (settings changed)" if changed else ""), flush=True)
     else:
         prev_seconds = 0.0
     t_start = time.time() - prev_seconds

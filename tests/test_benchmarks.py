@@ -85,3 +85,19 @@ def test_parallel_units_match_serial_ones(pairs):
     assert sorted(key) == sorted((r["method"], r["image"]) for r in serial)
     for r in serial:
         assert key[(r["method"], r["image"])]["psnr"] == pytest.approx(r["psnr"], abs=0.05), r
+
+
+def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
+    path = tmp_path / "q.json"
+    settings = {"images": ["1"], "crop": 8, "samples": 2, "tasks": {"t": "denoise:gaussian:sigma=0.1"},
+                "methods": {"a": {"solver": "a", "options": {}}, "b": {"solver": "b", "options": {"steps": 3}}}}
+    per_image = [{"task": "t", "method": m, "image": "1", "psnr": 20.0} for m in ("a", "b", "gone")]
+    path.write_text(json.dumps({**settings, "per_image": per_image, "total_seconds": 5.0}))
+    assert quality.previous_results(path, settings) == (per_image[:2], 5.0, [])
+    changed = {**settings, "methods": {**settings["methods"], "b": {"solver": "b", "options": {"steps": 4}},
+                                       "c": {"solver": "c", "options": {}}}}
+    kept, seconds, rerun = quality.previous_results(path, changed)
+    assert [r["method"] for r in kept] == ["a"] and rerun == ["b"] and seconds == 5.0
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.previous_results(path, {**settings, "crop": 16})
+    assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [])

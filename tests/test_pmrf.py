@@ -1,5 +1,6 @@
-"""PMRF mechanics on a tiny flow made by the training script (the shipped flow is still to be trained; issue 4)."""
+"""PMRF mechanics on a tiny flow made by the training script, and its Euler-step calibration."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -61,3 +62,50 @@ def test_mean_from_another_solver(flow, clean_rgb):
         _run("deblur:gaussian:sigma=1.5", clean_rgb, flow, n=1, mean_source="denoiser")
     with pytest.raises(base.SolverError, match="its own output"):
         _run("deblur:gaussian:sigma=1.5", clean_rgb, flow, n=1, mean_source="pmrf")
+
+
+def _denoising_physics():
+    return parse("denoise:gaussian:sigma=0.1").physics((1, 3, 48, 48))
+
+
+def test_euler_steps_come_from_the_config_the_card_or_the_paper(flow):
+    from restore.solvers.pmrf import PAPER_STEPS, PMRFSolver
+
+    physics = _denoising_physics()
+    blur = parse("deblur:gaussian:sigma=1").physics((1, 3, 48, 48))
+    card = {**flow.card, "euler_steps": {"denoise": 2}}
+    prior = dataclasses.replace(flow, card=card)
+    assert PMRFSolver().flow_steps(physics, prior) == (2, "card (denoise)")
+    assert PMRFSolver().flow_steps(blur, prior) == (PAPER_STEPS, "paper")  # no entry for the family
+    assert PMRFSolver(flow_steps=7).flow_steps(physics, prior) == (7, "config")
+    with pytest.raises(base.SolverError, match="flow_steps must be >= 1"):
+        PMRFSolver(flow_steps=0).flow_steps(physics, prior)
+    y, post = _run("denoise:gaussian:sigma=0.1", torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)),
+                   prior, n=2)
+    assert post.meta["flow_steps"] == 2 and post.meta["flow_steps_from"] == "card (denoise)"
+
+
+def test_choose_steps_takes_least_distortion_among_the_closest_to_clean():
+    from restore.train.flow_steps import choose_steps
+
+    rows = {1: {"spectral_gap_e4": 1.10, "psnr": 28.8}, 2: {"spectral_gap_e4": 0.32, "psnr": 28.5},
+            3: {"spectral_gap_e4": 0.30, "psnr": 27.9}, 25: {"spectral_gap_e4": 1.80, "psnr": 26.9}}
+    assert choose_steps(rows, mean_gap=1.0, tolerance=0.1) == 2  # 0.32 is within 0.1 of the best 0.30
+    assert choose_steps(rows, mean_gap=1.0, tolerance=0.0) == 3  # strictly the closest
+    rows[25] = {"spectral_gap_e4": 0.01, "psnr": 27.0}  # a flow that lands on the images keeps the paper's K
+    assert choose_steps(rows, mean_gap=1.0, tolerance=0.1) == 25
+
+
+def test_calibration_writes_the_card_and_the_solver_follows_it(flow, clean_rgb):
+    from restore.priors import registry
+    from restore.train import flow_steps
+
+    models = registry.models_dir()
+    result = flow_steps.main(["--data", str(models.parent / "data"), "--val-images", "1", "--crop", "32",
+                              "--families", "denoise"])
+    k = result["denoise"]["best"]
+    assert k in flow_steps.CANDIDATES and set(result["denoise"]["steps"]) == set(flow_steps.CANDIDATES)
+    card = registry.read_card("flow-natural")
+    assert card["euler_steps"] == {"denoise": k} and card["euler_steps_calibration"]["images"] == ["data/2.png"]
+    _, post = _run("denoise:gaussian:sigma=0.1", clean_rgb, registry.load("flow-natural"), n=2)
+    assert post.meta["flow_steps"] == k

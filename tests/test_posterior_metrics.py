@@ -125,3 +125,23 @@ def test_viz_pictures(tmp_path):
     viz.save_error_vs_std(torch.rand(1, 3, 20, 30), std, torch.rand(1, 3, 20, 30), tmp_path / "e.png")
     viz.save_reliability_plot({"a": {"levels": [0.5, 0.9], "coverage": [0.4, 0.85]}}, tmp_path / "r.png")
     assert (tmp_path / "e.png").stat().st_size > 1000 and (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_spectral_gap_sees_blur_and_over_sharpening_and_bounds_paired_mse():
+    import skimage.data
+    from deepinv.physics.functional import conv2d, gaussian_blur
+
+    from restore.metrics import band_energies, spectral_gap
+
+    x = torch.from_numpy(skimage.data.astronaut()[::4, ::4].astype("float32") / 255).permute(2, 0, 1)[None]
+    blurred = conv2d(x, gaussian_blur(sigma=(1.5, 1.5)), padding="reflect")
+    noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert spectral_gap(x, x) == 0.0
+    assert spectral_gap(blurred, x) > 1e-4 and spectral_gap(noisy, x) > 1e-4  # too little and too much energy
+    for other in (blurred, noisy):  # a lower bound on W2^2, hence on the paired MSE
+        assert spectral_gap(other, x) <= float(((other - x) ** 2).mean())
+    # band energies add up to the per-pixel variance; the gap ignores pairing (a shuffled set scores the same)
+    assert torch.isclose(band_energies(x).sum(), ((x - x.mean((-2, -1), keepdim=True)) ** 2).mean(), rtol=1e-4)
+    assert spectral_gap(torch.cat([x, blurred]), torch.cat([blurred, x])) < 1e-12  # same set, other order
+    with pytest.raises(ValueError, match="one size"):
+        spectral_gap(x, x[..., :64, :64])

@@ -5,6 +5,13 @@ posterior-mean estimate f(y), then Euler integration of the learned flow ODE fro
 uniform steps, ``z <- z + v(z, i / K) / K``, and ``clip(z, 0, 1)``. The flow is unconditional (it never sees y).
 K posterior samples come from K source-noise draws, run as one batch; the std map is their spread.
 
+The number of Euler steps K: ``flow_steps=None`` (default) takes the flow card's ``euler_steps`` for the task's
+family (denoise / deblur / sr / inpaint), chosen on held-out training crops by ``python -m restore.train.flow_steps``
+as the K whose outputs are closest to clean images in power spectrum. Our one flow serves every task, and run to
+the paper's K = 25 it over-sharpens the sharp means of denoising and deblurring (the calibration and
+``benchmarks.pmrf`` measure it), so there the card asks for fewer steps; ``flow_steps=25`` is the paper's setting,
+and a card without ``euler_steps`` gets 25 too.
+
 The posterior mean comes from a configurable source: ``mean_source="denoiser"`` (D(y, sigma_y) from the flow card's
 ``mean_denoiser``; denoising only) or any registered solver name (default for other tasks: ``reddiff``) run once,
 taking its ``Posterior.mean``. PMRF approximates a deterministic transport of the mean, so the samples differ
@@ -22,9 +29,15 @@ from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
 
 
+PAPER_STEPS = 25  # K in the paper's inference.sh
+# deepinv physics class -> the task family under which a flow card keeps its Euler step count
+FAMILY_OF_PHYSICS = {"Denoising": "denoise", "Blur": "deblur", "BlurFFT": "deblur", "Downsampling": "sr",
+                     "Inpainting": "inpaint"}
+
+
 @dataclass
 class PMRFConfig:
-    flow_steps: int = 25  # K in the paper (inference.sh)
+    flow_steps: int | None = None  # K; None: the flow card's euler_steps for the task family, else the paper's 25
     sigma_s: float | None = None  # None: the value the flow was trained with (its card)
     mean_source: str = "auto"  # "auto": denoiser for denoising, reddiff otherwise; or "denoiser" / a solver name
     mean_prior: str | None = None  # None: the flow card's mean_denoiser
@@ -59,15 +72,28 @@ class PMRFSolver(Solver):
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
         return solver(y, physics, den, n_samples=1, generator=generator, progress=cb).mean
 
+    def flow_steps(self, physics, prior) -> tuple[int, str]:
+        """(K, where it came from) for this task: the config's, the card's for the task family, or the paper's."""
+        if self.config.flow_steps is not None:
+            if int(self.config.flow_steps) < 1:
+                raise SolverError(f"flow_steps must be >= 1; got {self.config.flow_steps}")
+            return int(self.config.flow_steps), "config"
+        family = FAMILY_OF_PHYSICS.get(type(physics).__name__)
+        card_steps = prior.card.get("euler_steps", {})
+        if family in card_steps:
+            return int(card_steps[family]), f"card ({family})"
+        return PAPER_STEPS, "paper"
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         cfg = self.config
         sigma_s = cfg.sigma_s if cfg.sigma_s is not None else float(prior.card.get("sigma_s", 0.025))
+        steps, steps_from = self.flow_steps(physics, prior)
         mean = self.posterior_mean(y, physics, prior, generator, progress)
-        samples = flow_transport(mean, prior.module, n_samples=n_samples, sigma_s=sigma_s, steps=cfg.flow_steps,
+        samples = flow_transport(mean, prior.module, n_samples=n_samples, sigma_s=sigma_s, steps=steps,
                                  generator=generator,
                                  progress=lambda i, k: progress(0.5 + 0.5 * i / k, f"flow step {i}/{k}"))
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
-                         meta={"sigma_s": sigma_s, "flow_steps": cfg.flow_steps,
+                         meta={"sigma_s": sigma_s, "flow_steps": steps, "flow_steps_from": steps_from,
                                "mean_vs_output_rmse": float(((samples.mean(0, keepdim=True) - mean) ** 2).mean()
                                                             .sqrt())})
 
