@@ -64,6 +64,9 @@ def check_cards_exclude(eval_set: str, prior_names: list[str]):
         data = str(card.get("training_data", ""))
         if any(s in data for s in EVAL_SETS):
             raise SystemExit(f"prior {name}'s card names an evaluation set in its training data: {data}")
+        tuned = str(card.get("euler_steps_calibration", {}).get("images", ""))  # PMRF's steps, chosen on images
+        if any(s in tuned for s in EVAL_SETS):
+            raise SystemExit(f"prior {name}'s card was calibrated on an evaluation set: {tuned}")
 
 
 def environment() -> dict:

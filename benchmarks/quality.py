@@ -114,10 +114,15 @@ def previous_results(path, settings: dict) -> tuple[list[dict], float, list[str]
     return kept, float(old.get("total_seconds", 0.0)), changed
 
 
-# Rough relative cost of one image of a method: --jobs runs the cheapest first, so a run cut short (and resumed
-# later) has whole rows for most methods rather than a few images of every one.
+# Cost of one (task, image) unit of a method, averaged over the tasks: --jobs runs the cheapest methods first, so a
+# run cut short (and resumed later) has whole rows for most methods rather than a few images of every one.
+# Quick settings: rough relative costs. Paper settings: seconds measured on one thread at 128 px with 4 samples
+# (quality_paper_quick.json); ScoreDVI runs only denoising, about 2000 s an image, so about 330 s a unit.
 COST = {"scoredvi": 40.0, "aps": 8.0, "pnp-ula (score-natural)": 4.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0,
         "pmrf": 2.0}
+PAPER_COST = {"pnp-ula (score-natural)": 764.0, "scoredvi": 330.0, "aps": 180.0, "reddiff": 181.0,
+              "langevin": 131.0, "pmrf (paper: 25 Euler steps)": 79.0, "diffpir (score-natural)": 72.0,
+              "vble (paper: fixed iterations)": 39.0, "pmrf": 20.0, "vble": 15.0}
 
 
 class Context:
@@ -233,10 +238,10 @@ def _worker_image(tname, spec, mname, cfg, i, samples, device) -> dict:
     return evaluate_image(tname, spec, mname, cfg, _IMAGES, i, samples, _CONTEXTS[mname])
 
 
-def run_units(todo: list, images: list, samples: int, device: str, jobs: int, finished) -> None:
+def run_units(todo: list, images: list, samples: int, device: str, jobs: int, finished, cost=None) -> None:
     """Evaluate every (task name, task spec, method name, method config, image index) in ``todo``, calling
     ``finished(result)`` as each is done. jobs > 1: that many spawned processes with one thread each, cheapest
-    methods first."""
+    methods first by ``cost`` (method name -> cost of a unit; default ``COST``)."""
     if jobs <= 1:
         ctx = Context({m: c for _, _, m, c, _ in todo}, device)
         for t, s, m, c, i in todo:
@@ -245,7 +250,8 @@ def run_units(todo: list, images: list, samples: int, device: str, jobs: int, fi
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    todo = sorted(todo, key=lambda u: COST.get(u[2], 1.0))  # stable: task order kept within a cost
+    cost = COST if cost is None else cost
+    todo = sorted(todo, key=lambda u: cost.get(u[2], 1.0))  # stable: task order kept within a cost
     arrays = [(n, x.numpy()) for n, x in images]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(arrays,)) as pool:
@@ -317,7 +323,7 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {result['task']:<16} {result['method']:<24} {result['image']:<12} "
               + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
-    run_units(todo, images, args.samples, args.device, args.jobs, finished)
+    run_units(todo, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
     cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
             "seconds", "note"]
     print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))

@@ -30,6 +30,9 @@ want cae-q2 && python3 -m restore.train.cae $common --N 64 --M 96 --lmbda 0.0035
     > runs/logs/cae-q2.log 2>&1 &
 sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv > runs/logs/gpu.txt
 wait
+# a retrained flow needs its Euler steps per task family again (the export drops the old ones; ~5 min on 8 threads)
+want flow && [ "${FLOW_CALIBRATE:-1}" = 1 ] && python3 -m restore.train.flow_steps --data $D --threads 8 \
+    > runs/logs/flow_steps.log 2>&1
 for m in score-natural flow-natural tokens-natural cae-natural-q4 cae-natural-q2; do
     [ -f models/$m.pt ] && cp models/$m.pt "$OUT/"
 done

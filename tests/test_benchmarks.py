@@ -101,3 +101,21 @@ def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         quality.previous_results(path, {**settings, "crop": 16})
     assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [])
+
+
+def test_cards_that_saw_an_evaluation_set_are_refused(tmp_path, monkeypatch):
+    from benchmarks.common import check_cards_exclude
+
+    check_cards_exclude("CBSD68", ["score-natural", "flow-natural", "tokens-natural"])  # the shipped cards are clean
+    monkeypatch.setenv("RESTORE_MODELS", str(tmp_path))
+    card = {"name": "flow-natural", "training_data": "BSD432-train (423 images)",
+            "euler_steps_calibration": {"images": ["BSD432-train/1.png"]}}
+    write_json_atomic(card, tmp_path / "flow-natural.json")
+    check_cards_exclude("CBSD68", ["flow-natural"])
+    card["euler_steps_calibration"]["images"] = ["CBSD68/101085.png"]
+    write_json_atomic(card, tmp_path / "flow-natural.json")
+    with pytest.raises(SystemExit, match="calibrated on an evaluation set"):
+        check_cards_exclude("CBSD68", ["flow-natural"])
+    write_json_atomic({"training_data": "CBSD68"}, tmp_path / "flow-natural.json")
+    with pytest.raises(SystemExit, match="in its training data"):
+        check_cards_exclude("CBSD68", ["flow-natural"])

@@ -125,7 +125,8 @@ def main(argv=None):
                            "hardware": f"{args.device}, bf16 autocast",
                            "wall_time_hours": round(clock.total / 3600, 2), "command": command,
                            "held_out_denoise25": rd, "weights_dtype": "float16"}, out.with_suffix(".json"))
-        print(f"exported {out}.pt {rd}", flush=True)
+        print(f"exported {out}.pt {rd}; its card has no Euler steps per task family yet (PMRF uses the paper's 25): "
+              f"python -m restore.train.flow_steps --data {args.data} --flow {out.name}", flush=True)
 
     if args.export:
         export()
