@@ -7,10 +7,10 @@ K posterior samples come from K source-noise draws, run as one batch; the std ma
 
 The number of Euler steps K: ``flow_steps=None`` (default) takes the flow card's ``euler_steps`` for the task's
 family (denoise / deblur / sr / inpaint), chosen on held-out training crops by ``python -m restore.train.flow_steps``
-as the K whose outputs are closest to clean images in power spectrum. Our one flow serves every task, and run to
-the paper's K = 25 it over-sharpens the sharp means of denoising and deblurring (the calibration and
-``benchmarks.pmrf`` measure it), so there the card asks for fewer steps; ``flow_steps=25`` is the paper's setting,
-and a card without ``euler_steps`` gets 25 too.
+as the least-distortion K among those whose outputs come closest to clean images in power spectrum. Our one flow
+serves every task, and run to the paper's K = 25 it over-sharpens the sharp means of denoising and deblurring (the
+calibration and ``benchmarks.pmrf`` measure it), so there the card asks for fewer steps; ``flow_steps=25`` is the
+paper's setting, and a card without ``euler_steps`` gets 25 too.
 
 The posterior mean comes from a configurable source: ``mean_source="denoiser"`` (D(y, sigma_y) from the flow card's
 ``mean_denoiser``; denoising only) or any registered solver name (default for other tasks: ``reddiff``) run once,
