@@ -120,7 +120,7 @@ def previous_results(path, settings: dict) -> tuple[list[dict], float, list[str]
 # (quality_paper_quick.json); ScoreDVI runs only denoising, about 2000 s an image, so about 330 s a unit.
 COST = {"scoredvi": 40.0, "aps": 8.0, "pnp-ula (score-natural)": 4.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0,
         "pmrf": 2.0}
-PAPER_COST = {"pnp-ula (score-natural)": 764.0, "scoredvi": 330.0, "aps": 180.0, "reddiff": 181.0,
+PAPER_COST = {"pnp-ula (score-natural)": 764.0, "aps": 400.0, "scoredvi": 330.0, "reddiff": 181.0,
               "langevin": 131.0, "pmrf (paper: 25 Euler steps)": 79.0, "diffpir (score-natural)": 72.0,
               "vble (paper: fixed iterations)": 39.0, "pmrf": 20.0, "vble": 15.0}
 
