@@ -63,8 +63,7 @@ def methods(quick: bool) -> dict[str, dict]:
                                               "options": {"early_stop": None, **({"stat_samples": 32} if quick else {})}}
     # PMRF's default Euler step count is the flow card's per task family; the paper's K = 25 beside it
     out["pmrf (paper: 25 Euler steps)"] = {"solver": "pmrf", "prior": None, "full_only": True,
-                                           "options": {"flow_steps": 25, **quick_opts["pmrf"]} if quick
-                                           else {"flow_steps": 25}}
+                                           "options": {"flow_steps": 25, **(quick_opts["pmrf"] if quick else {})}}
     out["pnp-ula (score-natural)"] = {"solver": "langevin", "prior": "score-natural",
                                       "options": {"iterations": 50 if quick else 500, "prior_sigma": 0.02}}
     out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 10 if quick else 100}

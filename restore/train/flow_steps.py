@@ -91,7 +91,7 @@ def scan(flow, images: torch.Tensor, family_tasks: dict[str, list[str]], candida
         best = choose_steps(rows, of_mean["spectral_gap_e4"], tolerance)
         out[family] = {"tasks": specs, "mean": of_mean, "steps": rows, "best": best,
                        "gap_tolerance_e4": round(tolerance * of_mean["spectral_gap_e4"], 4)}
-        log(f"{family}: mean gap {out[family]['mean']['spectral_gap_e4']:.3f} psnr {out[family]['mean']['psnr']:.2f}; "
+        log(f"{family}: mean gap {of_mean['spectral_gap_e4']:.3f} psnr {of_mean['psnr']:.2f}; "
             + ", ".join(f"K={k}: {r['spectral_gap_e4']:.3f}/{r['psnr']:.2f}" for k, r in rows.items())
             + f" -> K={best} ({time.time() - t0:.0f}s)")
     return out
@@ -110,7 +110,6 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="print the scan, leave the card alone")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import json
     import warnings
 
     from restore.priors import registry
@@ -124,7 +123,7 @@ def main(argv=None):
     result = scan(flow, images, {f: FAMILY_TASKS[f] for f in args.families})
     if args.dry_run:
         return result
-    card = json.loads(card_path.read_text())
+    card = dict(flow.card)  # the registry read it from card_path
     card["euler_steps"] = {**card.get("euler_steps", {}), **{f: r["best"] for f, r in result.items()}}
     card["euler_steps_calibration"] = {
         "rule": "per task family, among the candidate K whose outputs' radial power-spectrum gap to the clean crops "
