@@ -9,23 +9,40 @@ and the time is scaled to the full count, which is exact up to start-up cost bec
 same work; the table says so. Peak memory is the process's resident-set growth during the call, sampled every 5 ms.
 Seconds per sample = (time with K=4 - time with K=1) / 3. A solver that stops early on its objective (VBLE by
 default) runs in full, unscaled.
+
+``--solvers A B`` re-measures only those solvers: the other solvers' rows of the results file are kept when it was
+written with the same task, sizes, fraction and threads (``kept_from`` records the commands that measured them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import table, write_results
+from benchmarks.common import RESULTS, table, write_results
 
 ITERATION_FIELD = {"langevin": "iterations", "reddiff": "steps", "scoredvi": "iterations", "vble": "iterations",
                    "aps": "steps"}
 DEFAULT_ITERATIONS = {"vble": 300}  # configs whose default is None (task-dependent)
+
+
+def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict) -> tuple[list[dict], list]:
+    """``rows`` (the solvers in ``measured``) plus the other solvers' rows of an earlier results file ``old``, when
+    ``old`` has the same ``settings``; also the commands the kept rows came from. Pure."""
+    if not old or any(old.get(k) != v for k, v in settings.items()):
+        return rows, []
+    kept = [r for r in old.get("rows", []) if r.get("solver") not in measured]
+    if not kept:
+        return rows, []
+    sources = [c for c in [*old.get("kept_from", []), old.get("command")] if c]
+    return kept + rows, list(dict.fromkeys(sources))
 
 
 class PeakRSS:
@@ -107,9 +124,18 @@ def main(argv=None):
     cols = ["solver", "size", "seconds_K1", "seconds_K4", "seconds_per_extra_sample", "peak_MiB_K4",
             "MiB_per_megapixel_K4", "note"]
     print(table(rows, cols))
-    path = write_results("speed_quick" if args.quick else "speed",
-                         {"task": task, "sizes": sizes, "fraction": args.fraction, "rows": rows,
-                          "device": "cpu", "threads": torch.get_num_threads()}, args.out)
+    name = "speed_quick" if args.quick else "speed"
+    settings = {"task": task, "sizes": sizes, "fraction": args.fraction, "device": "cpu",
+                "threads": torch.get_num_threads()}
+    kept_from = []
+    if args.solvers:
+        target = Path(args.out) if args.out else RESULTS / f"{name}.json"
+        old = json.loads(target.read_text()) if target.exists() else None
+        rows, kept_from = merge_rows(old, rows, args.solvers, settings)
+        order = {n: i for i, n in enumerate(base.names())}
+        rows.sort(key=lambda r: order.get(r["solver"], len(order)))  # stable: sizes stay in order
+    path = write_results(name, {**settings, "rows": rows, **({"kept_from": kept_from} if kept_from else {})},
+                         args.out)
     print(f"wrote {path}")
 
 

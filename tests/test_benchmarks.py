@@ -119,3 +119,19 @@ def test_cards_that_saw_an_evaluation_set_are_refused(tmp_path, monkeypatch):
     write_json_atomic({"training_data": "CBSD68"}, tmp_path / "flow-natural.json")
     with pytest.raises(SystemExit, match="in its training data"):
         check_cards_exclude("CBSD68", ["flow-natural"])
+
+
+def test_speed_rerun_of_some_solvers_keeps_the_others_rows():
+    from benchmarks.speed import merge_rows
+
+    settings = {"task": "denoise", "sizes": [128], "fraction": 0.1, "device": "cpu", "threads": 2}
+    old = {**settings, "command": "python -m benchmarks.speed --quick",
+           "rows": [{"solver": "vble", "size": 128, "seconds_K1": 3.0}, {"solver": "pmrf", "size": 128, "seconds_K1": 2.0}]}
+    new = [{"solver": "pmrf", "size": 128, "seconds_K1": 0.5}]
+    rows, sources = merge_rows(old, new, ["pmrf"], settings)
+    assert {r["solver"]: r["seconds_K1"] for r in rows} == {"vble": 3.0, "pmrf": 0.5}
+    assert sources == ["python -m benchmarks.speed --quick"]
+    # other settings (here the thread count): the old rows are not comparable and are dropped
+    rows, sources = merge_rows(old, new, ["pmrf"], {**settings, "threads": 1})
+    assert rows == new and sources == []
+    assert merge_rows(None, new, ["pmrf"], settings) == (new, [])
