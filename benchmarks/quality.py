@@ -20,6 +20,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -91,13 +92,26 @@ def run_diffpir(y, physics, prior, max_iter: int, n_samples: int, seed: int):
     return Posterior(mean=s.mean(0, keepdim=True), samples=s)
 
 
-def previous_results(path, settings: dict) -> tuple[list[dict], float, list[str]]:
+class Previous(NamedTuple):
+    """What ``previous_results`` keeps of an earlier run."""
+
+    kept: list  # per-image results still valid
+    seconds: float  # time the earlier run had spent
+    changed: list  # methods rerun because their benchmark settings changed
+    stale: dict  # method -> why some of its results are rerun (solver defaults or prior files changed since)
+    provenances: dict  # the provenance table of the kept results (key -> provenance)
+
+
+def previous_results(path, settings: dict) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
-    samples and tasks, kept for the methods whose settings are unchanged; also the names of the methods dropped
-    because their settings changed (they are rerun)."""
+    samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
+    also dropped when that no longer holds (``restore.provenance.stale``: a solver default or a prior's weights or
+    card changed since); results from before provenance was recorded are kept as they are."""
+    from restore import provenance
+
     path = Path(path)
     if not path.exists():
-        return [], 0.0, []
+        return Previous([], 0.0, [], {}, {})
     old = json.loads(path.read_text())
     same = all(json.dumps(old.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
                for k, v in settings.items() if k != "methods")
@@ -109,8 +123,33 @@ def previous_results(path, settings: dict) -> tuple[list[dict], float, list[str]
     old_methods = old.get("methods", {})
     changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
-    kept = [r for r in old["per_image"] if r["method"] in settings["methods"] and r["method"] not in changed]
-    return kept, float(old.get("total_seconds", 0.0)), changed
+    table_ = old.get("provenances", {})
+    reasons = {key: provenance.stale(prov) for key, prov in table_.items()}
+    kept, stale = [], {}
+    for r in old["per_image"]:
+        if r["method"] not in settings["methods"] or r["method"] in changed:
+            continue
+        why = reasons.get(r.get("provenance"), [])
+        if why:
+            stale.setdefault(r["method"], sorted(set(why)))
+            continue
+        kept.append(r)
+    used = {r["provenance"] for r in kept if "provenance" in r}
+    return Previous(kept, float(old.get("total_seconds", 0.0)), changed, stale,
+                    {k: v for k, v in table_.items() if k in used})
+
+
+def intern_provenance(result: dict, table_: dict) -> dict:
+    """``result`` with its provenance replaced by a key into ``table_`` (added there): results of one method share
+    one entry, which keeps the file small."""
+    prov = result.get("provenance")
+    if not isinstance(prov, dict):
+        return result
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()[:12]
+    table_.setdefault(key, prov)
+    return {**result, "provenance": key}
 
 
 # Cost of one (task, image) unit of a method, averaged over the tasks: --jobs runs the cheapest methods first, so a
@@ -164,6 +203,7 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
     """Metrics of one method on image i of ``images`` for one task (its observation seeded by i, drawn on the CPU so
     every device sees the same), or a note saying why there are none."""
     from restore import metrics
+    from restore.priors import registry
     from restore.tasks import parse
 
     name, x = images[i]
@@ -183,6 +223,8 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
             est = y if y.shape == x.shape else torch.nn.functional.interpolate(
                 y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
         m = {"psnr": float(metrics.psnr(est, x)), "ssim": float(metrics.ssim(est, x))}
+        if cfg["baseline"] == "tokenizer":
+            out["provenance"] = {"solvers": [], "priors": {"tokens-natural": registry.digest("tokens-natural")}}
     else:
         try:
             if cfg.get("baseline") == "diffpir":
@@ -192,6 +234,8 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
         except Exception as exc:  # one failing method must not lose the others' rows
             return {**out, "note": f"failed on image {i}: {exc}"[:200]}
         m = metrics.report(post, x)
+        out["provenance"] = post.meta.get("provenance") or {
+            "solvers": [], "priors": {"score-natural": registry.digest("score-natural")}}  # DiffPIR: our denoiser
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0}
 
 
@@ -299,11 +343,15 @@ def main(argv=None):
                 "methods": all_methods}
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
     per_image, done = [], set()
+    provenances: dict = {}
     if args.resume:
-        per_image, prev_seconds, changed = previous_results(args.out or RESULTS / f"{name}.json", settings)
+        prev = previous_results(args.out or RESULTS / f"{name}.json", settings)
+        per_image, prev_seconds, provenances = prev.kept, prev.seconds, prev.provenances
         done = {(r["task"], r["method"], r["image"]) for r in per_image}
         print(f"resuming: {len(done)} task x method x image results kept"
-              + (f"; rerunning {', '.join(changed)} (settings changed)" if changed else ""), flush=True)
+              + (f"; rerunning {', '.join(prev.changed)} (settings changed)" if prev.changed else ""), flush=True)
+        for m, why in prev.stale.items():
+            print(f"rerunning {m}: {'; '.join(why)}", flush=True)
     else:
         prev_seconds = 0.0
     t_start = time.time() - prev_seconds
@@ -314,9 +362,11 @@ def main(argv=None):
         extra = {"jobs": args.jobs, "threads_per_job": 1} if args.jobs > 1 else {}
         rows = summarise(per_image, all_tasks, all_methods, len(images))
         return write_results(name, {**settings, "device": args.device, "complete": complete, **extra, "rows": rows,
-                                    "per_image": per_image, "total_seconds": time.time() - t_start}, args.out)
+                                    "per_image": per_image, "provenances": provenances,
+                                    "total_seconds": time.time() - t_start}, args.out)
 
     def finished(result: dict):
+        result = intern_provenance(result, provenances)
         per_image.append(result)
         save(complete=False)
         print(f"[{time.time() - t_start:6.0f}s] {result['task']:<16} {result['method']:<24} {result['image']:<12} "

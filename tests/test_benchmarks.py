@@ -93,14 +93,45 @@ def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
                 "methods": {"a": {"solver": "a", "options": {}}, "b": {"solver": "b", "options": {"steps": 3}}}}
     per_image = [{"task": "t", "method": m, "image": "1", "psnr": 20.0} for m in ("a", "b", "gone")]
     path.write_text(json.dumps({**settings, "per_image": per_image, "total_seconds": 5.0}))
-    assert quality.previous_results(path, settings) == (per_image[:2], 5.0, [])
+    assert quality.previous_results(path, settings) == (per_image[:2], 5.0, [], {}, {})
     changed = {**settings, "methods": {**settings["methods"], "b": {"solver": "b", "options": {"steps": 4}},
                                        "c": {"solver": "c", "options": {}}}}
-    kept, seconds, rerun = quality.previous_results(path, changed)
-    assert [r["method"] for r in kept] == ["a"] and rerun == ["b"] and seconds == 5.0
+    prev = quality.previous_results(path, changed)
+    assert [r["method"] for r in prev.kept] == ["a"] and prev.changed == ["b"] and prev.seconds == 5.0
     with pytest.raises(SystemExit, match="other settings"):
         quality.previous_results(path, {**settings, "crop": 16})
-    assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [])
+    assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [], {}, {})
+
+
+def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path):
+    from dataclasses import asdict
+
+    from restore import provenance
+    from restore.priors import registry
+    from restore.solvers import base
+
+    now = {"solvers": [{"name": "reddiff", "options": {"steps": 3},
+                        "config": asdict(base.get("reddiff", steps=3).config)}],
+           "priors": {"score-natural": registry.digest("score-natural")}}
+    assert provenance.stale(now) == []
+    old_default = {**now, "solvers": [{**now["solvers"][0], "config": {**now["solvers"][0]["config"], "lr": 9.0}}]}
+    assert provenance.stale(old_default) == ["solver reddiff defaults changed: lr"]
+    retrained = {**now, "priors": {"score-natural@int8": "0" * 16}}
+    assert provenance.stale(retrained) == ["prior score-natural: files changed"]
+
+    table_ = {}
+    rows = [quality.intern_provenance({"task": "t", "method": m, "image": "1", "psnr": 20.0, "provenance": p},
+                                      table_) for m, p in (("a", now), ("b", old_default), ("c", now))]
+    rows.append({"task": "t", "method": "legacy", "image": "1", "psnr": 20.0})  # from before provenance: kept
+    assert rows[0]["provenance"] == rows[2]["provenance"] and len(table_) == 2
+    settings = {"images": ["1"], "crop": 8, "samples": 2, "tasks": {"t": "denoise:gaussian:sigma=0.1"},
+                "methods": {m: {"solver": "reddiff", "options": {}} for m in ("a", "b", "c", "legacy")}}
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps({**settings, "per_image": rows, "provenances": table_, "total_seconds": 1.0}))
+    prev = quality.previous_results(path, settings)
+    assert [r["method"] for r in prev.kept] == ["a", "c", "legacy"]
+    assert prev.stale == {"b": ["solver reddiff defaults changed: lr"]}
+    assert list(prev.provenances) == [rows[0]["provenance"]]
 
 
 def test_cards_that_saw_an_evaluation_set_are_refused(tmp_path, monkeypatch):

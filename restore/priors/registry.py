@@ -29,6 +29,7 @@ class Prior:
     kind: str
     module: torch.nn.Module
     card: dict = field(default_factory=dict)
+    digest: str | None = None  # of the files it was loaded from (``digest``); None when built in code
 
     def to(self, device) -> "Prior":
         self.module.to(device)
@@ -90,6 +91,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ck
 
 
+_DIGESTS: dict = {}
+
+
+def file_digest(stem: str) -> str:
+    """sha256 (16 hex digits) of ``models/STEM.pt`` and its card ``STEM.json``: the identity of a trained prior, which
+    changes when it is retrained or its card recalibrated. Cached per file size and modification time."""
+    files = [models_dir() / f"{stem}.pt", models_dir() / f"{stem}.json"]
+    key = tuple((str(f), *((f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else ())) for f in files)
+    if key not in _DIGESTS:
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes() if f.exists() else b"missing")
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def digest(name: str) -> str:
+    """The identity of registered prior ``name`` as it would load now: its files' digest, or 'builtin' for a
+    weight-free prior."""
+    s = spec(name)
+    return file_digest(s.file) if s.file else "builtin"
+
+
 def read_card(stem: str) -> dict:
     f = models_dir() / f"{stem}.json"
     return json.loads(f.read_text()) if f.exists() else {"name": stem}
@@ -108,7 +134,7 @@ def _trained(stem: str, kind: str, builder: str, strict: bool = True) -> Callabl
             net.load_state_dict(ck["state_dict"], strict=strict)
         except RuntimeError as exc:
             raise PriorError(f"checkpoint {stem}.pt does not fit {fn}({ck['config']}): {exc}") from None
-        return Prior(stem, kind, _frozen(net), read_card(stem))
+        return Prior(stem, kind, _frozen(net), read_card(stem), file_digest(stem))
 
     return load
 
@@ -151,4 +177,8 @@ def spec(name: str) -> PriorSpec:
 
 def load(name: str, device: str | torch.device = "cpu") -> Prior:
     """Load a registered prior by name onto ``device``."""
-    return spec(name).loader().to(device)
+    from restore import provenance
+
+    prior = spec(name).loader().to(device)
+    provenance.note_prior(name, prior.digest or digest(name))
+    return prior

@@ -25,6 +25,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
+from restore import provenance
 from restore.posterior import Posterior
 
 ProgressFn = Callable[[float, str], None]
@@ -66,6 +67,7 @@ class Solver:
         if unknown:
             raise SolverError(f"{self.name} has no option {', '.join(sorted(unknown))}; options: {', '.join(sorted(known))}")
         self.config = dataclasses.replace(base, **overrides)
+        self.options = dict(overrides)  # as given, for provenance: replaying them shows whether defaults changed
 
     def supports(self, task) -> str | None:
         """None if the solver can run ``task`` (a restore.tasks.Task), else the reason it cannot."""
@@ -91,7 +93,11 @@ class Solver:
             generator = torch.Generator(device=y.device).manual_seed(0)
         report = progress or (lambda f, m: None)
         t0 = time.perf_counter()
-        post = self._solve(y, physics, prior, n_samples=n_samples, generator=generator, progress=report)
+        with provenance.recording() as used:
+            provenance.note_solver(self.name, self.options, dataclasses.asdict(self.config))
+            if prior is not None:
+                provenance.note_prior(prior.name, _prior_digest(prior))
+            post = self._solve(y, physics, prior, n_samples=n_samples, generator=generator, progress=report)
         seconds = time.perf_counter() - t0
         report(1.0, "done")
         post.meta.setdefault("timings", {})["total_s"] = round(seconds, 4)
@@ -101,11 +107,22 @@ class Solver:
             "config": dataclasses.asdict(self.config),
             "n_samples": n_samples,
             "versions": versions(),
+            "provenance": used.as_dict(),
         })
         return post
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover
         raise NotImplementedError
+
+
+def _prior_digest(prior) -> str | None:
+    """The prior's files' digest; for a copy made in code (a quantised NAME@SCHEME) that of the registered NAME."""
+    if getattr(prior, "digest", None):
+        return prior.digest
+    from restore.priors import registry
+
+    base_name = str(prior.name).split("@")[0]
+    return registry.digest(base_name) if base_name in registry.PRIORS else None
 
 
 def versions() -> dict:
