@@ -50,8 +50,9 @@ def _settings(methods: dict) -> str:
 def _speed(data: dict) -> str:
     cols = ["solver", "size", "seconds_K1", "seconds_K4", "seconds_per_extra_sample", "peak_MiB_K4",
             "MiB_per_megapixel_K4", "note"]
-    return (f"**Speed and memory** (CPU, {data['threads']} threads, `{data['task']}`, default configs)\n\n"
-            + table(data["rows"], cols))
+    kept = "; ".join(f"`{k['command']}`" + (f" ({k['date']})" if k.get("date") else "") for k in data.get("kept_from", []))
+    return (f"**Speed and memory** (CPU, {data['threads']} threads, `{data['task']}`, default configs"
+            + (f"; the other solvers' rows are kept from {kept}" if kept else "") + ")\n\n" + table(data["rows"], cols))
 
 
 def _calibration(data: dict) -> str:

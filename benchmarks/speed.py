@@ -35,14 +35,14 @@ DEFAULT_ITERATIONS = {"vble": 300}  # configs whose default is None (task-depend
 
 def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict) -> tuple[list[dict], list]:
     """``rows`` (the solvers in ``measured``) plus the other solvers' rows of an earlier results file ``old``, when
-    ``old`` has the same ``settings``; also the commands the kept rows came from. Pure."""
+    ``old`` has the same ``settings``; also the runs ({command, date}) the kept rows came from. Pure."""
     if not old or any(old.get(k) != v for k, v in settings.items()):
         return rows, []
     kept = [r for r in old.get("rows", []) if r.get("solver") not in measured]
     if not kept:
         return rows, []
-    sources = [c for c in [*old.get("kept_from", []), old.get("command")] if c]
-    return kept + rows, list(dict.fromkeys(sources))
+    sources = [*old.get("kept_from", []), {"command": old.get("command"), "date": old.get("environment", {}).get("date")}]
+    return kept + rows, [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in sources)]
 
 
 class PeakRSS:

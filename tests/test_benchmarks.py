@@ -161,7 +161,7 @@ def test_speed_rerun_of_some_solvers_keeps_the_others_rows():
     new = [{"solver": "pmrf", "size": 128, "seconds_K1": 0.5}]
     rows, sources = merge_rows(old, new, ["pmrf"], settings)
     assert {r["solver"]: r["seconds_K1"] for r in rows} == {"vble": 3.0, "pmrf": 0.5}
-    assert sources == ["python -m benchmarks.speed --quick"]
+    assert sources == [{"command": "python -m benchmarks.speed --quick", "date": None}]
     # other settings (here the thread count): the old rows are not comparable and are dropped
     rows, sources = merge_rows(old, new, ["pmrf"], {**settings, "threads": 1})
     assert rows == new and sources == []
