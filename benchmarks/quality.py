@@ -8,7 +8,9 @@ Tasks (noise std on the /255 scale, as in notes/vble.md and DESIGN.md): Gaussian
 paper's gaussian_std1 kernel at 2.55 and the levin09_0 motion kernel at 7.65; x4 bicubic SR at 2.55; inpainting of 50%
 random pixels and of a centred box (30% of each side) at 2.55. Each image's observation is seeded by its index.
 Baselines on the same observations: the degraded input (or bicubic upsampling for SR), PnP-ULA on our score prior
-(the `langevin` solver with prior score-natural) and deepinv's DiffPIR on our score prior. Metrics per DESIGN.md:
+(the `langevin` solver with prior score-natural), deepinv's DiffPIR on our score prior, and two classical point
+estimates through deepinv (``benchmarks.classical``): Wiener-Hunt deconvolution (denoising and deblurring) and
+TV-regularised least squares (every task), their weights scanned on BSD432 training crops. Metrics per DESIGN.md:
 PSNR, SSIM, LPIPS when its backbone is on disk, coverage of the 90% interval, std-|error| Spearman correlation,
 sample diversity, seconds per image. A solver that cannot run a task gets a row saying why.
 """
@@ -24,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from benchmarks import classical
 from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, load_set, table,
                                write_results)
 
@@ -68,6 +71,10 @@ def methods(quick: bool) -> dict[str, dict]:
     out["pnp-ula (score-natural)"] = {"solver": "langevin", "prior": "score-natural",
                                       "options": {"iterations": 50 if quick else 500, "prior_sigma": 0.02}}
     out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 10 if quick else 100}
+    # classical point estimates (benchmarks.classical): no posterior, so PSNR and SSIM only
+    out["wiener-hunt"] = {"baseline": "wiener", "weights": dict(classical.WEIGHTS["wiener"])}
+    out["tv least squares"] = {"baseline": "tv", "weights": dict(classical.WEIGHTS["tv"]),
+                               "iterations": classical.TV_ITERATIONS}
     # APS cannot beat its tokenizer: the PSNR of tokenizer(x) against x is its ceiling (same on every task)
     out["tokenizer ceiling (tokens-natural)"] = {"baseline": "tokenizer"}
     return out
@@ -100,13 +107,15 @@ class Previous(NamedTuple):
     changed: list  # methods rerun because their benchmark settings changed
     stale: dict  # method -> why some of its results are rerun (solver defaults or prior files changed since)
     provenances: dict  # the provenance table of the kept results (key -> provenance)
+    carried: dict = {}  # method -> its settings in the file, for the ``carry`` methods found there
 
 
-def previous_results(path, settings: dict) -> Previous:
+def previous_results(path, settings: dict, carry=()) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
     samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
     also dropped when that no longer holds (``restore.provenance.stale``: a solver default or a prior's weights or
-    card changed since); results from before provenance was recorded are kept as they are."""
+    card changed since); results from before provenance was recorded are kept as they are. Methods named in
+    ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched."""
     from restore import provenance
 
     path = Path(path)
@@ -125,8 +134,12 @@ def previous_results(path, settings: dict) -> Previous:
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
     reasons = {key: provenance.stale(prov) for key, prov in table_.items()}
+    carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}
     for r in old["per_image"]:
+        if r["method"] in carried:
+            kept.append(r)
+            continue
         if r["method"] not in settings["methods"] or r["method"] in changed:
             continue
         why = reasons.get(r.get("provenance"), [])
@@ -136,7 +149,7 @@ def previous_results(path, settings: dict) -> Previous:
         kept.append(r)
     used = {r["provenance"] for r in kept if "provenance" in r}
     return Previous(kept, float(old.get("total_seconds", 0.0)), changed, stale,
-                    {k: v for k, v in table_.items() if k in used})
+                    {k: v for k, v in table_.items() if k in used}, carried)
 
 
 def intern_provenance(result: dict, table_: dict) -> dict:
@@ -195,6 +208,9 @@ def cannot_run(spec: str, mname: str, cfg: dict, ctx: Context) -> str | None:
         return "n/a: score-natural weights missing"
     if cfg.get("baseline") == "tokenizer" and ctx.tokenizer is None:
         return "n/a: tokens-natural weights missing"
+    if cfg.get("baseline") in classical.ESTIMATORS:
+        reason = classical.supports(cfg["baseline"], parse(spec).kind)
+        return f"n/a: {reason}" if reason else None
     return None
 
 
@@ -215,10 +231,13 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
     y, physics = task.simulate(x, torch.Generator().manual_seed(i))
     x, y, physics = x.to(ctx.device), y.to(ctx.device), physics.to(ctx.device)
     t0 = time.perf_counter()
-    if cfg.get("baseline") in ("input", "tokenizer"):
+    if cfg.get("baseline") in ("input", "tokenizer", *classical.ESTIMATORS):
         if cfg["baseline"] == "tokenizer":
             with torch.no_grad():
                 est = ctx.tokenizer(x).clamp(0, 1)
+        elif cfg["baseline"] in classical.ESTIMATORS:
+            est = classical.ESTIMATORS[cfg["baseline"]](y, physics, cfg["weights"][task.kind],
+                                                        **({"iterations": cfg["iterations"]} if "iterations" in cfg else {}))
         else:
             est = y if y.shape == x.shape else torch.nn.functional.interpolate(
                 y, scale_factor=task.scale, mode="bicubic").clamp(0, 1)
@@ -308,7 +327,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--samples", type=int, default=None, help="posterior samples (default 2 quick, 8 full)")
     ap.add_argument("--tasks", nargs="*", default=None, help="subset of task names")
-    ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="subset of method names; with --resume the other methods' results stay in the file")
     ap.add_argument("--images", type=int, default=None, help="only the first N images of the set")
     ap.add_argument("--subset", choices=["quick", "all"], default=None,
                     help="which CBSD68 images: the 4 fixed quick ones or all 68 (default: quick with --quick)")
@@ -337,16 +357,24 @@ def main(argv=None):
     images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
     trimmed = args.quick and not args.paper_settings
-    all_methods = {k: v for k, v in methods(trimmed).items()
+    defined = methods(trimmed)
+    if args.methods and set(args.methods) - set(defined):
+        raise SystemExit(f"unknown method(s) {', '.join(sorted(set(args.methods) - set(defined)))}; "
+                         f"known: {', '.join(defined)}")
+    all_methods = {k: v for k, v in defined.items()
                    if (k in args.methods if args.methods else not (trimmed and v.get("full_only")))}
     settings = {"images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
                 "methods": all_methods}
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
     per_image, done = [], set()
     provenances: dict = {}
+    file_methods = all_methods  # what the file holds: with --methods and --resume, the other methods' rows stay
     if args.resume:
-        prev = previous_results(args.out or RESULTS / f"{name}.json", settings)
+        prev = previous_results(args.out or RESULTS / f"{name}.json", settings,
+                                carry=[m for m in defined if m not in all_methods] if args.methods else ())
         per_image, prev_seconds, provenances = prev.kept, prev.seconds, prev.provenances
+        file_methods = {m: all_methods.get(m) or prev.carried[m] for m in defined
+                        if m in all_methods or m in prev.carried}
         done = {(r["task"], r["method"], r["image"]) for r in per_image}
         print(f"resuming: {len(done)} task x method x image results kept"
               + (f"; rerunning {', '.join(prev.changed)} (settings changed)" if prev.changed else ""), flush=True)
@@ -360,8 +388,10 @@ def main(argv=None):
 
     def save(complete: bool):
         extra = {"jobs": args.jobs, "threads_per_job": 1} if args.jobs > 1 else {}
-        rows = summarise(per_image, all_tasks, all_methods, len(images))
-        return write_results(name, {**settings, "device": args.device, "complete": complete, **extra, "rows": rows,
+        rows = summarise(per_image, all_tasks, file_methods, len(images))
+        gaps = [r for r in rows if r.get("note", "").startswith("not run yet") or "so far" in r.get("note", "")]
+        complete = complete and not gaps  # a --methods run leaves the others' gaps open
+        return write_results(name, {**settings, "methods": file_methods, "device": args.device, "complete": complete, **extra, "rows": rows,
                                     "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
 

@@ -93,14 +93,18 @@ def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
                 "methods": {"a": {"solver": "a", "options": {}}, "b": {"solver": "b", "options": {"steps": 3}}}}
     per_image = [{"task": "t", "method": m, "image": "1", "psnr": 20.0} for m in ("a", "b", "gone")]
     path.write_text(json.dumps({**settings, "per_image": per_image, "total_seconds": 5.0}))
-    assert quality.previous_results(path, settings) == (per_image[:2], 5.0, [], {}, {})
+    assert quality.previous_results(path, settings) == (per_image[:2], 5.0, [], {}, {}, {})
     changed = {**settings, "methods": {**settings["methods"], "b": {"solver": "b", "options": {"steps": 4}},
                                        "c": {"solver": "c", "options": {}}}}
     prev = quality.previous_results(path, changed)
     assert [r["method"] for r in prev.kept] == ["a"] and prev.changed == ["b"] and prev.seconds == 5.0
     with pytest.raises(SystemExit, match="other settings"):
         quality.previous_results(path, {**settings, "crop": 16})
-    assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [], {}, {})
+    assert quality.previous_results(tmp_path / "none.json", settings) == ([], 0.0, [], {}, {}, {})
+    # --methods b with --resume: a's results and settings are carried, not dropped
+    only_b = {**settings, "methods": {"b": settings["methods"]["b"]}}
+    prev = quality.previous_results(path, only_b, carry=["a"])
+    assert [r["method"] for r in prev.kept] == ["a", "b"] and prev.carried == {"a": settings["methods"]["a"]}
 
 
 def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path):
@@ -166,3 +170,36 @@ def test_speed_rerun_of_some_solvers_keeps_the_others_rows():
     rows, sources = merge_rows(old, new, ["pmrf"], {**settings, "threads": 1})
     assert rows == new and sources == []
     assert merge_rows(None, new, ["pmrf"], settings) == (new, [])
+
+
+@pytest.mark.parametrize("spec,methods", [
+    ("denoise:gaussian:sigma=0.1", ("wiener", "tv")),
+    ("deblur:gaussian:sigma=1.5,noise=0.01", ("wiener", "tv")),
+    ("sr:bicubic:factor=2,noise=0.01", ("tv",)),
+    ("inpaint:random:missing=0.5,noise=0.01", ("tv",)),
+])
+def test_classical_baselines_beat_the_degraded_input(clean_rgb, spec, methods):
+    from benchmarks import classical
+    from restore import metrics
+    from restore.tasks import parse
+
+    task = parse(spec)
+    y, physics = task.simulate(clean_rgb, torch.Generator().manual_seed(0))
+    base = y if y.shape == clean_rgb.shape else torch.nn.functional.interpolate(y, scale_factor=task.scale,
+                                                                                mode="bicubic").clamp(0, 1)
+    for m in methods:
+        assert classical.supports(m, task.kind) is None
+        est = classical.ESTIMATORS[m](y, physics, iterations=60) if m == "tv" else classical.wiener(y, physics)
+        assert est.shape == clean_rgb.shape and 0 <= float(est.min()) and float(est.max()) <= 1
+        assert float(metrics.psnr(est, clean_rgb)) > float(metrics.psnr(base, clean_rgb)) + 0.3, m
+    if "wiener" not in methods:
+        assert "applies to denoise and deblur tasks only" in classical.supports("wiener", task.kind)
+
+
+def test_classical_weights_pick_the_best_of_a_family():
+    from benchmarks.classical import family_weights
+
+    scan = {"tv": {"a": {"family": "deblur", "psnr": {1.0: 20.0, 10.0: 22.0}},
+                   "b": {"family": "deblur", "psnr": {1.0: 25.0, 10.0: 24.5}},
+                   "c": {"family": "sr", "psnr": {1.0: 20.0, 10.0: 19.0}}}}
+    assert family_weights(scan) == {"tv": {"deblur": 10.0, "sr": 1.0}}
