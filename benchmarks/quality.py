@@ -403,7 +403,17 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {result['task']:<16} {result['method']:<24} {result['image']:<12} "
               + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
-    run_units(todo, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
+    # units a solver or classical baseline cannot run are answered here at once, not queued behind hours of real ones
+    light = Context({m: c for m, c in all_methods.items() if "solver" in c}, args.device)
+    queued = []
+    for t, s, m, c, i in todo:
+        reason = (cannot_run(s, m, c, light) if "solver" in c or c.get("baseline") in classical.ESTIMATORS
+                  else None)
+        if reason:
+            finished({"task": t, "method": m, "image": images[i][0], "note": reason})
+        else:
+            queued.append((t, s, m, c, i))
+    run_units(queued, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
     cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
             "seconds", "note"]
     print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))

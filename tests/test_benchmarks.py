@@ -203,3 +203,31 @@ def test_classical_weights_pick_the_best_of_a_family():
                    "b": {"family": "deblur", "psnr": {1.0: 25.0, 10.0: 24.5}},
                    "c": {"family": "sr", "psnr": {1.0: 20.0, 10.0: 19.0}}}}
     assert family_weights(scan) == {"tv": {"deblur": 10.0, "sr": 1.0}}
+
+
+def test_quality_run_answers_unrunnable_units_at_once_and_a_methods_rerun_keeps_the_rest(tmp_path, monkeypatch):
+    import numpy as np
+
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "CBSD68", 1, 40, 40)
+    (tmp_path / "kernels").mkdir()
+    k = np.exp(-0.5 * (np.arange(-3, 4)[:, None] ** 2 + np.arange(-3, 4)[None] ** 2))
+    np.save(tmp_path / "kernels" / "gaussian_std1.npy", k / k.sum())
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path))
+    out = tmp_path / "q.json"
+    common = ["--subset", "all", "--crop", "32", "--samples", "2", "--tasks", "deblur_gauss1", "--out", str(out)]
+    # scoredvi cannot deblur: its row says so without a worker ever starting it
+    quality.main(common + ["--methods", "input", "wiener-hunt", "scoredvi"])
+    first = json.loads(out.read_text())
+    rows = {r["method"]: r for r in first["rows"]}
+    assert rows["scoredvi"]["note"].startswith("n/a:") and rows["wiener-hunt"]["psnr"] > rows["input"]["psnr"]
+    assert first["complete"] is True
+    quality.main(common + ["--methods", "tv least squares", "--resume"])
+    second = json.loads(out.read_text())
+    assert list(second["methods"]) == ["input", "scoredvi", "wiener-hunt", "tv least squares"]
+    assert {r["method"] for r in second["per_image"]} == {"input", "scoredvi", "wiener-hunt", "tv least squares"}
+    kept = {r["method"]: r for r in second["per_image"]}
+    assert kept["wiener-hunt"]["psnr"] == rows["wiener-hunt"]["psnr"]
+    with pytest.raises(SystemExit, match="unknown method"):
+        quality.main(common + ["--methods", "no such method"])
