@@ -25,17 +25,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from restore.tasks import kind_of
+
 # lambda / sigma^2 per task family, from python -m benchmarks.classical (results/classical.json)
 WEIGHTS = {"wiener": {"denoise": 30.0, "deblur": 30.0},
            "tv": {"denoise": 10.0, "deblur": 10.0, "sr": 10.0, "inpaint": 30.0}}
 TV_ITERATIONS = 200
-FAMILY = {"Denoising": "denoise", "Blur": "deblur", "BlurFFT": "deblur", "Downsampling": "sr", "Inpainting": "inpaint"}
-
-
-def family(physics) -> str:
-    return FAMILY.get(type(physics).__name__, "other")
-
-
 def supports(method: str, kind: str) -> str | None:
     """None if ``method`` ('wiener' or 'tv') applies to tasks of this kind ('denoise', 'deblur', ...), else why not."""
     if kind not in WEIGHTS[method]:
@@ -49,8 +44,8 @@ def wiener(y: torch.Tensor, physics, weight: float | None = None) -> torch.Tenso
 
     from restore.solvers.base import noise_sigma
 
-    weight = WEIGHTS["wiener"][family(physics)] if weight is None else weight
-    if family(physics) == "denoise":
+    weight = WEIGHTS["wiener"][kind_of(physics)] if weight is None else weight
+    if kind_of(physics) == "denoise":
         kernel = torch.ones(1, 1, 1, 1, device=y.device)
     else:
         kernel = physics.filter
@@ -69,7 +64,7 @@ def tv(y: torch.Tensor, physics, weight: float | None = None, iterations: int = 
 
     from restore.solvers.base import initial_estimate, noise_sigma, operator_norm_sq
 
-    weight = WEIGHTS["tv"][family(physics)] if weight is None else weight
+    weight = WEIGHTS["tv"][kind_of(physics)] if weight is None else weight
     x0 = initial_estimate(y, physics)
     norm = operator_norm_sq(physics, x0.shape, torch.Generator(device=y.device).manual_seed(0))
     model = dinv.optim.optim_builder(iteration="FISTA", prior=dinv.optim.TVPrior(n_it_max=20),
@@ -101,7 +96,7 @@ def scan(images: torch.Tensor, task_specs: dict[str, str], grid=GRID, methods=("
             psnr = {w: sum(float(metrics.psnr(ESTIMATORS[method](y, ph, w), images[i:i + 1]))
                            for i, (y, ph) in enumerate(obs)) / len(obs) for w in grid}
             best = max(psnr, key=psnr.get)
-            out.setdefault(method, {})[tname] = {"family": family(obs[0][1]), "psnr": psnr, "best": best}
+            out.setdefault(method, {})[tname] = {"family": task.kind, "psnr": psnr, "best": best}
             print(f"{method:<7} {tname:<17} " + "  ".join(f"{w:g}:{v:.2f}" for w, v in psnr.items())
                   + f"  -> {best:g}", flush=True)
     return out

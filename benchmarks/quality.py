@@ -254,8 +254,8 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
         except Exception as exc:  # one failing method must not lose the others' rows
             return {**out, "note": f"failed on image {i}: {exc}"[:200]}
         m = metrics.report(post, x)
-        out["provenance"] = post.meta.get("provenance") or {
-            "solvers": [], "priors": {"score-natural": registry.digest("score-natural")}}  # DiffPIR: our denoiser
+        out["provenance"] = ({"solvers": [], "priors": {ctx.score.name: ctx.score.digest}}  # DiffPIR: our denoiser
+                             if cfg.get("baseline") == "diffpir" else post.meta["provenance"])
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0}
 
 
@@ -313,8 +313,17 @@ def run_units(todo: list, images: list, samples: int, device: str, jobs: int, fi
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    # units a method cannot run are answered here at once (evaluate_image returns their note without work), not
+    # queued behind hours of real ones
+    ctx = Context({m: c for _, _, m, c, _ in todo}, device)
+    runnable = []
+    for t, s, m, c, i in todo:
+        if cannot_run(s, m, c, ctx):
+            finished(evaluate_image(t, s, m, c, images, i, samples, ctx))
+        else:
+            runnable.append((t, s, m, c, i))
     cost = COST if cost is None else cost
-    todo = sorted(todo, key=lambda u: cost.get(u[2], 1.0))  # stable: task order kept within a cost
+    todo = sorted(runnable, key=lambda u: cost.get(u[2], 1.0))  # stable: task order kept within a cost
     arrays = [(n, x.numpy()) for n, x in images]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(arrays,)) as pool:
@@ -390,8 +399,9 @@ def main(argv=None):
     def save(complete: bool):
         extra = {"jobs": args.jobs, "threads_per_job": 1} if args.jobs > 1 else {}
         rows = summarise(per_image, all_tasks, file_methods, len(images))
-        gaps = [r for r in rows if r.get("note", "").startswith("not run yet") or "so far" in r.get("note", "")]
-        complete = complete and not gaps  # a --methods run leaves the others' gaps open
+        have = {(r["task"], r["method"], r["image"]) for r in per_image}
+        complete = complete and all((t, m, n) in have for t in all_tasks for m in file_methods
+                                    for n, _ in images)  # a --methods run leaves the others' gaps open
         return write_results(name, {**settings, "methods": file_methods, "device": args.device, "complete": complete, **extra, "rows": rows,
                                     "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
@@ -403,17 +413,7 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {result['task']:<16} {result['method']:<24} {result['image']:<12} "
               + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
-    # units a solver or classical baseline cannot run are answered here at once, not queued behind hours of real ones
-    light = Context({m: c for m, c in all_methods.items() if "solver" in c}, args.device)
-    queued = []
-    for t, s, m, c, i in todo:
-        reason = (cannot_run(s, m, c, light) if "solver" in c or c.get("baseline") in classical.ESTIMATORS
-                  else None)
-        if reason:
-            finished({"task": t, "method": m, "image": images[i][0], "note": reason})
-        else:
-            queued.append((t, s, m, c, i))
-    run_units(queued, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
+    run_units(todo, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
     cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
             "seconds", "note"]
     print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))

@@ -42,7 +42,7 @@ def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings
     if not kept:
         return rows, []
     sources = [*old.get("kept_from", []), {"command": old.get("command"), "date": old.get("environment", {}).get("date")}]
-    return kept + rows, [dict(t) for t in dict.fromkeys(tuple(sorted(c.items())) for c in sources)]
+    return kept + rows, [c for i, c in enumerate(sources) if c not in sources[:i]]  # each earlier run once
 
 
 class PeakRSS:

@@ -78,6 +78,7 @@ def stale(provenance: dict) -> list[str]:
             reasons.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
     for name, digest in provenance.get("priors", {}).items():
         base_name = name.split("@")[0]  # a quantised prior is named NAME@SCHEME
-        if base_name in registry.PRIORS and registry.digest(base_name) != digest:
+        # digest None: a prior made outside the registry, nothing to compare
+        if digest is not None and base_name in registry.PRIORS and registry.digest(base_name) != digest:
             reasons.append(f"prior {base_name}: files changed")
     return reasons

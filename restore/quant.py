@@ -150,7 +150,7 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
     keep = set(float_layers) | (_end_layers(prior, net) if keep_first_last else set())
     images = default_calibration() if calibration is None else calibration
     module = copy.deepcopy(prior.module)
-    q = Prior(f"{prior.name}@{scheme}", prior.kind, module, {**prior.card, "quantized": scheme})
+    q = Prior(f"{prior.name}@{scheme}", prior.kind, module, {**prior.card, "quantized": scheme}, prior.digest)
     qnet = _target(q)
     if backend == "pt2e":
         module.net = _pt2e_unet(qnet, lambda: _calibration_calls(q, images), bands, keep)
@@ -218,7 +218,7 @@ def _quantize_tokens(prior: Prior, scheme: str, calibration, keep_first_last: bo
     on CPU."""
     module = copy.deepcopy(prior.module)
     q = Prior(f"{prior.name}@{scheme}", prior.kind, module,
-              {**prior.card, "quantized": scheme, "quantized_parts": ["transformer"]})
+              {**prior.card, "quantized": scheme, "quantized_parts": ["transformer"]}, prior.digest)
     if scheme == "int8":
         from torch.ao.quantization import quantize_dynamic
 

@@ -31,6 +31,14 @@ KINDS = {
     "sr": ("bicubic",),
     "inpaint": ("random", "box", "mask"),
 }
+
+
+def kind_of(physics) -> str | None:
+    """The task kind ('denoise', 'deblur', 'sr', 'inpaint') of a deepinv physics built by :meth:`Task.physics`
+    (or of its FFT blur), or None for another physics."""
+    return {"Denoising": "denoise", "Blur": "deblur", "BlurFFT": "deblur", "Downsampling": "sr",
+            "Inpainting": "inpaint"}.get(type(physics).__name__)
+
 # Parameters each variant accepts, with defaults (None = required).
 PARAMS = {
     ("denoise", "gaussian"): {"sigma": None},

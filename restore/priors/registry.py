@@ -29,7 +29,7 @@ class Prior:
     kind: str
     module: torch.nn.Module
     card: dict = field(default_factory=dict)
-    digest: str | None = None  # of the files it was loaded from (``digest``); None when built in code
+    digest: str | None = None  # identity of what it was loaded from (``digest``), set by ``load``; copies keep it
 
     def to(self, device) -> "Prior":
         self.module.to(device)
@@ -180,5 +180,7 @@ def load(name: str, device: str | torch.device = "cpu") -> Prior:
     from restore import provenance
 
     prior = spec(name).loader().to(device)
-    provenance.note_prior(name, prior.digest or digest(name))
+    if prior.digest is None:  # a weight-free prior built in code
+        prior.digest = digest(name)
+    provenance.note_prior(name, prior.digest)
     return prior

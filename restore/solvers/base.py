@@ -96,7 +96,7 @@ class Solver:
         with provenance.recording() as used:
             provenance.note_solver(self.name, self.options, dataclasses.asdict(self.config))
             if prior is not None:
-                provenance.note_prior(prior.name, _prior_digest(prior))
+                provenance.note_prior(prior.name, getattr(prior, "digest", None))
             post = self._solve(y, physics, prior, n_samples=n_samples, generator=generator, progress=report)
         seconds = time.perf_counter() - t0
         report(1.0, "done")
@@ -113,16 +113,6 @@ class Solver:
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover
         raise NotImplementedError
-
-
-def _prior_digest(prior) -> str | None:
-    """The prior's files' digest; for a copy made in code (a quantised NAME@SCHEME) that of the registered NAME."""
-    if getattr(prior, "digest", None):
-        return prior.digest
-    from restore.priors import registry
-
-    base_name = str(prior.name).split("@")[0]
-    return registry.digest(base_name) if base_name in registry.PRIORS else None
 
 
 def versions() -> dict:

@@ -27,12 +27,10 @@ import torch
 
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
+from restore.tasks import kind_of
 
 
 PAPER_STEPS = 25  # K in the paper's inference.sh
-# deepinv physics class -> the task family under which a flow card keeps its Euler step count
-FAMILY_OF_PHYSICS = {"Denoising": "denoise", "Blur": "deblur", "BlurFFT": "deblur", "Downsampling": "sr",
-                     "Inpainting": "inpaint"}
 
 
 @dataclass
@@ -78,7 +76,7 @@ class PMRFSolver(Solver):
             if int(self.config.flow_steps) < 1:
                 raise SolverError(f"flow_steps must be >= 1; got {self.config.flow_steps}")
             return int(self.config.flow_steps), "config"
-        family = FAMILY_OF_PHYSICS.get(type(physics).__name__)
+        family = kind_of(physics)  # the flow card keeps its Euler step count per task kind
         card_steps = prior.card.get("euler_steps", {})
         if family in card_steps:
             return int(card_steps[family]), f"card ({family})"
