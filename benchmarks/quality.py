@@ -51,14 +51,16 @@ def methods(quick: bool) -> dict[str, dict]:
 
     # --quick trades iterations for time so every solver fits in 15 minutes on 2 cores; the full run uses the
     # solvers' default (paper) settings. Both are recorded in the JSON.
-    # Measured: 802 s in one process on 2 threads, 617 s with --jobs 2 (4 crops, 6 tasks, 2 samples). ScoreDVI gets
-    # 40 of its 400 iterations at 3x its paper lr (at 1e-3 it stays below the noisy input after 40 iterations:
-    # 19.8 dB vs 20.4).
-    quick_opts = {"langevin": {"iterations": 150}, "reddiff": {"steps": 30},
-                  "scoredvi": {"iterations": 40, "mc_samples": 1, "restart_std": None, "lr": 3e-3},
+    # Measured with --jobs 2 (4 crops, 6 tasks, 2 samples): 617 s on 2026-11-23 with the settings before these, and
+    # 1121 s with them on 2026-12-01, on a machine where the same denoiser call took 1.8x as long; so they were cut
+    # (Langevin 150 -> 100 iterations, RED-Diff and PMRF's mean 30 -> 20 steps, ScoreDVI 40 -> 30 iterations, APS 6 x 8
+    # -> 4 x 6 steps, PnP-ULA 50 -> 25, DiffPIR 10 -> 8). ScoreDVI gets 30 of its 400 iterations at 3x its paper lr
+    # (at 1e-3 it stays below the noisy input after 40 iterations: 19.8 dB vs 20.4).
+    quick_opts = {"langevin": {"iterations": 100}, "reddiff": {"steps": 20},
+                  "scoredvi": {"iterations": 30, "mc_samples": 1, "restart_std": None, "lr": 3e-3},
                   "vble": {"stat_samples": 32},
-                  "aps": {"steps": 6, "inner_steps": 8},
-                  "pmrf": {"mean_options": {"steps": 30}}}
+                  "aps": {"steps": 4, "inner_steps": 6},
+                  "pmrf": {"mean_options": {"steps": 20}}}
     out = {"input": {"baseline": "input"}}
     for name in base.names():
         out[name] = {"solver": name, "prior": None, "options": quick_opts.get(name, {}) if quick else {}}
@@ -69,8 +71,8 @@ def methods(quick: bool) -> dict[str, dict]:
     out["pmrf (paper: 25 Euler steps)"] = {"solver": "pmrf", "prior": None, "full_only": True,
                                            "options": {"flow_steps": 25, **(quick_opts["pmrf"] if quick else {})}}
     out["pnp-ula (score-natural)"] = {"solver": "langevin", "prior": "score-natural",
-                                      "options": {"iterations": 50 if quick else 500, "prior_sigma": 0.02}}
-    out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 10 if quick else 100}
+                                      "options": {"iterations": 25 if quick else 500, "prior_sigma": 0.02}}
+    out["diffpir (score-natural)"] = {"baseline": "diffpir", "max_iter": 8 if quick else 100}
     # classical point estimates (benchmarks.classical): no posterior, so PSNR and SSIM only
     out["wiener-hunt"] = {"baseline": "wiener", "weights": dict(classical.WEIGHTS["wiener"])}
     out["tv least squares"] = {"baseline": "tv", "weights": dict(classical.WEIGHTS["tv"]),
