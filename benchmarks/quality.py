@@ -170,11 +170,11 @@ def intern_provenance(result: dict, table_: dict) -> dict:
 # Cost of one (task, image) unit of a method, averaged over the tasks: --jobs runs the cheapest methods first, so a
 # run cut short (and resumed later) has whole rows for most methods rather than a few images of every one.
 # Quick settings: rough relative costs. Paper settings: seconds measured on one thread at 128 px with 4 samples
-# (quality_paper_quick.json); ScoreDVI runs only denoising, 3840 s an image (its restart always fires here), so
-# 640 s a unit.
+# (quality_paper_quick.json); ScoreDVI runs only denoising, 1550-1584 s an image, twice that when the paper's restart
+# fires (1 image of 4), so about 300 s a unit.
 COST = {"scoredvi": 40.0, "aps": 8.0, "pnp-ula (score-natural)": 4.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0,
         "pmrf": 2.0}
-PAPER_COST = {"pnp-ula (score-natural)": 764.0, "scoredvi": 640.0, "aps": 400.0, "reddiff": 181.0,
+PAPER_COST = {"pnp-ula (score-natural)": 764.0, "scoredvi": 300.0, "aps": 400.0, "reddiff": 181.0,
               "langevin": 131.0, "pmrf (paper: 25 Euler steps)": 79.0, "diffpir (score-natural)": 72.0,
               "vble (paper: fixed iterations)": 39.0, "pmrf": 20.0, "vble": 15.0}
 
