@@ -74,13 +74,13 @@ def test_scoredvi_denoises_blind_and_its_posterior_shrinks(clean_rgb, score):
     kw = dict(iterations=200, lr=2e-3, mc_samples=1, restart_std=None)  # about the paper's 400 steps at 1e-3
     y, post = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=4, **kw)
     assert post.mean.shape == clean_rgb.shape and post.samples.shape == (4, 3, 48, 48)
-    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 1.5
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 2
     assert float(post.std.min()) >= 0 and float(post.std.mean()) > 1e-3
     assert metrics.diversity(post) > 1e-3
     assert 0.05 < post.meta["estimated_noise_std"] < 0.2
     _, scalar = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, tweedie="scalar", **kw)
     assert float(post.std.mean()) < 0.6 * float(scalar.std.mean())
-    assert float(metrics.psnr(scalar.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 1.5
+    assert float(metrics.psnr(scalar.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 2
     with pytest.raises(base.SolverError, match="tweedie must be 'pixel' or 'scalar'"):
         _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, iterations=1, tweedie="map")
 
@@ -106,4 +106,3 @@ def test_scoredvi_accepts_real_noise_and_refuses_other_tasks(clean_rgb, score):
         fake = registry.Prior("x", "cae", torch.nn.Identity())
         y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb)
         base.get("reddiff")(y, physics, fake, n_samples=1)
-

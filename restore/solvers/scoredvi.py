@@ -26,8 +26,8 @@ too; its blind denoisers find the level themselves). ``tweedie="scalar"`` is the
 s_k = sqrt(mean(s2_k)) per component for both. Measured on a 96 px CBSD68 crop at sigma 25/255, paper settings
 (400 iterations, noisy input 20.33 dB): pixel 24.77 dB, final mean std 0.050; a per-pixel denominator with a
 scalar level diverges (14.4 dB); scalar, our former default, has 22.35 dB and std 0.22 already at 150 iterations and
-22.4-22.6 dB at 400 on 128 px crops, where its std stays at 0.15, so the paper's restart always fired. The std map is the paper's output variance,
-sum_k pi_k s2_k; posterior samples are N(estimate, that variance) per pixel. Mean-field samples are
+22.4-22.6 dB at 400 on 128 px crops, where its std stays at 0.15, so the paper's restart always fired. The std map
+is the paper's output variance, sum_k pi_k s2_k; posterior samples are N(estimate, that variance) per pixel. Mean-field samples are
 pixel-independent noise around the mean: expect no structural diversity, and check calibration in the benchmark.
 """
 
