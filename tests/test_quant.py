@@ -5,7 +5,7 @@ import torch
 
 from restore import Restorer
 from restore.priors import registry
-from restore.quant import QuantError, cache_dir, mixed_precision, quantize, sensitivity
+from restore.quant import QuantError, cache_dir, default_calibration, mixed_precision, quantize, sensitivity
 from restore.solvers.base import SolverError
 
 
@@ -70,18 +70,20 @@ def test_unsupported_priors(score):
 
 @pytest.mark.parametrize("scheme", ["int8", "w4a8"])
 def test_cached_copy_reloads_identically(score, noisy, scheme, tmp_path):
-    first = quantize(score, scheme, cache=tmp_path)
+    # the cache's behaviour, not accuracy: two small calibration crops and two bands keep the five builds short
+    small = {"calibration": default_calibration(32)[:2], "bands": 2}
+    first = quantize(score, scheme, cache=tmp_path, **small)
     files = list(tmp_path.glob(f"score-natural-{scheme}-*.pt"))
     assert len(files) == 1 and first.card["quantized_cache"] == str(files[0])
-    again = quantize(score, scheme, cache=tmp_path)  # built from the file: no calibration run
+    again = quantize(score, scheme, cache=tmp_path, **small)  # built from the file: no calibration run
     with torch.no_grad():
         assert torch.equal(first.module(noisy, 0.1), again.module(noisy, 0.1))
-    other = quantize(score, scheme, cache=tmp_path, keep_first_last=False)  # other options: another entry
+    other = quantize(score, scheme, cache=tmp_path, keep_first_last=False, **small)  # other options: another entry
     assert len(list(tmp_path.glob("*.pt"))) == 2 and other.card["quantized_cache"] != first.card["quantized_cache"]
     files[0].write_bytes(b"not a checkpoint")  # a damaged entry is rebuilt with a warning, not fatal
     with pytest.warns(UserWarning, match="unreadable quantisation cache"):
-        quantize(score, scheme, cache=tmp_path)
-    assert quantize(score, scheme, cache=False).card["quantized_cache"] is None
+        quantize(score, scheme, cache=tmp_path, **small)
+    assert quantize(score, scheme, cache=False, **small).card["quantized_cache"] is None
     assert str(cache_dir()).endswith("quant")
 
 
