@@ -231,3 +231,55 @@ def test_quality_run_answers_unrunnable_units_at_once_and_a_methods_rerun_keeps_
     assert kept["wiener-hunt"]["psnr"] == rows["wiener-hunt"]["psnr"]
     with pytest.raises(SystemExit, match="unknown method"):
         quality.main(common + ["--methods", "no such method"])
+
+
+def _real_pairs(root, clean: torch.Tensor, shift_noisy: bool = False):
+    """A CC15-like folder of two noisy/clean pairs whose noise is spatially correlated (blurred), like camera noise."""
+    from restore.io import write_image
+
+    g = torch.Generator().manual_seed(0)
+    for sub in ("noisy", "clean"):
+        (root / "CC15" / sub).mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(("a.png", "b.png")):
+        x = torch.roll(clean, shifts=8 * k, dims=-1)
+        n = torch.nn.functional.avg_pool2d(torch.randn(x.shape, generator=g), 3, 1, 1, count_include_pad=False)
+        y = (x + 0.25 * n).clamp(0, 1)  # blurred unit noise has std ~1/3, so about 0.08
+        write_image(root / "CC15" / "clean" / name, x[0].permute(1, 2, 0).numpy())
+        write_image(root / "CC15" / "noisy" / name, (y[..., :40, :] if shift_noisy and k else y)[0].permute(1, 2, 0).numpy())
+
+
+def test_realnoise_beats_the_noisy_photo_records_the_estimate_and_resumes(tmp_path, monkeypatch, capsys, clean_rgb):
+    from benchmarks import realnoise
+
+    _real_pairs(tmp_path / "data", clean_rgb)
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
+    out = tmp_path / "rn.json"
+    args = ["--sets", "CC15", "--crop", "48", "--methods", "input", "vble (sigma estimated)", "--out", str(out)]
+    realnoise.main(args)
+    data = json.loads(out.read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert data["complete"] and data["pairs"] == ["CC15/a.png", "CC15/b.png"] and len(data["per_image"]) == 4
+    assert rows["vble (sigma estimated)"]["psnr"] > rows["input"]["psnr"] + 1.0
+    assert 0.0 < rows["vble (sigma estimated)"]["coverage_90"] <= 1.0
+    for r in data["per_image"]:  # the estimate and the true residual std, on the /255 scale
+        assert 5 < r["sigma_true_255"] < 40 and 0 < r["sigma_estimated_255"] < 60
+    capsys.readouterr()
+    realnoise.main(args + ["--resume"])  # nothing left to run: the four results are kept
+    printed = capsys.readouterr().out
+    assert "resuming: 4 results kept" in printed and "PSNR " not in printed  # a unit run prints "PSNR xx.xx"
+    with pytest.raises(SystemExit, match="other pairs, crop or samples"):
+        realnoise.main(args[:3] + ["32"] + args[4:] + ["--resume"])
+    _real_pairs(tmp_path / "bad", clean_rgb, shift_noisy=True)
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "bad"))
+    with pytest.raises(SystemExit, match="b.png: noisy .* and clean .* differ in shape"):
+        realnoise.main(args)
+
+
+def test_realnoise_gives_scoredvi_the_sets_noise_prior(clean_rgb):
+    from benchmarks import realnoise
+
+    y = (clean_rgb + 0.05 * torch.randn(clean_rgb.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    cfg = {"solver": "scoredvi", "task": "real", "options": {"iterations": 5, "mc_samples": 1, "restart_std": None}}
+    r = realnoise.evaluate_pair("scoredvi", cfg, {"set": "SIDD-val-80", "image": "p.png", "noisy": y,
+                                                  "clean": clean_rgb}, 2, 0, {})
+    assert r["provenance"]["solvers"][0]["config"]["beta0"] == 0.02 and "coverage_90" in r and "psnr" in r

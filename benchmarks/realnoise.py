@@ -1,0 +1,226 @@
+"""Real camera noise: ScoreDVI on its own task, against the Gaussian solvers run at an estimated noise level.
+
+    python -m benchmarks.realnoise --quick --jobs 2   # 2 CC15 + 2 SIDD-val-80 pairs (QUICK_PAIRS), 64x64 centre crops
+    python -m benchmarks.realnoise --jobs 2           # all 15 CC15 + 80 SIDD-val-80 pairs, 128x128 centre crops
+
+The pairs are real photographs with a reference (CC15: mean of many shots of a static scene; SIDD: the dataset's
+ground truth), so the noise is signal-dependent and spatially correlated, not the i.i.d. Gaussian noise our priors
+were trained on. Methods, all at their default (paper) settings:
+  - ``input``: the noisy photo itself;
+  - ``scoredvi``: the only solver built for unknown noise, run on ``denoise:real`` with the paper's Gamma prior
+    beta_0 for the set (0.01 CC, 0.02 SIDD, from the reference code's settings);
+  - ``<solver> (sigma estimated)``: every Gaussian-noise solver on ``denoise:gaussian:sigma=s``, where s is ScoreDVI's
+    own noise estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD, on 4x4 pixel-shuffled
+    sub-images when the crop is large enough). This is what a user without ScoreDVI would do.
+Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
+estimate is off. Metrics as in ``benchmarks.quality``: PSNR, SSIM, 90% coverage, std-|error| Spearman, diversity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+from benchmarks.common import RESULTS, centre_crop, check_cards_exclude, data_root, table, write_results
+
+# The fixed quick pairs: the 1st and 8th CC15 files and the 1st and 41st SIDD-val-80 files by sorted name.
+QUICK_PAIRS = {"CC15": ("5dmark3_iso3200_1.png", "d800_iso1600_2.png"), "SIDD-val-80": ("10_1.png", "30_1.png")}
+SETS = ("CC15", "SIDD-val-80")
+BETA0 = {"CC15": 0.01, "SIDD-val-80": 0.02}  # ScoreDVI's Gamma prior rate per data set (reference code's values)
+# cheapest first when --jobs spreads the units (seconds a unit at 64 px on one thread, measured roughly)
+COST = {"scoredvi": 500.0, "aps (sigma estimated)": 50.0, "langevin (sigma estimated)": 20.0,
+        "reddiff (sigma estimated)": 13.0}
+
+
+def methods() -> dict[str, dict]:
+    """name -> {solver, task kind}; 'input' is the noisy photo."""
+    from restore.solvers import base
+
+    out = {"input": {"baseline": "input"}, "scoredvi": {"solver": "scoredvi", "task": "real"}}
+    for name in base.names():
+        if name != "scoredvi":
+            out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian"}
+    return out
+
+
+def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
+    """[{set, image, noisy, clean}] with (1, 3, crop, crop) tensors in [0, 1], sorted by set then file name."""
+    from restore.io import read_image
+
+    pairs = []
+    for s in sets:
+        folder = data_root() / s
+        names = sorted(p.name for p in (folder / "noisy").iterdir())
+        if quick:
+            missing = set(QUICK_PAIRS[s]) - set(names)
+            if missing:
+                raise SystemExit(f"{folder / 'noisy'} lacks {', '.join(sorted(missing))}")
+            names = list(QUICK_PAIRS[s])
+        for n in names:
+            noisy, clean = read_image(folder / "noisy" / n), read_image(folder / "clean" / n)
+            if noisy.shape != clean.shape:
+                raise SystemExit(f"{s}/{n}: noisy {tuple(noisy.shape)} and clean {tuple(clean.shape)} differ in shape")
+            pairs.append({"set": s, "image": n, "noisy": centre_crop(noisy, crop), "clean": centre_crop(clean, crop)})
+    return pairs
+
+
+def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, restorers: dict) -> dict:
+    """Metrics of one method on one noisy/clean pair (or a note saying why there are none)."""
+    from restore import metrics
+    from restore.api import Restorer
+    from restore.solvers.scoredvi import estimate_noise_std
+
+    y, x = pair["noisy"], pair["clean"]
+    sigma_hat = estimate_noise_std(y)
+    out = {"set": pair["set"], "image": pair["image"], "method": mname, "sigma_estimated_255": 255 * sigma_hat,
+           "sigma_true_255": 255 * float((y - x).std())}
+    t0 = time.perf_counter()
+    if cfg.get("baseline") == "input":
+        return {**out, "psnr": float(metrics.psnr(y, x)), "ssim": float(metrics.ssim(y, x))}
+    options = dict(cfg.get("options", {}))
+    if cfg["solver"] == "scoredvi":
+        options.setdefault("beta0", BETA0.get(pair["set"], 0.01))
+        spec = "denoise:real"
+    else:
+        spec = f"denoise:gaussian:sigma={sigma_hat:.6f}"
+    key = (mname, options.get("beta0"))
+    try:
+        if key not in restorers:
+            restorers[key] = Restorer(cfg["solver"], None, "cpu", **options)
+        post = restorers[key](y, spec, samples=samples, seed=seed)
+    except Exception as exc:  # one failing method must not lose the others' rows
+        return {**out, "note": f"failed: {exc}"[:200]}
+    m = metrics.report(post, x)
+    return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0,
+            "provenance": post.meta["provenance"]}
+
+
+def summarise(per_image: list[dict], method_names, pairs: list[dict]) -> list[dict]:
+    """One row per set x method: means over its pairs, a note for failures or pairs still missing."""
+    rows = []
+    for s in dict.fromkeys(p["set"] for p in pairs):
+        n = sum(p["set"] == s for p in pairs)
+        for m in method_names:
+            results = [r for r in per_image if r["set"] == s and r["method"] == m]
+            row = {"set": s, "method": m}
+            notes = [r["note"] for r in results if "note" in r]
+            if not results or notes:
+                rows.append({**row, "note": notes[0] if notes else "not run yet (--resume continues the run)"})
+                continue
+            for k in [k for k in results[0] if isinstance(results[0][k], float)]:
+                row[k] = sum(r[k] for r in results) / len(results)
+            if len(results) < n:
+                row["note"] = f"{len(results)}/{n} pairs so far"
+            rows.append(row)
+    return rows
+
+
+_PAIRS: list = []
+_RESTORERS: dict = {}
+
+
+def _worker_init(pairs: list):
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    _PAIRS[:] = [{**p, "noisy": torch.from_numpy(p["noisy"]), "clean": torch.from_numpy(p["clean"])} for p in pairs]
+
+
+def _worker(mname, cfg, i, samples):
+    return evaluate_pair(mname, cfg, _PAIRS[i], samples, i, _RESTORERS)
+
+
+def run_units(todo: list, pairs: list, samples: int, jobs: int, finished) -> None:
+    """Evaluate every (method name, config, pair index) in ``todo``, calling ``finished(result)`` as each is done;
+    jobs > 1: that many spawned processes of one thread each, cheapest methods first. Pair i is seeded by i."""
+    if jobs <= 1:
+        restorers: dict = {}
+        for m, c, i in todo:
+            finished(evaluate_pair(m, c, pairs[i], samples, i, restorers))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    arrays = [{**p, "noisy": p["noisy"].numpy(), "clean": p["clean"].numpy()} for p in pairs]
+    todo = sorted(todo, key=lambda u: COST.get(u[0], 1.0))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(arrays,)) as pool:
+        for fut in as_completed([pool.submit(_worker, m, c, i, samples) for m, c, i in todo]):
+            finished(fut.result())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="the 4 QUICK_PAIRS at 64 px instead of all 95 at 128 px")
+    ap.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS)
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
+    ap.add_argument("--crop", type=int, default=None, help="centre-crop size in px (default 64 quick, 128 full)")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the results in the output file written with the same pairs, crop and samples")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import json
+
+    from restore import provenance
+    from restore.priors import registry
+
+    for s in args.sets:
+        check_cards_exclude(s, [n for n in registry.available() if registry.PRIORS[n].file])
+    crop = args.crop or (64 if args.quick else 128)
+    pairs = load_pairs(args.sets, crop, args.quick)
+    defined = methods()
+    unknown = set(args.methods or ()) - set(defined)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(defined)}")
+    chosen = {m: c for m, c in defined.items() if not args.methods or m in args.methods}
+    settings = {"pairs": [f"{p['set']}/{p['image']}" for p in pairs], "crop": crop, "samples": args.samples}
+    name = "realnoise_quick" if args.quick else "realnoise"
+    path = RESULTS / f"{name}.json" if args.out is None else args.out
+    per_image, provenances, spent = [], {}, 0.0
+    if args.resume:
+        from pathlib import Path
+
+        if Path(path).exists():
+            old = json.loads(Path(path).read_text())
+            if any(old.get(k) != v for k, v in settings.items()):
+                raise SystemExit(f"{path} was written with other pairs, crop or samples; use another --out or drop "
+                                 "--resume")
+            table_ = old.get("provenances", {})
+            per_image = [r for r in old["per_image"] if r["method"] in chosen
+                         and not provenance.stale(table_.get(r.get("provenance"), {}))]
+            provenances = {k: v for k, v in table_.items() if k in {r.get("provenance") for r in per_image}}
+            spent = float(old.get("total_seconds", 0.0))
+            print(f"resuming: {len(per_image)} results kept", flush=True)
+    from benchmarks.quality import intern_provenance
+
+    done = {(r["set"], r["image"], r["method"]) for r in per_image}
+    todo = [(m, c, i) for m, c in chosen.items() for i, p in enumerate(pairs) if (p["set"], p["image"], m) not in done]
+    t_start = time.time() - spent
+
+    def save(complete: bool):
+        return write_results(name, {**settings, "methods": chosen, "beta0": BETA0, "jobs": args.jobs,
+                                    "complete": complete, "rows": summarise(per_image, chosen, pairs),
+                                    "per_image": per_image, "provenances": provenances,
+                                    "total_seconds": time.time() - t_start}, args.out)
+
+    def finished(result: dict):
+        per_image.append(intern_provenance(result, provenances))
+        save(complete=False)
+        print(f"[{time.time() - t_start:6.0f}s] {result['set']:<12} {result['image']:<22} {result['method']:<28} "
+              + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
+
+    run_units(todo, pairs, args.samples, args.jobs, finished)
+    cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
+            "sigma_true_255", "seconds", "note"]
+    print(table(summarise(per_image, chosen, pairs), cols))
+    out = save(complete=len(per_image) == len(chosen) * len(pairs))
+    print(f"wrote {out} in {time.time() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
