@@ -91,6 +91,10 @@ def test_upload_denoise_see_samples_and_std(page, sample):
     page.locator("#run").click()
     expect(page.locator("#gallery img").first).to_be_visible(timeout=120_000)
     expect(page.locator("#std img").first).to_be_visible()
+    # the 64 px estimate fills its panel (sharp pixels), not a thumbnail beside a large std map (Gradio's scale-down)
+    fit = page.locator("#mean img").first.evaluate(
+        "e => [getComputedStyle(e).objectFit, getComputedStyle(e).imageRendering]")
+    assert fit == ["contain", "pixelated"]
     expect(page.locator("#info")).to_contain_text("langevin", timeout=10_000)
     assert page.locator("#gallery img").count() >= 4
     expect(page.locator("#metrics")).to_contain_text(re.compile(r"langevin"))
