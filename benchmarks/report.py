@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections import Counter
 
 from benchmarks.common import REPO, RESULTS, table
 
@@ -37,6 +38,18 @@ def _quality(data: dict) -> str:
             + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
                if data.get("complete") is False else "")
             + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols))
+
+
+def _realnoise(data: dict) -> str:
+    cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
+            "sigma_true_255", "seconds", "note"]
+    sets = ", ".join(f"{n} {s}" for s, n in Counter(p.split("/")[0] for p in data["pairs"]).items())
+    return (f"**Real camera noise** ({sets} noisy/clean pairs, {data['crop']}x{data['crop']} centre crops, "
+            f"{data['samples']} samples, every method at its default settings; ScoreDVI on `denoise:real`, the "
+            "Gaussian solvers at ScoreDVI's noise estimate, `sigma_estimated_255`, beside the true residual std, "
+            "both on the /255 scale)"
+            + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
+               if data.get("complete") is False else "") + "\n\n" + table(data["rows"], cols))
 
 
 def _settings(methods: dict) -> str:
@@ -88,6 +101,7 @@ def _single(title: str):
 # In README order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
           "quality_vble_paper_quick": _quality,
+          "realnoise": _realnoise, "realnoise_quick": _realnoise,
           "calibration": _calibration, "calibration_paper_quick": _calibration, "calibration_quick": _calibration,
           "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
           "aps": _single("APS ablation on held-out BSD432 crops (paper steps)"),
