@@ -2,6 +2,7 @@
 
     python -m benchmarks.realnoise --quick --jobs 2   # 2 CC15 + 2 SIDD-val-80 pairs (QUICK_PAIRS), 64x64 centre crops
     python -m benchmarks.realnoise --jobs 2           # all 15 CC15 + 80 SIDD-val-80 pairs, 128x128 centre crops
+    python -m benchmarks.realnoise --device cuda --jobs 4 --resume   # the same on a lent GPU, in resumable pieces
 
 The pairs are real photographs with a reference (CC15: mean of many shots of a static scene; SIDD: the dataset's
 ground truth), so the noise is signal-dependent and spatially correlated, not the i.i.d. Gaussian noise our priors
@@ -67,7 +68,8 @@ def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
     return pairs
 
 
-def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, restorers: dict) -> dict:
+def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, restorers: dict,
+                  device: str = "cpu") -> dict:
     """Metrics of one method on one noisy/clean pair (or a note saying why there are none)."""
     from restore import metrics
     from restore.api import Restorer
@@ -89,11 +91,11 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     key = (mname, options.get("beta0"))
     try:
         if key not in restorers:
-            restorers[key] = Restorer(cfg["solver"], None, "cpu", **options)
-        post = restorers[key](y, spec, samples=samples, seed=seed)
+            restorers[key] = Restorer(cfg["solver"], None, device, **options)
+        post = restorers[key](y.to(device), spec, samples=samples, seed=seed)
     except Exception as exc:  # one failing method must not lose the others' rows
         return {**out, "note": f"failed: {exc}"[:200]}
-    m = metrics.report(post, x)
+    m = metrics.report(post, x.to(device))
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0,
             "provenance": post.meta["provenance"]}
 
@@ -128,17 +130,17 @@ def _worker_init(pairs: list):
     _PAIRS[:] = [{**p, "noisy": torch.from_numpy(p["noisy"]), "clean": torch.from_numpy(p["clean"])} for p in pairs]
 
 
-def _worker(mname, cfg, i, samples):
-    return evaluate_pair(mname, cfg, _PAIRS[i], samples, i, _RESTORERS)
+def _worker(mname, cfg, i, samples, device):
+    return evaluate_pair(mname, cfg, _PAIRS[i], samples, i, _RESTORERS, device)
 
 
-def run_units(todo: list, pairs: list, samples: int, jobs: int, finished) -> None:
+def run_units(todo: list, pairs: list, samples: int, jobs: int, finished, device: str = "cpu") -> None:
     """Evaluate every (method name, config, pair index) in ``todo``, calling ``finished(result)`` as each is done;
     jobs > 1: that many spawned processes of one thread each, cheapest methods first. Pair i is seeded by i."""
     if jobs <= 1:
         restorers: dict = {}
         for m, c, i in todo:
-            finished(evaluate_pair(m, c, pairs[i], samples, i, restorers))
+            finished(evaluate_pair(m, c, pairs[i], samples, i, restorers, device))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -147,7 +149,7 @@ def run_units(todo: list, pairs: list, samples: int, jobs: int, finished) -> Non
     todo = sorted(todo, key=lambda u: COST.get(u[0], 1.0))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(arrays,)) as pool:
-        for fut in as_completed([pool.submit(_worker, m, c, i, samples) for m, c, i in todo]):
+        for fut in as_completed([pool.submit(_worker, m, c, i, samples, device) for m, c, i in todo]):
             finished(fut.result())
 
 
@@ -160,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the results in the output file written with the same pairs, crop and samples")
     args = ap.parse_args(argv)
@@ -203,7 +206,7 @@ def main(argv=None):
     t_start = time.time() - spent
 
     def save(complete: bool):
-        return write_results(name, {**settings, "methods": chosen, "beta0": BETA0, "jobs": args.jobs,
+        return write_results(name, {**settings, "methods": chosen, "beta0": BETA0, "jobs": args.jobs, "device": args.device,
                                     "complete": complete, "rows": summarise(per_image, chosen, pairs),
                                     "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
@@ -214,7 +217,7 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {result['set']:<12} {result['image']:<22} {result['method']:<28} "
               + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
-    run_units(todo, pairs, args.samples, args.jobs, finished)
+    run_units(todo, pairs, args.samples, args.jobs, finished, args.device)
     cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
             "sigma_true_255", "seconds", "note"]
     print(table(summarise(per_image, chosen, pairs), cols))
