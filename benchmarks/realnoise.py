@@ -12,7 +12,9 @@ were trained on. Methods, all at their default (paper) settings:
     beta_0 for the set (0.01 CC, 0.02 SIDD, from the reference code's settings);
   - ``<solver> (sigma estimated)``: every Gaussian-noise solver on ``denoise:gaussian:sigma=s``, where s is ScoreDVI's
     own noise estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD, on 4x4 pixel-shuffled
-    sub-images when the crop is large enough). This is what a user without ScoreDVI would do.
+    sub-images when the crop is large enough). This is what a user without ScoreDVI would do;
+  - ``<solver> (oracle sigma)``: the same at the true residual std (noisy - clean), an oracle no user has, which tells
+    the noise estimate's share of the gap from the Gaussian model's.
 Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
 estimate is off. Metrics as in ``benchmarks.quality``: PSNR, SSIM, 90% coverage, std-|error| Spearman, diversity.
 """
@@ -31,9 +33,8 @@ from benchmarks.common import RESULTS, centre_crop, check_cards_exclude, data_ro
 QUICK_PAIRS = {"CC15": ("5dmark3_iso3200_1.png", "d800_iso1600_2.png"), "SIDD-val-80": ("10_1.png", "30_1.png")}
 SETS = ("CC15", "SIDD-val-80")
 BETA0 = {"CC15": 0.01, "SIDD-val-80": 0.02}  # ScoreDVI's Gamma prior rate per data set (reference code's values)
-# cheapest first when --jobs spreads the units (seconds a unit at 64 px on one thread, measured roughly)
-COST = {"scoredvi": 500.0, "aps (sigma estimated)": 50.0, "langevin (sigma estimated)": 20.0,
-        "reddiff (sigma estimated)": 13.0}
+# cheapest first when --jobs spreads the units: seconds a unit at 64 px on one thread (realnoise_quick.json)
+COST = {"scoredvi": 510.0, "aps": 61.0, "langevin": 19.0, "reddiff": 14.0, "vble": 4.0, "pmrf": 0.8}
 
 
 def methods() -> dict[str, dict]:
@@ -41,9 +42,13 @@ def methods() -> dict[str, dict]:
     from restore.solvers import base
 
     out = {"input": {"baseline": "input"}, "scoredvi": {"solver": "scoredvi", "task": "real"}}
-    for name in base.names():
-        if name != "scoredvi":
-            out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian"}
+    gaussian = [n for n in base.names() if n != "scoredvi"]
+    for name in gaussian:
+        out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian"}
+    # oracle: the true residual std, read from the clean reference; separates the estimate's error from the
+    # mismatch of a Gaussian model with camera noise (no user has this number)
+    for name in gaussian:
+        out[f"{name} (oracle sigma)"] = {"solver": name, "task": "gaussian", "sigma": "oracle"}
     return out
 
 
@@ -76,9 +81,9 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     from restore.solvers.scoredvi import estimate_noise_std
 
     y, x = pair["noisy"], pair["clean"]
-    sigma_hat = estimate_noise_std(y)
+    sigma_hat, sigma_true = estimate_noise_std(y), float((y - x).std())
     out = {"set": pair["set"], "image": pair["image"], "method": mname, "sigma_estimated_255": 255 * sigma_hat,
-           "sigma_true_255": 255 * float((y - x).std())}
+           "sigma_true_255": 255 * sigma_true}
     t0 = time.perf_counter()
     if cfg.get("baseline") == "input":
         return {**out, "psnr": float(metrics.psnr(y, x)), "ssim": float(metrics.ssim(y, x))}
@@ -87,7 +92,9 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
         options.setdefault("beta0", BETA0.get(pair["set"], 0.01))
         spec = "denoise:real"
     else:
-        spec = f"denoise:gaussian:sigma={sigma_hat:.6f}"
+        sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat
+        spec = f"denoise:gaussian:sigma={sigma:.6f}"
+        out["sigma_used_255"] = 255 * sigma
     key = (mname, options.get("beta0"))
     try:
         if key not in restorers:
@@ -146,7 +153,7 @@ def run_units(todo: list, pairs: list, samples: int, jobs: int, finished, device
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     arrays = [{**p, "noisy": p["noisy"].numpy(), "clean": p["clean"].numpy()} for p in pairs]
-    todo = sorted(todo, key=lambda u: COST.get(u[0], 1.0))
+    todo = sorted(todo, key=lambda u: COST.get(u[1].get("solver"), 0.0))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(arrays,)) as pool:
         for fut in as_completed([pool.submit(_worker, m, c, i, samples, device) for m, c, i in todo]):
@@ -194,7 +201,8 @@ def main(argv=None):
                 raise SystemExit(f"{path} was written with other pairs, crop or samples; use another --out or drop "
                                  "--resume")
             table_ = old.get("provenances", {})
-            per_image = [r for r in old["per_image"] if r["method"] in chosen
+            # every known method's results stay (a --methods run adds rows, it does not drop the others)
+            per_image = [r for r in old["per_image"] if r["method"] in defined
                          and not provenance.stale(table_.get(r.get("provenance"), {}))]
             provenances = {k: v for k, v in table_.items() if k in {r.get("provenance") for r in per_image}}
             spent = float(old.get("total_seconds", 0.0))
@@ -202,12 +210,14 @@ def main(argv=None):
     from benchmarks.quality import intern_provenance
 
     done = {(r["set"], r["image"], r["method"]) for r in per_image}
+    in_file = {m: c for m, c in defined.items() if m in chosen or any(r["method"] == m for r in per_image)}
     todo = [(m, c, i) for m, c in chosen.items() for i, p in enumerate(pairs) if (p["set"], p["image"], m) not in done]
     t_start = time.time() - spent
 
     def save(complete: bool):
-        return write_results(name, {**settings, "methods": chosen, "beta0": BETA0, "jobs": args.jobs, "device": args.device,
-                                    "complete": complete, "rows": summarise(per_image, chosen, pairs),
+        return write_results(name, {**settings, "methods": in_file, "beta0": BETA0, "jobs": args.jobs,
+                                    "device": args.device, "complete": complete,
+                                    "rows": summarise(per_image, in_file, pairs),
                                     "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
 
@@ -220,8 +230,8 @@ def main(argv=None):
     run_units(todo, pairs, args.samples, args.jobs, finished, args.device)
     cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
             "sigma_true_255", "seconds", "note"]
-    print(table(summarise(per_image, chosen, pairs), cols))
-    out = save(complete=len(per_image) == len(chosen) * len(pairs))
+    print(table(summarise(per_image, in_file, pairs), cols))
+    out = save(complete=len(per_image) == len(in_file) * len(pairs))
     print(f"wrote {out} in {time.time() - t_start:.0f}s")
 
 

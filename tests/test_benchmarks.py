@@ -268,6 +268,14 @@ def test_realnoise_beats_the_noisy_photo_records_the_estimate_and_resumes(tmp_pa
     realnoise.main(args + ["--resume"])  # nothing left to run: the four results are kept
     printed = capsys.readouterr().out
     assert "resuming: 4 results kept" in printed and "PSNR " not in printed  # a unit run prints "PSNR xx.xx"
+    realnoise.main(args[:4] + ["--methods", "pmrf (oracle sigma)", "--out", str(out), "--resume"])
+    data = json.loads(out.read_text())  # a --methods run adds its rows and keeps the others'
+    assert sorted(data["methods"]) == ["input", "pmrf (oracle sigma)", "vble (sigma estimated)"]
+    assert len(data["per_image"]) == 6 and data["complete"]
+    oracle = [r for r in data["per_image"] if r["method"] == "pmrf (oracle sigma)"]
+    assert all(r["sigma_used_255"] == pytest.approx(r["sigma_true_255"], abs=1e-3) for r in oracle)
+    assert all(r["sigma_used_255"] == pytest.approx(r["sigma_estimated_255"], abs=1e-3)
+               for r in data["per_image"] if r["method"] == "vble (sigma estimated)")
     with pytest.raises(SystemExit, match="other pairs, crop or samples"):
         realnoise.main(args[:3] + ["32"] + args[4:] + ["--resume"])
     _real_pairs(tmp_path / "bad", clean_rgb, shift_noisy=True)
