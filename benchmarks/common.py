@@ -88,10 +88,13 @@ def write_results(name: str, payload: dict, out: str | None = None) -> Path:
 
 def command_line() -> str:
     """How this run was started, as a user would type it (``python -m benchmarks.X ...``)."""
+    import shlex
+
     script = Path(sys.argv[0])
+    args = shlex.join(sys.argv[1:])  # quoted, so a method name with spaces pastes back as one argument
     if script.suffix == ".py" and script.resolve().parent == REPO / "benchmarks":
-        return " ".join(["python -m benchmarks." + script.stem] + sys.argv[1:])
-    return " ".join([script.name] + sys.argv[1:])
+        return f"python -m benchmarks.{script.stem} {args}".rstrip()
+    return f"{script.name} {args}".rstrip()
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

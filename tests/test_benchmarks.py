@@ -292,3 +292,13 @@ def test_realnoise_gives_scoredvi_the_sets_noise_prior(clean_rgb):
     r = realnoise.evaluate_pair("scoredvi", cfg, {"set": "SIDD-val-80", "image": "p.png", "noisy": y,
                                                   "clean": clean_rgb}, 2, 0, {})
     assert r["provenance"]["solvers"][0]["config"]["beta0"] == 0.02 and "coverage_90" in r and "psnr" in r
+
+
+def test_recorded_command_quotes_arguments_with_spaces(monkeypatch):
+    from benchmarks import common
+
+    script = str(common.REPO / "benchmarks" / "realnoise.py")
+    monkeypatch.setattr("sys.argv", [script, "--methods", "vble (oracle sigma)"])
+    assert common.command_line() == "python -m benchmarks.realnoise --methods 'vble (oracle sigma)'"
+    monkeypatch.setattr("sys.argv", [str(common.REPO / "benchmarks" / "quality.py")])
+    assert common.command_line() == "python -m benchmarks.quality"
