@@ -38,7 +38,7 @@ COST = {"scoredvi": 510.0, "aps": 61.0, "langevin": 19.0, "reddiff": 14.0, "vble
 
 
 def methods() -> dict[str, dict]:
-    """name -> {solver, task kind}; 'input' is the noisy photo."""
+    """name -> {solver, task: "real" or "gaussian", sigma: "oracle" for the true std}; 'input' is the noisy photo."""
     from restore.solvers import base
 
     out = {"input": {"baseline": "input"}, "scoredvi": {"solver": "scoredvi", "task": "real"}}
@@ -88,7 +88,7 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     if cfg.get("baseline") == "input":
         return {**out, "psnr": float(metrics.psnr(y, x)), "ssim": float(metrics.ssim(y, x))}
     options = dict(cfg.get("options", {}))
-    if cfg["solver"] == "scoredvi":
+    if cfg["task"] == "real":  # ScoreDVI: the set's noise-precision prior, as the reference code sets it
         options.setdefault("beta0", BETA0.get(pair["set"], 0.01))
         spec = "denoise:real"
     else:
