@@ -22,8 +22,10 @@ estimate is off. Metrics as in ``benchmarks.quality``: PSNR, SSIM, 90% coverage,
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -174,8 +176,6 @@ def main(argv=None):
                     help="keep the results in the output file written with the same pairs, crop and samples")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    import json
-
     from restore import provenance
     from restore.priors import registry
 
@@ -192,21 +192,18 @@ def main(argv=None):
     name = "realnoise_quick" if args.quick else "realnoise"
     path = RESULTS / f"{name}.json" if args.out is None else args.out
     per_image, provenances, spent = [], {}, 0.0
-    if args.resume:
-        from pathlib import Path
-
-        if Path(path).exists():
-            old = json.loads(Path(path).read_text())
-            if any(old.get(k) != v for k, v in settings.items()):
-                raise SystemExit(f"{path} was written with other pairs, crop or samples; use another --out or drop "
-                                 "--resume")
-            table_ = old.get("provenances", {})
-            # every known method's results stay (a --methods run adds rows, it does not drop the others)
-            per_image = [r for r in old["per_image"] if r["method"] in defined
-                         and not provenance.stale(table_.get(r.get("provenance"), {}))]
-            provenances = {k: v for k, v in table_.items() if k in {r.get("provenance") for r in per_image}}
-            spent = float(old.get("total_seconds", 0.0))
-            print(f"resuming: {len(per_image)} results kept", flush=True)
+    if args.resume and Path(path).exists():
+        old = json.loads(Path(path).read_text())
+        if any(old.get(k) != v for k, v in settings.items()):
+            raise SystemExit(f"{path} was written with other pairs, crop or samples; use another --out or drop "
+                             "--resume")
+        table_ = old.get("provenances", {})
+        # every known method's results stay (a --methods run adds rows, it does not drop the others)
+        per_image = [r for r in old["per_image"] if r["method"] in defined
+                     and not provenance.stale(table_.get(r.get("provenance"), {}))]
+        provenances = {k: v for k, v in table_.items() if k in {r.get("provenance") for r in per_image}}
+        spent = float(old.get("total_seconds", 0.0))
+        print(f"resuming: {len(per_image)} results kept", flush=True)
     from benchmarks.quality import intern_provenance
 
     done = {(r["set"], r["image"], r["method"]) for r in per_image}
