@@ -46,8 +46,9 @@ def _realnoise(data: dict) -> str:
     sets = ", ".join(f"{n} {s}" for s, n in Counter(p.split("/")[0] for p in data["pairs"]).items())
     return (f"**Real camera noise** ({sets} noisy/clean pairs, {data['crop']}x{data['crop']} centre crops, "
             f"{data['samples']} samples, every method at its default settings; ScoreDVI on `denoise:real`, the "
-            "Gaussian solvers at ScoreDVI's noise estimate, `sigma_estimated_255`, beside the true residual std, "
-            "both on the /255 scale)"
+            "Gaussian solvers at ScoreDVI's noise estimate (`sigma estimated`, column `sigma_estimated_255`) or at the "
+            "true residual std (`oracle sigma`, column `sigma_true_255`, a number no user has); both on the /255 "
+            "scale)"
             + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
                if data.get("complete") is False else "") + "\n\n" + table(data["rows"], cols))
 
