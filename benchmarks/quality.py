@@ -124,10 +124,10 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
     if not path.exists():
         return Previous([], 0.0, [], {}, {})
     old = json.loads(path.read_text())
-    same = all(json.dumps(old.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
-               for k, v in settings.items() if k != "methods")
-    if not same:
-        raise SystemExit(f"{path} was written with other settings (images, crop, samples or tasks); "
+    differ = [k for k, v in settings.items() if k != "methods" and
+              json.dumps(old.get(k), sort_keys=True, default=str) != json.dumps(v, sort_keys=True, default=str)]
+    if differ:
+        raise SystemExit(f"{path} was written with other settings ({', '.join(differ)}); "
                          "use another --out or drop --resume")
     if "per_image" not in old:
         raise SystemExit(f"{path} predates per-image results and cannot be resumed; drop --resume")

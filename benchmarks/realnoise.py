@@ -22,10 +22,8 @@ estimate is off. Metrics as in ``benchmarks.quality``: PSNR, SSIM, 90% coverage,
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -173,10 +171,11 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the results in the output file written with the same pairs, crop and samples")
+                    help="keep the results in the output file written with the same pairs, crop and samples (methods "
+                         "whose settings changed, and results whose provenance no longer holds, are rerun)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from restore import provenance
+    from benchmarks.quality import intern_provenance, previous_results
     from restore.priors import registry
 
     for s in args.sets:
@@ -191,23 +190,17 @@ def main(argv=None):
     settings = {"pairs": [f"{p['set']}/{p['image']}" for p in pairs], "crop": crop, "samples": args.samples}
     name = "realnoise_quick" if args.quick else "realnoise"
     path = RESULTS / f"{name}.json" if args.out is None else args.out
-    per_image, provenances, spent = [], {}, 0.0
-    if args.resume and Path(path).exists():
-        old = json.loads(Path(path).read_text())
-        if any(old.get(k) != v for k, v in settings.items()):
-            raise SystemExit(f"{path} was written with other pairs, crop or samples; use another --out or drop "
-                             "--resume")
-        table_ = old.get("provenances", {})
-        # every known method's results stay (a --methods run adds rows, it does not drop the others)
-        per_image = [r for r in old["per_image"] if r["method"] in defined
-                     and not provenance.stale(table_.get(r.get("provenance"), {}))]
-        provenances = {k: v for k, v in table_.items() if k in {r.get("provenance") for r in per_image}}
-        spent = float(old.get("total_seconds", 0.0))
-        print(f"resuming: {len(per_image)} results kept", flush=True)
-    from benchmarks.quality import intern_provenance
-
+    per_image, provenances, spent, in_file = [], {}, 0.0, chosen
+    if args.resume:  # a --methods run keeps the other methods' results (carried), and adds its own
+        prev = previous_results(path, {**settings, "methods": chosen},
+                                carry=[m for m in defined if m not in chosen] if args.methods else ())
+        per_image, spent, provenances = prev.kept, prev.seconds, prev.provenances
+        in_file = {m: c for m, c in defined.items() if m in chosen or m in prev.carried}
+        print(f"resuming: {len(per_image)} results kept"
+              + (f"; rerunning {', '.join(prev.changed)} (settings changed)" if prev.changed else ""), flush=True)
+        for m, why in prev.stale.items():
+            print(f"rerunning {m}: {'; '.join(why)}", flush=True)
     done = {(r["set"], r["image"], r["method"]) for r in per_image}
-    in_file = {m: c for m, c in defined.items() if m in chosen or any(r["method"] == m for r in per_image)}
     todo = [(m, c, i) for m, c in chosen.items() for i, p in enumerate(pairs) if (p["set"], p["image"], m) not in done]
     t_start = time.time() - spent
 
