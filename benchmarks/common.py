@@ -97,6 +97,22 @@ def command_line() -> str:
     return f"{script.name} {args}".rstrip()
 
 
+def summary_row(row: dict, results: list[dict], n: int, unit: str = "images") -> dict:
+    """``row`` (its labels) with the mean of every float metric over ``results``, the per-image results of one
+    method and group; or a note: 'not run yet' without results, the first failure's note, 'k/n <unit> so far'
+    while results are missing (an interrupted run shows its gaps instead of hiding them)."""
+    if not results:
+        return {**row, "note": "not run yet (--resume continues the run)"}
+    notes = [r["note"] for r in results if "note" in r]
+    if notes:
+        return {**row, "note": notes[0]}
+    keys = [k for k in results[0] if isinstance(results[0][k], float)]
+    row = {**row, **{k: sum(r[k] for r in results) / len(results) for k in keys}}
+    if len(results) < n:
+        row["note"] = f"{len(results)}/{n} {unit} so far"
+    return row
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of ``rows`` (missing values shown as '-')."""
     def fmt(v):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, load_set, table,
+from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, load_set, summary_row, table,
                                write_results)
 
 S = 1 / 255
@@ -262,27 +262,9 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
 
 
 def summarise(per_image: list[dict], task_names, method_names, n_images: int) -> list[dict]:
-    """One row per task x method, in task-then-method order: every metric's mean over its images, a note where the
-    method could not run, 'k/n images so far' for a pair in progress and 'not run yet' for one not started (an
-    interrupted run shows its gaps instead of hiding them)."""
-    rows = []
-    for t in task_names:
-        for m in method_names:
-            results = [r for r in per_image if r["task"] == t and r["method"] == m]
-            row = {"task": t, "method": m}
-            if not results:
-                rows.append({**row, "note": "not run yet (--resume continues the run)"})
-                continue
-            notes = [r["note"] for r in results if "note" in r]
-            if notes:
-                rows.append({**row, "note": notes[0]})
-                continue
-            keys = [k for k in results[0] if isinstance(results[0][k], float)]
-            row.update({k: sum(r[k] for r in results) / len(results) for k in keys})
-            if len(results) < n_images:
-                row["note"] = f"{len(results)}/{n_images} images so far"
-            rows.append(row)
-    return rows
+    """One row per task x method, in task-then-method order (``common.summary_row``: metric means or a note)."""
+    return [summary_row({"task": t, "method": m}, [r for r in per_image if r["task"] == t and r["method"] == m],
+                        n_images) for t in task_names for m in method_names]
 
 
 _CONTEXTS: dict = {}

@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from benchmarks.common import RESULTS, centre_crop, check_cards_exclude, data_root, table, write_results
+from benchmarks.common import RESULTS, centre_crop, check_cards_exclude, data_root, summary_row, table, write_results
 
 # The fixed quick pairs: the 1st and 8th CC15 files and the 1st and 41st SIDD-val-80 files by sorted name.
 QUICK_PAIRS = {"CC15": ("5dmark3_iso3200_1.png", "d800_iso1600_2.png"), "SIDD-val-80": ("10_1.png", "30_1.png")}
@@ -108,23 +108,10 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
 
 
 def summarise(per_image: list[dict], method_names, pairs: list[dict]) -> list[dict]:
-    """One row per set x method: means over its pairs, a note for failures or pairs still missing."""
-    rows = []
-    for s in dict.fromkeys(p["set"] for p in pairs):
-        n = sum(p["set"] == s for p in pairs)
-        for m in method_names:
-            results = [r for r in per_image if r["set"] == s and r["method"] == m]
-            row = {"set": s, "method": m}
-            notes = [r["note"] for r in results if "note" in r]
-            if not results or notes:
-                rows.append({**row, "note": notes[0] if notes else "not run yet (--resume continues the run)"})
-                continue
-            for k in [k for k in results[0] if isinstance(results[0][k], float)]:
-                row[k] = sum(r[k] for r in results) / len(results)
-            if len(results) < n:
-                row["note"] = f"{len(results)}/{n} pairs so far"
-            rows.append(row)
-    return rows
+    """One row per set x method (``common.summary_row``: metric means over its pairs or a note)."""
+    sizes = {s: sum(p["set"] == s for p in pairs) for s in dict.fromkeys(p["set"] for p in pairs)}
+    return [summary_row({"set": s, "method": m}, [r for r in per_image if r["set"] == s and r["method"] == m], n,
+                        "pairs") for s, n in sizes.items() for m in method_names]
 
 
 _PAIRS: list = []
