@@ -97,6 +97,27 @@ def command_line() -> str:
     return f"{script.name} {args}".rstrip()
 
 
+def in_processes(jobs: int, worker, calls: list[tuple], init, init_arg, finished) -> None:
+    """``worker(*call)`` for every call, in ``jobs`` spawned processes of one thread each, calling
+    ``finished(result)`` as each is done. ``init(init_arg)`` runs first in every process: hand the images over there
+    as numpy arrays (torch tensors would travel as shared file descriptors, one per queued unit, and run out)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_process_init,
+                             initargs=(init, init_arg)) as pool:
+        for fut in as_completed([pool.submit(worker, *call) for call in calls]):
+            finished(fut.result())
+
+
+def _process_init(init, init_arg):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    init(init_arg)
+
+
 def summary_row(row: dict, results: list[dict], n: int, unit: str = "images") -> dict:
     """``row`` (its labels) with the mean of every float metric over ``results``, the per-image results of one
     method and group; or a note: 'not run yet' without results, the first failure's note, 'k/n <unit> so far'

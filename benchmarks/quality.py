@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, load_set, summary_row, table,
-                               write_results)
+from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, in_processes, load_set,
+                               summary_row, table, write_results)
 
 S = 1 / 255
 
@@ -272,10 +272,7 @@ _IMAGES: list = []
 
 
 def _worker_init(images: list):
-    """Each worker gets the images once, as numpy arrays (torch tensors would travel as shared file descriptors, one
-    per queued unit, and run out)."""
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
+    """Each worker gets the images once, as numpy arrays (``common.in_processes``)."""
     _IMAGES[:] = [(n, torch.from_numpy(a)) for n, a in images]
 
 
@@ -294,9 +291,6 @@ def run_units(todo: list, images: list, samples: int, device: str, jobs: int, fi
         for t, s, m, c, i in todo:
             finished(evaluate_image(t, s, m, c, images, i, samples, ctx))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     # units a method cannot run are answered here at once (evaluate_image returns their note without work), not
     # queued behind hours of real ones
     ctx = Context({m: c for _, _, m, c, _ in todo}, device)
@@ -308,12 +302,8 @@ def run_units(todo: list, images: list, samples: int, device: str, jobs: int, fi
             runnable.append((t, s, m, c, i))
     cost = COST if cost is None else cost
     todo = sorted(runnable, key=lambda u: cost.get(u[2], 1.0))  # stable: task order kept within a cost
-    arrays = [(n, x.numpy()) for n, x in images]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                             initargs=(arrays,)) as pool:
-        futures = [pool.submit(_worker_image, t, s, m, c, i, samples, device) for t, s, m, c, i in todo]
-        for fut in as_completed(futures):
-            finished(fut.result())
+    in_processes(jobs, _worker_image, [(t, s, m, c, i, samples, device) for t, s, m, c, i in todo], _worker_init,
+                 [(n, x.numpy()) for n, x in images], finished)
 
 
 def main(argv=None):

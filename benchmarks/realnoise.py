@@ -27,7 +27,8 @@ import warnings
 
 import torch
 
-from benchmarks.common import RESULTS, centre_crop, check_cards_exclude, data_root, summary_row, table, write_results
+from benchmarks.common import (RESULTS, centre_crop, check_cards_exclude, data_root, in_processes, summary_row, table,
+                               write_results)
 
 # The fixed quick pairs: the 1st and 8th CC15 files and the 1st and 41st SIDD-val-80 files by sorted name.
 QUICK_PAIRS = {"CC15": ("5dmark3_iso3200_1.png", "d800_iso1600_2.png"), "SIDD-val-80": ("10_1.png", "30_1.png")}
@@ -119,8 +120,6 @@ _RESTORERS: dict = {}
 
 
 def _worker_init(pairs: list):
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
     _PAIRS[:] = [{**p, "noisy": torch.from_numpy(p["noisy"]), "clean": torch.from_numpy(p["clean"])} for p in pairs]
 
 
@@ -136,15 +135,9 @@ def run_units(todo: list, pairs: list, samples: int, jobs: int, finished, device
         for m, c, i in todo:
             finished(evaluate_pair(m, c, pairs[i], samples, i, restorers, device))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    arrays = [{**p, "noisy": p["noisy"].numpy(), "clean": p["clean"].numpy()} for p in pairs]
     todo = sorted(todo, key=lambda u: COST.get(u[1].get("solver"), 0.0))
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                             initargs=(arrays,)) as pool:
-        for fut in as_completed([pool.submit(_worker, m, c, i, samples, device) for m, c, i in todo]):
-            finished(fut.result())
+    in_processes(jobs, _worker, [(m, c, i, samples, device) for m, c, i in todo], _worker_init,
+                 [{**p, "noisy": p["noisy"].numpy(), "clean": p["clean"].numpy()} for p in pairs], finished)
 
 
 def main(argv=None):

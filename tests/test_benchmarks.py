@@ -268,7 +268,7 @@ def test_realnoise_beats_the_noisy_photo_records_the_estimate_and_resumes(tmp_pa
     realnoise.main(args + ["--resume"])  # nothing left to run: the four results are kept
     printed = capsys.readouterr().out
     assert "resuming: 4 results kept" in printed and "PSNR " not in printed  # a unit run prints "PSNR xx.xx"
-    realnoise.main(args[:4] + ["--methods", "pmrf (oracle sigma)", "--out", str(out), "--resume"])
+    realnoise.main(args[:4] + ["--methods", "pmrf (oracle sigma)", "--out", str(out), "--resume", "--jobs", "2"])
     data = json.loads(out.read_text())  # a --methods run adds its rows and keeps the others'
     assert sorted(data["methods"]) == ["input", "pmrf (oracle sigma)", "vble (sigma estimated)"]
     assert len(data["per_image"]) == 6 and data["complete"]
