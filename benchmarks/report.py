@@ -35,8 +35,7 @@ def _quality(data: dict) -> str:
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)"
             + (f" Note: {data['note']}." if data.get("note") else "")
-            + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
-               if data.get("complete") is False else "")
+            + _partial(data)
             + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols))
 
 
@@ -49,8 +48,12 @@ def _realnoise(data: dict) -> str:
             "Gaussian solvers at ScoreDVI's noise estimate (`sigma estimated`, column `sigma_estimated_255`) or at the "
             "true residual std (`oracle sigma`, column `sigma_true_255`, a number no user has); both on the /255 "
             "scale)"
-            + (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
-               if data.get("complete") is False else "") + "\n\n" + table(data["rows"], cols))
+            + _partial(data) + "\n\n" + table(data["rows"], cols))
+
+
+def _partial(data: dict) -> str:
+    return (" **Partial run**: the rows below are those finished so far (`--resume` continues it)."
+            if data.get("complete") is False else "")
 
 
 def _settings(methods: dict) -> str:
