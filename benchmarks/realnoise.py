@@ -54,7 +54,7 @@ def methods() -> dict[str, dict]:
 
 
 def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
-    """[{set, image, noisy, clean}] with (1, 3, crop, crop) tensors in [0, 1], sorted by set then file name."""
+    """``make_pair`` dicts with (1, 3, crop, crop) tensors in [0, 1], sorted by set then file name."""
     from restore.io import read_image
 
     pairs = []
@@ -70,8 +70,17 @@ def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
             noisy, clean = read_image(folder / "noisy" / n), read_image(folder / "clean" / n)
             if noisy.shape != clean.shape:
                 raise SystemExit(f"{s}/{n}: noisy {tuple(noisy.shape)} and clean {tuple(clean.shape)} differ in shape")
-            pairs.append({"set": s, "image": n, "noisy": centre_crop(noisy, crop), "clean": centre_crop(clean, crop)})
+            pairs.append(make_pair(s, n, centre_crop(noisy, crop), centre_crop(clean, crop)))
     return pairs
+
+
+def make_pair(set_name: str, image: str, noisy: torch.Tensor, clean: torch.Tensor) -> dict:
+    """One pair with its noise std, on the [0, 1] scale, worked out once: ScoreDVI's estimate from the noisy photo
+    (``restore.solvers.scoredvi.estimate_noise_std``) and the true residual std (noisy - clean)."""
+    from restore.solvers.scoredvi import estimate_noise_std
+
+    return {"set": set_name, "image": image, "noisy": noisy, "clean": clean,
+            "sigma_estimated": estimate_noise_std(noisy), "sigma_true": float((noisy - clean).std())}
 
 
 def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, restorers: dict,
@@ -79,10 +88,9 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     """Metrics of one method on one noisy/clean pair (or a note saying why there are none)."""
     from restore import metrics
     from restore.api import Restorer
-    from restore.solvers.scoredvi import estimate_noise_std
 
     y, x = pair["noisy"], pair["clean"]
-    sigma_hat, sigma_true = estimate_noise_std(y), float((y - x).std())
+    sigma_hat, sigma_true = pair["sigma_estimated"], pair["sigma_true"]
     out = {"set": pair["set"], "image": pair["image"], "method": mname, "sigma_estimated_255": 255 * sigma_hat,
            "sigma_true_255": 255 * sigma_true}
     t0 = time.perf_counter()

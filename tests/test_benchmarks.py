@@ -289,8 +289,7 @@ def test_realnoise_gives_scoredvi_the_sets_noise_prior(clean_rgb):
 
     y = (clean_rgb + 0.05 * torch.randn(clean_rgb.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     cfg = {"solver": "scoredvi", "task": "real", "options": {"iterations": 5, "mc_samples": 1, "restart_std": None}}
-    r = realnoise.evaluate_pair("scoredvi", cfg, {"set": "SIDD-val-80", "image": "p.png", "noisy": y,
-                                                  "clean": clean_rgb}, 2, 0, {})
+    r = realnoise.evaluate_pair("scoredvi", cfg, realnoise.make_pair("SIDD-val-80", "p.png", y, clean_rgb), 2, 0, {})
     assert r["provenance"]["solvers"][0]["config"]["beta0"] == 0.02 and "coverage_90" in r and "psnr" in r
 
 
