@@ -164,6 +164,15 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
               truth=truth if truth is not None and truth.shape == post.mean.shape else None)
     res = out_dir / "result"
     io.write_array(res / "std.tiff", post.std[0].permute(1, 2, 0).numpy())
+    from restore import viz
+    from restore.batch import describe_uncertainty
+
+    at_risk = viz.save_risk_overlay(post, res / "at_risk.png")
+    u = post.meta.get("uncertainty", {})
+    alarm = u.get("status") in (None, "uncalibrated") or u.get("self_check", {}).get("verdict") == "poor fit"
+    uncertainty = describe_uncertainty(post.meta)
+    uncertainty = f"\n\n{'**' + uncertainty + '**' if alarm else uncertainty}. Regions at risk (90 % interval " \
+                  f"wider than the local signal): {100 * at_risk:.1f} % of the image."
     before = y.clamp(0, 1)
     if before.shape != post.mean.shape:  # SR: show the low-resolution input at the output size
         before = torch.nn.functional.interpolate(before, size=post.mean.shape[-2:], mode="nearest")
@@ -177,7 +186,9 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
         "info": (f"**{solver}** on `{post.meta['task']}` with prior `{post.meta['prior']}`"
                  f"{'' if quant in (None, 'none') else f' ({quant})'}, seed {post.meta['seed']}, "
                  f"{post.n_samples} samples, {post.meta['timings']['total_s']:.1f} s. Std colour scale: "
-                 f"{json.loads((res / 'std_scale.json').read_text())['vmax']:.4f} at the top (see std_scale.json)."),
+                 f"{json.loads((res / 'std_scale.json').read_text())['vmax']:.4f} at the top (see std_scale.json)."
+                 + uncertainty),
+        "at_risk": str(res / "at_risk.png"),
         "files": [str(res / f) for f in ("mean.png", "std.png", "std.npy", "std.tiff", "meta.json")],
         "posterior": post,
     }
@@ -287,6 +298,9 @@ def build_demo():
                         mean = gr.Image(label="MMSE estimate", format="png", elem_id="mean", height=340,
                                         buttons=["download", "fullscreen"])
                         std = gr.Image(label="Uncertainty (posterior std)", format="png", elem_id="std", height=340)
+                    show_risk = gr.Checkbox(value=False, label="Mark regions at risk on the estimate (90 % interval "
+                                            "wider than the local signal: likely invented detail)", elem_id="risk")
+                    views = gr.State({})  # this session's estimate and its at-risk overlay, for the toggle
                     err = gr.Image(label="|error| beside std (needs a clean reference)", format="png", elem_id="err")
                     gallery = gr.Gallery(label="Posterior samples", columns=4, height=260, format="png",
                                          elem_id="gallery")
@@ -319,12 +333,14 @@ def build_demo():
                 r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
                                   progress=progress, quant=quant_)
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
-                        r["files"])
+                        r["files"], {"mean": r["mean"], "at_risk": r["at_risk"]}, False)
 
             run.click(on_run, [inp, simulate, kind, noise, blur, motion, factor, mode, missing, box, editor, solver,
                                prior, samples, seed, truth, options, quant],
-                      [info, slider, mean, std, err, gallery, metrics, files], api_name="restore",
+                      [info, slider, mean, std, err, gallery, metrics, files, views, show_risk], api_name="restore",
                       concurrency_limit=1, time_limit=1800)
+            show_risk.change(lambda on, v: v.get("at_risk" if on else "mean"), [show_risk, views], mean, queue=False,
+                             api_visibility="private")
             if EXAMPLES.is_dir():
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES.glob("*.png"))], inputs=[inp], label="Examples")
 

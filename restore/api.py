@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from restore import io, metrics, tiling
+from restore import calibration, io, metrics, tiling
 from restore.posterior import Posterior
 from restore.priors import registry
 from restore.solvers import base
@@ -29,15 +29,18 @@ class Restorer:
         tile_above: pixel count above which tiling is used (default: 4 tiles' worth, 512 x 512 for tile 256).
         quant: None, or a scheme of ``restore.quant`` ("int8" real kernels, "w8a8"/"w4a8" simulated) applied to
             the prior once, when it is loaded.
+        calibrate: turn the raw spread into calibrated intervals and std where a calibration table covers the run
+            (``restore.calibration``; ``meta['uncertainty']`` says which); False keeps the raw spread silently.
         **options: solver config overrides (e.g. ``iterations=1000``).
     """
 
     def __init__(self, solver: str = DEFAULT_SOLVER, prior: str | None = None, device: str = "cpu",
                  tile: int = 256, overlap: int = 32, tile_above: int | None = None, quant: str | None = None,
-                 **options):
+                 calibrate: bool = True, **options):
         if tile and (tile < 64 or not 0 <= overlap < tile // 2):
             raise ValueError(f"tile must be >= 64 pixels and overlap in [0, tile/2); got tile={tile}, overlap={overlap}")
         self.tile, self.overlap = int(tile), int(overlap)
+        self.calibrate = bool(calibrate)
         self.tile_above = tile_above if tile_above is not None else 4 * self.tile**2
         self.solver = base.get(solver, **options)
         from restore.quant import SCHEMES, QuantError
@@ -90,6 +93,7 @@ class Restorer:
         prior = self.prior()
         t_prior = time.perf_counter() - t0
         t1 = time.perf_counter()
+        physics = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="deepinv")
             if self.tile and x_shape[2] * x_shape[3] > self.tile_above:
@@ -106,6 +110,11 @@ class Restorer:
                 generator = torch.Generator(device=self.device).manual_seed(int(seed))
                 post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
+        if self.calibrate:
+            if physics is None:  # tiled: the whole image's operator, for the calibration's per-pixel signals
+                physics = task.physics(x_shape, device=self.device)
+                y = y * physics.mask if task.kind == "inpaint" else y
+            calibration.apply(post, y, physics, task)
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
         if ground_truth is not None:
             truth = io.to_tensor(ground_truth).to(self.device)
@@ -125,12 +134,14 @@ class Restorer:
 
 def restore(image, task: str | Task, solver: str = DEFAULT_SOLVER, prior: str | None = None, samples: int = 8,
             seed: int = 0, device: str = "cpu", ground_truth=None, progress: base.ProgressFn | None = None,
-            tile: int = 256, overlap: int = 32, quant: str | None = None, **options) -> Posterior:
+            tile: int = 256, overlap: int = 32, quant: str | None = None, calibrate: bool = True,
+            **options) -> Posterior:
     """Restore one degraded image and return its :class:`Posterior` (mean, samples, std, meta).
 
     ``options`` override the solver's config fields. See :class:`Restorer` for the arguments.
     """
-    restorer = Restorer(solver, prior, device, tile=tile, overlap=overlap, quant=quant, **options)
+    restorer = Restorer(solver, prior, device, tile=tile, overlap=overlap, quant=quant, calibrate=calibrate,
+                        **options)
     return restorer(image, task, samples=samples, seed=seed, ground_truth=ground_truth, progress=progress)
 
 

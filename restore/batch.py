@@ -108,11 +108,36 @@ def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, 
     post.meta["input_file"] = str(image_path)
     post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
               truth=truth if truth is not None and truth.shape == post.mean.shape else None)
-    row = {"seed": seed, "seconds": post.meta["timings"]["total_s"]}
+    row = {"seed": seed, "seconds": post.meta["timings"]["total_s"], **uncertainty_columns(post.meta)}
     for k, v in post.meta.get("metrics", {}).items():
         if isinstance(v, (int, float)) or v is None:
             row[k] = v
     return row
+
+
+def uncertainty_columns(meta: dict) -> dict:
+    """The uncertainty's status, predicted quality and self-check as flat columns (for metrics.jsonl/summary.csv):
+    a batch sorted by ``predicted_psnr`` puts the results most likely to be wrong first."""
+    u = meta.get("uncertainty", {})
+    check = u.get("self_check", {})
+    return {"uncertainty": u.get("status"), "predicted_psnr": u.get("predicted_psnr"),
+            "predicted_rmse": u.get("predicted_rmse"), "self_check": check.get("verdict"),
+            "chi2_ratio": check.get("chi2_ratio")}
+
+
+def describe_uncertainty(meta: dict) -> str:
+    """One line for people: is the std calibrated, by what, and does the result explain its observation."""
+    u = meta.get("uncertainty", {})
+    if u.get("status") in (None, "uncalibrated"):
+        return f"uncertainty: NOT calibrated ({u.get('reason', 'no calibration applied')}): std is the raw sample spread"
+    check = u["self_check"]
+    line = (f"uncertainty: {u['status']} by {u['table']} ({u['cell']}); predicted PSNR {u['predicted_psnr']:.1f} dB; "
+            f"self-check {check['verdict']} (chi2 ratio {check['chi2_ratio']:.3g}, calibration images "
+            f"{check['expected_range'][0]:.3g}-{check['expected_range'][1]:.3g})")
+    if check["verdict"] == "poor fit":
+        line += (f"; WARNING: the restored image does not explain the observation, intervals widened "
+                 f"x{u['widening']:.2f}")
+    return line
 
 
 _RESTORERS: dict = {}

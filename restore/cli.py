@@ -63,7 +63,7 @@ def run(
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
-    from restore.batch import restore_file
+    from restore.batch import describe_uncertainty, restore_file
 
     try:
         restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, quant=quant,
@@ -76,6 +76,7 @@ def run(
         _fail(str(exc))
     typer.echo(f"\nrestored {image} in {time.time() - t0:.1f}s -> {out}/ (mean.png, samples/, std.{std_format}, "
                "std.png, meta.json)")
+    typer.echo(describe_uncertainty(json.loads((out / "meta.json").read_text())))
     if "psnr" in row:
         typer.echo("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
 
@@ -104,8 +105,9 @@ def _progress_printer():
     return cb
 
 
-def rebuild_summary(jsonl: Path, csv_path: Path) -> int:
-    """summary.csv from every row of metrics.jsonl (the last row per file wins); returns the row count."""
+def rebuild_summary(jsonl: Path, csv_path: Path, sort_by: str = "file") -> int:
+    """summary.csv from every row of metrics.jsonl (the last row per file wins), sorted by the column ``sort_by``
+    (ascending; rows without it last, then by file); returns the row count."""
     from restore.io import write_text
 
     rows = {}
@@ -122,7 +124,11 @@ def rebuild_summary(jsonl: Path, csv_path: Path) -> int:
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
-    for r in sorted(rows.values(), key=lambda r: str(r.get("file"))):
+    def key(r):
+        v = r.get(sort_by)
+        return (v is None, v if isinstance(v, (int, float)) else str(v), str(r.get("file")))
+
+    for r in sorted(rows.values(), key=key):
         w.writerow(r)
     write_text(csv_path, buf.getvalue())
     return len(rows)
@@ -149,6 +155,8 @@ def batch(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster; default: start one here"),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPUs for a Ray instance started here"),
     quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels) or w8a8/w4a8 (simulated)"),
+    sort_by: str = typer.Option("file", "--sort-by", help="summary.csv order: any column, e.g. predicted_psnr "
+                                "(the calibrated uncertainty's predicted PSNR: likely failures first)"),
 ):
     """Restore every image under IN_DIR. Finished images are skipped on rerun; bad files are reported, not fatal."""
     from restore import api
@@ -189,7 +197,7 @@ def batch(
             _fail(str(exc))
     else:
         run_local(settings, jobs, on_row)
-    n_rows = rebuild_summary(jsonl, summary)
+    n_rows = rebuild_summary(jsonl, summary, sort_by)
     hours = (time.time() - t0) / 3600
     rate = f", {done / hours:.0f} images/hour" if done and hours > 0 else ""
     typer.echo(f"restored {done}, skipped {skipped} already done, failed {len(failed)} of {n_files}{rate}; "

@@ -75,6 +75,12 @@ def coverage(posterior, truth: torch.Tensor, level: float = 0.9, method: str = "
     return float(inside.float().mean())
 
 
+def interval_width(posterior, level: float = 0.9, method: str = "auto") -> float:
+    """Mean width of the central ``level`` interval (image units): narrower at equal coverage is better."""
+    lo, hi = posterior.interval(level, method=method)
+    return float((hi - lo).mean())
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two equally shaped tensors (flattened); ties get arbitrary distinct ranks."""
     a, b = a.flatten().double(), b.flatten().double()
@@ -89,10 +95,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / den) if den > 0 else 0.0
 
 
-def std_error_correlation(posterior, truth: torch.Tensor) -> float:
-    """Spearman correlation over pixels between the posterior std and |mean - truth| (channel-averaged)."""
+def std_error_correlation(posterior, truth: torch.Tensor, raw: bool = False) -> float:
+    """Spearman correlation over pixels between the posterior std (the raw spread if ``raw``) and |mean - truth|
+    (channel-averaged)."""
     err = (posterior.mean - truth).abs().mean(1)
-    return spearman(posterior.std.mean(1), err)
+    return spearman((posterior.spread if raw else posterior.std).mean(1), err)
 
 
 def diversity(posterior) -> float:
@@ -145,7 +152,14 @@ def report(posterior, truth: torch.Tensor, observation: torch.Tensor | None = No
         "mean_std": float(posterior.std.mean()),
         "sample_diversity": diversity(posterior),
         "sample_psnr_mean": float(psnr(posterior.samples, truth.expand_as(posterior.samples)).mean()),
+        "interval_width_90": interval_width(posterior, 0.9),
+        "calibrated": posterior.calibrated,
     }
+    if posterior.calibrated:  # the raw spread's figures beside the calibrated ones, and the predicted quality
+        out.update({f"coverage_{p}_raw": coverage(posterior, truth, p / 100, method="raw") for p in (50, 90, 95)})
+        out["std_error_spearman_raw"] = std_error_correlation(posterior, truth, raw=True)
+        out["interval_width_90_raw"] = interval_width(posterior, 0.9, method="raw")
+        out["predicted_psnr"] = posterior.meta["uncertainty"]["predicted_psnr"]
     lp = lpips(posterior.mean, truth)
     out["lpips"] = None if lp is None else float(lp[0])
     if lp is None:

@@ -19,15 +19,21 @@ class Posterior:
     Attributes:
         mean: (1, C, H, W) MMSE estimate in [0, 1].
         samples: (K, C, H, W) posterior samples in [0, 1], K >= 1.
-        std: (1, C, H, W) pixel-wise posterior standard deviation (same units as the image). When a solver does not
-            give one (e.g. from a long chain), it is the unbiased std of ``samples`` (0 when K == 1).
-        meta: solver, prior, task, config, seed, timings (seconds), versions.
+        std: (1, C, H, W) pixel-wise standard deviation (same units as the image): the calibrated one
+            (``restore.calibration``) when a table covers the run, else the raw ``spread``.
+        spread: (1, C, H, W) the solver's own std: its posterior std where it gives one (e.g. from a long chain),
+            else the unbiased std of ``samples`` (0 when K == 1). Not calibrated.
+        meta: solver, prior, task, config, seed, timings (seconds), versions; ``meta['uncertainty']`` says whether
+            ``std`` and ``interval`` are calibrated, by which table, with what guarantee, and the self-check.
+        calibration: the :class:`restore.calibration.Calibration` behind ``std`` and ``interval``, or None.
     """
 
     mean: torch.Tensor
     samples: torch.Tensor
     std: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    spread: torch.Tensor | None = None
+    calibration: object | None = None
 
     def __post_init__(self):
         if self.samples.ndim != 4:
@@ -42,6 +48,8 @@ class Posterior:
         self.mean = self.mean.detach().float()
         self.samples = self.samples.detach().float()
         self.std = self.std.detach().float()
+        if self.spread is None:
+            self.spread = self.std
 
     @property
     def n_samples(self) -> int:
@@ -53,24 +61,34 @@ class Posterior:
             raise ValueError(f"quantile q must be in [0, 1]; got {q}")
         return torch.quantile(self.samples, q, dim=0, keepdim=True)
 
-    def interval(self, level: float = 0.9, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel-wise central credible interval (lower, upper), each (1, C, H, W).
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
 
-        ``method='quantile'`` uses the empirical quantiles of the samples; ``'gaussian'`` uses mean +- z * std.
-        ``'auto'`` picks quantiles when there are enough samples to resolve the tails (K >= 2 / (1 - level)),
-        else the Gaussian form.
+    def interval(self, level: float = 0.9, method: str = "auto", guarantee: str = "crc",
+                 delta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-wise central interval (lower, upper) at ``level``, each (1, C, H, W).
+
+        ``method='auto'`` gives the calibrated interval when the posterior is calibrated (``meta['uncertainty']``
+        states its guarantee: ``guarantee='crc'`` bounds the expected fraction of pixels outside by 1 - level;
+        ``'rcps'`` does so with probability >= 1 - ``delta`` over the calibration draw, and is wider), else the raw
+        one. The raw forms, always available: ``'quantile'``, the samples' empirical quantiles, and ``'gaussian'``,
+        mean +- z * spread; ``'raw'`` picks quantiles when there are enough samples to resolve the tails
+        (K >= 2 / (1 - level)), else the Gaussian form.
         """
         if not 0 < level < 1:
             raise ValueError(f"credible level must be in (0, 1); got {level}")
-        if method == "auto":
+        if method == "auto" and self.calibration is not None:
+            return self.calibration.interval(self.mean, level, guarantee, delta)
+        if method in ("auto", "raw"):
             method = "quantile" if self.n_samples >= 2 / (1 - level) else "gaussian"
         if method == "quantile":
             a = (1 - level) / 2
             return self.quantile(a), self.quantile(1 - a)
         if method == "gaussian":
             z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(0.5 + level / 2)))
-            return self.mean - z * self.std, self.mean + z * self.std
-        raise ValueError(f"unknown interval method {method!r}; use 'auto', 'quantile' or 'gaussian'")
+            return self.mean - z * self.spread, self.mean + z * self.spread
+        raise ValueError(f"unknown interval method {method!r}; use 'auto', 'raw', 'quantile' or 'gaussian'")
 
     def save(self, directory: str | os.PathLike, bit_depth: int = 8, std_format: str = "npy",
              max_samples: int | None = None, extras: dict | None = None,
@@ -78,7 +96,7 @@ class Posterior:
         """Write the posterior to ``directory`` (replaced as a whole, atomically):
 
         ``mean.png``, ``samples/sample_000.png``..., ``std.npy`` or ``std.tiff`` (float32, (H, W, C)),
-        ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
+        ``spread.npy``/``.tiff`` (the raw sample spread, when ``std`` is calibrated), ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
         ``samples_grid.png``, ``meta.json``, any ``extras`` (file name -> image tensor, e.g. the observation) and,
         given the ``truth``, ``error_vs_std.png`` (|error| beside std on one colour scale). PNGs are 8- or 16-bit.
         Returns the directory.
@@ -97,8 +115,9 @@ class Posterior:
             n = self.n_samples if max_samples is None else min(max_samples, self.n_samples)
             for k in range(n):
                 io.write_image(tmp / "samples" / f"sample_{k:03d}.png", self.samples[k], bit_depth)
-            std_hwc = self.std[0].permute(1, 2, 0).numpy()
-            io.write_array(tmp / f"std.{std_format}", std_hwc)
+            io.write_array(tmp / f"std.{std_format}", self.std[0].permute(1, 2, 0).numpy())
+            if self.calibration is not None:  # the solver's own spread beside the calibrated std
+                io.write_array(tmp / f"spread.{std_format}", self.spread[0].permute(1, 2, 0).numpy())
             scale = viz.save_std_heatmap(self.std, tmp / "std.png")
             viz.save_sample_grid(self.samples[:16], tmp / "samples_grid.png")
             if truth is not None:

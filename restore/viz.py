@@ -113,3 +113,31 @@ def save_reliability_plot(curve: dict, path, title: str = "calibration"):
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+RISK_MIN_HALF_WIDTH = 0.05  # an interval narrower than +-5 % of the range is never "at risk"
+
+
+def risk_map(post, level: float = 0.9) -> torch.Tensor:
+    """(H, W) bool: pixels whose ``level`` interval is wide relative to the signal, where detail is likely invented:
+    the half-width exceeds both ``RISK_MIN_HALF_WIDTH`` and the mean's local contrast (5x5 std), channel-averaged."""
+    import torch.nn.functional as F
+
+    lo, hi = post.interval(level)
+    half = ((hi - lo) / 2).mean(1)[0]
+    m = post.mean.mean(1, keepdim=True)
+    box = lambda t: F.avg_pool2d(F.pad(t, (2, 2, 2, 2), mode="replicate"), 5, stride=1)  # noqa: E731
+    contrast = (box(m**2) - box(m) ** 2).clamp_min(0).sqrt()[0, 0]
+    return (half > RISK_MIN_HALF_WIDTH) & (half > contrast)
+
+
+def save_risk_overlay(post, path, level: float = 0.9) -> float:
+    """The estimate with the regions at risk (:func:`risk_map`) tinted red, as a PNG; returns their area fraction."""
+    from restore import io
+
+    risk = risk_map(post, level)
+    img = post.mean[0].clamp(0, 1).expand(3, -1, -1).clone()
+    red = torch.tensor([1.0, 0.1, 0.1]).view(3, 1, 1)
+    img = torch.where(risk[None], 0.45 * img + 0.55 * red, img)
+    io.write_image(path, img[None])
+    return float(risk.float().mean())

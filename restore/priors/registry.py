@@ -175,6 +175,29 @@ def spec(name: str) -> PriorSpec:
     return PRIORS[name]
 
 
+_TABLES: dict = {}
+
+
+def calibration_table(solver: str | None, prior: str | None) -> dict | None:
+    """The calibration table of a (solver, prior) pair, ``models/calibration/SOLVER.PRIOR.json`` (fitted by
+    ``python -m restore.train.calibration``; read by ``restore.calibration``), or None when there is none.
+    A quantised prior (NAME@SCHEME) has none: its outputs differ from the calibrated float ones."""
+    if not solver or not prior:
+        return None
+    f = models_dir() / "calibration" / f"{solver}.{prior}.json"
+    key = (str(f), f.stat().st_mtime_ns if f.exists() else None)
+    if key not in _TABLES:
+        if key[1] is None:
+            return None
+        try:
+            table = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise PriorError(f"calibration table {f} is unreadable: {exc}") from None
+        table["file"] = f"calibration/{f.name}"
+        _TABLES[key] = table
+    return _TABLES[key]
+
+
 def load(name: str, device: str | torch.device = "cpu") -> Prior:
     """Load a registered prior by name onto ``device``."""
     from restore import provenance

@@ -1,0 +1,318 @@
+"""Calibrated uncertainty: a solver's raw output turned into per-pixel intervals and a std that mean what they say.
+
+How it works (see ../shared/notes/calibration.md; Angelopoulos et al. 2022, "Image-to-image regression with
+distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal risk control"):
+
+1. **Error scale.** A per-pixel scale ``s_hat`` (1, C, H, W) > 0 from cheap signals of the run (:data:`FEATURES`):
+   the samples' spread, the mean's local contrast, the data-fit residual A^T(y - A mean) (each at a few window
+   sizes), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with ``w`` fitted per cell by
+   least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
+   get a useful scale from the other signals; the spread alone is not one.
+2. **Normalised scores** |x - mean| / s_hat on calibration images disjoint from the fit images. The image is the
+   unit: each calibration image keeps its score quantile function, and L_i(l) = fraction of image i's pixels whose
+   score exceeds l.
+3. **Intervals** mean +- l * s_hat (clipped to [0, 1], which keeps coverage since images live there), with l from
+   - ``guarantee="crc"`` (default; conformal risk control): l = inf{l : n/(n+1) R_n(l) + 1/(n+1) <= alpha}. Then
+     E[fraction of a new image's pixels outside] <= alpha, in expectation over the calibration and test draws.
+   - ``guarantee="rcps"`` (risk-controlling prediction set, Hoeffding-Bentkus bound): with probability >= 1 - delta
+     over the calibration draw, a new image's expected fraction of pixels outside is at most alpha.
+   Both assume the new image is exchangeable with the calibration images of its cell.
+   The calibrated **std** is the half-width of the calibrated 68.27 % interval (what a Gaussian's std would be).
+4. **Self-check**: chi2 ratio ||y - A mean||^2 / (m sigma^2) of the mean against the observation, compared with the
+   range the calibration images gave (:func:`self_check`). Above it, the mean does not explain y: the result says
+   so and the calibrated scale widens by sqrt(ratio / upper bound).
+
+A cell is (solver, prior, task family, noise level); the tables live in ``models/calibration/SOLVER.PRIOR.json``
+(loaded through ``restore.priors.registry.calibration_table``) with their provenance: solver config, prior digest,
+images, date. A noise level between two grid points interpolates the weights and the score curves in log sigma
+(status "approximate": the guarantee no longer holds exactly); outside the grid, for another solver config or a
+retrained prior, the status is "uncalibrated" and the raw spread is used, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FEATURES = ("bias", "log_spread_3", "log_spread_7", "log_grey_spread_5", "log_contrast_3", "log_contrast_5",
+            "log_contrast_9", "log_grey_contrast_5", "log_residual_3", "log_residual_5", "log_residual_11",
+            "log_unobserved_9", "log_unobserved_33", "brightness")
+# probabilities at which each calibration image's score quantile function is stored: 0.01 steps up to 0.9, then
+# 0.001 steps, so the tails behind 90-99.9 % intervals are resolved
+SCORE_PROBS = np.concatenate([np.linspace(0.0, 0.9, 91), np.linspace(0.9, 1.0, 101)[1:]])
+GAUSS_STD_LEVEL = 0.6826894921370859  # P(|z| <= 1) for a standard normal
+EPS = 1e-3  # floor of every log feature and of |error|: a quarter of an 8-bit level
+SELF_CHECK_MARGIN = 1.25  # how far outside the calibration images' chi2 range a result is flagged
+SIGMA_MATCH = 0.03  # relative distance in sigma within which a noise level counts as a grid point
+
+
+class UncalibratedWarning(UserWarning):
+    """The run's uncertainty is the solver's raw spread: no calibration table covers it (the message says why)."""
+
+
+# ---- cells -----------------------------------------------------------------------------------------------------
+
+def family(task) -> tuple[str | None, str]:
+    """(calibration family of a task or None, why none). Families pool what one table can stand for: every blur
+    kernel is 'deblur' (calibrated on a mix of Gaussian and motion kernels), each SR factor its own, random-pixel and
+    region inpainting apart (user masks count as regions)."""
+    if task.kind == "denoise":
+        return ("denoise", "") if task.variant == "gaussian" else (None, f"{task.variant} noise is not calibrated")
+    if task.kind == "deblur":
+        return "deblur", ""
+    if task.kind == "sr":
+        return f"sr{task.scale}", ""
+    if task.kind == "inpaint":
+        return ("inpaint-random" if task.variant == "random" else "inpaint-region"), ""
+    return None, f"task kind {task.kind} is not calibrated"
+
+
+# ---- per-pixel signals -----------------------------------------------------------------------------------------
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
+
+
+def _local_std(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (_box(x**2, k) - _box(x, k) ** 2).clamp_min(0).sqrt()
+
+
+def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
+    """The per-pixel signals behind the error scale (:data:`FEATURES`), (len(FEATURES), C, H, W) for a (1, C, H, W)
+    mean: the spread and the mean's local contrast (per channel and channel-averaged) and the data-fit residual
+    A^T(y - A mean) at a few window sizes, how much of the neighbourhood the operator observes, the brightness.
+
+    mean, spread: the solver's estimate and its samples' std, [0, 1] units; y: the observation; physics: its
+    deepinv operator (noiseless ``A`` / ``A_adjoint`` are used)."""
+    with torch.no_grad():
+        residual = physics.A_adjoint(y - physics.A(mean)) ** 2
+        observed = physics.A_adjoint(physics.A(torch.ones_like(mean)))
+        observed = observed / observed.amax().clamp_min(1e-12)
+        grey = mean.mean(1, keepdim=True).expand_as(mean)
+        grey_spread = spread.mean(1, keepdim=True).expand_as(mean)
+        log = lambda t: torch.log(t + EPS)  # noqa: E731
+        feats = [torch.ones_like(mean), log(_box(spread, 3)), log(_box(spread, 7)), log(_box(grey_spread, 5)),
+                 log(_local_std(mean, 3)), log(_local_std(mean, 5)), log(_local_std(mean, 9)),
+                 log(_local_std(grey, 5)),
+                 log(_box(residual, 3).sqrt()), log(_box(residual, 5).sqrt()), log(_box(residual, 11).sqrt()),
+                 torch.log(1 + 1e-2 - _box(observed, 9).clamp(0, 1)),
+                 torch.log(1 + 1e-2 - _box(observed, 33).clamp(0, 1)),
+                 mean]
+    return torch.cat(feats, 0)
+
+
+def scale_map(weights, feats: torch.Tensor) -> torch.Tensor:
+    """s_hat = exp(w . features), (1, C, H, W)."""
+    w = torch.as_tensor(weights, dtype=feats.dtype).view(-1, 1, 1, 1)
+    return torch.exp((w * feats).sum(0, keepdim=True).clamp(-20, 5))
+
+
+def chi2_ratio(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float) -> float:
+    """||y - A mean||^2 / (m sigma^2) over the m observed values: about 1 when the mean explains y to the noise."""
+    with torch.no_grad():
+        r = y - physics.A(mean)
+        observed = physics.A(torch.ones_like(mean)) != 0
+        m = int(observed.sum())
+        return float((r[observed] ** 2).sum() / (max(m, 1) * sigma**2))
+
+
+# ---- risk bounds -----------------------------------------------------------------------------------------------
+
+def _miss_fractions(curves: np.ndarray, lam: float) -> np.ndarray:
+    """L_i(lam) for each image: 1 - F_i(lam), from its stored score quantiles (rows of ``curves``)."""
+    return np.array([1.0 - np.interp(lam, q, SCORE_PROBS, left=0.0, right=1.0) for q in curves])
+
+
+def hb_ucb(risk: float, n: int, delta: float) -> float:
+    """Hoeffding-Bentkus upper confidence bound on a mean loss in [0, 1] from its empirical mean over n draws."""
+    from scipy.stats import binom
+
+    def p_value(r):
+        a = min(risk, r)
+        h1 = (a * math.log(a / r) if a > 0 else 0.0) + ((1 - a) * math.log((1 - a) / (1 - r)) if a < 1 else 0.0)
+        return min(math.exp(-n * h1), math.e * binom.cdf(math.ceil(n * risk), n, r))
+
+    lo, hi = risk, 1.0 - 1e-12
+    if p_value(hi) >= delta:
+        return 1.0
+    for _ in range(60):  # p_value falls as r rises above the empirical risk: bisect its crossing of delta
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if p_value(mid) >= delta else (lo, mid)
+    return hi
+
+
+def calibrated_lambda(curves, level: float, guarantee: str = "crc", delta: float = 0.1) -> float:
+    """The multiplier l of the interval mean +- l * s_hat at ``level`` from the calibration images' score curves
+    (n, len(SCORE_PROBS)); ``inf`` when n images cannot certify it (then the interval is all of [0, 1])."""
+    curves = np.asarray(curves, dtype=np.float64)
+    n, alpha = len(curves), 1.0 - level
+    if guarantee == "crc":
+        def ok(lam):
+            return n / (n + 1) * _miss_fractions(curves, lam).mean() + 1 / (n + 1) <= alpha
+    elif guarantee == "rcps":
+        def ok(lam):
+            return hb_ucb(float(_miss_fractions(curves, lam).mean()), n, delta) <= alpha
+    else:
+        raise ValueError(f"unknown guarantee {guarantee!r}; use 'crc' or 'rcps'")
+    hi = float(curves.max()) * (1 + 1e-9) + 1e-9
+    if not ok(hi):
+        return math.inf
+    lo = 0.0
+    for _ in range(50):  # the loss only falls as l grows: bisect
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+GUARANTEES = {
+    "crc": "conformal risk control: expected fraction of a new image's pixels outside the {p:g} % interval <= "
+           "{a:g} %, over calibration and test draws, for images exchangeable with the {n} calibration images",
+    "rcps": "risk-controlling prediction set (Hoeffding-Bentkus): with probability >= {c:g} % over the calibration "
+            "draw, a new image's expected fraction of pixels outside the {p:g} % interval is <= {a:g} %",
+}
+
+
+# ---- tables ----------------------------------------------------------------------------------------------------
+
+def canonical(config: dict) -> dict:
+    """A solver config as JSON would hold it (tuples as lists), so a recorded config compares equal to a fresh one."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, str]:
+    """(cell, status, note) for a family and noise level: the grid cell ('calibrated'), a blend of the two
+    neighbours in log sigma ('approximate'), or None ('uncalibrated') outside the grid."""
+    cells = sorted((c for c in table["cells"] if c["family"] == fam), key=lambda c: c["sigma"])
+    if not cells:
+        return None, "uncalibrated", f"no cell for {fam} in {table['file']}"
+    for c in cells:
+        if abs(sigma - c["sigma"]) <= SIGMA_MATCH * c["sigma"]:
+            return c, "calibrated", f"{fam} at noise sigma {c['sigma']:.4g}"
+    grid = ", ".join(f"{c['sigma']:.4g}" for c in cells)
+    for a, b in zip(cells, cells[1:]):
+        if a["sigma"] < sigma < b["sigma"]:
+            t = (math.log(sigma) - math.log(a["sigma"])) / (math.log(b["sigma"]) - math.log(a["sigma"]))
+            blend = {"family": fam, "sigma": sigma,
+                     "weights": ((1 - t) * np.asarray(a["weights"]) + t * np.asarray(b["weights"])).tolist(),
+                     "scores": ((1 - t) * np.asarray(a["scores"]) + t * np.asarray(b["scores"])).tolist(),
+                     "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"],
+                     "chi2": [min(a["chi2_range"][0], b["chi2_range"][0]), max(a["chi2_range"][1], b["chi2_range"][1])]}
+            blend["chi2_range"] = blend.pop("chi2")
+            return blend, "approximate", (f"{fam} at noise sigma {sigma:.4g}, interpolated between the calibrated "
+                                          f"{a['sigma']:.4g} and {b['sigma']:.4g}: the guarantee holds only "
+                                          "approximately")
+    return None, "uncalibrated", f"noise sigma {sigma:.4g} is outside the calibrated grid for {fam} ({grid})"
+
+
+@dataclass
+class Calibration:
+    """A posterior's calibrated uncertainty: the per-pixel error scale and the cell's score curves.
+
+    ``scale`` (1, C, H, W) is s_hat after any self-check widening; ``interval_multiplier(level)`` is l.
+    """
+
+    scale: torch.Tensor
+    scores: np.ndarray
+    status: str  # 'calibrated' or 'approximate'
+    table: str
+    note: str
+    mse_scale: float
+    widening: float = 1.0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def interval_multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1) -> float:
+        key = (round(level, 6), guarantee, delta)
+        if key not in self._cache:
+            self._cache[key] = calibrated_lambda(self.scores, level, guarantee, delta)
+        return self._cache[key]
+
+    def interval(self, mean: torch.Tensor, level: float, guarantee: str = "crc", delta: float = 0.1):
+        lam = self.interval_multiplier(level, guarantee, delta)
+        if math.isinf(lam):
+            return torch.zeros_like(mean), torch.ones_like(mean)
+        return (mean - lam * self.scale).clamp(0, 1), (mean + lam * self.scale).clamp(0, 1)
+
+    def std(self) -> torch.Tensor:
+        return self.interval_multiplier(GAUSS_STD_LEVEL) * self.scale
+
+    def predicted_rmse(self) -> float:
+        """Root of the predicted mean squared error: mse_scale * mean(s_hat^2), mse_scale fitted on the fit images."""
+        return math.sqrt(self.mse_scale * float((self.scale**2).mean()))
+
+    def guarantee(self, level: float = 0.9, guarantee: str = "crc", delta: float = 0.1) -> str:
+        text = GUARANTEES[guarantee].format(p=100 * level, a=100 * (1 - level), c=100 * (1 - delta),
+                                            n=len(self.scores))
+        return text if self.status == "calibrated" else f"approximately ({self.note}): {text}"
+
+
+def _uncalibrated(post, reason: str) -> None:
+    post.meta["uncertainty"] = {"status": "uncalibrated", "reason": reason,
+                                "std": "raw sample spread (not calibrated)"}
+    warnings.warn(f"uncertainty not calibrated: {reason}; the std and intervals are the solver's raw sample spread",
+                  UncalibratedWarning, stacklevel=3)
+
+
+def apply(post, y: torch.Tensor, physics, task) -> None:
+    """Calibrate ``post`` in place when a table covers its solver, prior, settings and task: sets
+    ``post.calibration`` and ``post.std`` (calibrated) and ``post.meta['uncertainty']`` (status, table, guarantee,
+    self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning."""
+    from restore.priors import registry
+
+    solver, prior = post.meta.get("solver"), post.meta.get("prior")
+    table = registry.calibration_table(solver, prior)
+    if table is None:
+        return _uncalibrated(post, f"no calibration table for solver {solver} with prior {prior}")
+    fam, why = family(task)
+    if fam is None:
+        return _uncalibrated(post, why)
+    if table.get("features") != list(FEATURES):
+        return _uncalibrated(post, f"{table['file']} was fitted on other per-pixel features than this version "
+                                   "computes: refit it (python -m restore.train.calibration)")
+    if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
+        return _uncalibrated(post, f"prior {prior} changed since {table['file']} was fitted "
+                                   f"({prior_digest} vs {table['prior_digest']})")
+    config = canonical(post.meta.get("config", {}))
+    changed = sorted(k for k in set(config) | set(table["solver_config"])
+                     if config.get(k) != table["solver_config"].get(k))
+    if changed:
+        return _uncalibrated(post, f"solver settings differ from the calibrated ones ({', '.join(changed)})")
+    sigma = task.noise_sigma
+    cell, status, note = find_cell(table, fam, float(sigma or 0.0))
+    if cell is None:
+        return _uncalibrated(post, note)
+    if post.n_samples != table["n_samples"]:
+        status, note = "approximate", f"{note}; calibrated with {table['n_samples']} samples, run with {post.n_samples}"
+    spread = post.spread
+    scale = scale_map(cell["weights"], features(post.mean, spread, y, physics))
+    check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
+    widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
+    cal = Calibration(scale * widening, np.asarray(cell["scores"]), status, table["file"], note,
+                      float(cell["mse_scale"]), widening)
+    post.calibration = cal
+    post.std = cal.std()
+    rmse = cal.predicted_rmse()
+    post.meta["uncertainty"] = {
+        "status": status, "table": table["file"], "cell": note, "guarantee": cal.guarantee(0.9),
+        "std": "calibrated: half-width of the calibrated 68.27 % interval (raw spread in posterior.spread)",
+        "self_check": check, "widening": round(widening, 4),
+        "predicted_rmse": round(rmse, 6), "predicted_psnr": round(-20 * math.log10(max(rmse, 1e-6)), 3)}
+
+
+def self_check(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float, chi2_range) -> dict:
+    """How well the mean explains the observation: the chi2 ratio against the range the calibration images gave
+    (their min and max: a new in-distribution image exceeds the max with probability <= 1/(n+1)). Any ratio above
+    the max widens the calibrated scale by sqrt(ratio / max) (in :func:`apply`); the verdict is 'poor fit' (the
+    mean does not explain y: divergence, wrong operator or noise level, an image unlike the training data) beyond
+    ``SELF_CHECK_MARGIN`` times the max, 'fits the noise' (over-fitting; intervals unchanged) below the min divided
+    by it, else 'consistent'."""
+    ratio = chi2_ratio(mean, y, physics, sigma)
+    lo, hi = chi2_range
+    verdict = ("poor fit" if ratio > SELF_CHECK_MARGIN * hi else "fits the noise" if ratio < lo / SELF_CHECK_MARGIN
+               else "consistent")
+    return {"chi2_ratio": round(ratio, 4), "expected_range": [round(lo, 4), round(hi, 4)], "verdict": verdict}

@@ -1,0 +1,232 @@
+"""Fit a solver's calibration table (``restore.calibration``) on held-out training crops; resumable.
+
+    python -m restore.train.calibration --solver vble                 # every family, the solver's default prior
+    python -m restore.train.calibration --solver pmrf --families denoise --fit 8 --cal 28 --heldout 4
+
+For each cell (task family x noise level in :data:`GRID`) the solver runs, at its default settings with K samples,
+on random crops of the training images (BSD432-train minus the 8 files the priors held out):
+``--fit`` of them fit the error-scale weights (least squares of log|error| on the features), ``--cal`` others give
+the conformal score curves and the self-check's chi2 range, and ``--heldout`` crops of the priors' 8 held-out files
+measure the gap between images the priors trained on and images they never saw (reported in the table, not used).
+Families pool task parameters the way users vary them (blur kernels, missing fractions, box sizes), so each cell's
+guarantee is marginal over that mix. Each run is cached under ``--runs`` (the solver's outputs for one crop), so a
+rerun only does what is missing; the table goes to ``models/calibration/SOLVER.PRIOR.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restore import calibration as cal
+from restore.files import save_atomic, write_json_atomic
+
+S = 1 / 255
+DEBLUR_KERNELS = ("gaussian:sigma=1", "gaussian:sigma=2", "gaussian:sigma=3", "motion:size=19,seed={i}")
+# family -> (noise levels, spec of crop i at noise n)
+GRID = {
+    "denoise": ((5 * S, 15 * S, 25 * S, 50 * S), lambda i, n: f"denoise:gaussian:sigma={n:.6f}"),
+    "deblur": ((0.01, 0.03), lambda i, n: f"deblur:{DEBLUR_KERNELS[i % 4].format(i=i)},noise={n:.6f}"),
+    "sr2": ((0.01,), lambda i, n: f"sr:bicubic:factor=2,noise={n:.6f}"),
+    "sr4": ((0.01,), lambda i, n: f"sr:bicubic:factor=4,noise={n:.6f}"),
+    "inpaint-random": ((0.01,), lambda i, n: f"inpaint:random:missing={(0.3, 0.5, 0.7)[i % 3]},seed={i},noise={n:.6f}"),
+    "inpaint-region": ((0.01,), lambda i, n: f"inpaint:box:size={(0.2, 0.3, 0.4)[i % 3]},noise={n:.6f}"),
+}
+PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
+FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for 7 weights)
+
+
+def crops(files: list[Path], size: int, seed: int) -> list[torch.Tensor]:
+    """One random (1, 3, size, size) crop in [0, 1] of each file (positions drawn from ``seed``)."""
+    from restore.train.common import load_uint8_images
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for img in load_uint8_images(files):
+        h, w = img.shape[-2:]
+        top, left = (int(torch.randint(d - size + 1, (1,), generator=g)) for d in (h, w))
+        out.append(img[None, :, top:top + size, left:left + size].float() / 255)
+    return out
+
+
+def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
+    """Run (or read back) the solver on every (role, index, file, crop) unit of one cell."""
+    from restore.tasks import parse
+
+    results = []
+    for role, i, name, x in units:
+        path = cache / f"{fam}-{sigma:.5f}" / f"{role}-{i:03d}.pt"
+        if path.exists():
+            results.append(torch.load(path, weights_only=True))
+            continue
+        task = parse(GRID[fam][1](i, sigma))
+        y = restorer.simulate(x, task, seed=i)
+        t0 = time.perf_counter()
+        post = restorer(y, task, samples=samples, seed=i)
+        unit = {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
+                "spread": post.spread, "seconds": time.perf_counter() - t0}
+        save_atomic(unit, path)
+        print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
+              f"{10 * math.log10(1 / float(((post.mean - x) ** 2).mean())):.2f} dB", flush=True)
+        results.append(unit)
+    return results
+
+
+def unit_signals(unit: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """(features, |error|, physics) of one cached run."""
+    from restore.tasks import parse
+
+    task = parse(unit["spec"])
+    physics = task.physics(tuple(unit["x"].shape))
+    feats = cal.features(unit["mean"], unit["spread"], unit["y"], physics)
+    return feats, (unit["mean"] - unit["x"]).abs(), physics
+
+
+def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
+    """Weights, score curves, chi2 range, MSE scale and held-out figures of one cell from its cached runs."""
+    from restore.metrics import spearman
+
+    g = torch.Generator().manual_seed(seed)
+    rows, targets, fit_sq = [], [], []
+    for u in (u for u in units if u["role"] == "fit"):
+        feats, err, _ = unit_signals(u)
+        flat, e = feats.flatten(1).T, err.flatten()
+        pick = torch.randperm(e.numel(), generator=g)[:FIT_PIXELS]
+        rows.append(flat[pick])
+        targets.append(torch.log(e[pick] + cal.EPS))
+        fit_sq.append((err, feats))
+    a, b = torch.cat(rows).double(), torch.cat(targets).double()
+    weights = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].float()
+    # predicted MSE = mse_scale * mean(s_hat^2), pooled over the fit images
+    mse_scale = float(sum((e**2).sum() for e, _ in fit_sq) / sum((cal.scale_map(weights, f) ** 2).sum()
+                                                               for _, f in fit_sq))
+
+    def evaluate(role):
+        curves, chi2, rho, rmse_pred, rmse = [], [], [], [], []
+        for u in (u for u in units if u["role"] == role):
+            feats, err, physics = unit_signals(u)
+            scale = cal.scale_map(weights, feats)
+            curves.append(np.quantile((err / scale).flatten().numpy(), cal.SCORE_PROBS))
+            chi2.append(cal.chi2_ratio(u["mean"], u["y"], physics, sigma))
+            rho.append(spearman(scale.mean(1), err.mean(1)))
+            rmse_pred.append(math.sqrt(mse_scale * float((scale**2).mean())))
+            rmse.append(float((err**2).mean().sqrt()))
+        return np.asarray(curves), chi2, rho, rmse_pred, rmse
+
+    curves, chi2, rho, rmse_pred, rmse = evaluate("cal")
+    out = {"sigma": sigma, "weights": [round(float(w), 6) for w in weights], "mse_scale": round(mse_scale, 6),
+           "chi2_range": [round(min(chi2), 5), round(max(chi2), 5)],
+           "scores": [[float(f"{v:.5g}") for v in c] for c in curves],
+           "n_fit": sum(u["role"] == "fit" for u in units), "n_cal": len(curves),
+           "calibration_images": {"std_error_spearman": round(float(np.mean(rho)), 4),
+                                  "mean_psnr": round(float(np.mean([-20 * math.log10(r) for r in rmse])), 3),
+                                  "psnr_rank_correlation": _rank_corr(rmse_pred, rmse)}}
+    if any(u["role"] == "heldout" for u in units):
+        h_curves, h_chi2, h_rho, h_pred, h_rmse = evaluate("heldout")
+        lam = {lv: cal.calibrated_lambda(curves, lv) for lv in (0.5, 0.9, 0.95)}
+        out["prior_held_out_images"] = {
+            "n": len(h_curves),
+            **{f"coverage_{int(100 * lv)}": round(float(1 - cal._miss_fractions(h_curves, lam[lv]).mean()), 4)
+               for lv in lam},
+            "std_error_spearman": round(float(np.mean(h_rho)), 4),
+            "chi2_ratios": [round(c, 4) for c in h_chi2],
+            "mean_psnr": round(float(np.mean([-20 * math.log10(r) for r in h_rmse])), 3),
+            "predicted_psnr": round(float(np.mean([-20 * math.log10(r) for r in h_pred])), 3)}
+        out["calibration_images"].update(
+            {f"coverage_{int(100 * lv)}": round(float(1 - cal._miss_fractions(curves, lam[lv]).mean()), 4)
+             for lv in lam})
+    return out
+
+
+def _rank_corr(a, b) -> float | None:
+    from restore.metrics import spearman
+
+    return round(spearman(torch.tensor(a), torch.tensor(b)), 4) if len(a) >= 3 else None
+
+
+def cached_cell(cache: Path, fam: str, sigma: float) -> list[dict]:
+    return [torch.load(p, weights_only=True) for p in sorted((cache / f"{fam}-{sigma:.5f}").glob("*.pt"))]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--solver", required=True)
+    ap.add_argument("--prior", default=None, help="default: the solver's default prior")
+    ap.add_argument("--families", default="all", help=f"comma-separated, of {', '.join(GRID)}; or 'all'")
+    ap.add_argument("--data", default="../shared/data/BSD432-train")
+    ap.add_argument("--fit", type=int, default=8)
+    ap.add_argument("--cal", type=int, default=28)
+    ap.add_argument("--heldout", type=int, default=4, help="crops of the priors' held-out files (for the gap)")
+    ap.add_argument("--crop", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", default="runs/calibration")
+    ap.add_argument("--sigmas", default=None, help="comma-separated noise levels on [0, 1] replacing the grid's "
+                    "(a quick or extra fit)")
+    ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json)")
+    ap.add_argument("--fit-only", action="store_true", help="write the table from the cached runs, run nothing")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from restore.api import Restorer
+    from restore.priors import registry
+    from restore.train.common import list_images, training_command
+
+    restorer = Restorer(args.solver, args.prior, calibrate=False)
+    prior = restorer.prior_name
+    families = list(GRID) if args.families == "all" else args.families.split(",")
+    unknown = set(families) - set(GRID)
+    if unknown:
+        raise SystemExit(f"unknown families {', '.join(sorted(unknown))}; known: {', '.join(GRID)}")
+    files = list_images(args.data)
+    trained_on, held_out = files[:-PRIOR_HELD_OUT], files[-PRIOR_HELD_OUT:]
+    g = np.random.default_rng(args.seed)
+    picked = [trained_on[j] for j in g.choice(len(trained_on), args.fit + args.cal, replace=False)]
+    held = held_out[:args.heldout]
+    images = crops(picked + held, args.crop, args.seed)
+    units = ([("fit", i, picked[i].name, images[i]) for i in range(args.fit)]
+             + [("cal", i, picked[i].name, images[i]) for i in range(args.fit, args.fit + args.cal)]
+             + [("heldout", i, f.name, images[args.fit + args.cal + j]) for j, (i, f) in
+                enumerate(zip(range(1000, 1000 + len(held)), held))])
+    cache = Path(args.runs) / f"{args.solver}.{prior}"
+    out = Path(args.out) if args.out else registry.models_dir() / "calibration" / f"{args.solver}.{prior}.json"
+    cells, seconds = [], []
+    for fam in families:
+        for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
+            done = (cached_cell(cache, fam, sigma) if args.fit_only
+                    else run_cell(restorer, fam, sigma, units, args.samples, cache))
+            seconds += [u["seconds"] for u in done]
+            cells.append({"family": fam, **fit_cell(done, sigma, args.seed)})
+            print(f"fitted {fam} sigma {sigma:.4f}: {cells[-1]['calibration_images']} "
+                  f"{cells[-1].get('prior_held_out_images', {})}", flush=True)
+    config = cal.canonical(dataclasses.asdict(restorer.solver.config))
+    old = json.loads(out.read_text()) if out.exists() else {}
+    same_fit = (old.get("features") == list(cal.FEATURES) and old.get("solver_config") == config
+                and old.get("prior_digest") == registry.digest(prior) and old.get("n_samples") == args.samples)
+    # other families' cells stay when they were fitted the same way; a stale table is replaced as a whole
+    keep = [c for c in old.get("cells", []) if c["family"] not in families] if same_fit else []
+    write_json_atomic({
+        "solver": args.solver, "prior": prior, "prior_digest": registry.digest(prior),
+        "solver_config": config, "n_samples": args.samples,
+        "features": list(cal.FEATURES), "score_probs": "restore.calibration.SCORE_PROBS",
+        "fitted": datetime.date.today().isoformat(), "command": training_command("restore.train.calibration", argv),
+        "images": {"source": Path(args.data).name, "crop": args.crop,
+                   "fit_and_cal": "random crops of files the priors trained on (not their 8 held-out files)",
+                   "fit": [u[2] for u in units if u[0] == "fit"], "cal": [u[2] for u in units if u[0] == "cal"],
+                   "prior_held_out": [u[2] for u in units if u[0] == "heldout"]},
+        "family_examples": {f: [GRID[f][1](i, GRID[f][0][0]) for i in range(4)] for f in GRID},
+        "mean_seconds_per_run": round(float(np.mean(seconds)), 2) if seconds else old.get("mean_seconds_per_run"),
+        "cells": keep + cells}, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Calibrated uncertainty (restore.calibration): risk bounds, a fitted table end to end, fallbacks and self-check."""
+
+import json
+import math
+import re
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from restore import calibration as cal
+from restore import metrics
+
+
+def _curves(n, pixels=4000, scale=1.0, seed=0):
+    """Score quantile curves of n images whose normalised scores are |N(0, scale^2)|."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.quantile(np.abs(rng.normal(0, scale, pixels)), cal.SCORE_PROBS) for _ in range(n)])
+
+
+def test_hb_bound_matches_the_known_minimum_sample_size():
+    # notes/calibration.md: at empirical risk 0 the HB bound is 0.0994 for n = 22 and 0.104 for n = 21
+    assert cal.hb_ucb(0.0, 22, 0.1) == pytest.approx(0.0994, abs=2e-3)
+    assert cal.hb_ucb(0.0, 21, 0.1) == pytest.approx(0.104, abs=2e-3)
+    assert cal.hb_ucb(0.05, 200, 0.1) > 0.05
+
+
+def test_crc_lambda_covers_new_images_and_rcps_is_wider():
+    curves = _curves(40)
+    lam = cal.calibrated_lambda(curves, 0.9)
+    # for |N(0,1)| scores the oracle is 1.645; CRC's finite-sample term asks for a little more
+    assert 1.645 < lam < 2.2
+    fresh = _curves(200, seed=1)
+    miss = cal._miss_fractions(fresh, lam).mean()
+    assert 0.04 < miss <= 0.1
+    assert cal.calibrated_lambda(curves, 0.9, "rcps") > lam
+    assert cal.calibrated_lambda(curves, 0.5) < lam
+    # 5 images cannot certify a 90 % interval (1/(n+1) > 0.1): the whole range
+    assert math.isinf(cal.calibrated_lambda(curves[:5], 0.9))
+    with pytest.raises(ValueError, match="unknown guarantee"):
+        cal.calibrated_lambda(curves, 0.9, "bogus")
+
+
+def test_self_check_flags_a_mean_that_does_not_explain_y(clean_rgb, gen):
+    from restore.tasks import parse
+
+    task = parse("deblur:gaussian:sigma=2,noise=0.02")
+    y, physics = task.simulate(clean_rgb, gen)
+    good = cal.self_check(clean_rgb, y, physics, 0.02, (0.8, 1.2))
+    assert good["verdict"] == "consistent" and good["chi2_ratio"] == pytest.approx(1.0, abs=0.15)
+    bad = cal.self_check(torch.full_like(clean_rgb, 0.5), y, physics, 0.02, (0.8, 1.2))
+    assert bad["verdict"] == "poor fit" and bad["chi2_ratio"] > 10
+    y_noisy, denoising = parse("denoise:gaussian:sigma=0.02").simulate(clean_rgb, gen)
+    # returning the noisy observation itself explains every bit of the noise
+    assert cal.self_check(y_noisy, y_noisy, denoising, 0.02, (0.8, 1.2))["verdict"] == "fits the noise"
+
+
+def _crop_folder(folder, n=24, size=64):
+    """n colour PNG crops of scikit-image's photos (a stand-in training set; the last 8 play the priors' held-out)."""
+    folder.mkdir()
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = photos[i % 4]
+        t, l = rng.integers(0, img.shape[0] - size), rng.integers(0, img.shape[1] - size)
+        iio.imwrite(folder / f"{i:02d}.png", img[t:t + size, l:l + size])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted_models(tmp_path_factory):
+    """A models folder holding the shipped priors and a PMRF denoising table fitted here at two noise levels."""
+    from restore.priors import registry
+    from restore.train import calibration as train
+
+    root = tmp_path_factory.mktemp("cal")
+    models = root / "models"
+    (models / "calibration").mkdir(parents=True)
+    for f in registry.models_dir().glob("*.*"):
+        (models / f.name).symlink_to(f)
+    data = _crop_folder(root / "data")
+    train.main(["--solver", "pmrf", "--families", "denoise", "--sigmas", "0.05,0.1", "--data", str(data),
+                "--fit", "3", "--cal", "12", "--heldout", "1", "--crop", "48", "--samples", "4",
+                "--runs", str(root / "runs"), "--out", str(models / "calibration" / "pmrf.flow-natural.json")])
+    return models
+
+
+def test_fitted_table_has_provenance(fitted_models):
+    table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
+    assert [c["sigma"] for c in table["cells"]] == [0.05, 0.1]
+    assert table["solver_config"]["flow_steps"] is None and table["n_samples"] == 4
+    assert len(table["images"]["cal"]) == 12 and not set(table["images"]["cal"]) & set(table["images"]["fit"])
+    cell = table["cells"][0]
+    assert len(cell["weights"]) == len(cal.FEATURES) and len(cell["scores"]) == 12
+    assert cell["chi2_range"][0] <= cell["chi2_range"][1]
+    assert "coverage_90" in cell["prior_held_out_images"]
+
+
+def test_calibrated_intervals_cover_better_than_the_raw_spread(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESTORE_MODELS", str(fitted_models))
+    from restore.api import Restorer
+
+    r = Restorer("pmrf")
+    raw, calibrated, widths = [], [], []
+    for seed, (t, l) in enumerate([(0, 0), (200, 100), (300, 300)]):
+        truth = torch.from_numpy(skimage.data.astronaut()[t:t + 48, l:l + 48] / 255.0).float().permute(2, 0, 1)[None]
+        y = r.simulate(truth, "denoise:gaussian:sigma=0.1", seed=seed)
+        post = r(y, "denoise:gaussian:sigma=0.1", samples=4, seed=seed, ground_truth=truth)
+        m = post.meta["metrics"]
+        assert post.calibrated and post.meta["uncertainty"]["status"] == "calibrated"
+        assert "conformal risk control" in post.meta["uncertainty"]["guarantee"]
+        raw.append(m["coverage_90_raw"])
+        calibrated.append(m["coverage_90"])
+        widths.append(m["interval_width_90"])
+        assert m["predicted_psnr"] > 15
+    # PMRF's spread is near-Dirac: its raw interval misses; the calibrated one reaches the nominal level
+    assert np.mean(calibrated) >= 0.85 > np.mean(raw)
+    assert max(widths) < 1.0  # not the trivial [0, 1]
+    lo, hi = post.interval(0.9, guarantee="rcps")
+    assert float((hi - lo).mean()) >= widths[-1] - 1e-6
+    out = post.save(tmp_path / "res")
+    assert (out / "spread.npy").exists() and (out / "std.npy").exists()
+    assert not np.allclose(np.load(out / "spread.npy"), np.load(out / "std.npy"))
+
+
+@pytest.mark.parametrize("spec, options, status, reason", [
+    ("denoise:gaussian:sigma=0.07", {}, "approximate", "interpolated"),
+    ("denoise:gaussian:sigma=0.3", {}, "uncalibrated", "outside the calibrated grid"),
+    ("denoise:gaussian:sigma=0.1", {"flow_steps": 3}, "uncalibrated", "settings differ .*flow_steps"),
+    ("sr:bicubic:factor=2,noise=0.01", {}, "uncalibrated", "no cell for sr2"),
+])
+def test_runs_the_table_does_not_cover_say_so(fitted_models, clean_rgb, monkeypatch, spec, options, status, reason):
+    monkeypatch.setenv("RESTORE_MODELS", str(fitted_models))
+    from restore.api import Restorer
+
+    r = Restorer("pmrf", **options)
+    y = r.simulate(clean_rgb, spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = r(y, spec, samples=4)
+    u = post.meta["uncertainty"]
+    assert u["status"] == status
+    if status == "uncalibrated":
+        assert re.search(reason, u["reason"]) and not post.calibrated
+        assert any(issubclass(w.category, cal.UncalibratedWarning) for w in caught)
+        assert torch.equal(post.std, post.spread)
+    else:
+        assert re.search(reason, u["cell"])
+        assert post.calibrated and "approximately" in u["guarantee"]
+
+
+def test_retrained_prior_makes_the_table_stale(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
+    table["prior_digest"] = "0" * 16
+    models = tmp_path / "models"
+    (models / "calibration").mkdir(parents=True)
+    for f in fitted_models.glob("*.*"):
+        (models / f.name).symlink_to(f.resolve())
+    (models / "calibration" / "pmrf.flow-natural.json").write_text(json.dumps(table))
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    from restore.api import Restorer
+
+    r = Restorer("pmrf")
+    with pytest.warns(cal.UncalibratedWarning, match="changed since"):
+        post = r(r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1"), "denoise:gaussian:sigma=0.1", samples=2)
+    assert not post.calibrated
+
+
+def test_metrics_report_raw_and_calibrated_side_by_side(clean_rgb):
+    from restore.posterior import Posterior
+
+    s = clean_rgb + 0.01 * torch.randn(4, *clean_rgb.shape[1:], generator=torch.Generator().manual_seed(0))
+    post = Posterior(mean=s.mean(0, keepdim=True), samples=s)
+    m = metrics.report(post, clean_rgb)
+    assert m["calibrated"] is False and "coverage_90_raw" not in m
+    assert m["interval_width_90"] == pytest.approx(metrics.interval_width(post, 0.9, method="raw"))
