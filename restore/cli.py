@@ -243,9 +243,11 @@ def _repo_on_path() -> Path:
 def ui(host: str = typer.Option("127.0.0.1", "--host", help="bind address; 0.0.0.0 exposes the app to the network"),
        port: int = typer.Option(7860, "--port"), share: bool = typer.Option(False, "--share")):
     """Start the Gradio web app (offline: analytics off, local only unless told otherwise)."""
-    repo = _repo_on_path()
-    if not (repo / "app" / "app.py").exists():
-        _fail("the web app (app/app.py) is not here: run `restore ui` from a source checkout")
+    import importlib.util
+
+    if importlib.util.find_spec("app.app") is None:  # neither installed (the wheel carries it) nor on the path
+        if not (_repo_on_path() / "app" / "app.py").exists():
+            _fail("the web app (app/app.py) is not installed: pip install 'restore[ui]' or run from a source checkout")
     try:
         import gradio  # noqa: F401
     except ImportError:

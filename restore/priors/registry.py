@@ -45,8 +45,17 @@ class PriorSpec:
 
 
 def models_dir() -> Path:
+    """``$RESTORE_MODELS``, else the checkout's ``models/`` (a source tree or an editable install), else the copy an
+    installed wheel carries (``restore/_models``)."""
     env = os.environ.get("RESTORE_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "models"
+    if checkout.is_dir() and (package.parent / "pyproject.toml").exists():
+        return checkout
+    installed = package / "_models"
+    return installed if installed.is_dir() else checkout
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
