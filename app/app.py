@@ -235,6 +235,7 @@ class _Adapter:
 def build_demo():
     import gradio as gr
 
+    from restore.api import DEFAULT_SOLVER, recommended_solver
     from restore.priors import registry
     from restore.solvers import base
 
@@ -277,8 +278,9 @@ def build_demo():
                     editor = gr.ImageEditor(label="Paint the region to fill", type="numpy", layers=False,
                                             transforms=(), visible=False, elem_id="editor",
                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
-                    solver = gr.Radio(solver_names, value=solver_names[0], label="Solver", elem_id="solver")
-                    prior = gr.Dropdown(choices=registry.available(), value=kinds[solver_names[0]].default_prior,
+                    solver = gr.Radio(solver_names, value=DEFAULT_SOLVER, label="Solver (preset: the recommended one "
+                                      "for the task)", elem_id="solver")
+                    prior = gr.Dropdown(choices=registry.available(), value=kinds[DEFAULT_SOLVER].default_prior,
                                         label="Prior", elem_id="prior")
                     samples = gr.Slider(1, 32, value=8, step=1, label="Posterior samples", elem_id="samples")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
@@ -320,6 +322,8 @@ def build_demo():
                 trigger(toggle, [kind, mode, inp], [blur, motion, factor, mode, missing, box, editor], queue=False)
             # the usual noise level of each task (the benchmarks' settings): 25/255 for denoising, 2.55/255 otherwise
             kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), kind, noise, queue=False)
+            # the recommended solver per task (restore.api.RECOMMENDED): VBLE for motion blur, PMRF otherwise
+            kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), kind, solver, queue=False)
             solver.change(priors_for, solver, prior, queue=False)
             demo.load(priors_for, solver, prior, queue=False)
 
@@ -333,14 +337,17 @@ def build_demo():
                 r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
                                   progress=progress, quant=quant_)
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
-                        r["files"], {"mean": r["mean"], "at_risk": r["at_risk"]}, False)
+                        r["files"], {"mean": r["mean"], "at_risk": r["at_risk"]})
+
+            def shown_estimate(at_risk, views_):
+                return views_.get("at_risk" if at_risk else "mean")
 
             run.click(on_run, [inp, simulate, kind, noise, blur, motion, factor, mode, missing, box, editor, solver,
                                prior, samples, seed, truth, options, quant],
-                      [info, slider, mean, std, err, gallery, metrics, files, views, show_risk], api_name="restore",
-                      concurrency_limit=1, time_limit=1800)
-            show_risk.change(lambda on, v: v.get("at_risk" if on else "mean"), [show_risk, views], mean, queue=False,
-                             api_visibility="private")
+                      [info, slider, mean, std, err, gallery, metrics, files, views], api_name="restore",
+                      concurrency_limit=1, time_limit=1800
+                      ).then(shown_estimate, [show_risk, views], mean, queue=False, api_visibility="private")
+            show_risk.change(shown_estimate, [show_risk, views], mean, queue=False, api_visibility="private")
             if EXAMPLES.is_dir():
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES.glob("*.png"))], inputs=[inp], label="Examples")
 

@@ -47,7 +47,8 @@ def _fail(msg: str, code: int = 2):
 def run(
     image: Path = typer.Argument(..., help="degraded image (or a clean one with --simulate)"),
     task: str = typer.Option(..., "-t", "--task", help="task spec, e.g. deblur:gaussian:sigma=2,noise=0.01"),
-    solver: str = typer.Option(None, "-s", "--solver", help="solver name (see `restore list`)"),
+    solver: str = typer.Option(None, "-s", "--solver", help="solver name (see `restore list`); default: the "
+                               "recommended one for the task (pmrf; vble for motion blur; scoredvi for real noise)"),
     prior: Optional[str] = typer.Option(None, "-p", "--prior", help="prior name; default: the solver's"),
     samples: int = typer.Option(8, "-n", "--samples", help="posterior samples K"),
     seed: int = typer.Option(0, "--seed"),
@@ -66,7 +67,7 @@ def run(
     from restore.batch import describe_uncertainty, restore_file
 
     try:
-        restorer = api.Restorer(solver or api.DEFAULT_SOLVER, prior, device, tile=tile, quant=quant,
+        restorer = api.Restorer(solver or api.recommended_solver(task), prior, device, tile=tile, quant=quant,
                                 **_parse_options(option))
         t0 = time.time()
         bar = _progress_printer()
@@ -167,7 +168,7 @@ def batch(
     if engine not in ("local", "ray"):
         _fail(f"unknown engine {engine!r}; use local or ray")
     try:
-        settings = BatchSettings(str(_task(task)), solver or api.DEFAULT_SOLVER, prior, device, tile,
+        settings = BatchSettings(str(_task(task)), solver or api.recommended_solver(task), prior, device, tile,
                                  tuple(sorted(_parse_options(option).items())), samples, simulate, bit_depth,
                                  std_format, quant)
         api.Restorer(settings.solver, prior, device, tile=tile, quant=quant,

@@ -79,7 +79,7 @@ def _shot(page, name):
 
 def _fast(page):
     page.get_by_text("Advanced solver options").click()
-    page.locator("#options textarea").fill('{"iterations": 40}')
+    page.locator("#options textarea").fill('{"flow_steps": 2}')  # the preset PMRF, at its card's denoising steps
 
 
 def test_upload_denoise_see_samples_and_std(page, sample):
@@ -95,9 +95,14 @@ def test_upload_denoise_see_samples_and_std(page, sample):
     fit = page.locator("#mean img").first.evaluate(
         "e => [getComputedStyle(e).objectFit, getComputedStyle(e).imageRendering]")
     assert fit == ["contain", "pixelated"]
-    expect(page.locator("#info")).to_contain_text("langevin", timeout=10_000)
+    expect(page.locator("#info")).to_contain_text("pmrf", timeout=10_000)
     assert page.locator("#gallery img").count() >= 4
-    expect(page.locator("#metrics")).to_contain_text(re.compile(r"langevin"))
+    expect(page.locator("#metrics")).to_contain_text(re.compile(r"pmrf"))
+    # the uncertainty line: flow_steps given, so not the calibrated settings: said in bold, never silently
+    expect(page.locator("#info")).to_contain_text("NOT calibrated")
+    shown = page.locator("#mean img").first.get_attribute("src")
+    page.locator("#risk input").check()  # the at-risk overlay replaces the estimate, and back
+    expect(page.locator("#mean img").first).not_to_have_attribute("src", shown, timeout=10_000)
     _shot(page, "restore")
 
 
