@@ -13,6 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -102,6 +103,22 @@ def _restorer(solver: str, prior: str | None, options: dict, quant: str = "none"
     if key not in _restorers:
         _restorers[key] = Restorer(solver, prior or None, quant=quant, **options)
     return _restorers[key]
+
+
+# each browser session's last estimate and its at-risk overlay (for the overlay toggle), newest last; a gr.State would
+# do it too, but makes Gradio hold a heartbeat connection open per page
+_VIEWS: dict = {}
+MAX_SESSIONS = 256
+
+
+def _remember_views(request, views: dict) -> None:
+    key = getattr(request, "session_hash", None)
+    if key is None:
+        return
+    _VIEWS.pop(key, None)
+    _VIEWS[key] = views
+    while len(_VIEWS) > MAX_SESSIONS:
+        _VIEWS.pop(next(iter(_VIEWS)))
 
 
 def _fresh_dir() -> Path:
@@ -248,6 +265,7 @@ def build_demo():
         return gr.Dropdown(choices=names, value=cls.default_prior if cls.default_prior in names else None)
 
     def gr_error(fn):
+        @functools.wraps(fn)  # Gradio reads the signature for its special (progress, request) parameters
         def wrapped(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
@@ -302,7 +320,6 @@ def build_demo():
                         std = gr.Image(label="Uncertainty (posterior std)", format="png", elem_id="std", height=340)
                     show_risk = gr.Checkbox(value=False, label="Mark regions at risk on the estimate (90 % interval "
                                             "wider than the local signal: likely invented detail)", elem_id="risk")
-                    views = gr.State({})  # this session's estimate and its at-risk overlay, for the toggle
                     err = gr.Image(label="|error| beside std (needs a clean reference)", format="png", elem_id="err")
                     gallery = gr.Gallery(label="Posterior samples", columns=4, height=260, format="png",
                                          elem_id="gallery")
@@ -329,25 +346,33 @@ def build_demo():
 
             @gr_error
             def on_run(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
-                       solver_, prior_, samples_, seed_, truth_, options_, quant_, progress=gr.Progress()):
+                       solver_, prior_, samples_, seed_, truth_, options_, quant_, request: gr.Request,
+                       progress=gr.Progress()):
                 mask_path = None
                 if kind_ == "inpaint" and mode_ == "draw" and image is not None:
                     mask_path = mask_from_editor(editor_, np.asarray(image).shape[:2], _fresh_dir())
                 spec = task_spec(kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, mask_path)
                 r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
                                   progress=progress, quant=quant_)
+                _remember_views(request, {"mean": r["mean"], "at_risk": r["at_risk"]})
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
-                        r["files"], {"mean": r["mean"], "at_risk": r["at_risk"]})
+                        r["files"])
 
-            def shown_estimate(at_risk, views_):
-                return views_.get("at_risk" if at_risk else "mean")
+            def shown_estimate(at_risk, request: gr.Request):
+                views_ = _VIEWS.get(getattr(request, "session_hash", None), {})
+                return views_.get("at_risk" if at_risk else "mean", gr.skip())
+
+            # Gradio finds the request parameter by its annotation, which `from __future__ import annotations` leaves
+            # as a string naming this function's local `gr`: give it the class
+            for fn in (shown_estimate, on_run.__wrapped__):
+                fn.__annotations__["request"] = gr.Request
 
             run.click(on_run, [inp, simulate, kind, noise, blur, motion, factor, mode, missing, box, editor, solver,
                                prior, samples, seed, truth, options, quant],
-                      [info, slider, mean, std, err, gallery, metrics, files, views], api_name="restore",
+                      [info, slider, mean, std, err, gallery, metrics, files], api_name="restore",
                       concurrency_limit=1, time_limit=1800
-                      ).then(shown_estimate, [show_risk, views], mean, queue=False, api_visibility="private")
-            show_risk.change(shown_estimate, [show_risk, views], mean, queue=False, api_visibility="private")
+                      ).then(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
+            show_risk.change(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
             if EXAMPLES.is_dir():
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES.glob("*.png"))], inputs=[inp], label="Examples")
 

@@ -63,7 +63,7 @@ def test_restorer_loads_prior_once(monkeypatch, clean_rgb):
     ({"solver": "nope"}, SolverError, "known solvers: langevin"),
     ({"prior": "nope"}, PriorError, "known priors: wavelet, tv"),
     ({"samples": 0}, SolverError, "samples must be a whole number >= 1"),
-    ({"task": "denoise:real"}, SolverError, "needs a known noise level"),
+    ({"task": "denoise:real", "solver": "pmrf"}, SolverError, "needs a known noise level"),
     ({"task": "sharpen"}, TaskError, "unknown task kind"),
     ({"iterations_typo": 3}, SolverError, "has no option iterations_typo"),
 ])
@@ -94,3 +94,13 @@ def test_unknown_prior_file_missing(tmp_path, monkeypatch):
     assert "score-natural" not in registry.available()
     with pytest.raises(PriorError, match="checkpoint not found"):
         registry.load("score-natural")
+
+
+@pytest.mark.parametrize("task, solver", [("denoise:gaussian:sigma=0.1", "pmrf"), ("deblur:motion:noise=0.01", "vble"),
+                                          ("denoise:real", "scoredvi"), ("sr:bicubic:factor=2", "pmrf")])
+def test_recommended_solver_per_task(task, solver):
+    from restore.api import recommended_solver
+    from restore.solvers import base
+
+    assert recommended_solver(task) == solver
+    assert base.get(solver).supports(restore.tasks.parse(task)) is None  # it can run what it is recommended for

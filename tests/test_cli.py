@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from restore import cli, io
 from restore.batch import image_seed
 
 runner = CliRunner()
-FAST = ["-O", "iterations=20", "-n", "2"]
+FAST = ["-s", "langevin", "-O", "iterations=20", "-n", "2"]  # batch plumbing, not a solver, is tested here
 
 
 def invoke(*args):
@@ -132,7 +133,7 @@ def test_batch_survives_kill_and_resumes(tmp_path, clean_rgb):
     out = tmp_path / "out"
     exe = str(Path(sys.executable).with_name("restore"))
     cmd = [exe, "batch", str(src), str(out), "-t", "denoise:gaussian:sigma=0.1", "--simulate", "-n", "2",
-           "-O", "iterations=150"]
+           "-s", "langevin", "-O", "iterations=150"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "img0" / "meta.json").exists():
@@ -164,3 +165,22 @@ def test_batch_on_a_local_ray_instance(tmp_path, folder):
 
     for rel in ("a", "sub/b", "sub/c"):  # same per-image seeds, same results as the local engine
         assert torch.equal(io.read_image(out / rel / "mean.png"), io.read_image(local / rel / "mean.png"))
+
+
+def test_batch_ranks_images_by_predicted_quality(tmp_path, clean_rgb):
+    """The default solver is calibrated on denoising: every row carries its predicted PSNR and self-check, and
+    --sort-by predicted_psnr puts the likeliest failures first."""
+    src = tmp_path / "in"
+    io.write_image(src / "smooth.png", torch.nn.functional.avg_pool2d(clean_rgb, 5, 1, 2))
+    io.write_image(src / "busy.png", clean_rgb)
+    io.write_image(src / "noise.png", torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)))
+    r = runner.invoke(cli.app, ["batch", str(src), str(tmp_path / "out"), "-t", "denoise:gaussian:sigma=0.1",
+                                "--simulate", "-n", "4", "--sort-by", "predicted_psnr"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [row["uncertainty"] for row in rows] == ["calibrated"] * 3
+    predicted = [float(row["predicted_psnr"]) for row in rows]
+    assert predicted == sorted(predicted) and rows[0]["file"] == "noise.png"
+    assert all(row["self_check"] in ("consistent", "poor fit", "fits the noise") for row in rows)
+    # actual PSNR follows the predicted order at the extremes: the random image is hardest
+    assert float(rows[0]["psnr"]) < float(rows[-1]["psnr"])
