@@ -19,10 +19,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/restore list
-	$(BIN)/restore data/samples/astronaut.png --simulate -t deblur:gaussian:sigma=2,noise=0.02 -s reddiff -p score-natural -n 8 --seed 0 -o $(DEMO_OUT)/deblur
+	$(BIN)/restore data/samples/astronaut.png --simulate -t deblur:gaussian:sigma=2,noise=0.01 -n 8 --seed 0 -o $(DEMO_OUT)/deblur --ground-truth data/samples/astronaut.png
 	@echo
 	@echo "Outputs in $(DEMO_OUT)/deblur/: observation.png (degraded input), mean.png (MMSE estimate),"
-	@echo "samples/ (posterior samples), std.png + std.npy (uncertainty map; scale in std_scale.json), meta.json (metrics, timings)"
+	@echo "samples/ (posterior samples), std.png + std.npy (calibrated uncertainty map; scale in std_scale.json), spread.npy (the"
+	@echo "solver's raw sample spread), error_vs_std.png, meta.json (metrics, calibration status and guarantee, self-check, timings)"
 	@echo "Web app: $(BIN)/restore ui   (then open http://127.0.0.1:7860)"
 
 test: $(STAMP)

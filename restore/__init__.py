@@ -1,8 +1,9 @@
 """restore: Bayesian image restoration with posterior samples and uncertainty maps.
 
     from restore import restore
-    post = restore("photo.png", "deblur:gaussian:sigma=2,noise=0.01", solver="langevin", samples=8, seed=0)
-    post.mean, post.samples, post.std, post.interval(0.9)
+    post = restore("photo.png", "deblur:gaussian:sigma=2,noise=0.01", samples=8, seed=0)  # the recommended solver
+    post.mean, post.samples, post.std, post.interval(0.9)   # std and interval calibrated where a table covers the run
+    post.spread, post.meta["uncertainty"]                   # the raw sample spread; calibration status and self-check
 """
 
 __version__ = "0.1.0"

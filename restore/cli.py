@@ -220,8 +220,11 @@ def list_all():
     typer.echo("solvers:")
     for name in base.names():
         cls = base.solver_class(name)
+        table = registry.calibration_table(name, cls.default_prior)
+        calibrated = (f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})" if table
+                      else "uncalibrated (raw spread)")
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
-                   f"default prior: {cls.default_prior}")
+                   f"default prior: {cls.default_prior}; uncertainty: {calibrated}")
     typer.echo("priors:")
     here = set(registry.available())
     for name, spec in registry.PRIORS.items():

@@ -95,19 +95,22 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
     from restore.metrics import spearman
 
     g = torch.Generator().manual_seed(seed)
-    rows, targets, fit_sq = [], [], []
+    rows, targets = [], []
     for u in (u for u in units if u["role"] == "fit"):
         feats, err, _ = unit_signals(u)
         flat, e = feats.flatten(1).T, err.flatten()
         pick = torch.randperm(e.numel(), generator=g)[:FIT_PIXELS]
         rows.append(flat[pick])
         targets.append(torch.log(e[pick] + cal.EPS))
-        fit_sq.append((err, feats))
     a, b = torch.cat(rows).double(), torch.cat(targets).double()
     weights = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].float()
-    # predicted MSE = mse_scale * mean(s_hat^2), pooled over the fit images
-    mse_scale = float(sum((e**2).sum() for e, _ in fit_sq) / sum((cal.scale_map(weights, f) ** 2).sum()
-                                                               for _, f in fit_sq))
+    # predicted MSE = mse_scale * mean(s_hat^2): the geometric mean of the ratio over the fit and calibration images,
+    # so the predicted PSNR is unbiased in dB (it carries no guarantee, so it may use both)
+    log_ratios = []
+    for u in (u for u in units if u["role"] in ("fit", "cal")):
+        feats, err, _ = unit_signals(u)
+        log_ratios.append(math.log(float((err**2).mean()) / float((cal.scale_map(weights, feats) ** 2).mean())))
+    mse_scale = math.exp(float(np.mean(log_ratios)))
 
     def evaluate(role):
         curves, chi2, rho, rmse_pred, rmse = [], [], [], [], []
