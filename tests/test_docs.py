@@ -1,0 +1,163 @@
+"""The documentation: README.md stays a front page whose quick start runs, docs/ links resolve, and the benchmark
+report writes its generated tables into docs/benchmarks.md. Fast: no solver runs."""
+
+import ast
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+
+
+def _without_code(text: str) -> str:
+    """The text with fenced blocks and inline code removed (links shown as code are examples, not links)."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.*)$", FENCE.sub("", page.read_text()), re.M)}
+
+
+def _section(text: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, f"README.md has no '## {title}' section"
+    return m.group(1)
+
+
+def test_docs_pages_exist():
+    for name in ("usage", "tasks", "solvers", "priors", "benchmarks", "quantisation", "deployment", "development"):
+        assert (REPO / "docs" / f"{name}.md").is_file(), name
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_docs_relative_links_resolve(page):
+    bad = []
+    for target in LINK.findall(_without_code(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            bad.append(f"{target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            bad.append(f"{target} (no heading with that anchor)")
+    assert not bad, f"{page.relative_to(REPO)}: broken links: {bad}"
+
+
+def test_docs_readme_links_every_docs_page():
+    linked = {(REPO / t.partition("#")[0]).resolve() for t in LINK.findall(_without_code(README.read_text()))}
+    for page in PAGES[1:]:
+        assert page.resolve() in linked, f"README.md does not link {page.relative_to(REPO)}"
+
+
+def test_docs_readme_is_a_front_page():
+    lines = README.read_text().splitlines()
+    assert len(lines) < 150, f"README.md has {len(lines)} lines: move detail to docs/"
+    assert "RESULTS:BEGIN" not in README.read_text(), "the generated tables live in docs/benchmarks.md"
+
+
+def _commands(block: str):
+    for line in block.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line:
+            yield shlex.split(line)
+
+
+def test_docs_readme_commands_exist():
+    """Every command the README shows in its set-up and quick start names a real make target, restore subcommand
+    (with options it has) or importable module."""
+    import typer.main
+
+    from restore import cli
+    from restore.tasks import parse
+
+    group = typer.main.get_command(cli.app)
+    makefile = (REPO / "Makefile").read_text()
+    text = README.read_text()
+    blocks = [b for lang, b in FENCE.findall(_section(text, "Set-up: two commands") + _section(text, "Quick start"))
+              if lang == "bash"]
+    seen = set()
+    for argv in (a for b in blocks for a in _commands(b)):
+        if argv[0] == "make":
+            assert re.search(rf"^{re.escape(argv[1])}:", makefile, re.M), f"no make target {argv[1]}"
+        elif argv[:2] == ["python", "-m"]:
+            assert importlib.util.find_spec(argv[2]) is not None, f"no module {argv[2]}"
+        elif argv[0] == "restore":
+            sub = argv[1] if argv[1] in cli.SUBCOMMANDS else "run"  # `restore IMAGE ...` is `restore run IMAGE ...`
+            assert sub in group.commands, f"restore {sub} is not a subcommand"
+            names = {o for p in group.commands[sub].params for o in getattr(p, "opts", [])}
+            for tok in argv[2:]:
+                if tok.startswith("-"):
+                    assert tok.split("=", 1)[0] in names, f"restore {sub} has no option {tok}: {' '.join(argv)}"
+            for flag in ("-t", "--task"):
+                if flag in argv:
+                    parse(argv[argv.index(flag) + 1])
+        else:
+            raise AssertionError(f"README quick start shows an unchecked command: {' '.join(argv)}")
+        seen.add(argv[0] if argv[0] != "restore" else f"restore {argv[1] if argv[1] in cli.SUBCOMMANDS else 'run'}")
+    assert {"make", "restore run", "restore batch", "restore ui"} <= seen, seen
+
+
+def test_docs_readme_python_quick_start_names_exist():
+    """The quick start's Python block parses, imports names restore exports, and uses Posterior attributes."""
+    import restore
+    from restore.api import RECOMMENDED
+    from restore.posterior import Posterior
+
+    code = "\n".join(b for lang, b in FENCE.findall(_section(README.read_text(), "Quick start")) if lang == "python")
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.module == "restore"
+            assert all(a.name in restore.__all__ for a in node.names)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "post":
+            assert hasattr(Posterior, node.attr) or node.attr in Posterior.__dataclass_fields__, node.attr
+    # the README states the recommended solvers; keep it in step with restore.api.RECOMMENDED
+    quick = _section(README.read_text(), "Quick start")
+    assert "PMRF" in quick and all(s.upper() in quick.upper() for s in RECOMMENDED.values())
+
+
+# ---- benchmarks.report writes docs/benchmarks.md ----------------------------------------------------------------
+
+
+def test_report_markers_live_in_docs_benchmarks():
+    from benchmarks import report
+
+    assert report.PAGE == REPO / "docs" / "benchmarks.md"
+    page = report.PAGE.read_text()
+    assert page.count(report.BEGIN) == 1 and page.count(report.END) == 1
+    assert page.index(report.BEGIN) < page.index(report.END)
+
+
+def test_report_rewrites_only_the_block(tmp_path):
+    from benchmarks import report
+
+    page = tmp_path / "page.md"
+    page.write_text(f"# hand-written\n\n{report.BEGIN}\nstale\n{report.END}\n\ntail\n")
+    report.main(["--page", str(page)])
+    text = page.read_text()
+    assert "stale" not in text and text.startswith("# hand-written\n\n") and text.endswith(f"{report.END}\n\ntail\n")
+    assert report.render() in text
+
+
+def test_report_refuses_a_page_without_markers(tmp_path):
+    from benchmarks import report
+
+    page = tmp_path / "page.md"
+    page.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="lacks the markers"):
+        report.main(["--page", str(page)])
+    assert page.read_text() == "# no markers\n"
