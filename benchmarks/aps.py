@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from benchmarks.common import centre_crop, image_paths, table, write_results
-from benchmarks.quality import tasks as quality_tasks
+from benchmarks.common import tasks as quality_tasks
 
 TASKS = ("sr4", "denoise25", "inpaint_box")
 VARIANTS = {"plain reading (init=prior, carry_tilt=False)": {"init": "prior", "carry_tilt": False},

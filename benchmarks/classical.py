@@ -114,8 +114,7 @@ def family_weights(result: dict) -> dict:
 
 
 def main(argv=None):
-    from benchmarks.common import table, write_results
-    from benchmarks.quality import tasks
+    from benchmarks.common import table, tasks, write_results
     from restore.train.flow_steps import centre_crops, list_images, load_uint8_images
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,6 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 EVAL_SETS = ("CBSD68", "BSD68", "Set12", "CC15", "SIDD-val-80", "RNI15", "CelebA-test-41", "CelebAHQ-56", "FFHQ-test-15")
 # The fixed quick subset: these CBSD68 files (the 1st, 18th, 35th and 52nd by sorted name).
+S = 1 / 255  # noise levels below are given on the /255 scale
+
+
+def tasks() -> dict[str, str]:
+    """The benchmark tasks every solver table shares: name -> task spec (the evaluation protocol in DESIGN.md)."""
+    k = data_root() / "kernels"
+    return {
+        "denoise25": f"denoise:gaussian:sigma={25 * S:.6f}",
+        "deblur_gauss1": f"deblur:kernel:path={k / 'gaussian_std1.npy'},noise={2.55 * S:.6f}",
+        "deblur_motion": f"deblur:kernel:path={k / 'levin09_0.npy'},noise={7.65 * S:.6f}",
+        "sr4": f"sr:bicubic:factor=4,noise={2.55 * S:.6f}",
+        "inpaint_random50": f"inpaint:random:missing=0.5,noise={2.55 * S:.6f}",
+        "inpaint_box": f"inpaint:box:size=0.3,noise={2.55 * S:.6f}",
+    }
+
+
 QUICK_CBSD68 = ("101085.png", "143090.png", "19021.png", "253055.png")
 
 

@@ -27,7 +27,7 @@ import warnings
 import torch
 
 from benchmarks.common import QUICK_CBSD68, check_cards_exclude, load_set, table, write_results
-from benchmarks.quality import tasks as quality_tasks
+from benchmarks.common import tasks as quality_tasks
 
 TASKS = ("denoise25", "deblur_gauss1", "sr4")
 

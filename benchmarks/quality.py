@@ -27,22 +27,9 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, data_root, in_processes, load_set,
-                               summary_row, table, write_results)
+from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, in_processes, load_set,
+                               summary_row, table, tasks, write_results)
 
-S = 1 / 255
-
-
-def tasks() -> dict[str, str]:
-    k = data_root() / "kernels"
-    return {
-        "denoise25": f"denoise:gaussian:sigma={25 * S:.6f}",
-        "deblur_gauss1": f"deblur:kernel:path={k / 'gaussian_std1.npy'},noise={2.55 * S:.6f}",
-        "deblur_motion": f"deblur:kernel:path={k / 'levin09_0.npy'},noise={7.65 * S:.6f}",
-        "sr4": f"sr:bicubic:factor=4,noise={2.55 * S:.6f}",
-        "inpaint_random50": f"inpaint:random:missing=0.5,noise={2.55 * S:.6f}",
-        "inpaint_box": f"inpaint:box:size=0.3,noise={2.55 * S:.6f}",
-    }
 
 
 def methods(quick: bool) -> dict[str, dict]:
@@ -115,10 +102,10 @@ class Previous(NamedTuple):
 def previous_results(path, settings: dict, carry=()) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
     samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
-    also dropped when that no longer holds (``restore.provenance.stale``: a solver default or a prior's weights or
+    also dropped when that no longer holds (``restore.stale.reasons``: a solver default or a prior's weights or
     card changed since); results from before provenance was recorded are kept as they are. Methods named in
     ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched."""
-    from restore import provenance
+    from restore import stale
 
     path = Path(path)
     if not path.exists():
@@ -135,7 +122,7 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
     changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
-    reasons = {key: provenance.stale(prov) for key, prov in table_.items()}
+    reasons = {key: stale.reasons(prov) for key, prov in table_.items()}
     carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}
     for r in old["per_image"]:

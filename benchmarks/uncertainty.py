@@ -26,18 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, load_set, table, write_results
+from benchmarks.common import RESULTS, S, load_set, table, tasks, write_results
 
-S = 1 / 255
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 TARGET_GAP = 0.03  # the design's tolerance around the nominal level
 
 
 def task_sets() -> dict[str, tuple[str, dict[str, str]]]:
     """set name -> (image set, task name -> spec)."""
-    from benchmarks.quality import tasks as quality_tasks
-
-    base = quality_tasks()
+    base = tasks()
     cbsd = {"denoise15": f"denoise:gaussian:sigma={15 * S:.6f}", **base,
             "denoise50": f"denoise:gaussian:sigma={50 * S:.6f}"}
     return {

@@ -31,7 +31,6 @@ retrained prior, the status is "uncalibrated" and the raw spread is used, with a
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -180,11 +179,6 @@ GUARANTEES = {
 
 # ---- tables ----------------------------------------------------------------------------------------------------
 
-def canonical(config: dict) -> dict:
-    """A solver config as JSON would hold it (tuples as lists), so a recorded config compares equal to a fresh one."""
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
 def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, str]:
     """(cell, status, note) for a family and noise level: the grid cell ('calibrated'), a blend of the two
     neighbours in log sigma ('approximate'), or None ('uncalibrated') outside the grid."""
@@ -262,6 +256,7 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     """Calibrate ``post`` in place when a table covers its solver, prior, settings and task: sets
     ``post.calibration`` and ``post.std`` (calibrated) and ``post.meta['uncertainty']`` (status, table, guarantee,
     self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning."""
+    from restore import provenance
     from restore.priors import registry
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
@@ -277,7 +272,7 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return _uncalibrated(post, f"prior {prior} changed since {table['file']} was fitted "
                                    f"({prior_digest} vs {table['prior_digest']})")
-    config = canonical(post.meta.get("config", {}))
+    config = provenance.canonical(post.meta.get("config", {}))
     changed = sorted(k for k in set(config) | set(table["solver_config"])
                      if config.get(k) != table["solver_config"].get(k))
     if changed:

@@ -8,13 +8,13 @@ Every solver call fills ``Posterior.meta['provenance']``::
 ``solvers`` lists each solver that ran (the top one first, then any it called for a posterior mean), with the options
 it was given and its resolved config (the code's defaults filled in). ``priors`` maps each prior used to the digest of
 its files (weights and model card, ``restore.priors.registry.digest``), so a retrained checkpoint or a recalibrated
-card (PMRF's Euler steps live in the flow card) shows. ``stale(provenance)`` says which of these no longer hold for
-the code and files here; ``benchmarks.quality --resume`` reruns such results.
+card (PMRF's Euler steps live in the flow card) shows. This module is a leaf that solvers and the prior registry
+report into; ``restore.stale.reasons(provenance)`` says which of these no longer hold for the code and files here
+(``benchmarks.quality --resume`` reruns such results).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,13 +43,14 @@ def recording():
         _ACTIVE.remove(record)
 
 
-def _json(value) -> object:
-    # tuples become lists, as they would in a results file, so that a recorded config compares equal to a fresh one
+def canonical(value) -> object:
+    """``value`` as a results file would hold it (tuples as lists, keys sorted, odd types as strings), so that a
+    recorded config compares equal to a fresh one."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def note_solver(name: str, options: dict, config: dict) -> None:
-    entry = {"name": name, "options": _json(options), "config": _json(config)}
+    entry = {"name": name, "options": canonical(options), "config": canonical(config)}
     for record in _ACTIVE:
         if entry not in record.solvers:
             record.solvers.append(entry)
@@ -58,27 +59,3 @@ def note_solver(name: str, options: dict, config: dict) -> None:
 def note_prior(name: str, digest: str | None) -> None:
     for record in _ACTIVE:
         record.priors.setdefault(name, digest)
-
-
-def stale(provenance: dict) -> list[str]:
-    """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
-    configs and the priors' files tell): a solver's resolved config changed, or a prior's files did."""
-    from restore.priors import registry
-    from restore.solvers import base
-
-    reasons = []
-    for s in provenance.get("solvers", []):
-        try:
-            now = _json(dataclasses.asdict(base.get(s["name"], **s.get("options", {})).config))
-        except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
-            reasons.append(f"solver {s['name']}: {exc}")
-            continue
-        changed = sorted(k for k in set(now) | set(s["config"]) if now.get(k) != s["config"].get(k))
-        if changed:
-            reasons.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
-    for name, digest in provenance.get("priors", {}).items():
-        base_name = name.split("@")[0]  # a quantised prior is named NAME@SCHEME
-        # digest None: a prior made outside the registry, nothing to compare
-        if digest is not None and base_name in registry.PRIORS and registry.digest(base_name) != digest:
-            reasons.append(f"prior {base_name}: files changed")
-    return reasons

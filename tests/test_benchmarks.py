@@ -110,18 +110,18 @@ def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
 def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path):
     from dataclasses import asdict
 
-    from restore import provenance
+    from restore import stale
     from restore.priors import registry
     from restore.solvers import base
 
     now = {"solvers": [{"name": "reddiff", "options": {"steps": 3},
                         "config": asdict(base.get("reddiff", steps=3).config)}],
            "priors": {"score-natural": registry.digest("score-natural")}}
-    assert provenance.stale(now) == []
+    assert stale.reasons(now) == []
     old_default = {**now, "solvers": [{**now["solvers"][0], "config": {**now["solvers"][0]["config"], "lr": 9.0}}]}
-    assert provenance.stale(old_default) == ["solver reddiff defaults changed: lr"]
+    assert stale.reasons(old_default) == ["solver reddiff defaults changed: lr"]
     retrained = {**now, "priors": {"score-natural@int8": "0" * 16}}
-    assert provenance.stale(retrained) == ["prior score-natural: files changed"]
+    assert stale.reasons(retrained) == ["prior score-natural: files changed"]
 
     table_ = {}
     rows = [quality.intern_provenance({"task": "t", "method": m, "image": "1", "psnr": 20.0, "provenance": p},

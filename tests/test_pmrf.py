@@ -59,22 +59,22 @@ def test_mean_from_another_solver(flow, clean_rgb):
                    mean_source="reddiff")
     assert post.mean.shape == clean_rgb.shape
     # provenance names both solvers (the inner one at its own defaults) and both priors' files
-    from restore import provenance
+    from restore import stale
 
     prov = post.meta["provenance"]
     assert [(s["name"], s["options"]) for s in prov["solvers"]] == [("pmrf", {"flow_steps": 3, "mean_source": "reddiff"}),
                                                                     ("reddiff", {})]
     assert prov["solvers"][1]["config"]["steps"] == dataclasses.asdict(base.get("reddiff").config)["steps"]
     assert prov["priors"] == {"flow-natural": flow.digest, "score-natural": registry.digest("score-natural")}
-    assert provenance.stale(prov) == []
+    assert stale.reasons(prov) == []
     card = registry.models_dir() / "flow-natural.json"
     text = card.read_text()
     try:  # a recalibrated card (new Euler steps) makes the result stale
         card.write_text(text.replace("{", '{"recalibrated": true, ', 1))
-        assert provenance.stale(prov) == ["prior flow-natural: files changed"]
+        assert stale.reasons(prov) == ["prior flow-natural: files changed"]
     finally:
         card.write_text(text)
-    assert provenance.stale(prov) == []
+    assert stale.reasons(prov) == []
     with pytest.raises(base.SolverError, match="for denoising tasks"):
         _run("deblur:gaussian:sigma=1.5", clean_rgb, flow, n=1, mean_source="denoiser")
     with pytest.raises(base.SolverError, match="its own output"):

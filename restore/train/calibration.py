@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from restore import calibration as cal
+from restore.provenance import canonical
 from restore.files import save_atomic, write_json_atomic
 
 S = 1 / 255
@@ -210,7 +211,7 @@ def main(argv=None):
             cells.append({"family": fam, **fit_cell(done, sigma, args.seed)})
             print(f"fitted {fam} sigma {sigma:.4f}: {cells[-1]['calibration_images']} "
                   f"{cells[-1].get('prior_held_out_images', {})}", flush=True)
-    config = cal.canonical(dataclasses.asdict(restorer.solver.config))
+    config = canonical(dataclasses.asdict(restorer.solver.config))
     old = json.loads(out.read_text()) if out.exists() else {}
     same_fit = (old.get("features") == list(cal.FEATURES) and old.get("solver_config") == config
                 and old.get("prior_digest") == registry.digest(prior) and old.get("n_samples") == args.samples)

@@ -1,0 +1,32 @@
+"""Whether a recorded result would come out the same today: its provenance (``restore.provenance``) checked against
+the solvers' current configs and the priors' files. Kept apart from ``restore.provenance`` so that module stays a
+leaf the solver base and the prior registry report into, with no imports back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from restore.priors import registry
+from restore.provenance import canonical
+from restore.solvers import base
+
+
+def reasons(provenance: dict) -> list[str]:
+    """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
+    configs and the priors' files tell): a solver's resolved config changed, or a prior's files did."""
+    found = []
+    for s in provenance.get("solvers", []):
+        try:
+            now = canonical(dataclasses.asdict(base.get(s["name"], **s.get("options", {})).config))
+        except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
+            found.append(f"solver {s['name']}: {exc}")
+            continue
+        changed = sorted(k for k in set(now) | set(s["config"]) if now.get(k) != s["config"].get(k))
+        if changed:
+            found.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
+    for name, digest in provenance.get("priors", {}).items():
+        base_name = name.split("@")[0]  # a quantised prior is named NAME@SCHEME
+        # digest None: a prior made outside the registry, nothing to compare
+        if digest is not None and base_name in registry.PRIORS and registry.digest(base_name) != digest:
+            found.append(f"prior {base_name}: files changed")
+    return found
