@@ -18,7 +18,7 @@ DEFAULT_SOLVER = "pmrf"
 # quality_paper_quick.json (4 CBSD68 crops, default settings): PMRF has the best or near-best PSNR of the solvers that
 # run in seconds on denoising (29.5 dB vs TV 26.5), Gaussian deblurring (31.1 vs 30.3) and x4 SR (24.5 vs 24.5), and a
 # calibration table for every task family; VBLE leads on motion blur (26.0 vs PMRF 25.6, TV 24.8); only ScoreDVI
-# handles unknown real noise. On inpainting PMRF stays 0.2-0.5 dB below TV (a finding, see the README).
+# handles unknown real noise. On inpainting PMRF stays 0.2-0.5 dB below TV (a finding, see docs/benchmarks.md).
 RECOMMENDED = {("deblur", "motion"): "vble", ("denoise", "real"): "scoredvi"}
 
 

@@ -218,6 +218,7 @@ class Calibration:
     note: str
     mse_scale: float
     widening: float = 1.0
+    data_fit: torch.Tensor | None = None  # data_fit_map of the run, (1, 1, h, w) on the observation's grid
     _cache: dict = field(default_factory=dict, repr=False)
 
     def interval_multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1) -> float:
@@ -288,7 +289,7 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     cal = Calibration(scale * widening, np.asarray(cell["scores"]), status, table["file"], note,
-                      float(cell["mse_scale"]), widening)
+                      float(cell["mse_scale"]), widening, data_fit_map(post.mean, y, physics, float(sigma)))
     post.calibration = cal
     post.std = cal.std()
     rmse = cal.predicted_rmse()
@@ -297,6 +298,15 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         "std": "calibrated: half-width of the calibrated 68.27 % interval (raw spread in posterior.spread)",
         "self_check": check, "widening": round(widening, 4),
         "predicted_rmse": round(rmse, 6), "predicted_psnr": round(-20 * math.log10(max(rmse, 1e-6)), 3)}
+
+
+def data_fit_map(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float, window: int = 9) -> torch.Tensor:
+    """The self-check as a map on the observation's grid, (1, 1, h, w): the local chi2 ratio (squared residual
+    y - A mean over sigma^2, averaged over channels and a ``window`` box); about 1 where the mean explains y, 0 where
+    nothing is observed (inpainting holes)."""
+    with torch.no_grad():
+        r2 = ((y - physics.A(mean)) ** 2).mean(1, keepdim=True) / sigma**2
+        return _box(r2, window)
 
 
 def self_check(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float, chi2_range) -> dict:

@@ -96,7 +96,8 @@ class Posterior:
         """Write the posterior to ``directory`` (replaced as a whole, atomically):
 
         ``mean.png``, ``samples/sample_000.png``..., ``std.npy`` or ``std.tiff`` (float32, (H, W, C)),
-        ``spread.npy``/``.tiff`` (the raw sample spread, when ``std`` is calibrated), ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
+        ``spread.npy``/``.tiff`` (the raw sample spread) and ``data_fit.png`` (the self-check's local chi2 map) when
+        ``std`` is calibrated, ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
         ``samples_grid.png``, ``meta.json``, any ``extras`` (file name -> image tensor, e.g. the observation) and,
         given the ``truth``, ``error_vs_std.png`` (|error| beside std on one colour scale). PNGs are 8- or 16-bit.
         Returns the directory.
@@ -116,8 +117,9 @@ class Posterior:
             for k in range(n):
                 io.write_image(tmp / "samples" / f"sample_{k:03d}.png", self.samples[k], bit_depth)
             io.write_array(tmp / f"std.{std_format}", self.std[0].permute(1, 2, 0).numpy())
-            if self.calibration is not None:  # the solver's own spread beside the calibrated std
+            if self.calibration is not None:  # the solver's own spread beside the calibrated std, and the self-check
                 io.write_array(tmp / f"spread.{std_format}", self.spread[0].permute(1, 2, 0).numpy())
+                viz.save_data_fit_map(self.calibration.data_fit, tmp / "data_fit.png")
             scale = viz.save_std_heatmap(self.std, tmp / "std.png")
             viz.save_sample_grid(self.samples[:16], tmp / "samples_grid.png")
             if truth is not None:

@@ -115,6 +115,18 @@ def save_reliability_plot(curve: dict, path, title: str = "calibration"):
     return _save(fig, path)
 
 
+def save_data_fit_map(chi2: torch.Tensor, path) -> None:
+    """The local chi2 ratio of the mean against the observation (``restore.calibration.data_fit_map``) on a fixed
+    0-4 scale: about 1 where the estimate explains the observation, bright where it does not."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(_grey_map(chi2), cmap=CMAP, vmin=0.0, vmax=4.0)
+    ax.set_title("data fit: local chi2 ratio (1 = explained)", fontsize=9)
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _save(fig, path)
+
+
 RISK_MIN_HALF_WIDTH = 0.05  # an interval narrower than +-5 % of the range is never "at risk"
 
 

@@ -122,7 +122,9 @@ def test_calibrated_intervals_cover_better_than_the_raw_spread(fitted_models, cl
     lo, hi = post.interval(0.9, guarantee="rcps")
     assert float((hi - lo).mean()) >= widths[-1] - 1e-6
     out = post.save(tmp_path / "res")
-    assert (out / "spread.npy").exists() and (out / "std.npy").exists()
+    assert (out / "spread.npy").exists() and (out / "std.npy").exists() and (out / "data_fit.png").exists()
+    # the denoised mean explains the noisy observation about to the noise level, everywhere
+    assert 0.5 < float(post.calibration.data_fit.mean()) < 1.5
     assert not np.allclose(np.load(out / "spread.npy"), np.load(out / "std.npy"))
 
 
