@@ -122,7 +122,7 @@ def uncertainty_columns(meta: dict) -> dict:
     check = u.get("self_check", {})
     return {"uncertainty": u.get("status"), "predicted_psnr": u.get("predicted_psnr"),
             "predicted_rmse": u.get("predicted_rmse"), "self_check": check.get("verdict"),
-            "chi2_ratio": check.get("chi2_ratio")}
+            "chi2_ratio": check.get("chi2_ratio"), "unusual_image": "warning" in u if u else None}
 
 
 def describe_uncertainty(meta: dict) -> str:
@@ -137,6 +137,8 @@ def describe_uncertainty(meta: dict) -> str:
     if check["verdict"] == "poor fit":
         line += (f"; WARNING: the restored image does not explain the observation, intervals widened "
                  f"x{u['widening']:.2f}")
+    if "warning" in u:
+        line += f"; WARNING: {u['warning']}"
     return line
 
 

@@ -192,12 +192,17 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
     for a, b in zip(cells, cells[1:]):
         if a["sigma"] < sigma < b["sigma"]:
             t = (math.log(sigma) - math.log(a["sigma"])) / (math.log(b["sigma"]) - math.log(a["sigma"]))
+            if np.shape(a["scores"]) != np.shape(b["scores"]):  # fitted with other image counts: the nearer one
+                nearer = a if t < 0.5 else b
+                return nearer, "approximate", (f"{fam} at noise sigma {sigma:.4g}, using the calibrated "
+                                               f"{nearer['sigma']:.4g}: the guarantee holds only approximately")
             blend = {"family": fam, "sigma": sigma,
                      "weights": ((1 - t) * np.asarray(a["weights"]) + t * np.asarray(b["weights"])).tolist(),
                      "scores": ((1 - t) * np.asarray(a["scores"]) + t * np.asarray(b["scores"])).tolist(),
                      "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"],
-                     "chi2": [min(a["chi2_range"][0], b["chi2_range"][0]), max(a["chi2_range"][1], b["chi2_range"][1])]}
-            blend["chi2_range"] = blend.pop("chi2")
+                     "predicted_psnr_range": [min(c.get("predicted_psnr_range", [-math.inf])[0] for c in (a, b))],
+                     "chi2_range": [min(a["chi2_range"][0], b["chi2_range"][0]),
+                                    max(a["chi2_range"][1], b["chi2_range"][1])]}
             return blend, "approximate", (f"{fam} at noise sigma {sigma:.4g}, interpolated between the calibrated "
                                           f"{a['sigma']:.4g} and {b['sigma']:.4g}: the guarantee holds only "
                                           "approximately")
@@ -293,11 +298,18 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     post.calibration = cal
     post.std = cal.std()
     rmse = cal.predicted_rmse()
+    predicted_psnr = -20 * math.log10(max(rmse, 1e-6))
     post.meta["uncertainty"] = {
         "status": status, "table": table["file"], "cell": note, "guarantee": cal.guarantee(0.9),
         "std": "calibrated: half-width of the calibrated 68.27 % interval (raw spread in posterior.spread)",
         "self_check": check, "widening": round(widening, 4),
-        "predicted_rmse": round(rmse, 6), "predicted_psnr": round(-20 * math.log10(max(rmse, 1e-6)), 3)}
+        "predicted_rmse": round(rmse, 6), "predicted_psnr": round(predicted_psnr, 3)}
+    lowest = cell.get("predicted_psnr_range", [-math.inf])[0]
+    if predicted_psnr < lowest:  # harder than every calibration image: the exchangeability behind the guarantee is
+        # doubtful (an unusual image for this prior, e.g. colours it never saw); say so
+        post.meta["uncertainty"]["warning"] = (
+            f"predicted PSNR {predicted_psnr:.1f} dB is below every calibration image's ({lowest:.1f} dB): an unusual "
+            "image for this solver and prior; treat the result and its intervals with caution")
 
 
 def data_fit_map(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float, window: int = 9) -> torch.Tensor:

@@ -179,3 +179,23 @@ def test_metrics_report_raw_and_calibrated_side_by_side(clean_rgb):
     m = metrics.report(post, clean_rgb)
     assert m["calibrated"] is False and "coverage_90_raw" not in m
     assert m["interval_width_90"] == pytest.approx(metrics.interval_width(post, 0.9, method="raw"))
+
+
+def test_image_harder_than_every_calibration_image_is_flagged(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    from restore.batch import describe_uncertainty
+
+    table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
+    for cell in table["cells"]:
+        cell["predicted_psnr_range"] = [99.0, 100.0]  # every calibration image "easier" than anything real
+    models = tmp_path / "models"
+    (models / "calibration").mkdir(parents=True)
+    for f in fitted_models.glob("*.*"):
+        (models / f.name).symlink_to(f.resolve())
+    (models / "calibration" / "pmrf.flow-natural.json").write_text(json.dumps(table))
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    from restore.api import Restorer
+
+    r = Restorer("pmrf")
+    post = r(r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1"), "denoise:gaussian:sigma=0.1", samples=4)
+    assert post.calibrated and "below every calibration image" in post.meta["uncertainty"]["warning"]
+    assert "WARNING" in describe_uncertainty(post.meta)

@@ -128,6 +128,9 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
     curves, chi2, rho, rmse_pred, rmse = evaluate("cal")
     out = {"sigma": sigma, "weights": [round(float(w), 6) for w in weights], "mse_scale": round(mse_scale, 6),
            "chi2_range": [round(min(chi2), 5), round(max(chi2), 5)],
+           # the predicted PSNRs the calibration images got: a new image below them is harder than any of them
+           "predicted_psnr_range": [round(-20 * math.log10(max(rmse_pred)), 3),
+                                    round(-20 * math.log10(min(rmse_pred)), 3)],
            "scores": [[float(f"{v:.5g}") for v in c] for c in curves],
            "n_fit": sum(u["role"] == "fit" for u in units), "n_cal": len(curves),
            "calibration_images": {"std_error_spearman": round(float(np.mean(rho)), 4),
