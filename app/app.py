@@ -96,6 +96,24 @@ def _check_image(image, what: str) -> np.ndarray:
     return arr
 
 
+NOISE_SLIDER_MAX = 75  # the noise slider's range, /255
+
+
+def estimate_noise_level(image) -> tuple[float | None, str]:
+    """The noise std of an uploaded image for the noise slider (on the 0-255 scale, rounded to its step and clipped
+    to its range; None when there is no estimate) and a Markdown line saying what was estimated and how."""
+    from restore import io
+    from restore.noise import estimate_noise
+
+    try:
+        est = estimate_noise(io.to_tensor(_check_image(image, "an image")))
+    except ValueError as exc:  # UserError too: no image, too large, too small to estimate
+        return None, f"noise std not estimated: {exc}"
+    value = min(round(round(est.sigma255 / 0.05) * 0.05, 2), NOISE_SLIDER_MAX)  # the slider's step
+    beyond = f", above the slider's {NOISE_SLIDER_MAX}" if est.sigma255 > NOISE_SLIDER_MAX else ""
+    return value, f"estimated noise std: {est.sigma255:.1f} /255 ({est.method}{beyond})"
+
+
 def _restorer(solver: str, prior: str | None, options: dict, quant: str = "none"):
     from restore import Restorer
 
@@ -284,8 +302,9 @@ def build_demo():
                     simulate = gr.Checkbox(value=True, label="The image is clean: degrade it with the task first",
                                            elem_id="simulate")
                     kind = gr.Dropdown(TASK_KINDS, value="denoise", label="Task", elem_id="task")
-                    noise = gr.Slider(0, 75, value=25, step=0.05, label="Noise std (on the 0-255 scale)",
-                                      elem_id="noise")
+                    noise = gr.Slider(0, NOISE_SLIDER_MAX, value=25, step=0.05,
+                                      label="Noise std (on the 0-255 scale)", elem_id="noise")
+                    noise_note = gr.Markdown(elem_id="noise_estimate")
                     blur = gr.Slider(0.5, 5, value=2, step=0.1, label="Gaussian blur sigma (pixels)", visible=False)
                     motion = gr.Slider(5, 41, value=19, step=2, label="Motion kernel size", visible=False)
                     factor = gr.Radio([2, 4], value=4, label="SR factor", visible=False)
@@ -373,6 +392,16 @@ def build_demo():
                       concurrency_limit=1, time_limit=1800
                       ).then(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
             show_risk.change(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
+
+            def estimated_noise(image, simulate_):
+                """An uploaded noisy photo (not to be degraded first): its estimated noise level on the slider."""
+                if image is None or simulate_:
+                    return gr.skip(), ""
+                value, note = estimate_noise_level(image)
+                return (gr.skip() if value is None else gr.Slider(value=value)), note
+
+            for trigger in (inp.change, simulate.change):
+                trigger(estimated_noise, [inp, simulate], [noise, noise_note], queue=False, api_visibility="private")
             if EXAMPLES.is_dir():
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES.glob("*.png"))], inputs=[inp], label="Examples")
 
