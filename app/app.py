@@ -356,13 +356,16 @@ def build_demo():
                                        value=im if k == "inpaint" and m == "draw" else None))
 
             for trigger in (kind.change, mode.change):
-                trigger(toggle, [kind, mode, inp], [blur, motion, factor, mode, missing, box, editor], queue=False)
+                trigger(toggle, [kind, mode, inp], [blur, motion, factor, mode, missing, box, editor], queue=False,
+                        api_visibility="private")
             # the usual noise level of each task (the benchmarks' settings): 25/255 for denoising, 2.55/255 otherwise
-            kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), kind, noise, queue=False)
+            kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), kind, noise, queue=False,
+                        api_visibility="private")
             # the recommended solver per task (restore.api.RECOMMENDED): VBLE for motion blur, PMRF otherwise
-            kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), kind, solver, queue=False)
-            solver.change(priors_for, solver, prior, queue=False)
-            demo.load(priors_for, solver, prior, queue=False)
+            kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), kind, solver, queue=False,
+                        api_visibility="private")
+            solver.change(priors_for, solver, prior, queue=False, api_visibility="private")
+            demo.load(priors_for, solver, prior, queue=False, api_visibility="private")
 
             @gr_error
             def on_run(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,

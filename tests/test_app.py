@@ -116,3 +116,9 @@ def test_quantised_backbone_from_the_app(image):
     r = webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "reddiff", "score-natural", 1, 0, None,
                              '{"steps": 5}', quant="int8")
     assert "(int8)" in r["info"]
+
+
+def test_api_page_shows_only_the_named_endpoints(client):
+    """UI plumbing (task toggles, prior lists, the overlay switch, the noise estimate) stays off the API page."""
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert endpoints == {"/restore", "/compare"}
