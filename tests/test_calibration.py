@@ -154,14 +154,19 @@ def test_runs_the_table_does_not_cover_say_so(fitted_models, clean_rgb, monkeypa
         assert post.calibrated and "approximately" in u["guarantee"]
 
 
-def test_retrained_prior_makes_the_table_stale(fitted_models, clean_rgb, monkeypatch, tmp_path):
+def _with_edited_table(fitted_models, folder, edit):
+    """A models folder like ``fitted_models`` whose PMRF table went through ``edit(table)``."""
     table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
-    table["prior_digest"] = "0" * 16
-    models = tmp_path / "models"
-    (models / "calibration").mkdir(parents=True)
+    edit(table)
+    (folder / "calibration").mkdir(parents=True)
     for f in fitted_models.glob("*.*"):
-        (models / f.name).symlink_to(f.resolve())
-    (models / "calibration" / "pmrf.flow-natural.json").write_text(json.dumps(table))
+        (folder / f.name).symlink_to(f.resolve())
+    (folder / "calibration" / "pmrf.flow-natural.json").write_text(json.dumps(table))
+    return folder
+
+
+def test_retrained_prior_makes_the_table_stale(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    models = _with_edited_table(fitted_models, tmp_path / "models", lambda t: t.update(prior_digest="0" * 16))
     monkeypatch.setenv("RESTORE_MODELS", str(models))
     from restore.api import Restorer
 
@@ -184,14 +189,11 @@ def test_metrics_report_raw_and_calibrated_side_by_side(clean_rgb):
 def test_image_harder_than_every_calibration_image_is_flagged(fitted_models, clean_rgb, monkeypatch, tmp_path):
     from restore.batch import describe_uncertainty
 
-    table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
-    for cell in table["cells"]:
-        cell["predicted_psnr_range"] = [99.0, 100.0]  # every calibration image "easier" than anything real
-    models = tmp_path / "models"
-    (models / "calibration").mkdir(parents=True)
-    for f in fitted_models.glob("*.*"):
-        (models / f.name).symlink_to(f.resolve())
-    (models / "calibration" / "pmrf.flow-natural.json").write_text(json.dumps(table))
+    def easy_calibration_images(table):  # every calibration image "easier" than anything real
+        for cell in table["cells"]:
+            cell["predicted_psnr_range"] = [99.0, 100.0]
+
+    models = _with_edited_table(fitted_models, tmp_path / "models", easy_calibration_images)
     monkeypatch.setenv("RESTORE_MODELS", str(models))
     from restore.api import Restorer
 
