@@ -242,7 +242,8 @@ class Calibration:
         return self.interval_multiplier(GAUSS_STD_LEVEL) * self.scale
 
     def predicted_rmse(self) -> float:
-        """Root of the predicted mean squared error: mse_scale * mean(s_hat^2), mse_scale fitted on the fit images."""
+        """Root of the predicted mean squared error, mse_scale * mean(s_hat^2); mse_scale is the geometric mean of the
+        ratio on the cell's fit and calibration images."""
         return math.sqrt(self.mse_scale * float((self.scale**2).mean()))
 
     def guarantee(self, level: float = 0.9, guarantee: str = "crc", delta: float = 0.1) -> str:
@@ -251,11 +252,15 @@ class Calibration:
         return text if self.status == "calibrated" else f"approximately ({self.note}): {text}"
 
 
-def _uncalibrated(post, reason: str) -> None:
+def _uncalibrated(post, reason: str, y: torch.Tensor, physics, task) -> None:
     post.meta["uncertainty"] = {"status": "uncalibrated", "reason": reason,
                                 "std": "raw sample spread (not calibrated)"}
+    sigma = task.noise_sigma
+    if sigma and task.poisson_gain is None:  # the data fit, without a calibrated range to judge it by
+        post.meta["uncertainty"]["self_check"] = {"chi2_ratio": round(chi2_ratio(post.mean, y, physics, sigma), 4),
+                                                  "expected_range": None, "verdict": "no reference range"}
     warnings.warn(f"uncertainty not calibrated: {reason}; the std and intervals are the solver's raw sample spread",
-                  UncalibratedWarning, stacklevel=3)
+                  UncalibratedWarning, stacklevel=4)
 
 
 def apply(post, y: torch.Tensor, physics, task) -> None:
@@ -267,30 +272,30 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
     table = registry.calibration_table(solver, prior)
+    fallback = lambda reason: _uncalibrated(post, reason, y, physics, task)  # noqa: E731
     if table is None:
-        return _uncalibrated(post, f"no calibration table for solver {solver} with prior {prior}")
+        return fallback(f"no calibration table for solver {solver} with prior {prior}")
     fam, why = family(task)
     if fam is None:
-        return _uncalibrated(post, why)
+        return fallback(why)
     if table.get("features") != list(FEATURES):
-        return _uncalibrated(post, f"{table['file']} was fitted on other per-pixel features than this version "
-                                   "computes: refit it (python -m restore.train.calibration)")
+        return fallback(f"{table['file']} was fitted on other per-pixel features than this version computes: refit "
+                        "it (python -m restore.train.calibration)")
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
-        return _uncalibrated(post, f"prior {prior} changed since {table['file']} was fitted "
-                                   f"({prior_digest} vs {table['prior_digest']})")
+        return fallback(f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs "
+                        f"{table['prior_digest']})")
     config = provenance.canonical(post.meta.get("config", {}))
     changed = sorted(k for k in set(config) | set(table["solver_config"])
                      if config.get(k) != table["solver_config"].get(k))
     if changed:
-        return _uncalibrated(post, f"solver settings differ from the calibrated ones ({', '.join(changed)})")
+        return fallback(f"solver settings differ from the calibrated ones ({', '.join(changed)})")
     sigma = task.noise_sigma
     cell, status, note = find_cell(table, fam, float(sigma or 0.0))
     if cell is None:
-        return _uncalibrated(post, note)
+        return fallback(note)
     if post.n_samples != table["n_samples"]:
         status, note = "approximate", f"{note}; calibrated with {table['n_samples']} samples, run with {post.n_samples}"
-    spread = post.spread
-    scale = scale_map(cell["weights"], features(post.mean, spread, y, physics))
+    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics))
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     cal = Calibration(scale * widening, np.asarray(cell["scores"]), status, table["file"], note,

@@ -149,6 +149,8 @@ def test_runs_the_table_does_not_cover_say_so(fitted_models, clean_rgb, monkeypa
         assert re.search(reason, u["reason"]) and not post.calibrated
         assert any(issubclass(w.category, cal.UncalibratedWarning) for w in caught)
         assert torch.equal(post.std, post.spread)
+        # the data fit is still reported, without a calibrated range to judge it by
+        assert u["self_check"]["verdict"] == "no reference range" and u["self_check"]["chi2_ratio"] > 0
     else:
         assert re.search(reason, u["cell"])
         assert post.calibrated and "approximately" in u["guarantee"]
