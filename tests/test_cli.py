@@ -175,7 +175,7 @@ def test_batch_ranks_images_by_predicted_quality(tmp_path, clean_rgb):
     io.write_image(src / "busy.png", clean_rgb)
     io.write_image(src / "noise.png", torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)))
     r = runner.invoke(cli.app, ["batch", str(src), str(tmp_path / "out"), "-t", "denoise:gaussian:sigma=0.1",
-                                "--simulate", "-n", "4", "--sort-by", "predicted_psnr"])
+                                "--simulate", "-n", "8", "--sort-by", "predicted_psnr"])  # the tables' K
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert [row["uncertainty"] for row in rows] == ["calibrated"] * 3
