@@ -443,12 +443,14 @@ def build_demo():
 CSS = "#mean img, #c_means .preview img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}"
 
 
-def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True):
-    """Start the app (queue of at most 8 waiting jobs, one solve at a time)."""
+def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True,
+           auth: list[tuple[str, str]] | None = None):
+    """Start the app (queue of at most 8 waiting jobs, one solve at a time); ``auth``: (user, password) pairs that
+    may log in (``restore ui`` requires them for an exposed host), None for none."""
     demo = build_demo()
     demo.queue(max_size=8, default_concurrency_limit=1).launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, footer_links=["api"],
-        show_error=True, prevent_thread_lock=not block, quiet=not block, css=CSS)
+        show_error=True, prevent_thread_lock=not block, quiet=not block, css=CSS, auth=auth)
     return demo
 
 

@@ -243,12 +243,61 @@ def _repo_on_path() -> Path:
     return repo
 
 
-@app.command("ui")
-def ui(host: str = typer.Option("127.0.0.1", "--host", help="bind address; 0.0.0.0 exposes the app to the network"),
-       port: int = typer.Option(7860, "--port"), share: bool = typer.Option(False, "--share")):
-    """Start the Gradio web app (offline: analytics off, local only unless told otherwise)."""
-    import importlib.util
+def _loopback(host: str) -> bool:
+    import ipaddress
 
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost counts as this machine
+        return False
+
+
+def ui_auth(host: str, share: bool, auth: list[str], auth_file: Optional[Path], no_auth: bool,
+            env: Optional[str]) -> list[tuple[str, str]] | None:
+    """The (user, password) pairs ``restore ui`` serves with, from ``--auth user:password`` (repeatable),
+    ``--auth-file`` (one user:password a line) and ``$RESTORE_UI_AUTH`` (comma-separated user:password); None for no
+    login. An app reachable beyond this machine (a non-loopback ``--host`` or ``--share``) needs one, unless
+    ``--no-auth`` says so on purpose. Raises ValueError naming the problem."""
+    entries = list(auth)
+    if auth_file is not None:
+        if not auth_file.is_file():
+            raise ValueError(f"--auth-file {auth_file} not found")
+        entries += [line.strip() for line in auth_file.read_text().splitlines() if line.strip()]
+    if env:
+        entries += [e.strip() for e in env.split(",") if e.strip()]
+    pairs = []
+    for e in entries:
+        user, sep, password = e.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"credentials must be user:password with both parts non-empty; got {e.split(':')[0]!r}:...")
+        pairs.append((user, password))
+    if no_auth and pairs:
+        raise ValueError("--no-auth contradicts the credentials given (--auth, --auth-file or $RESTORE_UI_AUTH)")
+    exposed = share or not _loopback(host)
+    if exposed and not pairs and not no_auth:
+        where = "a public share link" if share else f"--host {host}"
+        raise ValueError(f"{where} serves the app beyond this machine: give --auth user:password (or --auth-file, or "
+                         "$RESTORE_UI_AUTH), or --no-auth to serve it to anyone on purpose")
+    return pairs or None
+
+
+@app.command("ui")
+def ui(host: str = typer.Option("127.0.0.1", "--host", help="bind address; a non-loopback one (e.g. 0.0.0.0) "
+                                "exposes the app to the network and needs --auth or --no-auth"),
+       port: int = typer.Option(7860, "--port"), share: bool = typer.Option(False, "--share"),
+       auth: List[str] = typer.Option([], "--auth", help="user:password allowed to log in (repeatable)"),
+       auth_file: Optional[Path] = typer.Option(None, "--auth-file", help="file of user:password lines"),
+       no_auth: bool = typer.Option(False, "--no-auth", help="serve a non-loopback host without a login, on purpose")):
+    """Start the Gradio web app (offline: analytics off, local only unless told otherwise; a login when exposed)."""
+    import importlib.util
+    import os
+
+    try:
+        credentials = ui_auth(host, share, auth, auth_file, no_auth, os.environ.get("RESTORE_UI_AUTH"))
+    except ValueError as exc:
+        _fail(str(exc))
     if importlib.util.find_spec("app.app") is None:  # neither installed (the wheel carries it) nor on the path
         if not (_repo_on_path() / "app" / "app.py").exists():
             _fail("the web app (app/app.py) is not installed: pip install 'restore[ui]' or run from a source checkout")
@@ -258,8 +307,9 @@ def ui(host: str = typer.Option("127.0.0.1", "--host", help="bind address; 0.0.0
         _fail("the web app needs gradio: pip install 'restore[ui]'")
     from app.app import launch
 
-    typer.echo(f"restore ui on http://{host}:{port} (Ctrl-C to stop)")
-    launch(host=host, port=port, share=share)
+    login = f", login required for {len(credentials)} user(s)" if credentials else ""
+    typer.echo(f"restore ui on http://{host}:{port}{login} (Ctrl-C to stop)")
+    launch(host=host, port=port, share=share, auth=credentials)
 
 
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -122,3 +122,48 @@ def test_api_page_shows_only_the_named_endpoints(client):
     """UI plumbing (task toggles, prior lists, the overlay switch, the noise estimate) stays off the API page."""
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert endpoints == {"/restore", "/compare"}
+
+
+@pytest.mark.parametrize("host, share, auth, no_auth, env, expect", [
+    ("127.0.0.1", False, [], False, None, None),                       # loopback: no login needed
+    ("0.0.0.0", False, [], False, None, "serves the app beyond this machine"),
+    ("192.168.1.5", False, [], True, None, None),                      # exposed on purpose
+    ("0.0.0.0", False, ["ann:pw"], False, None, [("ann", "pw")]),
+    ("0.0.0.0", False, [], False, "ann:pw,bob:pw2", [("ann", "pw"), ("bob", "pw2")]),
+    ("127.0.0.1", True, [], False, None, "public share link"),
+    ("0.0.0.0", False, ["ann"], False, None, "user:password"),
+    ("0.0.0.0", False, ["ann:pw"], True, None, "contradicts"),
+])
+def test_ui_needs_a_login_when_exposed(host, share, auth, no_auth, env, expect):
+    from restore.cli import ui_auth
+
+    if isinstance(expect, str):
+        with pytest.raises(ValueError, match=expect):
+            ui_auth(host, share, auth, None, no_auth, env)
+    else:
+        assert ui_auth(host, share, auth, None, no_auth, env) == expect
+
+
+def test_cli_refuses_an_exposed_app_without_login():
+    from typer.testing import CliRunner
+
+    from restore import cli
+
+    r = CliRunner().invoke(cli.app, ["ui", "--host", "0.0.0.0"])
+    assert r.exit_code != 0 and "--auth user:password" in r.output
+
+
+def test_login_required_through_gradio_client():
+    """With credentials, an anonymous client is refused and a logged-in one is answered."""
+    from gradio_client import Client
+
+    demo = webapp.launch(host="127.0.0.1", port=None, block=False, auth=[("ann", "s3cret")])
+    try:
+        with pytest.raises(Exception):
+            Client(demo.local_url, verbose=False).view_api(print_info=False)
+        with pytest.raises(Exception):
+            Client(demo.local_url, auth=("ann", "wrong"), verbose=False)
+        client = Client(demo.local_url, auth=("ann", "s3cret"), verbose=False)
+        assert "/restore" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    finally:
+        demo.close()
