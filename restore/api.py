@@ -153,8 +153,8 @@ def restore(image, task: str | Task, solver: str | None = None, prior: str | Non
     ``solver`` None: the recommended one for the task (:func:`recommended_solver`). ``options`` override the solver's
     config fields. See :class:`Restorer` for the arguments.
     """
-    restorer = Restorer(solver or recommended_solver(task), prior, device, tile=tile, overlap=overlap, quant=quant, calibrate=calibrate,
-                        **options)
+    restorer = Restorer(solver or recommended_solver(task), prior, device, tile=tile, overlap=overlap, quant=quant,
+                        calibrate=calibrate, **options)
     return restorer(image, task, samples=samples, seed=seed, ground_truth=ground_truth, progress=progress)
 
 

@@ -5,8 +5,8 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
 
 1. **Error scale.** A per-pixel scale ``s_hat`` (1, C, H, W) > 0 from cheap signals of the run (:data:`FEATURES`):
    the samples' spread, the mean's local contrast, the data-fit residual A^T(y - A mean) (each at a few window
-   sizes), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with ``w`` fitted per cell by
-   least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
+   sizes), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with
+   ``w`` fitted per cell by least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
    get a useful scale from the other signals; the spread alone is not one.
 2. **Normalised scores** |x - mean| / s_hat on calibration images disjoint from the fit images. The image is the
    unit: each calibration image keeps its score quantile function, and L_i(l) = fraction of image i's pixels whose
@@ -78,7 +78,8 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
 
 
-def _local_std(x: torch.Tensor, k: int) -> torch.Tensor:
+def local_std(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-pixel std of ``x`` (B, C, H, W) over a k x k window (replicate padding)."""
     return (_box(x**2, k) - _box(x, k) ** 2).clamp_min(0).sqrt()
 
 
@@ -97,8 +98,8 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics)
         grey_spread = spread.mean(1, keepdim=True).expand_as(mean)
         log = lambda t: torch.log(t + EPS)  # noqa: E731
         feats = [torch.ones_like(mean), log(_box(spread, 3)), log(_box(spread, 7)), log(_box(grey_spread, 5)),
-                 log(_local_std(mean, 3)), log(_local_std(mean, 5)), log(_local_std(mean, 9)),
-                 log(_local_std(grey, 5)),
+                 log(local_std(mean, 3)), log(local_std(mean, 5)), log(local_std(mean, 9)),
+                 log(local_std(grey, 5)),
                  log(_box(residual, 3).sqrt()), log(_box(residual, 5).sqrt()), log(_box(residual, 11).sqrt()),
                  torch.log(1 + 1e-2 - _box(observed, 9).clamp(0, 1)),
                  torch.log(1 + 1e-2 - _box(observed, 33).clamp(0, 1)),

@@ -133,13 +133,11 @@ RISK_MIN_HALF_WIDTH = 0.05  # an interval narrower than +-5 % of the range is ne
 def risk_map(post, level: float = 0.9) -> torch.Tensor:
     """(H, W) bool: pixels whose ``level`` interval is wide relative to the signal, where detail is likely invented:
     the half-width exceeds both ``RISK_MIN_HALF_WIDTH`` and the mean's local contrast (5x5 std), channel-averaged."""
-    import torch.nn.functional as F
+    from restore.calibration import local_std
 
     lo, hi = post.interval(level)
     half = ((hi - lo) / 2).mean(1)[0]
-    m = post.mean.mean(1, keepdim=True)
-    box = lambda t: F.avg_pool2d(F.pad(t, (2, 2, 2, 2), mode="replicate"), 5, stride=1)  # noqa: E731
-    contrast = (box(m**2) - box(m) ** 2).clamp_min(0).sqrt()[0, 0]
+    contrast = local_std(post.mean.mean(1, keepdim=True), 5)[0, 0]
     return (half > RISK_MIN_HALF_WIDTH) & (half > contrast)
 
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from restore import calibration as cal
-from restore.provenance import canonical
 from restore.files import save_atomic, write_json_atomic
+from restore.provenance import canonical
 
 S = 1 / 255
 DEBLUR_KERNELS = ("gaussian:sigma=1", "gaussian:sigma=2", "gaussian:sigma=3", "motion:size=19,seed={i}")
@@ -42,7 +42,7 @@ GRID = {
     "inpaint-region": ((0.01,), lambda i, n: f"inpaint:box:size={(0.2, 0.3, 0.4)[i % 3]},noise={n:.6f}"),
 }
 PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
-FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for 7 weights)
+FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for len(FEATURES) weights)
 
 
 def crops(files: list[Path], size: int, seed: int) -> list[torch.Tensor]:
@@ -96,28 +96,28 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
     from restore.metrics import spearman
 
     g = torch.Generator().manual_seed(seed)
+    signals = [(u, *unit_signals(u)) for u in units]  # (unit, features, |error|, physics), worked out once
     rows, targets = [], []
-    for u in (u for u in units if u["role"] == "fit"):
-        feats, err, _ = unit_signals(u)
-        flat, e = feats.flatten(1).T, err.flatten()
-        pick = torch.randperm(e.numel(), generator=g)[:FIT_PIXELS]
-        rows.append(flat[pick])
-        targets.append(torch.log(e[pick] + cal.EPS))
+    for u, feats, err, _ in signals:
+        if u["role"] == "fit":
+            flat, e = feats.flatten(1).T, err.flatten()
+            pick = torch.randperm(e.numel(), generator=g)[:FIT_PIXELS]
+            rows.append(flat[pick])
+            targets.append(torch.log(e[pick] + cal.EPS))
     a, b = torch.cat(rows).double(), torch.cat(targets).double()
     weights = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].float()
+    scales = [cal.scale_map(weights, feats) for _, feats, _, _ in signals]
     # predicted MSE = mse_scale * mean(s_hat^2): the geometric mean of the ratio over the fit and calibration images,
     # so the predicted PSNR is unbiased in dB (it carries no guarantee, so it may use both)
-    log_ratios = []
-    for u in (u for u in units if u["role"] in ("fit", "cal")):
-        feats, err, _ = unit_signals(u)
-        log_ratios.append(math.log(float((err**2).mean()) / float((cal.scale_map(weights, feats) ** 2).mean())))
-    mse_scale = math.exp(float(np.mean(log_ratios)))
+    mse_scale = math.exp(float(np.mean([math.log(float((err**2).mean()) / float((scale**2).mean()))
+                                        for (u, _, err, _), scale in zip(signals, scales)
+                                        if u["role"] in ("fit", "cal")])))
 
     def evaluate(role):
         curves, chi2, rho, rmse_pred, rmse = [], [], [], [], []
-        for u in (u for u in units if u["role"] == role):
-            feats, err, physics = unit_signals(u)
-            scale = cal.scale_map(weights, feats)
+        for (u, _, err, physics), scale in zip(signals, scales):
+            if u["role"] != role:
+                continue
             curves.append(np.quantile((err / scale).flatten().numpy(), cal.SCORE_PROBS))
             chi2.append(cal.chi2_ratio(u["mean"], u["y"], physics, sigma))
             rho.append(spearman(scale.mean(1), err.mean(1)))
