@@ -18,6 +18,7 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 
 MAX_UI_PIXELS = 1024 * 1024  # per image in the app; the CLI takes up to restore.io.MAX_PIXELS
 MAX_UPLOAD = "20mb"
+QUEUE_SIZE = 8  # jobs waiting for the solver; more are refused ("queue is full"), not held
 OUTPUT_TTL_S = 3600
 OUT_ROOT = Path(tempfile.gettempdir()) / "restore-ui"
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -66,8 +68,9 @@ def task_spec(kind: str, noise255: float, blur_sigma: float = 2.0, motion_size: 
     raise UserError(f"unknown task {kind!r}")
 
 
-def mask_from_editor(editor, shape: tuple[int, int], out_dir: Path) -> str | None:
-    """Write the drawn strokes of an ImageEditor value as a mask PNG (white = observed); None if nothing drawn."""
+def mask_from_editor(editor, shape: tuple[int, int], out_dir: Path, fit: Fit | None = None) -> str | None:
+    """Write the drawn strokes of an ImageEditor value as a mask PNG (white = observed); None if nothing drawn.
+    ``shape``: the uploaded image's (H, W); ``fit``: its crop/downscale for the app (plan_fit), applied to the mask."""
     if not editor or not editor.get("layers"):
         return None
     painted = np.zeros(shape, bool)
@@ -81,6 +84,8 @@ def mask_from_editor(editor, shape: tuple[int, int], out_dir: Path) -> str | Non
         return None
     from restore.io import write_image
 
+    if fit is not None and not fit.identity:
+        painted = fit.apply(painted)
     path = out_dir / "mask.png"
     write_image(path, (~painted).astype(np.float32))
     return str(path)
@@ -92,21 +97,158 @@ def _check_image(image, what: str) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim < 2 or arr.shape[0] * arr.shape[1] > MAX_UI_PIXELS:
         raise UserError(f"{what} is {arr.shape[1]}x{arr.shape[0]} pixels; the app takes at most "
-                        f"{MAX_UI_PIXELS / 1e6:.1f} megapixels (use the `restore` command line for larger images)")
+                        f"{MAX_UI_PIXELS / 1e6:.1f} megapixels: pick {' / '.join(FIT_MODES)} for larger images "
+                        f"({CLI_HINT})")
     return arr
+
+
+# ---- large images: restore a centre crop, a chosen region or a downscaled copy ------------------------------------
+
+FIT_MODES = ["downscale to fit", "centre crop", "region"]
+FIT_DEFAULT = FIT_MODES[0]
+CLI_HINT = "the `restore` command line restores full-size images, in tiles"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an image of ``shape`` becomes one the app restores: crop ``box`` (top, left, height, width) in input pixels,
+    then resize to ``size`` (height, width); ``description`` says so, e.g. '4032x3024 -> 1182x886 (downscaled)'."""
+
+    shape: tuple[int, int]
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+    description: str
+
+    @property
+    def identity(self) -> bool:
+        return self.box == (0, 0, *self.shape) and self.size == self.shape
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        """The fitted copy of ``arr`` (HxW[xC], the shape planned for; bool masks stay masks)."""
+        arr = np.asarray(arr)
+        if tuple(arr.shape[:2]) != self.shape:
+            raise UserError(f"an array of {arr.shape[1]}x{arr.shape[0]} pixels does not match the planned "
+                            f"{self.shape[1]}x{self.shape[0]} image")
+        t, l, h, w = self.box
+        out = arr[t:t + h, l:l + w]
+        return out if (h, w) == self.size else _resize(out, self.size)
+
+    def scaled(self, r: int) -> Fit:
+        """The same fit for an image ``r`` times larger a side (a super-resolution reference)."""
+        return Fit((self.shape[0] * r, self.shape[1] * r), tuple(v * r for v in self.box),
+                   (self.size[0] * r, self.size[1] * r), self.description)
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-aware (Lanczos) resize of HxW[xC] to ``size`` (h, w); uint8 through PIL directly, other dtypes per channel
+    in float; bool is resized as coverage and thresholded at one half."""
+    from PIL import Image
+
+    h, w = size
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or arr.shape[2] in (3, 4)):
+        return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.LANCZOS))
+    chans = arr[..., None] if arr.ndim == 2 else arr
+    out = np.stack([np.asarray(Image.fromarray(chans[..., c].astype(np.float32), mode="F").resize(
+        (w, h), Image.Resampling.BOX if arr.dtype == bool else Image.Resampling.LANCZOS))
+        for c in range(chans.shape[2])], axis=-1)
+    out = out[..., 0] if arr.ndim == 2 else out
+    if arr.dtype == bool:
+        return out >= 0.5
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(arr.dtype)
+    return out.astype(arr.dtype)
+
+
+def plan_fit(shape: tuple[int, ...], mode: str | None, region=None, limit: int | None = None) -> Fit:
+    """How to bring an image of ``shape`` (H, W[, C]) within ``limit`` pixels. Within the limit the image is kept
+    whole whatever the mode; above it ``mode`` is 'downscale to fit' (aspect ratio kept), 'centre crop' (the same
+    size, from the middle) or 'region' (``region`` = (x, y, width, height) in pixels, left/top edge first, inside the
+    image and within the limit). Raises UserError naming the problem (no mode above the limit, a bad region)."""
+    limit = MAX_UI_PIXELS if limit is None else limit
+    h, w = int(shape[0]), int(shape[1])
+    if h * w <= limit:
+        return Fit((h, w), (0, 0, h, w), (h, w), f"{w}x{h} (restored as is)")
+    mp = f"{limit / 1e6:.1f}"
+    if mode is None:
+        raise UserError(f"the image is {w}x{h} pixels; the app takes at most {mp} megapixels: pick "
+                        f"{' / '.join(FIT_MODES)} ({CLI_HINT})")
+    if mode not in FIT_MODES:
+        raise UserError(f"unknown large-image choice {mode!r}; one of: {', '.join(FIT_MODES)}")
+    if mode == "region":
+        if region is None or len(region) != 4 or any(v is None for v in region):
+            raise UserError("give the region to restore as x, y, width and height in pixels")
+        try:
+            x, y, rw, rh = (int(v) for v in region)
+        except (TypeError, ValueError):
+            raise UserError(f"the region's x, y, width and height must be whole numbers; got {region}") from None
+        if (x, y, rw, rh) != tuple(float(v) for v in region):
+            raise UserError(f"the region's x, y, width and height must be whole numbers; got {tuple(region)}")
+        if x < 0 or y < 0:
+            raise UserError(f"the region's x and y must be 0 or more; got x={x}, y={y}")
+        if rw < 8 or rh < 8:
+            raise UserError(f"the region must be at least 8 pixels a side; got {rw}x{rh}")
+        if x + rw > w:
+            raise UserError(f"the region (x={x} + width={rw} = {x + rw}) reaches past the image's right edge "
+                            f"(width {w})")
+        if y + rh > h:
+            raise UserError(f"the region (y={y} + height={rh} = {y + rh}) reaches past the image's bottom edge "
+                            f"(height {h})")
+        if rw * rh > limit:
+            raise UserError(f"the region is {rw}x{rh} = {rw * rh / 1e6:.2f} megapixels; the app takes at most {mp}: "
+                            "make it smaller, or pick downscale to fit")
+        return Fit((h, w), (y, x, rh, rw), (rh, rw), f"{w}x{h} -> {rw}x{rh} (region at x={x}, y={y})")
+    s = (limit / (h * w)) ** 0.5
+    th, tw = max(1, int(h * s)), max(1, int(w * s))
+    while th * tw > limit:  # float rounding
+        th, tw = th - (th >= tw), tw - (tw > th)
+    if mode == "centre crop":
+        return Fit((h, w), ((h - th) // 2, (w - tw) // 2, th, tw), (th, tw), f"{w}x{h} -> {tw}x{th} (centre crop)")
+    return Fit((h, w), (0, 0, h, w), (th, tw), f"{w}x{h} -> {tw}x{th} (downscaled)")
+
+
+def fit_to_limit(image, mode: str | None, region=None, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """``image`` (HxW[xC]) brought within ``limit`` pixels as ``mode`` says (see plan_fit), and a description of the
+    size that is restored, e.g. '4032x3024 -> 1182x886 (downscaled)'."""
+    if image is None:
+        raise UserError("upload an image first")
+    arr = np.asarray(image)
+    if arr.ndim < 2:
+        raise UserError(f"not an image: an array of shape {arr.shape}")
+    fit = plan_fit(arr.shape, mode, region, limit)
+    return (arr if fit.identity else fit.apply(arr)), fit.description
+
+
+def fit_note(shape, mode: str | None, region=None, simulate: bool = True) -> str:
+    """The Markdown line under an upload: the size that will be restored, or why it cannot be."""
+    if shape is None:
+        return ""
+    try:
+        fit = plan_fit(shape, mode, region)
+    except UserError as exc:
+        return f"**{exc}**"
+    if fit.identity:
+        return f"Size: {fit.description}."
+    note = f"Size: **{fit.description}** (the app restores at most {MAX_UI_PIXELS / 1e6:.1f} megapixels; {CLI_HINT})."
+    if fit.size != (fit.box[2], fit.box[3]) and not simulate:
+        note += (" Downscaling also shrinks the photo's own noise and blur, so the task settings may no longer match "
+                 "it: crop instead to keep them.")
+    return note
 
 
 NOISE_SLIDER_MAX = 75  # the noise slider's range, /255
 
 
-def estimate_noise_level(image) -> tuple[float | None, str]:
+def estimate_noise_level(image, fit: str | None = None, region=None) -> tuple[float | None, str]:
     """The noise std of an uploaded image for the noise slider (on the 0-255 scale, rounded to its step and clipped
-    to its range; None when there is no estimate) and a Markdown line saying what was estimated and how."""
+    to its range; None when there is no estimate) and a Markdown line saying what was estimated and how. A large
+    image is measured as it will be restored (``fit``, ``region``: see plan_fit)."""
     from restore import io
     from restore.noise import estimate_noise
 
     try:
-        est = estimate_noise(io.to_tensor(_check_image(image, "an image")))
+        arr = _check_image(image, "an image") if fit is None else fit_to_limit(image, fit, region)[0]
+        est = estimate_noise(io.to_tensor(arr))
     except ValueError as exc:  # UserError too: no image, too large, too small to estimate
         return None, f"noise std not estimated: {exc}"
     value = min(round(round(est.sigma255 / 0.05) * 0.05, 2), NOISE_SLIDER_MAX)  # the slider's step
@@ -130,13 +272,17 @@ MAX_SESSIONS = 256
 
 
 def _remember_views(request, views: dict) -> None:
-    key = getattr(request, "session_hash", None)
-    if key is None:
+    _remember(_VIEWS, getattr(request, "session_hash", None), views)
+
+
+def _remember(store: dict, key, value) -> None:
+    """``store[key] = value``, newest last, keeping the newest MAX_SESSIONS (keys without a session are skipped)."""
+    if key is None or (isinstance(key, tuple) and key[0] is None):
         return
-    _VIEWS.pop(key, None)
-    _VIEWS[key] = views
-    while len(_VIEWS) > MAX_SESSIONS:
-        _VIEWS.pop(next(iter(_VIEWS)))
+    store.pop(key, None)
+    store[key] = value
+    while len(store) > MAX_SESSIONS:
+        store.pop(next(iter(store)))
 
 
 def _fresh_dir() -> Path:
@@ -162,13 +308,21 @@ def _metrics_row(name: str, meta: dict) -> list:
 
 
 def restore_image(image, simulate: bool, task: str, solver: str, prior: str | None, samples: int, seed: int,
-                  ground_truth=None, options: str = "", progress=None, quant: str = "none") -> dict:
-    """Run one restoration for the app. ``image``: HxW[xC] uint8 array; ``task``: spec string. Returns a dict of
-    outputs (paths and arrays) for the components; raises UserError with a readable message."""
+                  ground_truth=None, options: str = "", progress=None, quant: str = "none", fit: str | None = None,
+                  region=None) -> dict:
+    """Run one restoration for the app. ``image``: HxW[xC] uint8 array; ``task``: spec string; ``fit``, ``region``:
+    what to do with an image above MAX_UI_PIXELS (plan_fit; None: refuse it). Returns a dict of outputs (paths and
+    arrays) for the components; raises UserError with a readable message."""
     from restore import io, tasks
     from restore.solvers.base import SolverError
 
-    arr = _check_image(image, "an image")
+    if fit is None:
+        arr, plan = _check_image(image, "an image"), None
+    else:
+        if image is None:
+            raise UserError("upload an image first")
+        plan = plan_fit(np.asarray(image).shape, fit, region)
+        arr = np.asarray(image) if plan.identity else plan.apply(image)
     try:
         opts = json.loads(options) if options and options.strip() else {}
         if not isinstance(opts, dict):
@@ -190,7 +344,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
         else:
             y = x
             if ground_truth is not None:
-                truth = io.to_tensor(_check_image(ground_truth, "the ground truth"))
+                truth = io.to_tensor(_fitted_truth(ground_truth, plan))
         cb = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
         post = r(y, t, samples=int(samples), seed=int(seed), ground_truth=truth, progress=cb)
     except (ValueError, FileNotFoundError, SolverError) as exc:
@@ -209,6 +363,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     uncertainty = describe_uncertainty(post.meta)
     uncertainty = f"\n\n{'**' + uncertainty + '**' if alarm else uncertainty}. Regions at risk (90 % interval " \
                   f"wider than the local signal): {100 * at_risk:.1f} % of the image."
+    size_note = "" if plan is None or plan.identity else f" Image: {plan.description}."
     before = y.clamp(0, 1)
     if before.shape != post.mean.shape:  # SR: show the low-resolution input at the output size
         before = torch.nn.functional.interpolate(before, size=post.mean.shape[-2:], mode="nearest")
@@ -221,18 +376,34 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
         "metrics": [_metrics_row(solver, post.meta)],
         "info": (f"**{solver}** on `{post.meta['task']}` with prior `{post.meta['prior']}`"
                  f"{'' if quant in (None, 'none') else f' ({quant})'}, seed {post.meta['seed']}, "
-                 f"{post.n_samples} samples, {post.meta['timings']['total_s']:.1f} s. Std colour scale: "
+                 f"{post.n_samples} samples, {post.meta['timings']['total_s']:.1f} s.{size_note} Std colour scale: "
                  f"{json.loads((res / 'std_scale.json').read_text())['vmax']:.4f} at the top (see std_scale.json)."
                  + uncertainty),
         "at_risk": str(res / "at_risk.png"),
         "files": [str(res / f) for f in ("mean.png", "std.png", "std.npy", "std.tiff", "meta.json")],
         "posterior": post,
+        "size": None if plan is None else plan.description,
     }
 
 
+def _fitted_truth(truth, plan: Fit | None) -> np.ndarray:
+    """The clean reference cropped/downscaled like the image it belongs to (the same size, or a whole multiple of it
+    a side for super-resolution)."""
+    if plan is None or plan.identity:
+        return _check_image(truth, "the ground truth")
+    arr = np.asarray(truth)
+    (h, w), (th, tw) = plan.shape, arr.shape[:2]
+    r = th // h
+    if r < 1 or (th, tw) != (h * r, w * r):
+        raise UserError(f"the ground truth is {tw}x{th} pixels: for a large image it must be the image's size "
+                        f"({w}x{h}) or a whole multiple of it, so that the same crop or downscale applies")
+    return (plan if r == 1 else plan.scaled(r)).apply(arr)
+
+
 def compare_solvers(image, simulate: bool, task: str, solvers: list[str], samples: int, seed: int,
-                    progress=None) -> dict:
-    """The same input through several solvers (default priors): means, std maps on one colour scale, metrics."""
+                    progress=None, fit: str | None = None, region=None) -> dict:
+    """The same input through several solvers (default priors): means, std maps on one colour scale, metrics.
+    ``fit``, ``region``: as for restore_image."""
     from restore import viz
 
     if not solvers:
@@ -242,7 +413,9 @@ def compare_solvers(image, simulate: bool, task: str, solvers: list[str], sample
         cb = None
         if progress is not None:
             cb = lambda f, msg, i=i, s=s: progress((i + f) / len(solvers), desc=f"{s}: {msg}")  # noqa: E731
-        results[s] = restore_image(image, simulate, task, s, None, samples, seed, progress=_Adapter(cb))
+        results[s] = restore_image(image, simulate, task, s, None, samples, seed, progress=_Adapter(cb), fit=fit,
+                                   region=region)
+    first = next(iter(results.values()))
     vmax = max(float(np.percentile(r["posterior"].std.mean(1).numpy(), 99.5)) for r in results.values())
     out_dir = _fresh_dir()
     stds = []
@@ -252,7 +425,8 @@ def compare_solvers(image, simulate: bool, task: str, solvers: list[str], sample
         stds.append((str(p), s))
     return {"means": [(r["mean"], s) for s, r in results.items()], "stds": stds,
             "metrics": [row for r in results.values() for row in r["metrics"]],
-            "info": f"Std maps share one colour scale: 0 to {vmax:.4f}."}
+            "info": f"Task `{first['posterior'].meta['task']}`. Std maps share one colour scale: 0 to {vmax:.4f}."
+                    + (f" Image: {first['size']}." if first["size"] and "->" in first["size"] else "")}
 
 
 class _Adapter:
@@ -267,6 +441,66 @@ class _Adapter:
 
 
 # ---- the Blocks app -------------------------------------------------------------------------------------------
+
+def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, motion_size: int = 19,
+                  sr_factor: int = 4, inpaint_mode: str = "random pixels", missing: float = 0.5, box_size: float = 0.3,
+                  editor=None, fit: str | None = None, region=None) -> str:
+    """task_spec for the values of the task controls (the same in both tabs); a mask drawn on the uploaded image is
+    written first, cropped or downscaled as the image will be (``fit``, ``region``: see plan_fit)."""
+    mask_path = None
+    if kind == "inpaint" and inpaint_mode == "draw" and image is not None:
+        shape = np.asarray(image).shape[:2]
+        plan = None if fit is None else plan_fit(shape, fit, region)
+        mask_path = mask_from_editor(editor, shape, _fresh_dir(), plan)
+    return task_spec(kind, noise255, blur_sigma, motion_size, sr_factor, inpaint_mode, missing, box_size, mask_path)
+
+
+# the uploaded image's size per browser session and tab, for the size line under the upload (without the pixels)
+_SHAPES: dict = {}
+
+
+def _task_controls(gr, prefix: str = ""):
+    """The task's controls, built by this one function for both tabs (elem_ids get ``prefix``): kind, noise and its
+    estimate line, each task's parameters, the mask editor. ``inputs``: the values controls_spec takes, in order."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace()
+    c.kind = gr.Dropdown(TASK_KINDS, value="denoise", label="Task", elem_id=f"{prefix}task")
+    c.noise = gr.Slider(0, NOISE_SLIDER_MAX, value=25, step=0.05, label="Noise std (on the 0-255 scale)",
+                        elem_id=f"{prefix}noise")
+    c.noise_note = gr.Markdown(elem_id=f"{prefix}noise_estimate")
+    c.blur = gr.Slider(0.5, 5, value=2, step=0.1, label="Gaussian blur sigma (pixels)", visible=False,
+                       elem_id=f"{prefix}blur")
+    c.motion = gr.Slider(5, 41, value=19, step=2, label="Motion kernel size", visible=False, elem_id=f"{prefix}motion")
+    c.factor = gr.Radio([2, 4], value=4, label="SR factor", visible=False, elem_id=f"{prefix}factor")
+    c.mode = gr.Radio(["random pixels", "centred box", "draw"], value="random pixels", label="Missing region",
+                      visible=False, elem_id=f"{prefix}mode")
+    c.missing = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Missing fraction", visible=False,
+                          elem_id=f"{prefix}missing")
+    c.box = gr.Slider(0.1, 0.8, value=0.3, step=0.05, label="Box size", visible=False, elem_id=f"{prefix}box")
+    c.editor = gr.ImageEditor(label="Paint the region to fill", type="numpy", layers=False, transforms=(),
+                              visible=False, elem_id=f"{prefix}editor",
+                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
+    c.inputs = [c.kind, c.noise, c.blur, c.motion, c.factor, c.mode, c.missing, c.box, c.editor]
+    return c
+
+
+def _fit_controls(gr, prefix: str = ""):
+    """What to do with an image above MAX_UI_PIXELS, built by this one function for both tabs: the size line (always),
+    the choice and the region's x, y, width, height (shown for a large upload). ``inputs``: choice, x, y, w, h."""
+    from types import SimpleNamespace
+
+    f = SimpleNamespace()
+    f.note = gr.Markdown(elem_id=f"{prefix}fit_note")
+    f.mode = gr.Radio(FIT_MODES, value=FIT_DEFAULT, visible=False, elem_id=f"{prefix}fit",
+                      label=f"The image is above {MAX_UI_PIXELS / 1e6:.1f} megapixels: restore")
+    with gr.Row():
+        f.region = [gr.Number(0, precision=0, minimum=0, label=label, visible=False, elem_id=f"{prefix}region_{k}")
+                    for k, label in (("x", "x (left edge)"), ("y", "y (top edge)"), ("w", "width"),
+                                     ("h", "height"))]
+    f.inputs = [f.mode, *f.region]
+    return f
+
 
 def build_demo():
     import gradio as gr
@@ -292,6 +526,77 @@ def build_demo():
                 raise gr.Error(str(exc)) from None
         return wrapped
 
+    def with_request(fn):
+        # Gradio finds the request parameter by its annotation, which `from __future__ import annotations` leaves as
+        # a string naming this function's local `gr`: give it the class
+        getattr(fn, "__wrapped__", fn).__annotations__["request"] = gr.Request
+        return fn
+
+    private = {"queue": False, "api_visibility": "private"}
+
+    def wire_inputs(prefix, inp, simulate, c, f):
+        """The same behaviour for both tabs' image, task and large-image controls."""
+        def toggle(k, m, im):
+            return (gr.Slider(visible=k.startswith("deblur (g")), gr.Slider(visible=k == "deblur (motion)"),
+                    gr.Radio(visible=k == "super-resolution"), gr.Radio(visible=k == "inpaint"),
+                    gr.Slider(visible=k == "inpaint" and m == "random pixels"),
+                    gr.Slider(visible=k == "inpaint" and m == "centred box"),
+                    gr.ImageEditor(visible=k == "inpaint" and m == "draw",
+                                   value=im if k == "inpaint" and m == "draw" else None))
+
+        for trigger in (c.kind.change, c.mode.change):
+            trigger(toggle, [c.kind, c.mode, inp], [c.blur, c.motion, c.factor, c.mode, c.missing, c.box, c.editor],
+                    **private)
+        # the usual noise level of each task (the benchmarks' settings): 25/255 for denoising, 2.55/255 otherwise
+        c.kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), c.kind, c.noise, **private)
+
+        def session_shape(request):
+            return _SHAPES.get((getattr(request, "session_hash", None), prefix))
+
+        @with_request
+        def uploaded(image, fit_, simulate_, request: gr.Request):
+            """A new upload: remember its size; for a large one show the choice, the region preset to the centre
+            crop, and the size that will be restored."""
+            shape = None if image is None else tuple(np.asarray(image).shape[:2])
+            _remember(_SHAPES, (getattr(request, "session_hash", None), prefix), shape)
+            big = shape is not None and shape[0] * shape[1] > MAX_UI_PIXELS
+            if big:
+                t, left, h, w = plan_fit(shape, "centre crop").box
+                region = [gr.Number(value=v, visible=fit_ == "region") for v in (left, t, w, h)]
+            else:
+                region = [gr.Number(visible=False)] * 4
+            region_ = (left, t, w, h) if big else None
+            return gr.Radio(visible=big), *region, fit_note(shape, fit_, region_, simulate_)
+
+        @with_request
+        def fit_changed(fit_, x, y, w, h, simulate_, request: gr.Request):
+            shape = session_shape(request)
+            big = shape is not None and shape[0] * shape[1] > MAX_UI_PIXELS
+            return (*[gr.Number(visible=big and fit_ == "region")] * 4,
+                    fit_note(shape, fit_, (x, y, w, h), simulate_))
+
+        @with_request
+        def region_changed(fit_, x, y, w, h, simulate_, request: gr.Request):
+            return fit_note(session_shape(request), fit_, (x, y, w, h), simulate_)
+
+        def estimated_noise(image, simulate_, fit_, x, y, w, h):
+            """An uploaded noisy photo (not to be degraded first): its estimated noise level on the slider."""
+            if image is None or simulate_:
+                return gr.skip(), ""
+            value, note = estimate_noise_level(image, fit_, (x, y, w, h))
+            return (gr.skip() if value is None else gr.Slider(value=value)), note
+
+        fit_in = [f.mode, *f.region, simulate]
+        noise_in = [inp, simulate, *f.inputs]
+        inp.change(uploaded, [inp, f.mode, simulate], [f.mode, *f.region, f.note], **private).then(
+            estimated_noise, noise_in, [c.noise, c.noise_note], **private)
+        f.mode.change(fit_changed, fit_in, [*f.region, f.note], **private).then(
+            estimated_noise, noise_in, [c.noise, c.noise_note], **private)
+        for number in f.region:
+            number.change(region_changed, fit_in, f.note, **private)
+        simulate.change(region_changed, fit_in, f.note, **private).then(
+            estimated_noise, noise_in, [c.noise, c.noise_note], **private)
+
     with gr.Blocks(title="restore: Bayesian image restoration", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown("# restore\nRestore a degraded image and see **how sure** the result is: posterior samples, "
                     "a pixel-wise standard-deviation map and, with a clean reference, calibration metrics.")
@@ -300,22 +605,10 @@ def build_demo():
                 with gr.Column(scale=1):
                     inp = gr.Image(label="Image", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
                                    format="png", elem_id="inp")
+                    fc = _fit_controls(gr)
                     simulate = gr.Checkbox(value=True, label="The image is clean: degrade it with the task first",
                                            elem_id="simulate")
-                    kind = gr.Dropdown(TASK_KINDS, value="denoise", label="Task", elem_id="task")
-                    noise = gr.Slider(0, NOISE_SLIDER_MAX, value=25, step=0.05,
-                                      label="Noise std (on the 0-255 scale)", elem_id="noise")
-                    noise_note = gr.Markdown(elem_id="noise_estimate")
-                    blur = gr.Slider(0.5, 5, value=2, step=0.1, label="Gaussian blur sigma (pixels)", visible=False)
-                    motion = gr.Slider(5, 41, value=19, step=2, label="Motion kernel size", visible=False)
-                    factor = gr.Radio([2, 4], value=4, label="SR factor", visible=False)
-                    mode = gr.Radio(["random pixels", "centred box", "draw"], value="random pixels",
-                                    label="Missing region", visible=False, elem_id="mode")
-                    missing = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Missing fraction", visible=False)
-                    box = gr.Slider(0.1, 0.8, value=0.3, step=0.05, label="Box size", visible=False)
-                    editor = gr.ImageEditor(label="Paint the region to fill", type="numpy", layers=False,
-                                            transforms=(), visible=False, elem_id="editor",
-                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
+                    tc = _task_controls(gr)
                     solver = gr.Radio(solver_names, value=DEFAULT_SOLVER, label="Solver (preset: the recommended one "
                                       "for the task)", elem_id="solver")
                     prior = gr.Dropdown(choices=registry.available(), value=kinds[DEFAULT_SOLVER].default_prior,
@@ -347,79 +640,59 @@ def build_demo():
                     files = gr.File(label="Downloads (PNG, std as .npy/.tiff, meta.json)", file_count="multiple",
                                     elem_id="files")
 
-            def toggle(k, m, im):
-                return (gr.Slider(visible=k.startswith("deblur (g")), gr.Slider(visible=k == "deblur (motion)"),
-                        gr.Radio(visible=k == "super-resolution"), gr.Radio(visible=k == "inpaint"),
-                        gr.Slider(visible=k == "inpaint" and m == "random pixels"),
-                        gr.Slider(visible=k == "inpaint" and m == "centred box"),
-                        gr.ImageEditor(visible=k == "inpaint" and m == "draw",
-                                       value=im if k == "inpaint" and m == "draw" else None))
-
-            for trigger in (kind.change, mode.change):
-                trigger(toggle, [kind, mode, inp], [blur, motion, factor, mode, missing, box, editor], queue=False,
-                        api_visibility="private")
-            # the usual noise level of each task (the benchmarks' settings): 25/255 for denoising, 2.55/255 otherwise
-            kind.change(lambda k: gr.Slider(value=25 if k == "denoise" else 2.55), kind, noise, queue=False,
-                        api_visibility="private")
+            wire_inputs("", inp, simulate, tc, fc)
             # the recommended solver per task (restore.api.RECOMMENDED): VBLE for motion blur, PMRF otherwise
-            kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), kind, solver, queue=False,
-                        api_visibility="private")
-            solver.change(priors_for, solver, prior, queue=False, api_visibility="private")
-            demo.load(priors_for, solver, prior, queue=False, api_visibility="private")
+            tc.kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), tc.kind, solver,
+                           **private)
+            solver.change(priors_for, solver, prior, **private)
+            demo.load(priors_for, solver, prior, **private)
 
+            # the parameters after quant_ are newer than the API's first version: their defaults (the components'
+            # initial values) keep older gradio_client calls working
+            @with_request
             @gr_error
             def on_run(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
-                       solver_, prior_, samples_, seed_, truth_, options_, quant_, request: gr.Request,
-                       progress=gr.Progress()):
-                mask_path = None
-                if kind_ == "inpaint" and mode_ == "draw" and image is not None:
-                    mask_path = mask_from_editor(editor_, np.asarray(image).shape[:2], _fresh_dir())
-                spec = task_spec(kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, mask_path)
+                       solver_, prior_, samples_, seed_, truth_, options_, quant_, fit_=FIT_DEFAULT, x_=0, y_=0, w_=0,
+                       h_=0, request: gr.Request = None, progress=gr.Progress()):
+                region = (x_, y_, w_, h_)
+                spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
+                                     fit_, region)
                 r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
-                                  progress=progress, quant=quant_)
+                                  progress=progress, quant=quant_, fit=fit_, region=region)
                 _remember_views(request, {"mean": r["mean"], "at_risk": r["at_risk"]})
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
                         r["files"])
 
+            @with_request
             def shown_estimate(at_risk, request: gr.Request):
                 views_ = _VIEWS.get(getattr(request, "session_hash", None), {})
                 return views_.get("at_risk" if at_risk else "mean", gr.skip())
 
-            # Gradio finds the request parameter by its annotation, which `from __future__ import annotations` leaves
-            # as a string naming this function's local `gr`: give it the class
-            for fn in (shown_estimate, on_run.__wrapped__):
-                fn.__annotations__["request"] = gr.Request
-
-            run.click(on_run, [inp, simulate, kind, noise, blur, motion, factor, mode, missing, box, editor, solver,
-                               prior, samples, seed, truth, options, quant],
+            run.click(on_run, [inp, simulate, *tc.inputs, solver, prior, samples, seed, truth, options, quant,
+                               *fc.inputs],
                       [info, slider, mean, std, err, gallery, metrics, files], api_name="restore",
-                      concurrency_limit=1, time_limit=1800
-                      ).then(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
-            show_risk.change(shown_estimate, show_risk, mean, queue=False, api_visibility="private")
-
-            def estimated_noise(image, simulate_):
-                """An uploaded noisy photo (not to be degraded first): its estimated noise level on the slider."""
-                if image is None or simulate_:
-                    return gr.skip(), ""
-                value, note = estimate_noise_level(image)
-                return (gr.skip() if value is None else gr.Slider(value=value)), note
-
-            for trigger in (inp.change, simulate.change):
-                trigger(estimated_noise, [inp, simulate], [noise, noise_note], queue=False, api_visibility="private")
+                      concurrency_limit=1, concurrency_id="solve", time_limit=1800
+                      ).then(shown_estimate, show_risk, mean, **private)
+            show_risk.change(shown_estimate, show_risk, mean, **private)
             if EXAMPLES.is_dir():
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES.glob("*.png"))], inputs=[inp], label="Examples")
 
         with gr.Tab("Compare solvers"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    c_inp = gr.Image(label="Image", type="numpy", image_mode="RGB", format="png", elem_id="c_inp")
-                    c_sim = gr.Checkbox(value=True, label="The image is clean: degrade it with the task first")
-                    c_task = gr.Textbox(value="denoise:gaussian:sigma=0.1", label="Task spec (see `restore list`)",
-                                        elem_id="c_task")
+                    c_inp = gr.Image(label="Image", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
+                                     format="png", elem_id="c_inp")
+                    c_fc = _fit_controls(gr, "c_")
+                    c_sim = gr.Checkbox(value=True, label="The image is clean: degrade it with the task first",
+                                        elem_id="c_simulate")
+                    c_tc = _task_controls(gr, "c_")
+                    # for scripts only (the /compare endpoint): a task spec string that overrides the controls
+                    c_spec = gr.Textbox(value="", visible=False, elem_id="c_spec",
+                                        label="Task spec (API only; empty: the task controls)")
                     c_solvers = gr.CheckboxGroup(solver_names, value=solver_names[:2], label="Solvers",
                                                  elem_id="c_solvers")
-                    c_samples = gr.Slider(1, 16, value=4, step=1, label="Posterior samples")
-                    c_seed = gr.Number(value=0, precision=0, label="Seed")
+                    c_samples = gr.Slider(1, 16, value=4, step=1, label="Posterior samples", elem_id="c_samples")
+                    c_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="c_seed")
                     c_run = gr.Button("Compare", variant="primary", elem_id="c_run")
                 with gr.Column(scale=2):
                     c_info = gr.Markdown(elem_id="c_info")
@@ -428,14 +701,24 @@ def build_demo():
                                         elem_id="c_stds")
                     c_metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics", elem_id="c_metrics")
 
+            wire_inputs("c_", c_inp, c_sim, c_tc, c_fc)
+
+            # /compare's first six parameters are those of its first version (a spec string third, "" in the UI)
             @gr_error
-            def on_compare(image, sim, spec, solvers_, samples_, seed_, progress=gr.Progress()):
-                r = compare_solvers(image, sim, spec, solvers_, samples_, seed_, progress=progress)
+            def on_compare(image, sim, spec, solvers_, samples_, seed_, kind_="denoise", noise_=25, blur_=2,
+                           motion_=19, factor_=4, mode_="random pixels", missing_=0.5, box_=0.3, editor_=None,
+                           fit_=FIT_DEFAULT, x_=0, y_=0, w_=0, h_=0, progress=gr.Progress()):
+                region = (x_, y_, w_, h_)
+                if not (spec or "").strip():
+                    spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_,
+                                         editor_, fit_, region)
+                r = compare_solvers(image, sim, spec, solvers_, samples_, seed_, progress=progress, fit=fit_,
+                                    region=region)
                 return r["info"], r["means"], r["stds"], r["metrics"]
 
-            c_run.click(on_compare, [c_inp, c_sim, c_task, c_solvers, c_samples, c_seed],
+            c_run.click(on_compare, [c_inp, c_sim, c_spec, c_solvers, c_samples, c_seed, *c_tc.inputs, *c_fc.inputs],
                         [c_info, c_means, c_stds, c_metrics], api_name="compare", concurrency_limit=1,
-                        time_limit=3600)
+                        concurrency_id="solve", time_limit=3600)
     return demo
 
 
@@ -444,11 +727,12 @@ CSS = "#mean img, #c_means .preview img {width: 100%; height: 100%; object-fit: 
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True,
-           auth: list[tuple[str, str]] | None = None):
-    """Start the app (queue of at most 8 waiting jobs, one solve at a time); ``auth``: (user, password) pairs that
-    may log in (``restore ui`` requires them for an exposed host), None for none."""
+           auth: list[tuple[str, str]] | None = None, queue_size: int = QUEUE_SIZE):
+    """Start the app (at most ``queue_size`` jobs waiting, one solve at a time across both tabs; a request beyond
+    that is refused at once with "queue is full" rather than held); ``auth``: (user, password) pairs that may log in
+    (``restore ui`` requires them for an exposed host), None for none."""
     demo = build_demo()
-    demo.queue(max_size=8, default_concurrency_limit=1).launch(
+    demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, footer_links=["api"],
         show_error=True, prevent_thread_lock=not block, quiet=not block, css=CSS, auth=auth)
     return demo

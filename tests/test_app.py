@@ -167,3 +167,237 @@ def test_login_required_through_gradio_client():
         assert "/restore" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     finally:
         demo.close()
+
+
+# ---- large images: fit_to_limit and its use in both tabs ------------------------------------------------------
+
+def test_fit_of_a_phone_photo_is_described_before_running():
+    """A 12 MP photo: both the downscale and the centre crop give the largest size within the limit, same aspect."""
+    for mode, word in (("downscale to fit", "downscaled"), ("centre crop", "centre crop")):
+        fit = webapp.plan_fit((3024, 4032, 3), mode)
+        assert fit.description == f"4032x3024 -> 1182x886 ({word})"
+        assert fit.size == (886, 1182) and 886 * 1182 <= webapp.MAX_UI_PIXELS
+    assert webapp.plan_fit((3024, 4032), "centre crop").box == ((3024 - 886) // 2, (4032 - 1182) // 2, 886, 1182)
+    note = webapp.fit_note((3024, 4032), "downscale to fit", simulate=True)
+    assert "4032x3024 -> 1182x886 (downscaled)" in note and "tiles" in note and "noise" not in note
+    assert "noise and blur" in webapp.fit_note((3024, 4032), "downscale to fit", simulate=False)  # already degraded
+    assert "noise and blur" not in webapp.fit_note((3024, 4032), "centre crop", simulate=False)
+    assert webapp.fit_note((480, 640), "region", (0, 0, 0, 0)) == "Size: 640x480 (restored as is)."
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 3), (200, 300), (1000, 40, 3), (101, 99, 4)])
+def test_fit_to_limit_shapes(shape):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    limit = 3000
+    h, w = shape[:2]
+    down, desc = webapp.fit_to_limit(img, "downscale to fit", limit=limit)
+    crop, _ = webapp.fit_to_limit(img, "centre crop", limit=limit)
+    assert down.shape == crop.shape and down.shape[2:] == shape[2:] and down.dtype == np.uint8
+    dh, dw = down.shape[:2]
+    assert dh * dw <= limit and dh * dw > 0.9 * limit  # within the limit, and not needlessly small
+    assert abs(dw / dh - w / h) <= (w / h) * 2 / min(dh, dw)  # aspect ratio kept (to the rounding of a pixel)
+    assert desc == f"{w}x{h} -> {dw}x{dh} (downscaled)"
+    t, left = (h - dh) // 2, (w - dw) // 2
+    np.testing.assert_array_equal(crop, img[t:t + dh, left:left + dw])  # the crop is the middle, pixels untouched
+
+
+def test_downscale_keeps_the_whole_picture():
+    """Left half dark, right half bright: the downscaled copy is too (a crop of the middle would not tell)."""
+    img = np.zeros((400, 600, 3), np.uint8)
+    img[:, 300:] = 200
+    img[:100] = 90  # a band over the top quarter, which a centre crop would lose
+    down, _ = webapp.fit_to_limit(img, "downscale to fit", limit=60 * 40)
+    assert down.shape == (40, 60, 3)
+    assert down[20:, :25].max() < 5 and down[20:, 35:].min() > 195
+    assert np.all(np.abs(down[:8].astype(int) - 90) < 5)
+
+
+def test_fit_region_is_exact_and_small_images_are_kept_whole():
+    img = np.arange(300 * 200, dtype=np.int32).reshape(300, 200).astype(np.uint16)
+    out, desc = webapp.fit_to_limit(img, "region", (10, 20, 50, 40), limit=3000)
+    np.testing.assert_array_equal(out, img[20:60, 10:60])
+    assert desc == "200x300 -> 50x40 (region at x=10, y=20)"
+    small = img[:50, :50]
+    for mode in webapp.FIT_MODES:  # within the limit: restored whole whatever the choice (no region needed)
+        out, desc = webapp.fit_to_limit(small, mode, None, limit=3000)
+        assert out is small and desc == "50x50 (restored as is)"
+
+
+@pytest.mark.parametrize("region, message", [
+    ((150, 20, 60, 40), r"x=150 \+ width=60 = 210\) reaches past the image's right edge \(width 200\)"),
+    ((10, 280, 40, 30), r"y=280 \+ height=30 = 310\) reaches past the image's bottom edge \(height 300\)"),
+    ((-1, 0, 40, 40), "x and y must be 0 or more; got x=-1"),
+    ((0, 0, 4, 40), "at least 8 pixels a side; got 4x40"),
+    ((0, 0, 100, 100), r"100x100 = 0.01 megapixels; the app takes at most 0.0"),
+    ((0, 0, 20.5, 40), "whole numbers"),
+    (None, "x, y, width and height"),
+    ((0, 0, None, 40), "x, y, width and height"),
+])
+def test_fit_region_bounds_are_checked(region, message):
+    with pytest.raises(webapp.UserError, match=message):
+        webapp.fit_to_limit(np.zeros((300, 200), np.uint8), "region", region, limit=3000)
+
+
+def test_fit_needs_a_known_choice_above_the_limit():
+    img = np.zeros((300, 200), np.uint8)
+    with pytest.raises(webapp.UserError, match="200x300 pixels.*downscale to fit / centre crop / region.*tiles"):
+        webapp.fit_to_limit(img, None, limit=3000)
+    with pytest.raises(webapp.UserError, match="unknown large-image choice 'zoom'"):
+        webapp.fit_to_limit(img, "zoom", limit=3000)
+    with pytest.raises(webapp.UserError, match="upload an image"):
+        webapp.fit_to_limit(None, "centre crop")
+
+
+def test_fit_applies_to_masks_and_references():
+    fit = webapp.plan_fit((300, 200), "downscale to fit", limit=3000)
+    mask = np.zeros((300, 200), bool)
+    mask[:, :100] = True
+    small = fit.apply(mask)
+    assert small.dtype == bool and small.shape == fit.size
+    assert small[:, : fit.size[1] // 2 - 1].all() and not small[:, fit.size[1] // 2 + 1:].any()
+    big = fit.scaled(2).apply(np.zeros((600, 400, 3), np.uint8))  # an SR x2 reference
+    assert big.shape == (2 * fit.size[0], 2 * fit.size[1], 3)
+    with pytest.raises(webapp.UserError, match="does not match"):
+        fit.apply(np.zeros((100, 100)))
+
+
+def test_restore_handler_fits_a_large_image_and_its_reference(image, monkeypatch):
+    monkeypatch.setattr(webapp, "MAX_UI_PIXELS", 32 * 32)
+    with pytest.raises(webapp.UserError, match="megapixels: pick"):  # no choice given: refused, as before
+        webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "langevin", None, 1, 0, None, FAST)
+    r = webapp.restore_image(image, False, "denoise:gaussian:sigma=0.1", "langevin", None, 1, 0, image, FAST,
+                             fit="centre crop")
+    assert r["slider"][1].shape == (32, 32, 3) and r["size"] == "64x64 -> 32x32 (centre crop)"
+    assert "64x64 -> 32x32 (centre crop)" in r["info"]
+    assert r["error_vs_std"] is not None  # the reference was cropped the same way, so metrics were computed
+    shifted = webapp.restore_image(image, False, "denoise:gaussian:sigma=0.1", "langevin", None, 1, 0,
+                                   np.roll(image, 8, axis=1), FAST, fit="centre crop")
+    # the reference is cropped like the image: the estimate matches it far better than a shifted reference
+    assert r["metrics"][0][1] > shifted["metrics"][0][1] + 5
+    r = webapp.restore_image(image, True, "sr:x2", "langevin", None, 1, 0, None, FAST, fit="region",
+                             region=(8, 16, 32, 24))
+    assert r["slider"][1].shape == (24, 32, 3)
+    with pytest.raises(webapp.UserError, match="reaches past the image's right edge"):
+        webapp.restore_image(image, True, "sr:x2", "langevin", None, 1, 0, None, FAST, fit="region",
+                             region=(40, 0, 32, 32))
+    with pytest.raises(webapp.UserError, match="ground truth is 50x64 pixels"):
+        webapp.restore_image(image, False, "denoise:gaussian:sigma=0.1", "langevin", None, 1, 0, image[:, :50], FAST,
+                             fit="centre crop")
+
+
+def test_controls_spec_and_a_drawn_mask_on_a_large_image(monkeypatch):
+    from restore.tasks import load_mask, parse
+
+    assert webapp.controls_spec(None, "deblur (gaussian)", 2.55, 1.5) == webapp.task_spec("deblur (gaussian)", 2.55,
+                                                                                          1.5)
+    monkeypatch.setattr(webapp, "MAX_UI_PIXELS", 30 * 20)
+    img = np.zeros((60, 40, 3), np.uint8)
+    layer = np.zeros((60, 40, 4), np.uint8)
+    layer[:, :20, 3] = 255  # the left half painted (to fill)
+    spec = webapp.controls_spec(img, "inpaint", 2.55, inpaint_mode="draw", editor={"layers": [layer]},
+                                fit="downscale to fit")
+    t = parse(spec)
+    m = load_mask(spec.split("path=")[1].split(",noise")[0])
+    assert t.kind == "inpaint" and m.shape == (1, 1, 30, 20)  # the mask is downscaled with the image
+    assert float(m[..., :, :9].max()) == 0 and float(m[..., :, 11:].min()) == 1
+    spec = webapp.controls_spec(img, "inpaint", 2.55, inpaint_mode="draw", editor={"layers": [layer]},
+                                fit="region", region=(10, 0, 20, 30))
+    m = load_mask(spec.split("path=")[1].split(",noise")[0])
+    assert m.shape == (1, 1, 30, 20) and float(m[..., :10].max()) == 0 and float(m[..., 10:].min()) == 1
+
+
+def _compare_recorder(monkeypatch):
+    calls = []
+
+    def fake(image, simulate, task, solvers, samples, seed, progress=None, fit=None, region=None):
+        calls.append({"shape": np.asarray(image).shape, "task": task, "solvers": solvers, "fit": fit,
+                      "region": tuple(region)})
+        return {"info": "recorded", "means": [], "stds": [], "metrics": []}
+
+    monkeypatch.setattr(webapp, "compare_solvers", fake)
+    return calls
+
+
+def test_api_compare_takes_the_restore_tabs_task_controls(client, image, tmp_path, monkeypatch):
+    """The Compare tab sends the same task controls as the Restore tab: the spec is derived with task_spec."""
+    from gradio_client import handle_file
+
+    from restore.io import write_image
+
+    calls = _compare_recorder(monkeypatch)
+    write_image(tmp_path / "in.png", image.astype(np.float32) / 255)
+    info = client.predict(handle_file(str(tmp_path / "in.png")), True, "", ["pmrf", "vble"], 2, 0,
+                          "deblur (motion)", 5.1, 2, 9, 4, "random pixels", 0.5, 0.3, None, "centre crop", 1, 2, 30,
+                          20, api_name="/compare")[0]
+    assert info == "recorded"
+    assert calls[-1] == {"shape": (64, 64, 3), "task": webapp.task_spec("deblur (motion)", 5.1, motion_size=9),
+                         "solvers": ["pmrf", "vble"], "fit": "centre crop", "region": (1, 2, 30, 20)}
+
+
+def test_api_compare_still_takes_a_spec_string(client, image, tmp_path, monkeypatch):
+    """Scripts written for the first /compare (image, simulate, spec, solvers, samples, seed) keep working."""
+    from gradio_client import handle_file
+
+    from restore.io import write_image
+
+    calls = _compare_recorder(monkeypatch)
+    write_image(tmp_path / "in.png", image.astype(np.float32) / 255)
+    client.predict(handle_file(str(tmp_path / "in.png")), True, "sr:x2", ["langevin"], 1, 0, api_name="/compare")
+    assert calls[-1]["task"] == "sr:x2" and calls[-1]["fit"] == webapp.FIT_DEFAULT
+
+
+def test_api_restore_fits_a_large_image(client, image, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    from restore.io import read_image, write_image
+
+    monkeypatch.setattr(webapp, "MAX_UI_PIXELS", 32 * 32)
+    write_image(tmp_path / "in.png", image.astype(np.float32) / 255)
+    args = (handle_file(str(tmp_path / "in.png")), True, "denoise", 25, 2, 19, 4, "random pixels", 0.5, 0.3, None,
+            "langevin", "wavelet", 1, 0, None, '{"iterations": 10}', "none")
+    info, _, mean, *_ = client.predict(*args, api_name="/restore")  # the first version's 18 parameters: downscaled
+    assert read_image(mean).shape == (1, 3, 32, 32) and "64x64 -> 32x32 (downscaled)" in info
+    info, _, mean, *_ = client.predict(*args, "region", 0, 8, 16, 48, api_name="/restore")
+    assert read_image(mean).shape == (1, 3, 48, 16) and "(region at x=0, y=8)" in info
+    with pytest.raises(Exception, match="reaches past the image's bottom edge"):
+        client.predict(*args, "region", 0, 40, 16, 48, api_name="/restore")
+
+
+def test_queue_is_bounded_and_refusals_are_clear(image, tmp_path, monkeypatch):
+    """One solve at a time, ``queue_size`` waiting; the rest are told "queue is full" at once: none is lost."""
+    import threading
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from restore.io import write_image
+
+    def slow(*args, **kwargs):
+        time.sleep(3)
+        return {"info": "done", "means": [], "stds": [], "metrics": []}
+
+    monkeypatch.setattr(webapp, "compare_solvers", slow)
+    write_image(tmp_path / "in.png", image.astype(np.float32) / 255)
+    demo = webapp.launch(host="127.0.0.1", port=None, block=False, queue_size=1)
+    outcomes, ready = [], threading.Barrier(5, timeout=60)
+    try:
+        def one():
+            c = Client(demo.local_url, verbose=False)
+            ready.wait()  # all five submit together
+            try:
+                outcomes.append(c.predict(handle_file(str(tmp_path / "in.png")), True, "", ["pmrf"], 1, 0,
+                                          api_name="/compare")[0])
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(f"refused: {exc}")
+        threads = [threading.Thread(target=one) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+    finally:
+        demo.close()
+    assert len(outcomes) == 5
+    refused = [o for o in outcomes if o.startswith("refused")]
+    assert all("queue is full" in o.lower() for o in refused), refused
+    assert 1 <= len(refused) <= 3 and outcomes.count("done") == 5 - len(refused)

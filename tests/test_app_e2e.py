@@ -132,25 +132,43 @@ def test_draw_mask_and_inpaint(page, sample):
 
 
 def test_compare_two_solvers(page, sample):
+    """The Compare tab has the Restore tab's task controls (no spec syntax): a task picked there is the one run."""
     expect = playwright.expect
     page.get_by_role("tab", name="Compare solvers").click()
     page.locator("#c_inp input[type=file]").set_input_files(str(sample / "small.png"))
     expect(page.locator("#c_inp img").first).to_be_visible()
+    expect(page.locator("#c_fit_note")).to_contain_text("64x64 (restored as is)")
+    expect(page.locator("#c_factor")).to_be_hidden()
+    page.locator("#c_task input").click()
+    page.get_by_role("option", name="super-resolution").click()
+    expect(page.locator("#c_factor")).to_be_visible()  # the shared controls' toggles work in this tab too
+    page.locator("#c_factor").get_by_text("2", exact=True).click()
     # the two fastest solvers at their defaults (about 5 s on a 64 px input, against 32 s for the preselected pair)
     for name in ("langevin", "reddiff", "vble", "pmrf"):
         page.locator("#c_solvers").get_by_text(name, exact=True).click()
     page.locator("#c_run").click()
     expect(page.locator("#c_info")).to_contain_text("one colour scale", timeout=300_000)
+    expect(page.locator("#c_info")).to_contain_text("sr:bicubic:factor=2")
     assert page.locator("#c_means img").count() == 2 and page.locator("#c_stds img").count() == 2
     expect(page.locator("#c_metrics")).to_contain_text("pmrf")
     expect(page.locator("#c_metrics")).to_contain_text("vble")
     _shot(page, "compare")
 
 
-def test_bad_upload_shows_an_error(page, sample):
+def test_large_upload_offers_a_choice_and_bad_regions_are_named(page, sample):
+    """Above the app's limit: the size to be restored is shown, and a region past the edge is an error naming it."""
     expect = playwright.expect
     page.locator("#inp input[type=file]").set_input_files(str(sample / "huge.png"))
     expect(page.locator("#inp img").first).to_be_visible(timeout=20_000)
+    expect(page.locator("#fit_note")).to_contain_text("1000x1100 -> 976x1073 (downscaled)", timeout=20_000)
+    expect(page.locator("#fit_note")).to_contain_text("command line")
+    page.locator("#fit").get_by_text("region", exact=True).click()
+    expect(page.locator("#region_x")).to_be_visible()
+    expect(page.locator("#fit_note")).to_contain_text("1000x1100 -> 976x1073 (region at x=12, y=13)")
+    page.locator("#region_x input").fill("100")
+    page.locator("#region_x input").press("Enter")
+    expect(page.locator("#fit_note")).to_contain_text("reaches past the image's right edge", timeout=10_000)
     page.locator("#run").click()
-    expect(page.get_by_text(re.compile("megapixels")).first).to_be_visible(timeout=30_000)
+    toast = page.get_by_test_id("toast-body")  # the run's error, beside the size line that says it already
+    expect(toast.filter(has_text="reaches past the image's right edge").first).to_be_visible(timeout=30_000)
     _shot(page, "error")
