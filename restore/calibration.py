@@ -200,7 +200,7 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
             blend = {"family": fam, "sigma": sigma,
                      "weights": ((1 - t) * np.asarray(a["weights"]) + t * np.asarray(b["weights"])).tolist(),
                      "scores": ((1 - t) * np.asarray(a["scores"]) + t * np.asarray(b["scores"])).tolist(),
-                     "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"],
+                     "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"], "solvers": a.get("solvers"),
                      "predicted_psnr_range": [min(c.get("predicted_psnr_range", [-math.inf])[0] for c in (a, b))],
                      "chi2_range": [min(a["chi2_range"][0], b["chi2_range"][0]),
                                     max(a["chi2_range"][1], b["chi2_range"][1])]}
@@ -294,6 +294,11 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     cell, status, note = find_cell(table, fam, float(sigma or 0.0))
     if cell is None:
         return fallback(note)
+    ran = [[s["name"], s["config"]] for s in post.meta.get("provenance", {}).get("solvers", [])]
+    if cell.get("solvers") is not None and ran and ran != cell["solvers"]:
+        differ = sorted({name for name, conf in ran if [name, conf] not in cell["solvers"]})
+        return fallback(f"the solvers behind this run ({', '.join(differ)}) ran with other settings than the "
+                        f"calibrated ones; refit {table['file']} (python -m restore.train.calibration)")
     if post.n_samples != table["n_samples"]:
         status, note = "approximate", f"{note}; calibrated with {table['n_samples']} samples, run with {post.n_samples}"
     scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics))

@@ -223,8 +223,9 @@ def list_all():
         table = registry.calibration_table(name, cls.default_prior)
         calibrated = (f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})" if table
                       else "uncalibrated (raw spread)")
+        presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
-                   f"default prior: {cls.default_prior}; uncertainty: {calibrated}")
+                   f"default prior: {cls.default_prior}; uncertainty: {calibrated}{presets}")
     typer.echo("priors:")
     here = set(registry.available())
     for name, spec in registry.PRIORS.items():

@@ -114,6 +114,8 @@ def test_console_script_installed(tmp_path):
     assert exe, "the console script `restore` is not installed"
     res = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout
+    reddiff = next(line for line in res.stdout.splitlines() if line.strip().startswith("reddiff"))
+    assert "presets: -O preset=paper" in reddiff
 
 
 def test_bench_unknown_name_lists_known():

@@ -106,3 +106,37 @@ def test_scoredvi_accepts_real_noise_and_refuses_other_tasks(clean_rgb, score):
         fake = registry.Prior("x", "cae", torch.nn.Identity())
         y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb)
         base.get("reddiff")(y, physics, fake, n_samples=1)
+
+
+def test_reddiff_paper_preset_and_fast_default(clean_rgb, score):
+    """The default is the short warm-started run; preset='paper' restores the paper's schedule, explicit options
+    still win, and an unknown preset or option is named in the error."""
+    paper = base.get("reddiff", preset="paper")
+    assert paper.config.steps == 100 and paper.config.init == "pinv" and paper.config.lr_final is None
+    assert paper.config.per_family is None
+    assert paper.options == {"preset": "paper"}
+    assert base.get("reddiff", preset="paper", steps=7).config.steps == 7
+    assert base.get("reddiff").config.steps < 100 and base.get("reddiff").config.init == "denoised"
+    with pytest.raises(base.SolverError, match="no preset 'fastest'; presets: paper"):
+        base.get("reddiff", preset="fastest")
+    with pytest.raises(base.SolverError, match="no option stepz.*preset"):
+        base.get("reddiff", stepz=3)
+    # the warm start is D(y, sigma_y): with one step at the bottom of the schedule the result is close to it
+    y, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, steps=1, sigma_max=0.02)
+    with torch.no_grad():
+        warm = score.module(y, 0.1).clamp(0, 1)
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 3
+    assert float((post.mean - warm).abs().mean()) < 0.06
+    with pytest.raises(ValueError, match="init must be"):
+        _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, steps=1, init="zeros")
+
+
+def test_reddiff_per_family_settings_yield_to_explicit_options(clean_rgb, score):
+    """x4/x2 SR gets its family's longer schedule by default; an explicit option is never overridden."""
+    _, post = _run("reddiff", "sr:x2", clean_rgb, score, n=1)
+    assert post.meta["steps"] == 50 and post.meta["family_settings"]["sigma_max"] == 1.0
+    assert post.meta["sigma_schedule"][0] > 0.9
+    _, post = _run("reddiff", "sr:x2", clean_rgb, score, n=1, steps=3)
+    assert post.meta["steps"] == 3
+    _, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1)
+    assert post.meta["steps"] == 30 and post.meta["sigma_schedule"][0] <= 0.15

@@ -48,6 +48,8 @@ class PMRFSolver(Solver):
     prior_kinds = ("flow",)
     default_prior = "flow-natural"
     paper = "Ohayon, Michaeli, Elad, Posterior-Mean Rectified Flow, ICLR 2025"
+    # the paper's K = 25, with the posterior mean from RED-Diff's paper settings (the default mean uses its fast ones)
+    presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}}}
 
     def posterior_mean(self, y, physics, prior, generator, progress) -> torch.Tensor:
         from restore.priors import registry

@@ -21,32 +21,51 @@ differing in their noise draws (and, with ``init_noise > 0``, their starting poi
 measurement term carries no 1/sigma_y^2, so one lambda cannot suit both sigma_y = 0.1 denoising and sigma_y = 0.01
 deblurring; by default we weight it by v = (sigma_ref / sigma_y)^2, the Gaussian likelihood's scaling, normalised so
 that v = 1 at the noise level of the paper's experiments (sigma_ref = 0.025 on [0, 1]). Pass ``obs_weight=1`` for
-the code's exact loss. As the paper's Dirac
+the code's exact loss. (5) Speed (ours, the default; ``preset="paper"`` switches it off): the paper's 100 steps
+from the pseudo-inverse start over the whole noise range cost ~800 denoiser passes for 8 samples at 256 px. Our
+default starts from ``D(x0, sigma_y)`` (``init="denoised"``: one denoiser pass on the cheap estimate), runs 30 steps
+only over sigma_t <= 0.15 (the warm start already holds the coarse structure the high-noise steps would build) and
+decays Adam's lr from 0.05 to 0.01 (a cosine) so the short run settles instead of jittering by ~lr per step.
+Measured on 3 held-out BSD432 crops (``python -m restore.train.tune --solver reddiff``, 96 px, 6 tasks): 27.64 dB
+mean against the paper setting's 27.65 dB at ~30 % of its time; x4 SR is the exception (24.2 vs 25.0 dB: detail
+that the bicubic start lacks needs the high-noise steps). As the paper's Dirac
 variational family implies, they differ little: the std across them is a run-to-run spread, not a calibrated
 posterior std (see the calibration benchmark).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, initial_estimate, noise_sigma, randn
+from restore.tasks import kind_of
 
 
 @dataclass
 class RedDiffConfig:
-    steps: int = 100  # README example of the paper's code (configs use 50-1000)
+    # Defaults: our fast setting (warm start, short low-sigma schedule, decaying lr; chosen on held-out training
+    # crops by restore.train.tune); preset="paper" restores the paper's (see PAPER below)
+    steps: int = 30  # paper: 100, the README example of the paper's code (configs use 50-1000)
     lr: float = 0.05  # paper 0.1 on [-1, 1] images
+    lr_final: float | None = 0.01  # None: constant lr (paper); else cosine decay from lr to lr_final over the steps
     lambda_: float = 0.25  # grad_term_weight
     obs_weight: float | None = None  # v; None: (sigma_ref / sigma_y)^2, see the module docstring
     sigma_ref: float = 0.025  # the noise level the paper's v = 1 was tuned at (0.05 on [-1, 1])
-    sigma_max: float = 1.0  # top of the noise schedule (our prior covers up to 2)
+    sigma_max: float = 0.15  # top of the noise schedule (paper: the whole VP range; ours 1.0, the prior covers 2)
     sigma_min: float = 0.005
     sigma_x0: float = 0.0  # noise added to mu before diffusing (paper default 0: Dirac posterior)
     init_noise: float = 0.0  # std of noise added to the initial estimate, per sample
+    # "pinv": the paper's pseudo-inverse-like start; "denoised": that start passed once through the prior's
+    # denoiser at the observation's noise level (a warm start that lets a short, low-sigma schedule suffice)
+    init: str = "denoised"
+    # task families where the fast setting loses more than ~0.3 dB get these instead (unless given explicitly):
+    # x4 SR needs the high-noise steps to make detail the bicubic start lacks (24.2 dB at 30 steps below 0.15,
+    # 24.7 at 50 over the whole range, 25.0 with the paper's 100)
+    per_family: dict | None = field(default_factory=lambda: {"sr": {"steps": 50, "sigma_max": 1.0}})
     beta_start: float = 1e-4
     beta_end: float = 0.02
     train_steps: int = 1000
@@ -65,19 +84,30 @@ def vp_sigmas(cfg: RedDiffConfig) -> torch.Tensor:
     return sig[t].float()
 
 
+PAPER = {"steps": 100, "lr_final": None, "sigma_max": 1.0, "init": "pinv", "per_family": None}
+
+
 class RedDiffSolver(Solver):
     name = "reddiff"
     config_cls = RedDiffConfig
     prior_kinds = ("denoiser",)
     default_prior = "score-natural"
     paper = "Mardani et al., A Variational Perspective on Solving Inverse Problems with Diffusion Models, ICLR 2024"
+    presets = {"paper": PAPER}
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         cfg = self.config
+        family = (cfg.per_family or {}).get(kind_of(physics), {})
+        cfg = replace(cfg, **{k: v for k, v in family.items() if k not in self.options})
         if cfg.steps < 1 or cfg.lr <= 0:
             raise ValueError("steps must be >= 1 and lr > 0")
+        if cfg.init not in ("pinv", "denoised"):
+            raise ValueError(f"init must be 'pinv' or 'denoised'; got {cfg.init!r}")
         den = prior.module
         x0 = initial_estimate(y, physics)
+        if cfg.init == "denoised":
+            with torch.no_grad():
+                x0 = den(x0, max(noise_sigma(physics, y), cfg.sigma_min)).clamp(0, 1)
         mu = x0.expand(n_samples, -1, -1, -1).clone()
         if cfg.init_noise > 0:
             mu = mu + cfg.init_noise * randn(mu.shape, generator, mu)
@@ -89,7 +119,12 @@ class RedDiffSolver(Solver):
         sigmas = vp_sigmas(cfg)
         sigma_y = noise_sigma(physics, y)
         v = cfg.obs_weight if cfg.obs_weight is not None else (cfg.sigma_ref / max(sigma_y, 1e-3)) ** 2
+        n_steps = len(sigmas)
         for i, s in enumerate(sigmas.tolist()):
+            if cfg.lr_final is not None:  # Adam moves each pixel ~lr per step: decaying it lets a short run settle
+                frac = i / max(n_steps - 1, 1)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
             with torch.no_grad():
                 x = mu + cfg.sigma_x0 * randn(mu.shape, generator, mu) if cfg.sigma_x0 > 0 else mu
                 eps = randn(mu.shape, generator, mu)
@@ -104,7 +139,8 @@ class RedDiffSolver(Solver):
                 progress(i / len(sigmas), f"RED-Diff step {i}/{len(sigmas)} (sigma {s:.3f})")
         samples = mu.detach().clamp(0, 1)
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
-                         meta={"obs_weight": v, "sigma_y": sigma_y, "sigma_schedule": [round(float(sigmas[0]), 4), round(float(sigmas[-1]), 4)],
+                         meta={"obs_weight": v, "steps": cfg.steps, "family_settings": family, "sigma_y": sigma_y,
+                               "sigma_schedule": [round(float(sigmas[0]), 4), round(float(sigmas[-1]), 4)],
                                "note": "samples differ only by the regulariser's noise draws: low diversity by design"})
 
 

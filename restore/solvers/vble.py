@@ -108,6 +108,7 @@ class VBLESolver(Solver):
     default_prior = "cae-natural-q2"  # the lower rate: the stronger prior for noisy tasks (q4 keeps more detail)
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
+    presets = {"paper": {"early_stop": None}}
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8":

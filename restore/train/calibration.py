@@ -62,23 +62,42 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
     """Run (or read back) the solver on every (role, index, file, crop) unit of one cell."""
     from restore.tasks import parse
 
-    results = []
+    results, settings = [], None
     for role, i, name, x in units:
         path = cache / f"{fam}-{sigma:.5f}" / f"{role}-{i:03d}.pt"
         if path.exists():
-            results.append(torch.load(path, weights_only=True))
-            continue
-        task = parse(GRID[fam][1](i, sigma))
-        y = restorer.simulate(x, task, seed=i)
-        t0 = time.perf_counter()
-        post = restorer(y, task, samples=samples, seed=i)
-        unit = {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
-                "spread": post.spread, "seconds": time.perf_counter() - t0}
+            unit = torch.load(path, weights_only=True)
+            if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
+                settings = solver_settings(run_unit(restorer, fam, sigma, samples, i, name, x, role)["solvers"])
+            if solver_settings(unit.get("solvers")) == settings:
+                results.append(unit)
+                continue
+            print(f"{path}: cached with other solver settings, rerun", flush=True)
+        unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
+        settings = settings or solver_settings(unit["solvers"])
         save_atomic(unit, path)
         print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
-              f"{10 * math.log10(1 / float(((post.mean - x) ** 2).mean())):.2f} dB", flush=True)
+              f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
         results.append(unit)
     return results
+
+
+def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, x, role: str) -> dict:
+    """One calibration run: the crop, its observation, the solver's mean and spread, and the solvers that ran."""
+    from restore.tasks import parse
+
+    task = parse(GRID[fam][1](i, sigma))
+    y = restorer.simulate(x, task, seed=i)
+    t0 = time.perf_counter()
+    post = restorer(y, task, samples=samples, seed=i)
+    return {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
+            "spread": post.spread, "seconds": time.perf_counter() - t0,
+            "solvers": post.meta["provenance"]["solvers"]}
+
+
+def solver_settings(solvers: list[dict] | None) -> list | None:
+    """(name, config) of every solver a run used (the top one, then e.g. PMRF's posterior-mean solver)."""
+    return None if solvers is None else [[s["name"], s["config"]] for s in solvers]
 
 
 def unit_signals(unit: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -133,6 +152,7 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
                                     round(-20 * math.log10(min(rmse_pred)), 3)],
            "scores": [[float(f"{v:.5g}") for v in c] for c in curves],
            "n_fit": sum(u["role"] == "fit" for u in units), "n_cal": len(curves),
+           "solvers": solver_settings(units[0].get("solvers")),
            "calibration_images": {"std_error_spearman": round(float(np.mean(rho)), 4),
                                   "mean_psnr": round(float(np.mean([-20 * math.log10(r) for r in rmse])), 3),
                                   "psnr_rank_correlation": _rank_corr(rmse_pred, rmse)}}
