@@ -10,6 +10,11 @@ same work; the table says so. Peak memory is the process's resident-set growth d
 Seconds per sample = (time with K=4 - time with K=1) / 3. A solver that stops early on its objective (VBLE by
 default) runs in full, unscaled.
 
+``--targets`` is the issue-#21 check instead: every solver at its defaults on one 256 px image (denoising 25/255
+and Gaussian deblurring), the mean + 8 samples, run in full (no scaling), with its seconds also in units of one
+256 px forward of ``score-natural`` measured in the same run (so the numbers compare across machines) against the
+targets in ``TARGETS``; writes ``speed_targets.json``.
+
 ``--solvers A B`` re-measures only those solvers: the other solvers' rows of the results file are kept when it was
 written with the same task, sizes, fraction and threads (``kept_from`` records the commands that measured them).
 """
@@ -31,6 +36,60 @@ from benchmarks.common import RESULTS, table, write_results
 ITERATION_FIELD = {"langevin": "iterations", "reddiff": "steps", "scoredvi": "iterations", "vble": "iterations",
                    "aps": "steps"}
 DEFAULT_ITERATIONS = {"vble": 300}  # configs whose default is None (task-dependent)
+# issue #21: seconds at 256 px, mean + 8 samples, 2 threads, on the machine where one score-natural forward took
+# REFERENCE_FORWARD_S; compared in forward units, so a slower machine is not held to this one's seconds
+TARGETS = {"pmrf": 10, "vble": 10, "reddiff": 30, "langevin": 60, "aps": 60, "scoredvi": 120}
+REFERENCE_FORWARD_S = 0.197
+
+
+def forward_seconds(size: int = 256, repeats: int = 5) -> float:
+    """Median seconds of one (1, 3, size, size) forward of the score-natural denoiser (no gradients)."""
+    from restore.priors import registry
+
+    den = registry.load("score-natural").module
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        den(x, 0.1)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            den(x, 0.1)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: int = 8) -> dict:
+    """Each solver's full default run (mean + ``samples`` samples) on a ``size`` crop, per task, against TARGETS."""
+    from benchmarks.common import tasks as benchmark_tasks
+    from restore import metrics
+    from restore.api import Restorer
+    from restore.tasks import parse
+
+    specs = {"denoise25": f"denoise:gaussian:sigma={25 / 255:.6f}", "deblur_gauss1": benchmark_tasks()["deblur_gauss1"]}
+    fwd = forward_seconds(size)
+    t, l = (photo.shape[-2] - size) // 2, (photo.shape[-1] - size) // 2
+    x = photo[..., t:t + size, l:l + size]
+    rows = []
+    for name in solvers:
+        r = Restorer(name)
+        r.prior()  # loading stays outside the timing
+        for tname, spec in specs.items():
+            if r.solver.supports(parse(spec)):
+                continue
+            y = r.simulate(x, spec, seed=0)
+            with PeakRSS() as peak:
+                t0 = time.perf_counter()
+                post = r(y, spec, samples=samples, seed=0)
+                sec = time.perf_counter() - t0
+            goal = TARGETS.get(name)
+            forwards = sec / fwd
+            rows.append({"solver": name, "task": tname, "seconds": round(sec, 2), "forwards": round(forwards, 1),
+                         "target_s": goal, "target_forwards": round(goal / REFERENCE_FORWARD_S) if goal else None,
+                         "meets": (forwards <= goal / REFERENCE_FORWARD_S) if goal else None,
+                         "psnr": round(float(metrics.psnr(post.mean, x)), 2), "peak_MiB": round(peak.mib, 1)})
+            print(f"{name:<10} {tname:<14} {sec:7.2f} s = {forwards:6.1f} forwards (target {goal} s)", flush=True)
+    return {"size": size, "samples": samples, "forward_s": round(fwd, 4), "reference_forward_s": REFERENCE_FORWARD_S,
+            "rows": rows}
 
 
 def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict) -> tuple[list[dict], list]:
@@ -75,6 +134,7 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--fraction", type=float, default=0.1, help="fraction of the iterations actually run")
     ap.add_argument("--solvers", nargs="*", default=None)
+    ap.add_argument("--targets", action="store_true", help="full default runs at 256 px, K = 8, against TARGETS")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -87,6 +147,13 @@ def main(argv=None):
     sizes = args.sizes or ([128, 256] if args.quick else [128, 256, 512])
     photo = torch.from_numpy(skimage.data.chelsea().astype(np.float32) / 255).permute(2, 0, 1)[None]
     photo = torch.nn.functional.interpolate(photo, size=(600, 902), mode="bilinear")  # room for 512 crops
+    if args.targets:
+        result = targets(args.solvers or [n for n in base.names() if n not in ("aps", "scoredvi")], photo)
+        cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
+        print(table(result["rows"], cols))
+        path = write_results("speed_targets", {**result, "threads": torch.get_num_threads()}, args.out)
+        print(f"wrote {path}")
+        return
     task = f"denoise:gaussian:sigma={25 / 255:.6f}"
     rows = []
     for name in args.solvers or base.names():

@@ -301,3 +301,43 @@ def test_recorded_command_quotes_arguments_with_spaces(monkeypatch):
     assert common.command_line() == "python -m benchmarks.realnoise --methods 'vble (oracle sigma)'"
     monkeypatch.setattr("sys.argv", [str(common.REPO / "benchmarks" / "quality.py")])
     assert common.command_line() == "python -m benchmarks.quality"
+
+
+def test_pareto_reads_settings_the_quality_file_holds_and_runs_the_rest():
+    from benchmarks import pareto
+
+    quality = {"methods": {"reddiff (paper: 100 steps)": {"solver": "reddiff", "prior": None, "full_only": True,
+                                                          "options": {"preset": "paper"}},
+                           "diffpir (score-natural)": {"baseline": "diffpir", "max_iter": 100}},
+               "per_image": [{"method": "reddiff (paper: 100 steps)", "task": "sr4", "image": "a.png", "psnr": 25.0},
+                             {"method": "other", "task": "sr4", "image": "a.png", "psnr": 1.0}]}
+    paper = pareto.method_config("reddiff", dict(pareto.SETTINGS["reddiff"])["paper"])
+    name, rows = pareto.from_quality_file(quality, paper)
+    assert name == "reddiff (paper: 100 steps)" and [r["psnr"] for r in rows] == [25.0]
+    assert pareto.from_quality_file(quality, pareto.method_config("reddiff", {"options": {"steps": 15}})) == (None, [])
+    diffpir = dict(pareto.SETTINGS["diffpir (deepinv)"])["100 steps"]
+    assert pareto.from_quality_file(quality, pareto.method_config("diffpir", diffpir))[0] == "diffpir (score-natural)"
+    # every solver's settings go from a fast one to the paper's, and each names a registered solver or a baseline
+    from restore.solvers import base
+    for solver, settings in pareto.SETTINGS.items():
+        assert "paper" in settings[-1][0] or "100 steps" in settings[-1][0], solver
+        assert solver.split(" ")[0] in base.names() or "baseline" in settings[0][1]
+
+
+def test_speed_targets_are_compared_in_forward_units(monkeypatch):
+    """A solver meets its target when its seconds, divided by this machine's forward time, fit the target's
+    forwards; a machine twice as slow is not held to the reference machine's seconds."""
+    import numpy as np
+    import torch
+
+    from benchmarks import speed
+
+    monkeypatch.setattr(speed, "forward_seconds", lambda size=256: 2 * speed.REFERENCE_FORWARD_S)
+    photo = torch.rand(1, 3, 80, 80)
+    result = speed.targets(["pmrf"], photo, size=64, samples=2)
+    rows = {r["task"]: r for r in result["rows"]}
+    assert set(rows) == {"denoise25", "deblur_gauss1"}
+    for r in rows.values():
+        assert abs(r["forwards"] - r["seconds"] / (2 * speed.REFERENCE_FORWARD_S)) < 0.1
+        assert r["meets"] == (r["forwards"] <= 10 / speed.REFERENCE_FORWARD_S + 0.05)
+        assert np.isfinite(r["psnr"]) and r["target_s"] == 10
