@@ -135,6 +135,13 @@ class Restorer:
             post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
         return post
 
+    def estimate_seconds(self, task: str | Task, x_shape: tuple, samples: int = 8) -> float | None:
+        """Rough seconds (within about 2x) a restore of restored shape ``x_shape`` (1, C, H, W) would take here, or
+        None when the solver cannot say (``restore.estimate``)."""
+        from restore import estimate
+
+        return estimate.estimate_seconds(self, parse(task), tuple(x_shape), samples)
+
     def simulate(self, clean, task: str | Task, seed: int = 0) -> torch.Tensor:
         """Degrade a clean image with the task (for demos and benchmarks); returns y (1, C, h, w)."""
         task = parse(task)

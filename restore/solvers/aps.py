@@ -72,6 +72,11 @@ class APSSolver(Solver):
     int8_ok = True  # restore.quant int8s only the transformer, which APS runs forward-only
     paper = "Rout et al., Test-Time Anchoring for Discrete Diffusion Posterior Sampling (APS), 2025"
 
+    def cost(self, task, samples: int, prior=None) -> float:
+        # measured (benchmarks/results/speed_quick.json, 256 px): one inner step ~1.4 denoiser forwards for the
+        # first sample and ~1.6 for each further one (the tokenizer's decoder runs forward and backward per sample)
+        return self.config.steps * self.config.inner_steps * (1.4 + 1.6 * (samples - 1))
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8" and "tokenizer" in prior.card.get("quantized_parts", ["tokenizer"]):
             raise SolverError("aps back-propagates through the tokenizer's decoder: its tokenizer must stay float "

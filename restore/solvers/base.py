@@ -123,6 +123,12 @@ class Solver:
     def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover
         raise NotImplementedError
 
+    def cost(self, task, samples: int, prior=None) -> float | None:
+        """The work of one run, in forward passes of a DRUNet-size network (batch 1) at the restored size, for the
+        time estimate shown before a run (``restore.estimate``); None when unknown. ``task`` is a restore Task,
+        ``prior`` the loaded prior when at hand (some counts read its card)."""
+        return None
+
 
 def versions() -> dict:
     import deepinv

@@ -49,6 +49,10 @@ class LangevinSolver(Solver):
     presets = {"paper": {"iterations": 500, "chains": None}}
     paper = "Laumont et al., Bayesian imaging using Plug & Play priors (PnP-ULA), SIAM J. Imaging Sci. 2022"
 
+    def cost(self, task, samples: int, prior=None) -> float:
+        chains = samples if self.config.chains is None else min(int(self.config.chains), samples)
+        return self.config.iterations * chains  # one prior-score pass per iteration and chain
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         import deepinv as dinv
 

@@ -84,6 +84,20 @@ class PMRFSolver(Solver):
             return int(card_steps[family]), f"card ({family})"
         return PAPER_STEPS, "paper"
 
+    def cost(self, task, samples: int, prior=None) -> float:
+        from restore.solvers import base
+
+        steps = self.config.flow_steps
+        if steps is None:
+            card = getattr(prior, "card", None) or {}
+            steps = int(card.get("euler_steps", {}).get(task.kind, PAPER_STEPS)) if prior is not None else 2
+        source = self.config.mean_source
+        if source == "auto":
+            source = "denoiser" if task.kind == "denoise" else "reddiff"
+        mean = 1.0 if source == "denoiser" else (base.get(source, **(self.config.mean_options or {}))
+                                                 .cost(task, 1) or 0.0)
+        return mean + steps * samples  # the flow network is the denoiser's size
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         cfg = self.config
         sigma_s = cfg.sigma_s if cfg.sigma_s is not None else float(prior.card.get("sigma_s", 0.025))

@@ -95,10 +95,18 @@ class RedDiffSolver(Solver):
     paper = "Mardani et al., A Variational Perspective on Solving Inverse Problems with Diffusion Models, ICLR 2024"
     presets = {"paper": PAPER}
 
+    def settings_for(self, kind: str | None) -> tuple[RedDiffConfig, dict]:
+        """The config a task of this kind runs with (the family's settings where no explicit option overrides
+        them), and those family settings."""
+        family = (self.config.per_family or {}).get(kind, {})
+        return replace(self.config, **{k: v for k, v in family.items() if k not in self.options}), family
+
+    def cost(self, task, samples: int, prior=None) -> float:
+        cfg, _ = self.settings_for(task.kind)
+        return cfg.steps * samples + (cfg.init == "denoised")  # one denoiser pass per step and sample
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
-        cfg = self.config
-        family = (cfg.per_family or {}).get(kind_of(physics), {})
-        cfg = replace(cfg, **{k: v for k, v in family.items() if k not in self.options})
+        cfg, family = self.settings_for(kind_of(physics))
         if cfg.steps < 1 or cfg.lr <= 0:
             raise ValueError("steps must be >= 1 and lr > 0")
         if cfg.init not in ("pinv", "denoised"):

@@ -141,6 +141,11 @@ class ScoreDVISolver(Solver):
     paper = "Cheng, Liu, Tan, Score Priors Guided Deep Variational Inference for Unsupervised Real-World Single " \
             "Image Denoising, ICCV 2023"
 
+    def cost(self, task, samples: int, prior=None) -> float:
+        # measured (benchmarks/results/speed_scoredvi.json, 128 px): one iteration ~97 denoiser forwards (four
+        # networks, mc_samples draws per mixture component); the K samples come from q at no extra cost
+        return self.config.iterations * 97.0 * self.config.mc_samples / 5
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if type(physics).__name__ != "Denoising":
             raise SolverError("scoredvi restores denoising tasks only (it models the noise, not a blur or mask)")

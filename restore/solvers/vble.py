@@ -110,6 +110,12 @@ class VBLESolver(Solver):
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
     presets = {"paper": {"early_stop": None}}
 
+    def cost(self, task, samples: int, prior=None) -> float:
+        # measured (benchmarks/results/speed_quick.json, 256 px): one iteration (decoder forward + backward of the
+        # q2 CAE) ~0.73 denoiser forwards; early stopping ends after ~35 % of the paper's count on average
+        iters = self.config.iterations or (400 if task.kind == "inpaint" else 300)
+        return iters * 0.73 * (0.35 if self.config.early_stop is not None else 1.0)
+
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8":
             raise SolverError("vble back-propagates through the CAE decoder; an int8 CAE gives zero gradients. "
