@@ -1,8 +1,9 @@
 """Gradio web app: `restore ui` (or `python -m app.app`). No solver logic here: everything goes through `restore`.
 
-Offline and safe by default: analytics off, binds 127.0.0.1, PNG outputs (Gradio's default webp is lossy), upload
-and image-size limits with clear messages, one solve at a time through a bounded queue, temporary outputs deleted
-after an hour.
+Offline and safe by default: analytics off, binds 127.0.0.1, PNG outputs (Gradio's default webp is lossy), an upload
+limit, images above MAX_UI_PIXELS downscaled or cropped as the user chooses (the size shown before running), one solve
+at a time through a bounded queue (requests beyond it are refused with "queue is full"), temporary outputs deleted
+after an hour. Both tabs build their task and large-image controls with the same functions.
 """
 
 from __future__ import annotations
@@ -429,6 +430,23 @@ def compare_solvers(image, simulate: bool, task: str, solvers: list[str], sample
                     + (f" Image: {first['size']}." if first["size"] and "->" in first["size"] else "")}
 
 
+_SOLVE_THREAD = None
+
+
+def _on_solve_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the one thread that runs every solve. Gradio calls handlers from a pool of up to 40
+    worker threads, and each thread torch computes on keeps its own allocator arena and thread pool: measured, RSS grew
+    by about 150 MiB over the first few threads and kept creeping; on one thread it stays flat
+    (benchmarks/app_load.py). The context (gr.Progress) goes along."""
+    global _SOLVE_THREAD
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _SOLVE_THREAD is None:
+        _SOLVE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="restore-solve")
+    return _SOLVE_THREAD.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+
+
 class _Adapter:
     """Lets compare_solvers pass a (fraction, message) callback where restore_image expects gr.Progress."""
 
@@ -657,8 +675,8 @@ def build_demo():
                 region = (x_, y_, w_, h_)
                 spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
                                      fit_, region)
-                r = restore_image(image, simulate_, spec, solver_, prior_, samples_, seed_, truth_, options_,
-                                  progress=progress, quant=quant_, fit=fit_, region=region)
+                r = _on_solve_thread(restore_image, image, simulate_, spec, solver_, prior_, samples_, seed_,
+                                     truth_, options_, progress=progress, quant=quant_, fit=fit_, region=region)
                 _remember_views(request, {"mean": r["mean"], "at_risk": r["at_risk"]})
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
                         r["files"])
@@ -712,8 +730,8 @@ def build_demo():
                 if not (spec or "").strip():
                     spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_,
                                          editor_, fit_, region)
-                r = compare_solvers(image, sim, spec, solvers_, samples_, seed_, progress=progress, fit=fit_,
-                                    region=region)
+                r = _on_solve_thread(compare_solvers, image, sim, spec, solvers_, samples_, seed_,
+                                     progress=progress, fit=fit_, region=region)
                 return r["info"], r["means"], r["stds"], r["metrics"]
 
             c_run.click(on_compare, [c_inp, c_sim, c_spec, c_solvers, c_samples, c_seed, *c_tc.inputs, *c_fc.inputs],
