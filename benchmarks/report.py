@@ -81,6 +81,14 @@ def _speed(data: dict) -> str:
             + (f"; the other solvers' rows are kept from {kept}" if kept else "") + ")\n\n" + table(data["rows"], cols))
 
 
+def _speed_targets(data: dict) -> str:
+    cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
+    return (f"**Speed at the defaults against the targets** ({data['size']} px, mean + {data['samples']} samples, "
+            f"{data['threads']} threads, full runs; `forwards` = seconds / one {data['size']} px score-natural forward "
+            f"measured in the same run ({data['forward_s']} s here; the targets assume {data['reference_forward_s']} "
+            "s), so `meets` compares across machines)\n\n" + table(data["rows"], cols))
+
+
 def _calibration(data: dict) -> str:
     cols = ["method", "coverage 50%", "coverage 90%", "coverage 95%"]
     rows = [{"method": m, **{f"coverage {int(100 * lv)}%": c for lv, c in zip(v["levels"], v["coverage"])}}
@@ -120,6 +128,19 @@ def _uncertainty(data: dict) -> str:
             + table(data["rows"], COLUMNS))
 
 
+def _app_load(data: dict) -> str:
+    from benchmarks.app_load import COLUMNS
+
+    row = data["rows"][0]
+    st = data.get("settings")
+    how = (f" ({st['image']} image, {st['task']}, {st['solver']} {st['options']} with {st['samples']} sample(s); a "
+           f"refused client waits {st['backoff_s']} s before its next request)") if st else ""
+    return (f"**Web app under concurrent loopback clients**{how}: every request ends answered or refused with "
+            "\"queue is full\" (`lost` = neither); `rss_*` = the server process's resident memory before the warm-up "
+            "requests, after them (start), half-way and at the end\n\n"
+            + table(data["rows"], COLUMNS if "queue_size" in row else list(row)))
+
+
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
           "quality_vble_paper_quick": _quality,
@@ -138,9 +159,9 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
           "quant_latency": _single("Quantised backbones, latency on a quiet machine (ratios against float in the "
                                    "same run)"),
           "quant_tokens": _single("Quantised token prior (transformer only; ratios against float in the same run)"),
-          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed,
+          "speed_targets": _speed_targets, "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed,
           "large": _single("A large photo through tiling (denoising 25/255)"),
-          "app_load": _single("Web app under concurrent loopback clients")}
+          "app_load": _app_load}
 
 
 def render() -> str:
