@@ -308,6 +308,27 @@ def _metrics_row(name: str, meta: dict) -> list:
             r(m.get("mean_std"), 4), r(meta["timings"]["total_s"], 1)]
 
 
+def _countdown(progress, estimate_s: float | None):
+    """A solver progress callback that shows the time left: from the estimate at first, then from the pace so far."""
+    if progress is None:
+        return None
+    import time
+
+    from restore.estimate import describe
+
+    start = time.perf_counter()
+
+    def cb(fraction: float, message: str):
+        elapsed = time.perf_counter() - start
+        if fraction > 0.1:
+            left = elapsed / fraction - elapsed
+        else:
+            left = None if estimate_s is None else max(estimate_s - elapsed, 0.0)
+        progress(fraction, desc=message if left is None else f"{message} ({describe(left)} left)")
+
+    return cb
+
+
 def restore_image(image, simulate: bool, task: str, solver: str, prior: str | None, samples: int, seed: int,
                   ground_truth=None, options: str = "", progress=None, quant: str = "none", fit: str | None = None,
                   region=None) -> dict:
@@ -346,7 +367,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
             y = x
             if ground_truth is not None:
                 truth = io.to_tensor(_fitted_truth(ground_truth, plan))
-        cb = (lambda f, msg: progress(f, desc=msg)) if progress is not None else None
+        cb = _countdown(progress, r.estimate_seconds(t, t.x_shape(tuple(y.shape)), int(samples)))
         post = r(y, t, samples=int(samples), seed=int(seed), ground_truth=truth, progress=cb)
     except (ValueError, FileNotFoundError, SolverError) as exc:
         raise UserError(str(exc)) from None
@@ -471,6 +492,31 @@ def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, mo
         plan = None if fit is None else plan_fit(shape, fit, region)
         mask_path = mask_from_editor(editor, shape, _fresh_dir(), plan)
     return task_spec(kind, noise255, blur_sigma, motion_size, sr_factor, inpaint_mode, missing, box_size, mask_path)
+
+
+def estimate_text(image, simulate: bool, spec: str, solver: str, prior: str | None, samples: int, options: str = "",
+                  quant: str = "none", fit: str | None = None, region=None) -> str:
+    """'Estimated time here: about 8 s (...)' for a run with these settings (restore.estimate), '' without an image
+    or when the settings cannot run (the run itself then says why)."""
+    from restore import estimate, tasks
+
+    if image is None:
+        return ""
+    try:
+        shape = np.asarray(image).shape[:2]
+        if fit is not None:
+            shape = plan_fit(shape, fit, region).size
+        t = tasks.parse(spec)
+        opts = json.loads(options) if options and options.strip() else {}
+        r = _restorer(solver, prior, opts if isinstance(opts, dict) else {}, quant)
+        h, w = shape
+        if not simulate:  # the upload is the observation: SR restores it factor times larger
+            h, w = h * t.scale, w * t.scale
+        seconds = r.estimate_seconds(t, (1, 3, h, w), int(samples))
+    except Exception:  # noqa: BLE001 - an estimate must never break the page; the run reports real errors
+        return ""
+    return (f"Estimated time here: **{estimate.describe(seconds)}** ({solver}, {w}x{h} restored, {int(samples)} "
+            "samples; the progress bar counts down)")
 
 
 # the uploaded image's size per browser session and tab, for the size line under the upload (without the pixels)
@@ -642,6 +688,7 @@ def build_demo():
                                             label="Quantised backbone (int8: real kernels, ~2.8x faster denoiser; "
                                                   "w8a8/w4a8: simulated)")
                     run = gr.Button("Restore", variant="primary", elem_id="run")
+                    eta = gr.Markdown(elem_id="eta")
                 with gr.Column(scale=2):
                     info = gr.Markdown(elem_id="info")
                     slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", elem_id="slider")
@@ -685,6 +732,17 @@ def build_demo():
             def shown_estimate(at_risk, request: gr.Request):
                 views_ = _VIEWS.get(getattr(request, "session_hash", None), {})
                 return views_.get("at_risk" if at_risk else "mean", gr.skip())
+
+            def on_estimate(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
+                            solver_, prior_, samples_, options_, quant_, fit_=FIT_DEFAULT, x_=0, y_=0, w_=0, h_=0):
+                spec = task_spec(kind_, noise_, blur_, motion_, factor_, mode_ if mode_ != "draw" else "random pixels",
+                                 missing_, box_)  # a drawn mask costs the same as a random one
+                return estimate_text(image, simulate_, spec, solver_, prior_, samples_, options_, quant_, fit_,
+                                     (x_, y_, w_, h_))
+
+            eta_inputs = [inp, simulate, *tc.inputs, solver, prior, samples, options, quant, *fc.inputs]
+            for comp in (inp, simulate, tc.kind, tc.factor, solver, prior, samples, options, quant, *fc.inputs):
+                comp.change(on_estimate, eta_inputs, eta, **private)
 
             run.click(on_run, [inp, simulate, *tc.inputs, solver, prior, samples, seed, truth, options, quant,
                                *fc.inputs],

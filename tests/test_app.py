@@ -401,3 +401,26 @@ def test_queue_is_bounded_and_refusals_are_clear(image, tmp_path, monkeypatch):
     refused = [o for o in outcomes if o.startswith("refused")]
     assert all("queue is full" in o.lower() for o in refused), refused
     assert 1 <= len(refused) <= 3 and outcomes.count("done") == 5 - len(refused)
+
+
+def test_estimate_text_before_a_run_and_the_countdown():
+    from app import app as w
+
+    img = np.zeros((64, 96, 3), np.uint8)
+    text = w.estimate_text(img, True, "denoise:gaussian:sigma=0.1", "reddiff", None, 8)
+    assert text.startswith("Estimated time here: **about") and "96x64 restored, 8 samples" in text
+    # an observation for x4 SR restores 4x larger; a photo above the limit is estimated at the size it will run
+    assert "384x256 restored" in w.estimate_text(img, False, "sr:bicubic:factor=4", "pmrf", None, 2)
+    big = np.zeros((3024, 4032, 3), np.uint8)
+    fitted = w.plan_fit(big.shape, "downscale to fit").size
+    assert f"{fitted[1]}x{fitted[0]} restored" in w.estimate_text(big, True, "denoise:gaussian:sigma=0.1", "pmrf",
+                                                                  None, 2, fit="downscale to fit")
+    assert w.estimate_text(None, True, "denoise:gaussian:sigma=0.1", "pmrf", None, 2) == ""
+    assert w.estimate_text(img, True, "not a task", "pmrf", None, 2) == ""  # the run itself reports the error
+    seen = []
+    cb = w._countdown(lambda f, desc: seen.append(desc), 120.0)
+    cb(0.0, "step 0")
+    assert seen[-1] == "step 0 (about 2 min left)"
+    cb(0.5, "step 5")  # from the pace so far: as long again as it took
+    assert seen[-1].startswith("step 5 (about") and seen[-1].endswith("s left)")
+    assert w._countdown(None, 3.0) is None

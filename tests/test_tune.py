@@ -1,7 +1,6 @@
 """restore.train.tune: the grid syntax, its combinations, and one real scan on tiny crops."""
 
 import pytest
-import torch
 
 from restore.train import tune
 

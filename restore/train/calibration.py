@@ -60,8 +60,6 @@ def crops(files: list[Path], size: int, seed: int) -> list[torch.Tensor]:
 
 def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
     """Run (or read back) the solver on every (role, index, file, crop) unit of one cell."""
-    from restore.tasks import parse
-
     results, settings = [], None
     for role, i, name, x in units:
         path = cache / f"{fam}-{sigma:.5f}" / f"{role}-{i:03d}.pt"
