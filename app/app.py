@@ -308,6 +308,18 @@ def _metrics_row(name: str, meta: dict) -> list:
             r(m.get("mean_std"), 4), r(meta["timings"]["total_s"], 1)]
 
 
+def _check_server_paths(t) -> None:
+    """A task spec reaching the app (e.g. /compare's spec string from a script) may name a file only among the app's
+    own outputs (a mask drawn in the page); anything else would read the server's files. Raises UserError."""
+    path = dict(t.params).get("path")
+    if path is None:
+        return
+    root = OUT_ROOT.resolve()
+    if root not in Path(path).resolve().parents:
+        raise UserError(f"the app does not read files named in a task spec ({t.kind}:{t.variant}:path=...); draw the "
+                        "mask in the page, or use the `restore` command line for a mask or kernel file")
+
+
 def _countdown(progress, estimate_s: float | None):
     """A solver progress callback that shows the time left: from the estimate at first, then from the pace so far."""
     if progress is None:
@@ -354,6 +366,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     out_dir = _fresh_dir()
     try:
         t = tasks.parse(task)
+        _check_server_paths(t)
         r = _restorer(solver, prior, opts, quant)
         x = io.to_tensor(arr)
         truth = None

@@ -1,5 +1,7 @@
 """The web app: handlers called directly, then the wiring through gradio_client against an in-process server."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -424,3 +426,24 @@ def test_estimate_text_before_a_run_and_the_countdown():
     cb(0.5, "step 5")  # from the pace so far: as long again as it took
     assert seen[-1].startswith("step 5 (about") and seen[-1].endswith("s left)")
     assert w._countdown(None, 3.0) is None
+
+
+def test_a_spec_string_cannot_make_the_app_read_server_files(tmp_path):
+    from PIL import Image
+
+    from app import app as w
+    from restore.tasks import parse
+
+    secret = tmp_path / "mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(secret)
+    np.save(tmp_path / "k.npy", np.ones((3, 3), np.float32) / 9)
+    img = np.zeros((32, 32, 3), np.uint8)
+    for spec in (f"inpaint:mask:path={secret}", f"deblur:kernel:path={tmp_path / 'k.npy'},noise=0.01"):
+        with pytest.raises(w.UserError, match="does not read files named in a task spec"):
+            w.restore_image(img, True, spec, "pmrf", None, 1, 0)
+    # a mask the page drew (written under the app's own output folder) is read
+    inside = w._fresh_dir() / "mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(inside)
+    w._check_server_paths(parse(f"inpaint:mask:path={inside}"))
+    out = w.restore_image(img, True, f"inpaint:mask:path={inside}", "pmrf", None, 1, 0)
+    assert os.path.exists(out["mean"])
