@@ -19,7 +19,10 @@ DEFAULT_SOLVER = "pmrf"
 # run in seconds on denoising (29.5 dB vs TV 26.5), Gaussian deblurring (31.1 vs 30.3) and x4 SR (24.5 vs 24.5), and a
 # calibration table for every task family; VBLE leads on motion blur (26.0 vs PMRF 25.6, TV 24.8); only ScoreDVI
 # handles unknown real noise. On inpainting PMRF stays 0.2-0.5 dB below TV (a finding, see docs/benchmarks.md).
-RECOMMENDED = {("deblur", "motion"): "vble", ("denoise", "real"): "scoredvi"}
+# PMRF everywhere it runs (best or level PSNR of the fast solvers on 5 of 6 tasks, calibrated, seconds); ScoreDVI
+# for unknown real noise, which only it models. VBLE led motion blur until PMRF's fast mean levelled it (25.97 dB
+# both, PMRF 3x faster with 0.87 calibrated coverage against 0.61: quality_paper_quick.json, 2026-12-02).
+RECOMMENDED = {("denoise", "real"): "scoredvi"}
 
 
 def recommended_solver(task: str | Task) -> str:

@@ -96,7 +96,7 @@ def test_unknown_prior_file_missing(tmp_path, monkeypatch):
         registry.load("score-natural")
 
 
-@pytest.mark.parametrize("task, solver", [("denoise:gaussian:sigma=0.1", "pmrf"), ("deblur:motion:noise=0.01", "vble"),
+@pytest.mark.parametrize("task, solver", [("denoise:gaussian:sigma=0.1", "pmrf"), ("deblur:motion:noise=0.01", "pmrf"),
                                           ("denoise:real", "scoredvi"), ("sr:bicubic:factor=2", "pmrf")])
 def test_recommended_solver_per_task(task, solver):
     from restore.api import recommended_solver
