@@ -70,11 +70,11 @@ def plot(rows: list[dict], task_names: list[str], tv: dict, path) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     for ax, t in zip(axes.flat, task_names):
-        for solver in SETTINGS:
+        for n, solver in enumerate(SETTINGS):  # one colour per solver in every panel, drawn or not
             pts = [(r["seconds"], r[t]) for r in rows if r["solver"] == solver and r.get(t) is not None]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, "o-" if "deepinv" not in solver else "s--", label=solver, ms=4)
+                ax.plot(xs, ys, "o-" if "deepinv" not in solver else "s--", label=solver, ms=4, color=f"C{n}")
         if tv.get(t) is not None:
             ax.axhline(tv[t], color="grey", ls=":", label=CLASSICAL)
         ax.set_xscale("log")

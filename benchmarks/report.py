@@ -81,6 +81,18 @@ def _speed(data: dict) -> str:
             + (f"; the other solvers' rows are kept from {kept}" if kept else "") + ")\n\n" + table(data["rows"], cols))
 
 
+def _pareto(data: dict) -> str:
+    if not data.get("rows"):
+        return "**Speed against quality**: the run has not finished (`python -m benchmarks.pareto --resume`)."
+    tasks_ = [k for k in data["rows"][0] if k not in ("solver", "setting", "source", "seconds")
+              and not k.startswith("cov90_")]
+    cols = ["solver", "setting", "seconds", *tasks_, "source"]
+    return (f"**Speed against quality, fastest setting to the paper's** ({len(data['images'])} CBSD68 crops, "
+            f"{data['crop']} px, {data['samples']} samples, PSNR in dB, seconds per image on one thread; figure "
+            f"`benchmarks/results/{data['plot']}`; rows marked with a quality file are read from it, not rerun)\n\n"
+            + table(data["rows"], cols))
+
+
 def _speed_targets(data: dict) -> str:
     cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
     return (f"**Speed at the defaults against the targets** ({data['size']} px, mean + {data['samples']} samples, "
@@ -159,7 +171,8 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
           "quant_latency": _single("Quantised backbones, latency on a quiet machine (ratios against float in the "
                                    "same run)"),
           "quant_tokens": _single("Quantised token prior (transformer only; ratios against float in the same run)"),
-          "speed_targets": _speed_targets, "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed,
+          "pareto": _pareto, "speed_targets": _speed_targets,
+          "speed": _speed, "speed_quick": _speed, "speed_scoredvi": _speed, "speed_vble_quick": _speed,
           "large": _single("A large photo through tiling (denoising 25/255)"),
           "app_load": _app_load}
 
