@@ -49,9 +49,16 @@ class LangevinSolver(Solver):
     presets = {"paper": {"iterations": 500, "chains": None}}
     paper = "Laumont et al., Bayesian imaging using Plug & Play priors (PnP-ULA), SIAM J. Imaging Sci. 2022"
 
+    def n_chains(self, samples: int) -> int:
+        """Chains run for ``samples`` samples: one each (chains=None), else the config's, at most one per sample."""
+        if self.config.chains is None:
+            return samples
+        if int(self.config.chains) < 1:
+            raise ValueError(f"chains must be >= 1; got {self.config.chains}")
+        return min(int(self.config.chains), samples)
+
     def cost(self, task, samples: int, prior=None) -> float:
-        chains = samples if self.config.chains is None else min(int(self.config.chains), samples)
-        return self.config.iterations * chains  # one prior-score pass per iteration and chain
+        return self.config.iterations * self.n_chains(samples)  # one prior-score pass per iteration and chain
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         import deepinv as dinv
@@ -65,14 +72,11 @@ class LangevinSolver(Solver):
         eta = cfg.step_scale / (norm_a / sigma_y**2 + cfg.alpha / cfg.prior_sigma**2)
         fidelity = dinv.optim.L2(sigma=sigma_y)
         score_prior = dinv.optim.ScorePrior(denoiser=prior.module)
-        n_chains = n_samples if cfg.chains is None else int(cfg.chains)
-        if n_chains < 1:
-            raise ValueError(f"chains must be >= 1; got {cfg.chains}")
-        n_chains = min(n_chains, n_samples)
+        n_chains = self.n_chains(n_samples)
         x = x0.expand(n_chains, -1, -1, -1).clone()
         yk = y.expand(n_chains, -1, -1, -1)
         start = int(cfg.burnin * cfg.iterations)
-        per_chain = -(-n_samples // n_chains)  # states kept from each chain
+        per_chain = -(-n_samples // n_chains)  # states kept from each chain (1: its final state)
         if cfg.iterations - start < per_chain:
             raise ValueError(f"{n_samples} samples from {n_chains} chains need at least {per_chain} post-burn-in "
                              f"iterations; got {cfg.iterations - start} (raise iterations or chains)")
@@ -97,7 +101,7 @@ class LangevinSolver(Solver):
                     progress(it / cfg.iterations, f"Langevin step {it}/{cfg.iterations}")
         mean = acc / kept
         var = (acc2 / kept - mean * mean).clamp_min(0) * kept / max(kept - 1, 1)
-        samples = torch.cat(kept_states)[:n_samples] if n_chains < n_samples else x
+        samples = torch.cat(kept_states)[:n_samples]
         return Posterior(mean=mean.float().clamp(0, 1), samples=samples.clamp(0, 1), std=var.sqrt().float(),
                          meta={"step_size": eta, "sigma_y": sigma_y, "norm_A": norm_a, "states_pooled": kept,
                                "chains": n_chains})
