@@ -296,7 +296,8 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         return fallback(note)
     ran = [[s["name"], s["config"]] for s in post.meta.get("provenance", {}).get("solvers", [])]
     if cell.get("solvers") is not None and ran and ran != cell["solvers"]:
-        differ = sorted({name for name, conf in ran if [name, conf] not in cell["solvers"]})
+        differ = sorted({name for name, conf in ran if [name, conf] not in cell["solvers"]}
+                        | {name for name, conf in cell["solvers"] if [name, conf] not in ran})
         return fallback(f"the solvers behind this run ({', '.join(differ)}) ran with other settings than the "
                         f"calibrated ones; refit {table['file']} (python -m restore.train.calibration)")
     if post.n_samples != table["n_samples"]:

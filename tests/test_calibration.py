@@ -203,3 +203,23 @@ def test_image_harder_than_every_calibration_image_is_flagged(fitted_models, cle
     post = r(r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1"), "denoise:gaussian:sigma=0.1", samples=4)
     assert post.calibrated and "below every calibration image" in post.meta["uncertainty"]["warning"]
     assert "WARNING" in describe_uncertainty(post.meta)
+
+
+def test_a_cell_fitted_with_other_solver_settings_is_not_used(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    """Each cell records every solver behind its runs; a run whose solvers ran otherwise (e.g. PMRF's posterior-mean
+    solver after a change of its defaults, which PMRF's own config does not show) falls back to the raw spread."""
+    table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
+    assert all(c["solvers"][0][0] == "pmrf" for c in table["cells"])  # recorded at fit time
+
+    def other_mean_solver(t):
+        for cell in t["cells"]:
+            cell["solvers"] = [*cell["solvers"], ["reddiff", {"steps": 7}]]
+
+    models = _with_edited_table(fitted_models, tmp_path / "models", other_mean_solver)
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    from restore.api import Restorer
+
+    r = Restorer("pmrf")
+    with pytest.warns(cal.UncalibratedWarning, match=r"solvers behind this run \(reddiff\) ran with other settings"):
+        post = r(r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1"), "denoise:gaussian:sigma=0.1", samples=4)
+    assert not post.calibrated
