@@ -43,19 +43,10 @@ REFERENCE_FORWARD_S = 0.197
 
 
 def forward_seconds(size: int = 256, repeats: int = 5) -> float:
-    """Median seconds of one (1, 3, size, size) forward of the score-natural denoiser (no gradients)."""
-    from restore.priors import registry
+    """Median seconds of one (1, 3, size, size) forward of the score-natural denoiser (``restore.estimate``)."""
+    from restore import estimate
 
-    den = registry.load("score-natural").module
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.no_grad():
-        den(x, 0.1)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            den(x, 0.1)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return estimate.forward_seconds(size, repeats)
 
 
 def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: int = 8,
@@ -85,7 +76,8 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
                 sec = time.perf_counter() - t0
             goal = TARGETS.get(name)
             forwards = sec / fwd
-            rows.append({"solver": name + (f" ({quant})" if quant else ""), "task": tname, "seconds": round(sec, 2), "forwards": round(forwards, 1),
+            rows.append({"solver": name + (f" ({quant})" if quant else ""), "task": tname, "seconds": round(sec, 2),
+                         "forwards": round(forwards, 1),
                          "target_s": goal, "target_forwards": round(goal / REFERENCE_FORWARD_S) if goal else None,
                          "meets": (forwards <= goal / REFERENCE_FORWARD_S) if goal else None,
                          "psnr": round(float(metrics.psnr(post.mean, x)), 2), "peak_MiB": round(peak.mib, 1)})

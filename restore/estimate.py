@@ -17,30 +17,35 @@ import torch
 MEASURE_SIZE = 128  # px; large enough that per-call overhead is a small share
 
 
-@functools.lru_cache(maxsize=1)
-def seconds_per_megapixel_forward() -> float:
-    """Seconds of one DRUNet-size forward per megapixel here (median of 3 runs at MEASURE_SIZE px, no gradients).
-    Uses the shipped score prior's network when present, else the same architecture untrained (same cost)."""
+def forward_seconds(size: int = MEASURE_SIZE, repeats: int = 3) -> float:
+    """Median seconds of one (1, 3, size, size) DRUNet-size forward here (no gradients, after a warm-up). Uses the
+    shipped score prior's network when present, else the same architecture untrained (same cost)."""
     from restore.priors import registry
     from restore.priors.denoiser import ScoreDenoiser
 
     net = registry.load("score-natural").module if "score-natural" in registry.available() else ScoreDenoiser()
-    x = torch.rand(1, 3, MEASURE_SIZE, MEASURE_SIZE, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     times = []
     with torch.no_grad():
         net(x, 0.1)  # warm-up
-        for _ in range(3):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             net(x, 0.1)
             times.append(time.perf_counter() - t0)
-    return sorted(times)[1] / (MEASURE_SIZE**2 / 1e6)
+    return sorted(times)[repeats // 2]
+
+
+@functools.lru_cache(maxsize=1)
+def seconds_per_megapixel_forward() -> float:
+    """Seconds of one DRUNet-size forward per megapixel here, measured once per process at MEASURE_SIZE px."""
+    return forward_seconds(MEASURE_SIZE) / (MEASURE_SIZE**2 / 1e6)
 
 
 def estimate_seconds(restorer, task, x_shape: tuple, samples: int) -> float | None:
     """Estimated seconds for ``restorer`` (a restore.api.Restorer) to restore an image whose restored shape is
     ``x_shape`` (1, C, H, W) with ``samples`` samples; None when the solver cannot say."""
-    prior = restorer._priors.get(restorer.prior_name)  # the loaded prior if any: its card refines some counts
-    forwards = restorer.solver.cost(task, samples, prior)
+    forwards = restorer.solver.cost(task, samples, restorer.prior())  # loaded once, kept for the run; cards count
+    # some solvers' steps (PMRF's Euler steps per task family)
     if forwards is None:
         return None
     h, w = int(x_shape[-2]), int(x_shape[-1])

@@ -10,8 +10,8 @@ cb an optional ``progress(fraction in [0, 1], message)`` callable. It returns a 
 
 Defaults live in a dataclass config per solver; any field can be overridden by keyword:
 ``get("langevin", iterations=2000)``. Where a default trades the paper's settings for speed, ``preset="paper"``
-(``-O preset=paper`` on the command line) restores them; explicit options still win over a preset. Adding a solver = one new module defining a ``Solver`` subclass + one line
-in ``SOLVERS`` below.
+(``-O preset=paper`` on the command line) restores them; explicit options still win over a preset. Adding a
+solver = one new module defining a ``Solver`` subclass + one line in ``SOLVERS`` below.
 """
 
 from __future__ import annotations

@@ -57,9 +57,7 @@ class PMRFSolver(Solver):
 
         cfg = self.config
         den_name = cfg.mean_prior or prior.card.get("mean_denoiser", "score-natural")
-        source = cfg.mean_source
-        if source == "auto":
-            source = "denoiser" if type(physics).__name__ == "Denoising" else "reddiff"
+        source = self.mean_source_for(kind_of(physics))
         den = registry.load(den_name, y.device)
         if source == "denoiser":
             if type(physics).__name__ != "Denoising":
@@ -72,28 +70,33 @@ class PMRFSolver(Solver):
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
         return solver(y, physics, den, n_samples=1, generator=generator, progress=cb).mean
 
+    def mean_source_for(self, kind: str | None) -> str:
+        """Where the posterior mean comes from for a task kind: the config's source, or for 'auto' the denoiser on
+        denoising and RED-Diff otherwise."""
+        if self.config.mean_source != "auto":
+            return self.config.mean_source
+        return "denoiser" if kind == "denoise" else "reddiff"
+
     def flow_steps(self, physics, prior) -> tuple[int, str]:
         """(K, where it came from) for this task: the config's, the card's for the task family, or the paper's."""
+        return self.steps_for(kind_of(physics), prior.card)
+
+    def steps_for(self, kind: str | None, card: dict) -> tuple[int, str]:
+        """flow_steps for a task kind and the flow's card."""
         if self.config.flow_steps is not None:
             if int(self.config.flow_steps) < 1:
                 raise SolverError(f"flow_steps must be >= 1; got {self.config.flow_steps}")
             return int(self.config.flow_steps), "config"
-        family = kind_of(physics)  # the flow card keeps its Euler step count per task kind
-        card_steps = prior.card.get("euler_steps", {})
-        if family in card_steps:
-            return int(card_steps[family]), f"card ({family})"
+        card_steps = card.get("euler_steps", {})  # the flow card keeps its Euler step count per task kind
+        if kind in card_steps:
+            return int(card_steps[kind]), f"card ({kind})"
         return PAPER_STEPS, "paper"
 
     def cost(self, task, samples: int, prior=None) -> float:
         from restore.solvers import base
 
-        steps = self.config.flow_steps
-        if steps is None:
-            card = getattr(prior, "card", None) or {}
-            steps = int(card.get("euler_steps", {}).get(task.kind, PAPER_STEPS)) if prior is not None else 2
-        source = self.config.mean_source
-        if source == "auto":
-            source = "denoiser" if task.kind == "denoise" else "reddiff"
+        steps, _ = self.steps_for(task.kind, prior.card if prior is not None else {})
+        source = self.mean_source_for(task.kind)
         mean = 1.0 if source == "denoiser" else (base.get(source, **(self.config.mean_options or {}))
                                                  .cost(task, 1) or 0.0)
         return mean + steps * samples  # the flow network is the denoiser's size
