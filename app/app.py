@@ -257,7 +257,7 @@ def estimate_noise_level(image, fit: str | None = None, region=None) -> tuple[fl
     return value, f"estimated noise std: {est.sigma255:.1f} /255 ({est.method}{beyond})"
 
 
-def _restorer(solver: str, prior: str | None, options: dict, quant: str = "none"):
+def _restorer(solver: str, prior: str | None, options: dict, quant: str = "auto"):
     from restore import Restorer
 
     key = (solver, prior, quant, json.dumps(options, sort_keys=True))
@@ -342,7 +342,7 @@ def _countdown(progress, estimate_s: float | None):
 
 
 def restore_image(image, simulate: bool, task: str, solver: str, prior: str | None, samples: int, seed: int,
-                  ground_truth=None, options: str = "", progress=None, quant: str = "none", fit: str | None = None,
+                  ground_truth=None, options: str = "", progress=None, quant: str = "auto", fit: str | None = None,
                   region=None) -> dict:
     """Run one restoration for the app. ``image``: HxW[xC] uint8 array; ``task``: spec string; ``fit``, ``region``:
     what to do with an image above MAX_UI_PIXELS (plan_fit; None: refuse it). Returns a dict of outputs (paths and
@@ -410,7 +410,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
         "error_vs_std": str(res / "error_vs_std.png") if (res / "error_vs_std.png").exists() else None,
         "metrics": [_metrics_row(solver, post.meta)],
         "info": (f"**{solver}** on `{post.meta['task']}` with prior `{post.meta['prior']}`"
-                 f"{'' if quant in (None, 'none') else f' ({quant})'}, seed {post.meta['seed']}, "
+                 f"{'' if quant in (None, 'none', 'auto') else f' ({quant})'}, seed {post.meta['seed']}, "
                  f"{post.n_samples} samples, {post.meta['timings']['total_s']:.1f} s.{size_note} Std colour scale: "
                  f"{json.loads((res / 'std_scale.json').read_text())['vmax']:.4f} at the top (see std_scale.json)."
                  + uncertainty),
@@ -508,7 +508,7 @@ def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, mo
 
 
 def estimate_text(image, simulate: bool, spec: str, solver: str, prior: str | None, samples: int, options: str = "",
-                  quant: str = "none", fit: str | None = None, region=None) -> str:
+                  quant: str = "auto", fit: str | None = None, region=None) -> str:
     """'Estimated time here: about 8 s (...)' for a run with these settings (restore.estimate), '' without an image
     or when the settings cannot run (the run itself then says why)."""
     from restore import estimate, tasks
@@ -697,8 +697,9 @@ def build_demo():
                                          elem_id="truth")
                     with gr.Accordion("Advanced solver options", open=False):
                         options = gr.Textbox(label='JSON, e.g. {"iterations": 300}', value="", elem_id="options")
-                        quant = gr.Dropdown(["none", "int8", "w8a8", "w4a8"], value="none", elem_id="quant",
-                                            label="Quantised backbone (int8: real kernels, ~2.8x faster denoiser; "
+                        quant = gr.Dropdown(["auto", "none", "int8", "w8a8", "w4a8"], value="auto", elem_id="quant",
+                                            label="Quantised backbone (auto: the solver's choice, int8 for RED-Diff; "
+                                                  "none: float; int8: real kernels, ~2.8x faster denoiser; "
                                                   "w8a8/w4a8: simulated)")
                     run = gr.Button("Restore", variant="primary", elem_id="run")
                     eta = gr.Markdown(elem_id="eta")

@@ -50,8 +50,9 @@ def forward_seconds(size: int = 256, repeats: int = 5) -> float:
 
 
 def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: int = 8,
-            quantised: tuple = ()) -> dict:
-    """Each solver's full default run (mean + ``samples`` samples) on a ``size`` crop, per task, against TARGETS."""
+            in_float: tuple = ()) -> dict:
+    """Each solver's full default run (mean + ``samples`` samples) on a ``size`` crop, per task, against TARGETS;
+    the solvers in ``in_float`` (those whose default is a quantised prior) also get a float row."""
     from restore import metrics
     from restore.api import Restorer
     from restore.tasks import parse
@@ -63,7 +64,7 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
     t, l = (photo.shape[-2] - size) // 2, (photo.shape[-1] - size) // 2
     x = photo[..., t:t + size, l:l + size]
     rows = []
-    for name, quant in [(n, None) for n in solvers] + [(n, "int8") for n in quantised]:
+    for name, quant in [(n, None) for n in solvers] + [(n, "none") for n in in_float]:
         r = Restorer(name, quant=quant)
         r.prior()  # loading (and an int8 backbone's calibration) stays outside the timing
         for tname, spec in specs.items():
@@ -76,12 +77,13 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
                 sec = time.perf_counter() - t0
             goal = TARGETS.get(name)
             forwards = sec / fwd
-            rows.append({"solver": name + (f" ({quant})" if quant else ""), "task": tname, "seconds": round(sec, 2),
+            label = name + (" (float)" if quant == "none" else f" ({r.quant})" if r.quant else "")
+            rows.append({"solver": label, "task": tname, "seconds": round(sec, 2),
                          "forwards": round(forwards, 1),
                          "target_s": goal, "target_forwards": round(goal / REFERENCE_FORWARD_S) if goal else None,
                          "meets": (forwards <= goal / REFERENCE_FORWARD_S) if goal else None,
                          "psnr": round(float(metrics.psnr(post.mean, x)), 2), "peak_MiB": round(peak.mib, 1)})
-            print(f"{name:<10} {tname:<14} {sec:7.2f} s = {forwards:6.1f} forwards (target {goal} s)", flush=True)
+            print(f"{label:<16} {tname:<14} {sec:7.2f} s = {forwards:6.1f} forwards (target {goal} s)", flush=True)
     return {"size": size, "samples": samples, "forward_s": round(fwd, 4), "reference_forward_s": REFERENCE_FORWARD_S,
             "rows": rows}
 
@@ -143,9 +145,9 @@ def main(argv=None):
     photo = torch.nn.functional.interpolate(photo, size=(600, 902), mode="bilinear")  # room for 512 crops
     if args.targets:
         # APS and ScoreDVI are left out by default: a full run at 256 px takes 20 min to hours (speed_quick.json);
-        # RED-Diff also runs with the int8 denoiser (its network runs forward-only)
+        # RED-Diff's default is its int8 denoiser (its network runs forward-only); its float row stays for comparison
         result = targets(args.solvers or [n for n in base.names() if n not in ("aps", "scoredvi")], photo,
-                         quantised=("reddiff",) if not args.solvers or "reddiff" in args.solvers else ())
+                         in_float=("reddiff",) if not args.solvers or "reddiff" in args.solvers else ())
         cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
         print(table(result["rows"], cols))
         path = write_results("speed_targets", {**result, "threads": torch.get_num_threads()}, args.out)

@@ -42,8 +42,10 @@ class Restorer:
             (``restore.tiling``), bounding memory; 0 disables tiling.
         overlap: tile overlap in pixels (keep it above a blur kernel's radius).
         tile_above: pixel count above which tiling is used (default: 4 tiles' worth, 512 x 512 for tile 256).
-        quant: None, or a scheme of ``restore.quant`` ("int8" real kernels, "w8a8"/"w4a8" simulated) applied to
-            the prior once, when it is loaded.
+        quant: a scheme of ``restore.quant`` ("int8" real kernels, "w8a8"/"w4a8" simulated) applied to the prior
+            once, when it is loaded; "none" runs it in float; None (or "auto") takes the solver's choice
+            (``Solver.preferred_quant``: int8 for RED-Diff, float for the others and under ``preset="paper"``). When
+            int8 kernels are unavailable here, the prior runs in float with a one-line warning (``quant_note``).
         calibrate: turn the raw spread into calibrated intervals and std where a calibration table covers the run
             (``restore.calibration``; ``meta['uncertainty']`` says which); False keeps the raw spread silently.
         **options: solver config overrides (e.g. ``iterations=1000``).
@@ -60,9 +62,11 @@ class Restorer:
         self.solver = base.get(solver, **options)
         from restore.quant import SCHEMES, QuantError
 
-        if quant not in (None, "none", *SCHEMES):
-            raise QuantError(f"unknown quantisation scheme {quant!r}; known: {', '.join(SCHEMES)}")
-        self.quant = None if quant in (None, "none") else quant
+        if quant not in (None, "auto", "none", *SCHEMES):
+            raise QuantError(f"unknown quantisation scheme {quant!r}; known: auto, none, {', '.join(SCHEMES)}")
+        self.quant_chosen = quant not in (None, "auto")  # named by the user, not the solver's preference
+        self.quant = (quant if self.quant_chosen else self.solver.preferred_quant()) if quant != "none" else None
+        self.quant_note: str | None = None
         int8_ok = self.solver.int8_ok if self.solver.int8_ok is not None else not self.solver.needs_prior_gradients
         if self.quant == "int8" and not int8_ok:
             raise base.SolverError(f"solver {solver!r} back-propagates through its prior; real int8 gives zero "
@@ -76,11 +80,25 @@ class Restorer:
         if self.prior_name not in self._priors:
             prior = registry.load(self.prior_name, self.device)
             if self.quant:
-                from restore.quant import quantize
-
-                prior = quantize(prior, self.quant)
+                prior = self._quantized(prior)
             self._priors[self.prior_name] = prior
         return self._priors[self.prior_name]
+
+    def _quantized(self, prior: registry.Prior) -> registry.Prior:
+        """``prior`` under ``self.quant``; float when the solver's preferred scheme does not cover this prior (a
+        weight-free one), or with a warning when this machine lacks the int8 kernels."""
+        from restore.quant import QuantError, quantize
+
+        try:
+            return quantize(prior, self.quant)
+        except QuantError:
+            if self.quant_chosen:
+                raise
+            return prior  # the solver's preference; this prior has no quantised form
+        except (RuntimeError, NotImplementedError, AssertionError) as exc:  # no quantised engine on this machine
+            self.quant_note = f"{self.quant} kernels unavailable here ({type(exc).__name__}: {exc}); ran in float"
+            warnings.warn(f"{prior.name}: {self.quant_note}", RuntimeWarning, stacklevel=3)
+            return prior
 
     def __call__(self, image, task: str | Task, samples: int = 8, seed: int = 0, ground_truth=None,
                  progress: base.ProgressFn | None = None) -> Posterior:
@@ -125,6 +143,8 @@ class Restorer:
                 generator = torch.Generator(device=self.device).manual_seed(int(seed))
                 post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
+        if self.quant_note:
+            post.meta["quant_note"] = self.quant_note
         if self.calibrate:
             if physics is None:  # tiled: the whole image's operator, for the calibration's per-pixel signals
                 physics = task.physics(x_shape, device=self.device)

@@ -60,7 +60,7 @@ def run(
     std_format: str = typer.Option("npy", "--std-format", help="npy or tiff"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
-    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels) or w8a8/w4a8 (simulated)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels), w8a8/w4a8 (simulated), none (float); default: the solver's own (RED-Diff int8, others float)"),
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
@@ -155,7 +155,7 @@ def batch(
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (restore[distributed])"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster; default: start one here"),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPUs for a Ray instance started here"),
-    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels) or w8a8/w4a8 (simulated)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels), w8a8/w4a8 (simulated), none (float); default: the solver's own (RED-Diff int8, others float)"),
     sort_by: str = typer.Option("file", "--sort-by", help="summary.csv order: any column, e.g. predicted_psnr "
                                 "(the calibrated uncertainty's predicted PSNR: likely failures first)"),
 ):

@@ -198,7 +198,9 @@ def _read_cache(path: Path | None) -> dict | None:
     if path is None or not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes on quantised storages, on every default RED-Diff run
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged cache file is rebuilt, not fatal
         warnings.warn(f"ignoring unreadable quantisation cache {path}: {exc}")
         return None

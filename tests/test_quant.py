@@ -155,3 +155,39 @@ def test_pt2e_backend_int8_close_to_float(score, noisy):
         quantize(score, "w8a8", backend="pt2e")
     with pytest.raises(QuantError, match="unknown int8 backend"):
         quantize(score, "int8", backend="tvm")
+
+
+def test_solver_default_scheme_and_its_fallbacks(clean_rgb, monkeypatch):
+    """RED-Diff runs int8 when no scheme is named; "none", the paper preset and other solvers run float; a
+    weight-free prior stays float silently; a machine without int8 kernels runs float with a note, never a crash."""
+    assert Restorer("reddiff").quant == "int8" and Restorer("reddiff", quant="auto").quant == "int8"
+    assert Restorer("reddiff", quant="none").quant is None
+    assert Restorer("reddiff", preset="paper").quant is None
+    assert Restorer("langevin").quant is None and Restorer("pmrf").quant is None
+    assert Restorer("reddiff", prior="wavelet").prior().name == "wavelet"  # nothing to quantise: float, no error
+    with pytest.raises(QuantError, match="cannot be quantised"):
+        Restorer("reddiff", prior="wavelet", quant="int8").prior()  # named by the user: refused as before
+    y = clean_rgb[..., :32, :32]
+
+    def no_engine(prior, scheme, **kw):
+        raise RuntimeError("Didn't find engine for operation quantized::conv2d_prepack NoQEngine")
+
+    monkeypatch.setattr("restore.quant.quantize", no_engine)
+    r = Restorer("reddiff", steps=2)
+    with pytest.warns(RuntimeWarning, match="int8 kernels unavailable here"):
+        post = r(y, "denoise:gaussian:sigma=0.1", samples=1)
+    assert post.meta["prior"] == "score-natural" and "ran in float" in post.meta["quant_note"]
+    assert torch.isfinite(post.mean).all()
+
+
+def test_quantised_prior_has_its_own_calibration_table(tmp_path, monkeypatch):
+    """A table fitted with the int8 prior is found under its NAME@SCHEME, and checks the float weights' digest."""
+    import json
+
+    assert registry.digest("score-natural@int8") == registry.digest("score-natural")
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "reddiff.score-natural@int8.json").write_text(json.dumps({"cells": []}))
+    monkeypatch.setattr(registry, "models_dir", lambda: tmp_path)
+    assert registry.calibration_table("reddiff", "score-natural@int8")["file"] == \
+        "calibration/reddiff.score-natural@int8.json"
+    assert registry.calibration_table("reddiff", "score-natural") is None

@@ -120,8 +120,8 @@ def file_digest(stem: str) -> str:
 
 def digest(name: str) -> str:
     """The identity of registered prior ``name`` as it would load now: its files' digest, or 'builtin' for a
-    weight-free prior."""
-    s = spec(name)
+    weight-free prior. A quantised copy (NAME@SCHEME) has its float weights' digest."""
+    s = spec(name.split("@")[0])
     return file_digest(s.file) if s.file else "builtin"
 
 
@@ -190,7 +190,8 @@ _TABLES: dict = {}
 def calibration_table(solver: str | None, prior: str | None) -> dict | None:
     """The calibration table of a (solver, prior) pair, ``models/calibration/SOLVER.PRIOR.json`` (fitted by
     ``python -m restore.train.calibration``; read by ``restore.calibration``), or None when there is none.
-    A quantised prior (NAME@SCHEME) has none: its outputs differ from the calibrated float ones."""
+    A quantised prior (NAME@SCHEME, e.g. RED-Diff's default int8 denoiser) has its own table, fitted with that
+    scheme (``SOLVER.NAME@SCHEME.json``): its outputs differ from the float ones."""
     if not solver or not prior:
         return None
     f = models_dir() / "calibration" / f"{solver}.{prior}.json"

@@ -198,6 +198,8 @@ def main(argv=None):
     ap.add_argument("--sigmas", default=None, help="comma-separated noise levels on [0, 1] replacing the grid's "
                     "(a quick or extra fit)")
     ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json)")
+    ap.add_argument("--quant", default=None, help="quantisation scheme (default: the solver's own, e.g. RED-Diff's "
+                    "int8; 'none' = float): the table is fitted for, and applies to, runs with that scheme")
     ap.add_argument("--fit-only", action="store_true", help="write the table from the cached runs, run nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -205,8 +207,8 @@ def main(argv=None):
     from restore.priors import registry
     from restore.train.common import list_images, training_command
 
-    restorer = Restorer(args.solver, args.prior, calibrate=False)
-    prior = restorer.prior_name
+    restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant)
+    prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
     families = list(GRID) if args.families == "all" else args.families.split(",")
     unknown = set(families) - set(GRID)
     if unknown:
