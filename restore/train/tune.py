@@ -7,7 +7,8 @@ Every combination of the ``--grid`` values (``name=v1,v2,...``; ``none`` is None
 tasks (``benchmarks.common.tasks``) over centre crops of the last ``--images`` files of ``--data`` (BSD432-train's
 last 8 files are the ones every prior here held out of training), never an evaluation set. This is where solver
 defaults are chosen: the evaluation sets only measure them afterwards. ``--fixed name=value`` adds options to every
-setting (e.g. ``preset=paper``), ``--quant int8`` runs the prior quantised.
+setting (e.g. ``preset=paper``), ``--quant int8`` runs the prior quantised. ``--tasks camera_light camera_heavy``
+runs ``denoise:real`` on synthetic camera-like noise (``restore.train.camera_noise``), for ScoreDVI.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from restore.files import write_json_atomic
+from restore.train import camera_noise
 
 
 def parse_value(text: str):
@@ -61,6 +63,9 @@ def settings(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
+CAMERA = {"camera_light": "light", "camera_heavy": "heavy"}  # task name -> camera_noise level (spec denoise:real)
+
+
 def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, str], samples: int,
              prior: str | None = None, quant: str | None = None) -> dict:
     """Mean PSNR (dB), raw 90 % coverage and seconds per image, per task, of one setting on (N, 3, H, W) crops."""
@@ -75,7 +80,10 @@ def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, 
             continue
         psnr, cover, secs = [], [], []
         for i, x in enumerate(images):
-            y = r.simulate(x[None], spec, seed=i)
+            if tname in CAMERA:
+                y = camera_noise.simulate(x[None], CAMERA[tname], torch.Generator().manual_seed(i))
+            else:
+                y = r.simulate(x[None], spec, seed=i)
             t0 = time.perf_counter()
             post = r(y, spec, samples=samples, seed=i, ground_truth=x[None])
             secs.append(time.perf_counter() - t0)
@@ -109,11 +117,11 @@ def main(argv=None):
     from benchmarks.common import tasks as benchmark_tasks
     from restore.train.common import centre_crops, list_images, load_uint8_images
 
-    all_tasks = benchmark_tasks()
+    all_tasks = {**benchmark_tasks(), **{name: "denoise:real" for name in CAMERA}}
     unknown = set(args.tasks or []) - set(all_tasks)
     if unknown:
         raise SystemExit(f"unknown task(s) {', '.join(sorted(unknown))}; known: {', '.join(all_tasks)}")
-    tasks = {k: v for k, v in all_tasks.items() if not args.tasks or k in args.tasks}
+    tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k not in CAMERA)}
     files = list_images(args.data)[-args.images:]
     images = centre_crops(load_uint8_images(files), args.crop)
     fixed = {k: v[0] for k, v in parse_grid(args.fixed).items()}
