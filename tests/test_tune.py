@@ -26,3 +26,24 @@ def test_evaluate_scores_each_task_above_its_input(clean_rgb):
     assert 0 <= res["denoise"]["coverage_90"] <= 1 and res["denoise"]["seconds"] > 0
     # a task the solver cannot run is left out, not scored
     assert tune.evaluate("scoredvi", {"iterations": 2}, images[:1], {"sr": "sr:x2"}, samples=1) == {}
+
+
+def test_camera_noise_is_signal_dependent_and_correlated():
+    """The tuning stand-in for real noise: its std grows with the signal, neighbours and channels correlate, and the
+    heavy level is about 5x the light one."""
+    import torch
+
+    from restore.train import camera_noise
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dark, bright = torch.full((1, 3, 64, 64), 0.1), torch.full((1, 3, 64, 64), 0.8)
+    n_dark, n_bright = camera_noise.simulate(dark, "heavy", g()) - dark, camera_noise.simulate(bright, "heavy", g()) - bright
+    assert float(n_bright.std()) > 1.8 * float(n_dark.std())
+    light = (camera_noise.simulate(torch.full((1, 3, 64, 64), 0.5), "light", g()) - 0.5).std()
+    heavy = (camera_noise.simulate(torch.full((1, 3, 64, 64), 0.5), "heavy", g()) - 0.5).std()
+    assert 2 / 255 < float(light) < 6 / 255 and 4 < float(heavy / light) < 6
+    n = n_bright[0]
+    assert float(torch.corrcoef(torch.stack([n[0, :, 1:].flatten(), n[0, :, :-1].flatten()]))[0, 1]) > 0.3
+    assert float(torch.corrcoef(torch.stack([n[0].flatten(), n[1].flatten()]))[0, 1]) > 0.3
+    with pytest.raises(ValueError, match="unknown camera-noise level"):
+        camera_noise.simulate(dark, "medium", g())
