@@ -37,7 +37,8 @@ def test_camera_noise_is_signal_dependent_and_correlated():
 
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     dark, bright = torch.full((1, 3, 64, 64), 0.1), torch.full((1, 3, 64, 64), 0.8)
-    n_dark, n_bright = camera_noise.simulate(dark, "heavy", g()) - dark, camera_noise.simulate(bright, "heavy", g()) - bright
+    n_dark = camera_noise.simulate(dark, "heavy", g()) - dark
+    n_bright = camera_noise.simulate(bright, "heavy", g()) - bright
     assert float(n_bright.std()) > 1.8 * float(n_dark.std())
     light = (camera_noise.simulate(torch.full((1, 3, 64, 64), 0.5), "light", g()) - 0.5).std()
     heavy = (camera_noise.simulate(torch.full((1, 3, 64, 64), 0.5), "heavy", g()) - 0.5).std()
