@@ -140,3 +140,36 @@ def test_reddiff_per_family_settings_yield_to_explicit_options(clean_rgb, score)
     assert post.meta["steps"] == 3
     _, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1)
     assert post.meta["steps"] == 30 and post.meta["sigma_schedule"][0] <= 0.15
+
+
+def test_scoredvi_amortised_init_trains_loads_and_falls_back(tmp_path, monkeypatch, clean_rgb, clean_grey, score):
+    """restore.train.scoredvi_init trains the four networks on noisy crops (resumably) and exports float16 weights
+    + card the registry loads as a 'variational' prior; ScoreDVI starts from them (meta['init']), and a grey image,
+    which the colour networks do not fit, falls back to fresh networks with the reason said."""
+    import json
+    import shutil
+
+    from conftest import make_image_folder
+    from restore.train import scoredvi_init
+
+    data = make_image_folder(tmp_path / "data", 10, 48, 48)
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in ("score-natural.pt", "score-natural.json"):
+        shutil.copy(registry.models_dir() / f, models / f)
+    args = ["--data", str(data), "--out", str(models / "scoredvi-init"), "--ckpt", str(tmp_path / "last.pt"),
+            "--batch", "2", "--patch", "32", "--ckpt-every", "1"]
+    scoredvi_init.main([*args, "--steps", "2"])
+    scoredvi_init.main([*args, "--steps", "3"])  # resumes at step 2
+    card = json.loads((models / "scoredvi-init.json").read_text())
+    assert card["steps"] == 3 and card["kind"] == "variational" and card["nets"]["channels"] == 3
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    init = registry.load("scoredvi-init")
+    assert init.kind == "variational" and not any(p.requires_grad for p in init.module.parameters())
+    kw = dict(iterations=2, mc_samples=1, restart_std=None, init="scoredvi-init")
+    _, post = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, **kw)
+    assert post.meta["init"] == "scoredvi-init" and torch.isfinite(post.mean).all()
+    _, grey = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_grey, score, n=1, **kw)
+    assert "fresh networks" in grey.meta["init"] and grey.mean.shape == clean_grey.shape
+    with pytest.raises(base.SolverError, match="not a 'variational' one"):
+        _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, **{**kw, "init": "score-natural"})

@@ -60,6 +60,9 @@ class ScoreDVIConfig:
     unet_channels: tuple = (32, 64, 128)
     cnn_channels: int = 32
     tweedie: str = "pixel"  # "pixel": D's noise map and the score's denominator per pixel; "scalar": ScoreDVI+
+    # registered prior holding the four networks' weights trained across images (restore.train.scoredvi_init): a
+    # warm start, so a new image needs a fraction of the iterations; None: fresh random networks (the paper)
+    init: str | None = None
 
 
 def _cnn(c_in: int, c_out: int, width: int, depth: int = 5) -> nn.Sequential:
@@ -109,12 +112,61 @@ class _VariationalNets(nn.Module):
 
     def forward(self, y: torch.Tensor):
         k, c = self.k, self.c
-        split = lambda t: t.view(1, k, c, *t.shape[-2:])  # noqa: E731  (1, K, C, H, W)
+        split = lambda t: t.view(t.shape[0], k, c, *t.shape[-2:])  # noqa: E731  (B, K, C, H, W)
         mu, log_s2 = self.x_net(y).chunk(2, dim=1)
         log_a, log_b = self.phi_net(y).clamp(LOG_MIN, LOG_MAX).chunk(2, dim=1)
         pi = F.softmax(split(self.z_net(y)), dim=1)
         d = split(self.omg_net(y).clamp(LOG_MIN, LOG_MAX)).exp()
         return (split(mu), split(log_s2.clamp(LOG_MIN, LOG_MAX)), split(log_a).exp(), split(log_b).exp(), pi, d)
+
+
+def build_nets(channels: int = 3, components: int = 3, unet_channels=(32, 64, 128), cnn_channels: int = 32
+               ) -> _VariationalNets:
+    """The four variational networks, as the registry builds them from a checkpoint's config (``scoredvi-init``)."""
+    cfg = ScoreDVIConfig(components=components, unet_channels=tuple(unet_channels), cnn_channels=cnn_channels)
+    return _VariationalNets(channels, cfg)
+
+
+def nets_config(c: int, cfg: ScoreDVIConfig) -> dict:
+    """The :func:`build_nets` arguments of a config's networks (what an init checkpoint must match)."""
+    return {"channels": c, "components": cfg.components, "unet_channels": list(cfg.unet_channels),
+            "cnn_channels": cfg.cnn_channels}
+
+
+def noise_level(s2: torch.Tensor, m: int, tweedie: str):
+    """D's noise level and the score's denominator for M draws of the N = B * K posterior components, from their
+    variances s2 (N, C, H, W): a (M*N, 1, H, W) std map and (M*N, C, H, W) variances ("pixel"), or one scalar per
+    component ("scalar", ScoreDVI+)."""
+    if tweedie == "pixel":
+        return s2.mean(1, keepdim=True).sqrt().repeat(m, 1, 1, 1), s2.repeat(m, 1, 1, 1)
+    s = s2.mean(dim=(1, 2, 3)).sqrt().repeat(m)
+    return s, (s ** 2).view(-1, 1, 1, 1)
+
+
+def variational_loss(outs, y: torch.Tensor, den, lam: torch.Tensor, cfg: ScoreDVIConfig,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Eq. 11 of the paper for a batch: ``outs`` the networks' (mu, log s2, alpha, beta, pi, d), each (B, K, C, H, W);
+    y (B, C, H, W); ``lam`` (B,) the prior weight per image; the mean of the per-image losses. The denoiser ``den``
+    gives the score at draws of q (no backprop through it)."""
+    mu, log_s2, alpha, beta, pi, d = outs
+    b, k, c = mu.shape[:3]
+    s2 = log_s2.exp()
+    l_rec = -(pi * (0.5 * (torch.digamma(alpha) - beta.log())
+                    - 0.5 * ((mu - y[:, None]) ** 2 + s2) * alpha / beta)).sum(1).mean()
+    # score prior: x_s = mu_k + s_k * n, gradient of log p at x_s from the denoiser
+    noise = randn((cfg.mc_samples, b, k, c, *y.shape[-2:]), generator, y)
+    x_s = mu[None] + s2.sqrt()[None] * noise  # (M, B, K, C, H, W)
+    with torch.no_grad():
+        flat = x_s.reshape(-1, c, *y.shape[-2:])
+        sig, var = noise_level(s2.detach().reshape(b * k, c, *y.shape[-2:]), cfg.mc_samples, cfg.tweedie)
+        score = ((den(flat, sig) - flat) / var).view_as(x_s)
+    log_p = (x_s * score).mean(0)  # surrogate: its gradient w.r.t. x_s is the score
+    kl_gauss = (lam.view(b, 1, 1, 1, 1) * pi * (-0.5 * log_s2 - log_p)).sum(1).mean()
+    kl_phi = (pi * _kl_gamma(alpha, beta, cfg.alpha0, cfg.beta0)).sum(1).mean()
+    e_log_w = torch.digamma(d) - torch.digamma(d.sum(1, keepdim=True))
+    kl_z = (pi * (torch.log(pi.clamp_min(1e-12)) - e_log_w)).sum(1).mean()
+    kl_omg = _kl_dirichlet(d, cfg.d0).mean()
+    return l_rec + kl_gauss + kl_phi + kl_z + kl_omg
 
 
 def _kl_gamma(a, b, a0, b0):
@@ -154,6 +206,7 @@ class ScoreDVISolver(Solver):
             raise SolverError(f"scoredvi option tweedie must be 'pixel' or 'scalar', not {cfg.tweedie!r}")
         noise_std = estimate_noise_std(y)
         lam = cfg.lam if cfg.lam is not None else prior_weight(noise_std)
+        self.init_note = None
         runs = 1 + (cfg.restart_std is not None)
         for attempt in range(runs):
             out, mix_std, pi = self._optimise(y, prior.module, lam, generator, progress)
@@ -164,15 +217,26 @@ class ScoreDVISolver(Solver):
         samples = (out + mix_std * randn((n_samples, *out.shape[1:]), generator, out)).clamp(0, 1)
         return Posterior(mean=out.clamp(0, 1), samples=samples, std=mix_std,
                          meta={"estimated_noise_std": noise_std, "lam": lam, "attempts": attempt + 1,
+                               "init": self.init_note or cfg.init,
                                "mixture_weights": [round(float(v), 4) for v in pi.mean(dim=(0, 2, 3, 4))]})
 
-    def _noise_level(self, s2, m):
-        """D's noise level and the score's denominator for the M x K samples, from the posterior variances s2
-        (K, C, H, W): a (M*K, 1, H, W) std map and (M*K, C, H, W) variances, or one scalar per component."""
-        if self.config.tweedie == "pixel":
-            return s2.mean(1, keepdim=True).sqrt().repeat(m, 1, 1, 1), s2.repeat(m, 1, 1, 1)
-        s = s2.mean(dim=(1, 2, 3)).sqrt().repeat(m)
-        return s, (s ** 2).view(-1, 1, 1, 1)
+    def _init_weights(self, c: int, device) -> dict | None:
+        """The state dict of ``config.init`` (loaded once per solver); None, with the reason in ``self.init_note``,
+        when its networks do not fit this run (a grey image, other components): the paper's fresh networks then."""
+        from restore.priors import registry
+
+        if getattr(self, "_init", None) is None:
+            self._init = registry.load(self.config.init, device)
+        init = self._init
+        if init.kind != "variational":
+            raise SolverError(f"scoredvi init {self.config.init!r} is a {init.kind} prior, not a 'variational' one "
+                              "(the four networks' weights from restore.train.scoredvi_init)")
+        want, have = nets_config(c, self.config), init.card.get("nets")
+        if have != want:
+            self.init_note = (f"init {self.config.init} holds networks {have}, this run needs {want}: started from "
+                              "fresh networks (the paper's way)")
+            return None
+        return init.module.state_dict()
 
     def _optimise(self, y, den, lam, generator, progress):
         cfg = self.config
@@ -182,35 +246,25 @@ class ScoreDVISolver(Solver):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             nets = _VariationalNets(c, cfg).to(y.device)
+        warm = cfg.init is not None and (weights := self._init_weights(c, y.device)) is not None
+        if warm:
+            nets.load_state_dict(weights)
         opt = torch.optim.Adam(nets.parameters(), lr=cfg.lr)
-        out = y.clone()
+        # the paper's EMA starts at y; from trained networks it starts at their first estimate (a short run would
+        # otherwise keep a share ema^iterations of the noise: 4 % at 30 iterations)
+        out = y.clone() if not warm else None
         k, m = cfg.components, cfg.mc_samples
+        lam_t = torch.tensor([lam], dtype=y.dtype, device=y.device)
         for it in range(cfg.iterations):
-            mu, log_s2, alpha, beta, pi, d = nets(y)
-            s2 = log_s2.exp()
-            yk = y[:, None]
-            l_rec = -(pi * (0.5 * (torch.digamma(alpha) - beta.log())
-                            - 0.5 * ((mu - yk) ** 2 + s2) * alpha / beta)).sum(1).mean()
-            # score prior: x_s = mu_k + s_k * n, gradient of log p at x_s from the denoiser (no backprop through it)
-            noise = randn((m, k, c, *y.shape[-2:]), generator, y)
-            x_s = mu[0][None] + s2[0].sqrt()[None] * noise  # (M, K, C, H, W)
-            with torch.no_grad():
-                flat = x_s.reshape(m * k, c, *y.shape[-2:])
-                sig, var = self._noise_level(s2[0].detach(), m)
-                score = ((den(flat, sig) - flat) / var).view_as(x_s)
-            log_p = (x_s * score).mean(0)  # surrogate: its gradient w.r.t. x_s is the score
-            kl_gauss = (pi[0] * (-0.5 * log_s2[0] - log_p)).sum(0).mean()
-            kl_phi = (pi * _kl_gamma(alpha, beta, cfg.alpha0, cfg.beta0)).sum(1).mean()
-            e_log_w = torch.digamma(d) - torch.digamma(d.sum(1, keepdim=True))
-            kl_z = (pi * (torch.log(pi.clamp_min(1e-12)) - e_log_w)).sum(1).mean()
-            kl_omg = _kl_dirichlet(d, cfg.d0).mean()
-            loss = l_rec + lam * kl_gauss + kl_phi + kl_z + kl_omg
+            outs = nets(y)
+            pi, mu = outs[4], outs[0]
+            loss = variational_loss(outs, y, den, lam_t, cfg, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 xhat = (pi * mu).sum(1)
-                out = cfg.ema * out + (1 - cfg.ema) * xhat
+                out = xhat if out is None else cfg.ema * out + (1 - cfg.ema) * xhat
             if it % max(1, cfg.iterations // 20) == 0:
                 progress(it / cfg.iterations, f"ScoreDVI iteration {it}/{cfg.iterations}")
         with torch.no_grad():
