@@ -253,7 +253,6 @@ class ScoreDVISolver(Solver):
         # the paper's EMA starts at y; from trained networks it starts at their first estimate (a short run would
         # otherwise keep a share ema^iterations of the noise: 4 % at 30 iterations)
         out = y.clone() if not warm else None
-        k, m = cfg.components, cfg.mc_samples
         lam_t = torch.tensor([lam], dtype=y.dtype, device=y.device)
         for it in range(cfg.iterations):
             outs = nets(y)
