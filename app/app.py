@@ -286,13 +286,30 @@ def _remember(store: dict, key, value) -> None:
         store.pop(next(iter(store)))
 
 
-def _fresh_dir() -> Path:
+def _session_root(session: str | None) -> Path:
+    """The folder of one browser session's files (``session``: Gradio's session hash; None: a direct Python call).
+    A session may read back only files under its own folder (``_check_server_paths``)."""
+    if not session:
+        return OUT_ROOT / "local"
+    import hashlib
+
+    return OUT_ROOT / f"s-{hashlib.sha256(str(session).encode()).hexdigest()[:32]}"  # any string, one safe name
+
+
+def _fresh_dir(session: str | None = None) -> Path:
+    """A new folder for one request's files, inside its session's folder; files of finished requests go after
+    OUTPUT_TTL_S, empty session folders with them."""
     OUT_ROOT.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in OUT_ROOT.iterdir():  # temp files of finished requests go after an hour
-        if now - old.stat().st_mtime > OUTPUT_TTL_S:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=OUT_ROOT))
+    for root in OUT_ROOT.iterdir():
+        for old in (root.iterdir() if root.is_dir() else []):
+            if now - old.stat().st_mtime > OUTPUT_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        if root.is_dir() and not any(root.iterdir()) and now - root.stat().st_mtime > OUTPUT_TTL_S:
+            shutil.rmtree(root, ignore_errors=True)
+    own = _session_root(session)
+    own.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=own))
 
 
 def _to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -308,13 +325,14 @@ def _metrics_row(name: str, meta: dict) -> list:
             r(m.get("mean_std"), 4), r(meta["timings"]["total_s"], 1)]
 
 
-def _check_server_paths(t) -> None:
-    """A task spec reaching the app (e.g. /compare's spec string from a script) may name a file only among the app's
-    own outputs (a mask drawn in the page); anything else would read the server's files. Raises UserError."""
+def _check_server_paths(t, session: str | None = None) -> None:
+    """A task spec reaching the app (e.g. /compare's spec string from a script) may name a file only among the
+    session's own outputs (a mask drawn in its page); anything else would read the server's files or another
+    session's. Raises UserError."""
     path = dict(t.params).get("path")
     if path is None:
         return
-    root = OUT_ROOT.resolve()
+    root = _session_root(session).resolve()
     if root not in Path(path).resolve().parents:
         raise UserError(f"the app does not read files named in a task spec ({t.kind}:{t.variant}:path=...); draw the "
                         "mask in the page, or use the `restore` command line for a mask or kernel file")
@@ -343,10 +361,11 @@ def _countdown(progress, estimate_s: float | None):
 
 def restore_image(image, simulate: bool, task: str, solver: str, prior: str | None, samples: int, seed: int,
                   ground_truth=None, options: str = "", progress=None, quant: str = "auto", fit: str | None = None,
-                  region=None) -> dict:
+                  region=None, session: str | None = None) -> dict:
     """Run one restoration for the app. ``image``: HxW[xC] uint8 array; ``task``: spec string; ``fit``, ``region``:
     what to do with an image above MAX_UI_PIXELS (plan_fit; None: refuse it). Returns a dict of outputs (paths and
-    arrays) for the components; raises UserError with a readable message."""
+    arrays) for the components; raises UserError with a readable message. ``session``: the browser session, whose
+    folder holds the outputs (and is the only place a spec's file may be read from)."""
     from restore import io, tasks
     from restore.solvers.base import SolverError
 
@@ -363,10 +382,10 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
             raise ValueError
     except ValueError:
         raise UserError('solver options must be a JSON object, e.g. {"iterations": 300}') from None
-    out_dir = _fresh_dir()
+    out_dir = _fresh_dir(session)
     try:
         t = tasks.parse(task)
-        _check_server_paths(t)
+        _check_server_paths(t, session)
         r = _restorer(solver, prior, opts, quant)
         x = io.to_tensor(arr)
         truth = None
@@ -436,7 +455,7 @@ def _fitted_truth(truth, plan: Fit | None) -> np.ndarray:
 
 
 def compare_solvers(image, simulate: bool, task: str, solvers: list[str], samples: int, seed: int,
-                    progress=None, fit: str | None = None, region=None) -> dict:
+                    progress=None, fit: str | None = None, region=None, session: str | None = None) -> dict:
     """The same input through several solvers (default priors): means, std maps on one colour scale, metrics.
     ``fit``, ``region``: as for restore_image."""
     from restore import viz
@@ -449,10 +468,10 @@ def compare_solvers(image, simulate: bool, task: str, solvers: list[str], sample
         if progress is not None:
             cb = lambda f, msg, i=i, s=s: progress((i + f) / len(solvers), desc=f"{s}: {msg}")  # noqa: E731
         results[s] = restore_image(image, simulate, task, s, None, samples, seed, progress=_Adapter(cb), fit=fit,
-                                   region=region)
+                                   region=region, session=session)
     first = next(iter(results.values()))
     vmax = max(float(np.percentile(r["posterior"].std.mean(1).numpy(), 99.5)) for r in results.values())
-    out_dir = _fresh_dir()
+    out_dir = _fresh_dir(session)
     stds = []
     for s, r in results.items():
         p = out_dir / f"std_{s}.png"
@@ -496,14 +515,14 @@ class _Adapter:
 
 def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, motion_size: int = 19,
                   sr_factor: int = 4, inpaint_mode: str = "random pixels", missing: float = 0.5, box_size: float = 0.3,
-                  editor=None, fit: str | None = None, region=None) -> str:
+                  editor=None, fit: str | None = None, region=None, session: str | None = None) -> str:
     """task_spec for the values of the task controls (the same in both tabs); a mask drawn on the uploaded image is
     written first, cropped or downscaled as the image will be (``fit``, ``region``: see plan_fit)."""
     mask_path = None
     if kind == "inpaint" and inpaint_mode == "draw" and image is not None:
         shape = np.asarray(image).shape[:2]
         plan = None if fit is None else plan_fit(shape, fit, region)
-        mask_path = mask_from_editor(editor, shape, _fresh_dir(), plan)
+        mask_path = mask_from_editor(editor, shape, _fresh_dir(session), plan)
     return task_spec(kind, noise255, blur_sigma, motion_size, sr_factor, inpaint_mode, missing, box_size, mask_path)
 
 
@@ -735,11 +754,12 @@ def build_demo():
             def on_run(image, simulate_, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
                        solver_, prior_, samples_, seed_, truth_, options_, quant_, fit_=FIT_DEFAULT, x_=0, y_=0, w_=0,
                        h_=0, request: gr.Request = None, progress=gr.Progress()):
-                region = (x_, y_, w_, h_)
+                region, session = (x_, y_, w_, h_), getattr(request, "session_hash", None)
                 spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_, editor_,
-                                     fit_, region)
+                                     fit_, region, session)
                 r = _on_solve_thread(restore_image, image, simulate_, spec, solver_, prior_, samples_, seed_,
-                                     truth_, options_, progress=progress, quant=quant_, fit=fit_, region=region)
+                                     truth_, options_, progress=progress, quant=quant_, fit=fit_, region=region,
+                                     session=session)
                 _remember_views(request, {"mean": r["mean"], "at_risk": r["at_risk"]})
                 return (r["info"], r["slider"], r["mean"], r["std"], r["error_vs_std"], r["gallery"], r["metrics"],
                         r["files"])
@@ -796,16 +816,18 @@ def build_demo():
             wire_inputs("c_", c_inp, c_sim, c_tc, c_fc)
 
             # /compare's first six parameters are those of its first version (a spec string third, "" in the UI)
+            @with_request
             @gr_error
             def on_compare(image, sim, spec, solvers_, samples_, seed_, kind_="denoise", noise_=25, blur_=2,
                            motion_=19, factor_=4, mode_="random pixels", missing_=0.5, box_=0.3, editor_=None,
-                           fit_=FIT_DEFAULT, x_=0, y_=0, w_=0, h_=0, progress=gr.Progress()):
-                region = (x_, y_, w_, h_)
+                           fit_=FIT_DEFAULT, x_=0, y_=0, w_=0, h_=0, request: gr.Request = None,
+                           progress=gr.Progress()):
+                region, session = (x_, y_, w_, h_), getattr(request, "session_hash", None)
                 if not (spec or "").strip():
                     spec = controls_spec(image, kind_, noise_, blur_, motion_, factor_, mode_, missing_, box_,
-                                         editor_, fit_, region)
+                                         editor_, fit_, region, session)
                 r = _on_solve_thread(compare_solvers, image, sim, spec, solvers_, samples_, seed_,
-                                     progress=progress, fit=fit_, region=region)
+                                     progress=progress, fit=fit_, region=region, session=session)
                 return r["info"], r["means"], r["stds"], r["metrics"]
 
             c_run.click(on_compare, [c_inp, c_sim, c_spec, c_solvers, c_samples, c_seed, *c_tc.inputs, *c_fc.inputs],

@@ -1,6 +1,7 @@
 """The web app: handlers called directly, then the wiring through gradio_client against an in-process server."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,7 +313,8 @@ def test_controls_spec_and_a_drawn_mask_on_a_large_image(monkeypatch):
 def _compare_recorder(monkeypatch):
     calls = []
 
-    def fake(image, simulate, task, solvers, samples, seed, progress=None, fit=None, region=None):
+    def fake(image, simulate, task, solvers, samples, seed, progress=None, fit=None, region=None, session=None):
+        assert isinstance(session, str) and session  # the client's session: its files go in its own folder
         calls.append({"shape": np.asarray(image).shape, "task": task, "solvers": solvers, "fit": fit,
                       "region": tuple(region)})
         return {"info": "recorded", "means": [], "stds": [], "metrics": []}
@@ -447,3 +449,12 @@ def test_a_spec_string_cannot_make_the_app_read_server_files(tmp_path):
     w._check_server_paths(parse(f"inpaint:mask:path={inside}"))
     out = w.restore_image(img, True, f"inpaint:mask:path={inside}", "pmrf", None, 1, 0)
     assert os.path.exists(out["mean"])
+    # sessions are isolated: each one's files live in its own folder, and another session cannot name them
+    theirs = w._fresh_dir("alice") / "mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(theirs)
+    w._check_server_paths(parse(f"inpaint:mask:path={theirs}"), "alice")
+    with pytest.raises(w.UserError, match="does not read files named in a task spec"):
+        w.restore_image(img, True, f"inpaint:mask:path={theirs}", "pmrf", None, 1, 0, session="mallory")
+    mine = w.restore_image(img, True, "denoise:gaussian:sigma=0.1", "pmrf", None, 1, 0, session="../alice")
+    assert w._session_root("../alice") in Path(mine["mean"]).parents  # the session name cannot climb out
+    assert w._session_root("alice") not in Path(mine["mean"]).parents
