@@ -707,8 +707,7 @@ def build_demo():
                     tc = _task_controls(gr)
                     solver = gr.Radio(solver_names, value=DEFAULT_SOLVER, label="Solver (preset: the recommended one "
                                       "for the task)", elem_id="solver")
-                    prior = gr.Dropdown(choices=[p for p in registry.available()  # not ScoreDVI's warm start
-                                                 if registry.PRIORS[p].kind != "variational"],
+                    prior = gr.Dropdown(choices=registry.available(),
                                         value=kinds[DEFAULT_SOLVER].default_prior,
                                         label="Prior", elem_id="prior")
                     samples = gr.Slider(1, 32, value=8, step=1, label="Posterior samples", elem_id="samples")

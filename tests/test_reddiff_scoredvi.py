@@ -71,7 +71,7 @@ def test_scoredvi_denoises_blind_and_its_posterior_shrinks(clean_rgb, score):
     """ScoreDVI is blind: it never reads the task's sigma, and still removes most of the noise. The default per-pixel
     Tweedie score lets the variance network leave its start (std ~1): 0.054 after 200 steps at lr 2e-3 here, where
     ScoreDVI+'s one level per component (tweedie="scalar") stays at 0.111. A bad value is refused by name."""
-    kw = dict(iterations=200, lr=2e-3, mc_samples=1, restart_std=None)  # about the paper's 400 steps at 1e-3
+    kw = dict(iterations=200, lr=2e-3, mc_samples=1, restart_std=None, start=None)  # ~ the paper's 400 at 1e-3
     y, post = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=4, **kw)
     assert post.mean.shape == clean_rgb.shape and post.samples.shape == (4, 3, 48, 48)
     assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb)) + 2
@@ -142,34 +142,18 @@ def test_reddiff_per_family_settings_yield_to_explicit_options(clean_rgb, score)
     assert post.meta["steps"] == 30 and post.meta["sigma_schedule"][0] <= 0.15
 
 
-def test_scoredvi_amortised_init_trains_loads_and_falls_back(tmp_path, monkeypatch, clean_rgb, clean_grey, score):
-    """restore.train.scoredvi_init trains the four networks on noisy crops (resumably) and exports float16 weights
-    + card the registry loads as a 'variational' prior; ScoreDVI starts from them (meta['init']), and a grey image,
-    which the colour networks do not fit, falls back to fresh networks with the reason said."""
-    import json
-    import shutil
-
-    from conftest import make_image_folder
-    from restore.train import scoredvi_init
-
-    data = make_image_folder(tmp_path / "data", 10, 48, 48)
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in ("score-natural.pt", "score-natural.json"):
-        shutil.copy(registry.models_dir() / f, models / f)
-    args = ["--data", str(data), "--out", str(models / "scoredvi-init"), "--ckpt", str(tmp_path / "last.pt"),
-            "--batch", "2", "--patch", "32", "--ckpt-every", "1"]
-    scoredvi_init.main([*args, "--steps", "2"])
-    scoredvi_init.main([*args, "--steps", "3"])  # resumes at step 2
-    card = json.loads((models / "scoredvi-init.json").read_text())
-    assert card["steps"] == 3 and card["kind"] == "variational" and card["nets"]["channels"] == 3
-    monkeypatch.setenv("RESTORE_MODELS", str(models))
-    init = registry.load("scoredvi-init")
-    assert init.kind == "variational" and not any(p.requires_grad for p in init.module.parameters())
-    kw = dict(iterations=2, mc_samples=1, restart_std=None, init="scoredvi-init")
-    _, post = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, **kw)
-    assert post.meta["init"] == "scoredvi-init" and torch.isfinite(post.mean).all()
-    _, grey = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_grey, score, n=1, **kw)
-    assert "fresh networks" in grey.meta["init"] and grey.mean.shape == clean_grey.shape
-    with pytest.raises(base.SolverError, match="not a 'variational' one"):
-        _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, **{**kw, "init": "score-natural"})
+def test_scoredvi_warm_start_default_and_paper_preset(clean_rgb, score):
+    """The default starts the means at D(y, estimated sigma) (a zeroed residual) and the variances at that level: at
+    30 iterations it is well ahead of the paper's free start, which has not yet learnt to output an image. The paper
+    preset restores the fresh networks, 400 iterations and 5 draws; a bad start is refused by name."""
+    kw = dict(iterations=30, restart_std=None)
+    y, warm = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, **kw)
+    _, free = _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=2, start=None, **kw)
+    p_warm, p_free = (float(metrics.psnr(p.mean, clean_rgb)) for p in (warm, free))
+    assert p_warm > float(metrics.psnr(y, clean_rgb)) + 4 and p_warm > p_free + 2
+    paper = base.get("scoredvi", preset="paper").config
+    assert (paper.start, paper.iterations, paper.mc_samples) == (None, 400, 5)
+    fast, slow = base.get("scoredvi"), base.get("scoredvi", preset="paper")
+    assert fast.cost(parse("denoise:real"), 8) < slow.cost(parse("denoise:real"), 8) / 10
+    with pytest.raises(base.SolverError, match="start must be 'noisy', 'denoised' or None"):
+        _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, iterations=1, start="zero")

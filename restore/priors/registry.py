@@ -23,8 +23,7 @@ class PriorError(ValueError):
 @dataclass
 class Prior:
     """A loaded prior: ``module`` (eval mode, no grad on its parameters) and its ``card`` (name, kind, architecture,
-    training data, steps, measured quality). ``kind`` is one of 'denoiser', 'cae', 'flow', 'tokens', 'variational'
-    (ScoreDVI's warm start)."""
+    training data, steps, measured quality). ``kind`` is one of 'denoiser', 'cae', 'flow', 'tokens'."""
 
     name: str
     kind: str
@@ -165,9 +164,6 @@ PRIORS: dict[str, PriorSpec] = {
                                "a lower rate, a stronger prior for noisier tasks (VBLE)", strict=False),
     "flow-natural": _shipped("flow-natural", "flow", "restore.priors.flow:FlowNet",
                              "rectified-flow velocity network from posterior means to clean images (PMRF)"),
-    "scoredvi-init": _shipped("scoredvi-init", "variational", "restore.solvers.scoredvi:build_nets",
-                              "ScoreDVI's four variational networks trained across noisy crops: its amortised "
-                              "warm start (scoredvi)"),
     "tokens-natural": _shipped("tokens-natural", "tokens", "restore.priors.tokens:TokenPrior",
                                "FSQ tokenizer + masked-token transformer (APS)"),
 }
