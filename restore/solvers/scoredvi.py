@@ -38,8 +38,8 @@ component's variance starting at s_hat^2; 100 iterations with one draw per compo
 the posterior (about 1/20 of the paper's denoiser passes). Chosen on synthetic camera-like noise (signal-dependent,
 spatially and colour-correlated, ``restore.train.camera_noise``) over 64 px crops of 3 held-out BSD432 files
 (``python -m restore.train.tune --solver scoredvi --tasks camera_light camera_heavy``; noisy input 35.54 / 21.95
-dB): paper settings 30.07 / 18.64 dB at 200 s a crop, ``start="noisy"`` 33.13 / 26.02, default 33.23 / 26.04 dB at
-11 s; the amortised alternative (the four networks trained across noisy crops, 1 000 steps) started at 20-26 dB
+dB): paper settings 30.07 / 18.64 dB at 200 s a crop, ``start="noisy"`` 33.13 / 26.02, default 33.20 / 26.07 dB at
+11 s (200 iterations: 33.06 / 26.29); the amortised alternative (the four networks trained across noisy crops, 1 000 steps) started at 20-26 dB
 on the light crops and was dropped. On this stand-in every setting stays below the input on light noise; the
 real-noise benchmark (``benchmarks.realnoise``) measures both settings on real pairs.
 """
@@ -128,13 +128,16 @@ class _VariationalNets(nn.Module):
         self.k, self.c = k, c
 
     def start_at(self, log_s2: float) -> None:
-        """Zero the x network's last layer so that at the first iteration every component's mean is the ``base``
-        passed to forward and its log-variance is ``log_s2``; training moves them from there (warm start)."""
-        last = self.x_net.Conv_1x1
+        """Zero the x and phi networks' last layers so that at the first iteration every component's mean is the
+        ``base`` passed to forward, its log-variance ``log_s2``, and its noise precision Gamma(1, exp(log_s2)) has
+        mean exp(-log_s2): the posterior and the noise model both start at the estimated noise level, and training
+        moves them from there (warm start)."""
+        half = self.k * self.c
         with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
-            last.bias[self.k * self.c:] = log_s2
+            for last in (self.x_net.Conv_1x1, self.phi_net[-1]):
+                last.weight.zero_()
+                last.bias.zero_()
+                last.bias[half:] = log_s2  # x: log s2 (after the means); phi: log beta (after log alpha = 0)
 
     def forward(self, y: torch.Tensor, base: torch.Tensor | None = None):
         k, c = self.k, self.c
