@@ -88,12 +88,13 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
             "rows": rows}
 
 
-def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict) -> tuple[list[dict], list]:
+def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict,
+               key: str = "solver") -> tuple[list[dict], list]:
     """``rows`` (the solvers in ``measured``) plus the other solvers' rows of an earlier results file ``old``, when
     ``old`` has the same ``settings``; also the runs ({command, date}) the kept rows came from. Pure."""
     if not old or any(old.get(k) != v for k, v in settings.items()):
         return rows, []
-    kept = [r for r in old.get("rows", []) if r.get("solver") not in measured]
+    kept = [r for r in old.get("rows", []) if r.get(key) not in measured]
     if not kept:
         return rows, []
     sources = [*old.get("kept_from", []), {"command": old.get("command"), "date": old.get("environment", {}).get("date")}]
@@ -150,7 +151,19 @@ def main(argv=None):
                          in_float=("reddiff",) if not args.solvers or "reddiff" in args.solvers else ())
         cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
         print(table(result["rows"], cols))
-        path = write_results("speed_targets", {**result, "threads": torch.get_num_threads()}, args.out)
+        payload = {**result, "threads": torch.get_num_threads()}
+        if args.solvers:  # one solver re-measured: the others' rows stay (rows are "NAME" or "NAME (scheme)")
+            target = Path(args.out) if args.out else RESULTS / "speed_targets.json"
+            old = json.loads(target.read_text()) if target.exists() else None
+            for r in (old or {}).get("rows", []):
+                r["solver_name"] = r["solver"].split(" ")[0]
+            for r in payload["rows"]:
+                r["solver_name"] = r["solver"].split(" ")[0]
+            rows, kept_from = merge_rows(old, payload["rows"], args.solvers,
+                                         {"size": payload["size"], "samples": payload["samples"],
+                                          "threads": payload["threads"]}, key="solver_name")
+            payload.update(rows=rows, **({"kept_from": kept_from} if kept_from else {}))
+        path = write_results("speed_targets", payload, args.out)
         print(f"wrote {path}")
         return
     task = f"denoise:gaussian:sigma={25 / 255:.6f}"
