@@ -107,6 +107,18 @@ class Previous(NamedTuple):
     carried: dict = {}  # method -> its settings in the file, for the ``carry`` methods found there
 
 
+def _default_scheme(cfg: dict) -> str | None:
+    """The quantisation scheme a method's Restorer applies now (``Solver.preferred_quant``; methods name none)."""
+    from restore.solvers import base
+
+    if "solver" not in cfg:
+        return None
+    try:
+        return base.get(cfg["solver"], **cfg.get("options", {})).preferred_quant()
+    except (ValueError, KeyError):
+        return None
+
+
 def previous_results(path, settings: dict, carry=()) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
     samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
@@ -131,6 +143,7 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
     reasons = {key: stale.reasons(prov) for key, prov in table_.items()}
+    schemes = {m: _default_scheme(cfg) for m, cfg in settings["methods"].items()}
     carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}
     for r in old["per_image"]:
@@ -139,7 +152,10 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
             continue
         if r["method"] not in settings["methods"] or r["method"] in changed:
             continue
-        why = reasons.get(r.get("provenance"), [])
+        why = list(reasons.get(r.get("provenance"), []))
+        ran = {n.partition("@")[2] or None for n in table_.get(r.get("provenance"), {}).get("priors", {})}
+        if r.get("provenance") in table_ and schemes.get(r["method"]) not in ran:  # e.g. RED-Diff's int8 default
+            why.append(f"the solver now runs its prior as {schemes[r['method']] or 'float'}")
         if why:
             stale.setdefault(r["method"], sorted(set(why)))
             continue
