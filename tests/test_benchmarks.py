@@ -116,7 +116,7 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
 
     now = {"solvers": [{"name": "reddiff", "options": {"steps": 3},
                         "config": asdict(base.get("reddiff", steps=3).config)}],
-           "priors": {"score-natural": registry.digest("score-natural")}}
+           "priors": {"score-natural@int8": registry.digest("score-natural")}}  # RED-Diff's default int8
     assert stale.reasons(now) == []
     old_default = {**now, "solvers": [{**now["solvers"][0], "config": {**now["solvers"][0]["config"], "lr": 9.0}}]}
     assert stale.reasons(old_default) == ["solver reddiff defaults changed: lr"]
@@ -127,14 +127,17 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     rows = [quality.intern_provenance({"task": "t", "method": m, "image": "1", "psnr": 20.0, "provenance": p},
                                       table_) for m, p in (("a", now), ("b", old_default), ("c", now))]
     rows.append({"task": "t", "method": "legacy", "image": "1", "psnr": 20.0})  # from before provenance: kept
-    assert rows[0]["provenance"] == rows[2]["provenance"] and len(table_) == 2
+    in_float = {**now, "priors": {"score-natural": registry.digest("score-natural")}}  # before the int8 default
+    rows.append(quality.intern_provenance({"task": "t", "method": "d", "image": "1", "psnr": 20.0,
+                                           "provenance": in_float}, table_))
+    assert rows[0]["provenance"] == rows[2]["provenance"] and len(table_) == 3
     settings = {"images": ["1"], "crop": 8, "samples": 2, "tasks": {"t": "denoise:gaussian:sigma=0.1"},
-                "methods": {m: {"solver": "reddiff", "options": {}} for m in ("a", "b", "c", "legacy")}}
+                "methods": {m: {"solver": "reddiff", "options": {}} for m in ("a", "b", "c", "legacy", "d")}}
     path = tmp_path / "q.json"
     path.write_text(json.dumps({**settings, "per_image": rows, "provenances": table_, "total_seconds": 1.0}))
     prev = quality.previous_results(path, settings)
     assert [r["method"] for r in prev.kept] == ["a", "c", "legacy"]
-    assert prev.stale == {"b": ["solver reddiff defaults changed: lr"]}
+    assert prev.stale == {"b": ["solver reddiff defaults changed: lr"], "d": ["the solver now runs its prior as int8"]}
     assert list(prev.provenances) == [rows[0]["provenance"]]
 
 
