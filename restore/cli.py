@@ -220,12 +220,13 @@ def list_all():
     typer.echo("solvers:")
     for name in base.names():
         cls = base.solver_class(name)
-        table = registry.calibration_table(name, cls.default_prior)
+        scheme = cls.default_quant  # a quantised default prior has its own table (RED-Diff: score-natural@int8)
+        table = registry.calibration_table(name, cls.default_prior + (f"@{scheme}" if scheme else ""))
         calibrated = (f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})" if table
                       else "uncalibrated (raw spread)")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
-                   f"default prior: {cls.default_prior}; uncertainty: {calibrated}{presets}")
+                   f"default prior: {cls.default_prior}{f" ({scheme})" if scheme else ""}; uncertainty: {calibrated}{presets}")
     typer.echo("priors:")
     here = set(registry.available())
     for name, spec in registry.PRIORS.items():
