@@ -226,7 +226,8 @@ def list_all():
                       else "uncalibrated (raw spread)")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
-                   f"default prior: {cls.default_prior}{f" ({scheme})" if scheme else ""}; uncertainty: {calibrated}{presets}")
+                   f"default prior: {cls.default_prior}{f' ({scheme})' if scheme else ''}; "
+                   f"uncertainty: {calibrated}{presets}")
     typer.echo("priors:")
     here = set(registry.available())
     for name, spec in registry.PRIORS.items():
