@@ -53,7 +53,7 @@ def test_every_allowed_front_combination(clean_rgb):
             assert torch.isfinite(post.mean).all()
     with pytest.raises(SolverError, match="zero gradients"):
         Restorer("vble", quant="int8")
-    with pytest.raises(QuantError, match="known: int8, w8a8, w4a8"):
+    with pytest.raises(QuantError, match="known: auto, none, int8, w8a8, w4a8"):
         Restorer("langevin", quant="int4")
 
 
