@@ -32,7 +32,7 @@ SETTINGS = {
     "langevin": [("40 iterations", {"options": {"iterations": 40}}), ("default", {"options": {}}),
                  ("paper", {"options": {"preset": "paper"}})],
     "aps": [("4 x 6 steps", {"options": {"steps": 4, "inner_steps": 6}}), ("paper (default)", {"options": {}})],
-    "scoredvi": [("default (warm start, 60 iterations)", {"options": {}}),
+    "scoredvi": [("default (warm start, 100 iterations)", {"options": {}}),
                  ("paper", {"options": {"preset": "paper"}})],
     "diffpir (deepinv)": [("8 steps", {"baseline": "diffpir", "max_iter": 8}),
                           ("20 steps", {"baseline": "diffpir", "max_iter": 20}),

@@ -45,7 +45,7 @@ def methods(quick: bool) -> dict[str, dict]:
     # (at 1e-3 it stays below the noisy input after 40 iterations: 19.8 dB vs 20.4).
     # Since 2026-12-02 RED-Diff, Langevin and PMRF default to fast settings (restore.train.tune picked them on
     # held-out training crops), so --quick runs them as they are; the paper-settings rows use preset="paper".
-    # ScoreDVI's fast default (2026-12-02: a warm start, 60 iterations) fits the quick run as it is
+    # ScoreDVI's fast default (2026-12-02: a warm start, 100 iterations) fits the quick run as it is
     quick_opts = {"vble": {"stat_samples": 32},
                   "aps": {"steps": 4, "inner_steps": 6}}
     out = {"input": {"baseline": "input"}}

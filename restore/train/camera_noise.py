@@ -2,7 +2,7 @@
 
 Real sensor noise after a camera pipeline is signal-dependent (shot + read: variance a * x + b) and spatially and
 across-channel correlated (demosaicking, denoising in the ISP). This model has both, with two levels roughly at the
-residual stds of the real-noise sets (CC15 ~3-5/255, SIDD ~18-22/255). It is a stand-in for tuning only: the
+residual stds of the real-noise sets (CC15 ~3-5/255, SIDD ~18-22/255, its noisiest scenes ~33/255). It is a stand-in for tuning only: the
 real-noise benchmark (``benchmarks.realnoise``) measures on real pairs.
 """
 
@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# (a, b) of the per-pixel variance a * x + b, x in [0, 1]: about 4/255 and 20/255 std at mid-grey
-LEVELS = {"light": (2 * (3.5 / 255) ** 2, (2 / 255) ** 2), "heavy": (2 * (18 / 255) ** 2, (8 / 255) ** 2)}
+# (a, b) of the per-pixel variance a * x + b, x in [0, 1]: about 4, 20 and 35/255 std at mid-grey (real-noise sets
+# span 2.5-33/255 in residual std: CC15's light noise to SIDD's darkest, noisiest scenes)
+LEVELS = {"light": (2 * (3.5 / 255) ** 2, (2 / 255) ** 2), "heavy": (2 * (18 / 255) ** 2, (8 / 255) ** 2),
+          "very_heavy": (2 * (32 / 255) ** 2, (12 / 255) ** 2)}
 
 
 def simulate(x: torch.Tensor, level: str, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:

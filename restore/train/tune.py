@@ -63,7 +63,7 @@ def settings(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
-CAMERA = {"camera_light": "light", "camera_heavy": "heavy"}  # task name -> camera_noise level (spec denoise:real)
+CAMERA = {"camera_light": "light", "camera_heavy": "heavy", "camera_very_heavy": "very_heavy"}  # task name -> camera_noise level (spec denoise:real)
 
 
 def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, str], samples: int,
