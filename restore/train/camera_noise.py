@@ -1,7 +1,7 @@
 """Synthetic camera-like noise, for choosing real-noise solver settings without touching real-noise test pairs.
 
 Real sensor noise after a camera pipeline is signal-dependent (shot + read: variance a * x + b) and spatially and
-across-channel correlated (demosaicking, denoising in the ISP). This model has both, with two levels roughly at the
+across-channel correlated (demosaicking, denoising in the ISP). This model has both, with three levels roughly at the
 residual stds of the real-noise sets (CC15 ~3-5/255, SIDD ~18-22/255, its noisiest scenes ~33/255). It is a stand-in
 for tuning only: the real-noise benchmark (``benchmarks.realnoise``) measures on real pairs.
 """
