@@ -253,7 +253,7 @@ class ScoreDVISolver(Solver):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             nets = _VariationalNets(c, cfg).to(y.device)
-        warm, base = False, None
+        base = None
         if cfg.start is not None:
             if cfg.start not in ("noisy", "denoised"):
                 raise SolverError(f"scoredvi option start must be 'noisy', 'denoised' or None, not {cfg.start!r}")
@@ -261,11 +261,10 @@ class ScoreDVISolver(Solver):
             with torch.no_grad():
                 base = y.clone() if cfg.start == "noisy" else den(y, sigma).clamp(0, 1)
             nets.start_at(2 * math.log(sigma))
-            warm = True
         opt = torch.optim.Adam(nets.parameters(), lr=cfg.lr)
-        # the paper's EMA starts at y; from trained networks it starts at their first estimate (a short run would
-        # otherwise keep a share ema^iterations of the noise: 4 % at 30 iterations)
-        out = y.clone() if not warm else None
+        # the paper's EMA starts at y; from a warm start it starts at the first estimate (a short run would otherwise
+        # keep a share ema^iterations of the noise: 4 % at 30 iterations)
+        out = y.clone() if base is None else None
         lam_t = torch.tensor([lam], dtype=y.dtype, device=y.device)
         for it in range(cfg.iterations):
             outs = nets(y, base)
