@@ -126,6 +126,7 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
     card changed since); results from before provenance was recorded are kept as they are. Methods named in
     ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched."""
     from restore import stale
+    from restore.priors import registry
 
     path = Path(path)
     if not path.exists():
@@ -153,7 +154,7 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
         if r["method"] not in settings["methods"] or r["method"] in changed:
             continue
         why = list(reasons.get(r.get("provenance"), []))
-        ran = {n.partition("@")[2] or None for n in table_.get(r.get("provenance"), {}).get("priors", {})}
+        ran = {registry.split_name(n)[1] for n in table_.get(r.get("provenance"), {}).get("priors", {})}
         if r.get("provenance") in table_ and schemes.get(r["method"]) not in ran:  # e.g. RED-Diff's int8 default
             why.append(f"the solver now runs its prior as {schemes[r['method']] or 'float'}")
         if why:

@@ -43,7 +43,8 @@ REFERENCE_FORWARD_S = 0.197
 
 
 def forward_seconds(size: int = 256, repeats: int = 5) -> float:
-    """Median seconds of one (1, 3, size, size) forward of the score-natural denoiser (``restore.estimate``)."""
+    """Fastest of ``repeats`` timings of one (1, 3, size, size) forward of the score-natural denoiser
+    (``restore.estimate``)."""
     from restore import estimate
 
     return estimate.forward_seconds(size, repeats)
@@ -89,12 +90,13 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
 
 
 def merge_rows(old: dict | None, rows: list[dict], measured: list[str], settings: dict,
-               key: str = "solver") -> tuple[list[dict], list]:
+               name=lambda row: row.get("solver")) -> tuple[list[dict], list]:
     """``rows`` (the solvers in ``measured``) plus the other solvers' rows of an earlier results file ``old``, when
-    ``old`` has the same ``settings``; also the runs ({command, date}) the kept rows came from. Pure."""
+    ``old`` has the same ``settings``; also the runs ({command, date}) the kept rows came from. ``name``: a row's
+    solver name. Pure."""
     if not old or any(old.get(k) != v for k, v in settings.items()):
         return rows, []
-    kept = [r for r in old.get("rows", []) if r.get(key) not in measured]
+    kept = [r for r in old.get("rows", []) if name(r) not in measured]
     if not kept:
         return rows, []
     sources = [*old.get("kept_from", []), {"command": old.get("command"), "date": old.get("environment", {}).get("date")}]
@@ -155,13 +157,9 @@ def main(argv=None):
         if args.solvers:  # one solver re-measured: the others' rows stay (rows are "NAME" or "NAME (scheme)")
             target = Path(args.out) if args.out else RESULTS / "speed_targets.json"
             old = json.loads(target.read_text()) if target.exists() else None
-            for r in (old or {}).get("rows", []):
-                r["solver_name"] = r["solver"].split(" ")[0]
-            for r in payload["rows"]:
-                r["solver_name"] = r["solver"].split(" ")[0]
             rows, kept_from = merge_rows(old, payload["rows"], args.solvers,
                                          {"size": payload["size"], "samples": payload["samples"],
-                                          "threads": payload["threads"]}, key="solver_name")
+                                          "threads": payload["threads"]}, name=lambda r: r["solver"].split(" ")[0])
             payload.update(rows=rows, **({"kept_from": kept_from} if kept_from else {}))
         path = write_results("speed_targets", payload, args.out)
         print(f"wrote {path}")

@@ -221,7 +221,7 @@ def list_all():
     for name in base.names():
         cls = base.solver_class(name)
         scheme = cls.default_quant  # a quantised default prior has its own table (RED-Diff: score-natural@int8)
-        table = registry.calibration_table(name, cls.default_prior + (f"@{scheme}" if scheme else ""))
+        table = registry.calibration_table(name, registry.quantised_name(cls.default_prior, scheme))
         calibrated = (f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})" if table
                       else "uncalibrated (raw spread)")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""

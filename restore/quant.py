@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from restore.files import save_atomic
-from restore.priors.registry import Prior
+from restore.priors.registry import Prior, quantised_name
 
 SCHEMES = ("int8", "w8a8", "w4a8")
 BACKENDS = ("fx", "pt2e")
@@ -150,7 +150,8 @@ def quantize(prior: Prior, scheme: str, calibration: torch.Tensor | None = None,
     keep = set(float_layers) | (_end_layers(prior, net) if keep_first_last else set())
     images = default_calibration() if calibration is None else calibration
     module = copy.deepcopy(prior.module)
-    q = Prior(f"{prior.name}@{scheme}", prior.kind, module, {**prior.card, "quantized": scheme}, prior.digest)
+    q = Prior(quantised_name(prior.name, scheme), prior.kind, module, {**prior.card, "quantized": scheme},
+              prior.digest)
     qnet = _target(q)
     if backend == "pt2e":
         module.net = _pt2e_unet(qnet, lambda: _calibration_calls(q, images), bands, keep)
@@ -219,7 +220,7 @@ def _quantize_tokens(prior: Prior, scheme: str, calibration, keep_first_last: bo
     channel, activations quantised on the fly, so nothing to calibrate or cache), the usual path for transformers
     on CPU."""
     module = copy.deepcopy(prior.module)
-    q = Prior(f"{prior.name}@{scheme}", prior.kind, module,
+    q = Prior(quantised_name(prior.name, scheme), prior.kind, module,
               {**prior.card, "quantized": scheme, "quantized_parts": ["transformer"]}, prior.digest)
     if scheme == "int8":
         from torch.ao.quantization import quantize_dynamic

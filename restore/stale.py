@@ -25,7 +25,7 @@ def reasons(provenance: dict) -> list[str]:
         if changed:
             found.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
     for name, digest in provenance.get("priors", {}).items():
-        base_name = name.split("@")[0]  # a quantised prior is named NAME@SCHEME
+        base_name = registry.split_name(name)[0]  # a quantised prior is named NAME@SCHEME
         # digest None: a prior made outside the registry, nothing to compare
         if digest is not None and base_name in registry.PRIORS and registry.digest(base_name) != digest:
             found.append(f"prior {base_name}: files changed")

@@ -118,10 +118,21 @@ def file_digest(stem: str) -> str:
     return _DIGESTS[key]
 
 
+def quantised_name(name: str, scheme: str | None) -> str:
+    """The run name of prior ``name`` under quantisation ``scheme``: NAME@SCHEME, or NAME in float (None)."""
+    return f"{name}@{scheme}" if scheme else name
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """(registered name, scheme or None) of a run name from :func:`quantised_name`."""
+    base, _, scheme = name.partition("@")
+    return base, scheme or None
+
+
 def digest(name: str) -> str:
     """The identity of registered prior ``name`` as it would load now: its files' digest, or 'builtin' for a
     weight-free prior. A quantised copy (NAME@SCHEME) has its float weights' digest."""
-    s = spec(name.split("@")[0])
+    s = spec(split_name(name)[0])
     return file_digest(s.file) if s.file else "builtin"
 
 

@@ -167,10 +167,10 @@ def noise_level(s2: torch.Tensor, m: int, tweedie: str):
     return s, (s ** 2).view(-1, 1, 1, 1)
 
 
-def variational_loss(outs, y: torch.Tensor, den, lam: torch.Tensor, cfg: ScoreDVIConfig,
+def variational_loss(outs, y: torch.Tensor, den, lam: float, cfg: ScoreDVIConfig,
                      generator: torch.Generator | None) -> torch.Tensor:
     """Eq. 11 of the paper for a batch: ``outs`` the networks' (mu, log s2, alpha, beta, pi, d), each (B, K, C, H, W);
-    y (B, C, H, W); ``lam`` (B,) the prior weight per image; the mean of the per-image losses. The denoiser ``den``
+    y (B, C, H, W); ``lam`` the prior weight; the mean of the per-image losses. The denoiser ``den``
     gives the score at draws of q (no backprop through it)."""
     mu, log_s2, alpha, beta, pi, d = outs
     b, k, c = mu.shape[:3]
@@ -185,7 +185,7 @@ def variational_loss(outs, y: torch.Tensor, den, lam: torch.Tensor, cfg: ScoreDV
         sig, var = noise_level(s2.detach().reshape(b * k, c, *y.shape[-2:]), cfg.mc_samples, cfg.tweedie)
         score = ((den(flat, sig) - flat) / var).view_as(x_s)
     log_p = (x_s * score).mean(0)  # surrogate: its gradient w.r.t. x_s is the score
-    kl_gauss = (lam.view(b, 1, 1, 1, 1) * pi * (-0.5 * log_s2 - log_p)).sum(1).mean()
+    kl_gauss = lam * (pi * (-0.5 * log_s2 - log_p)).sum(1).mean()
     kl_phi = (pi * _kl_gamma(alpha, beta, cfg.alpha0, cfg.beta0)).sum(1).mean()
     e_log_w = torch.digamma(d) - torch.digamma(d.sum(1, keepdim=True))
     kl_z = (pi * (torch.log(pi.clamp_min(1e-12)) - e_log_w)).sum(1).mean()
@@ -265,11 +265,10 @@ class ScoreDVISolver(Solver):
         # the paper's EMA starts at y; from a warm start it starts at the first estimate (a short run would otherwise
         # keep a share ema^iterations of the noise: 4 % at 30 iterations)
         out = y.clone() if base is None else None
-        lam_t = torch.tensor([lam], dtype=y.dtype, device=y.device)
         for it in range(cfg.iterations):
             outs = nets(y, base)
             pi, mu = outs[4], outs[0]
-            loss = variational_loss(outs, y, den, lam_t, cfg, generator)
+            loss = variational_loss(outs, y, den, lam, cfg, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
