@@ -1,15 +1,16 @@
 """Loopback load test of the web app: many concurrent gradio_client users against its bounded queue.
 
-    python -m benchmarks.app_load [--clients 20] [--requests 100] [--size 32] [--solver pmrf]
+    python -m benchmarks.app_load [--clients 20] [--requests 300] [--size 32] [--solver pmrf]
 
 Starts the app in a child process on 127.0.0.1 (a free port, the app's own queue settings: at most QUEUE_SIZE jobs
 waiting, one solve at a time), sends ``--warmup`` requests (they load the model), then ``--clients`` users submit
 ``--requests`` small denoising jobs in all, at once, each user one after another (after a refusal it waits
 ``--backoff`` seconds, as a polite client would). Every request must end in a result or a clear "queue is full"
 refusal: the table counts answered + refused = requests, and any lost (no answer in time) or failed (another error).
-Memory: the server process's resident set after the warm-up (start), once half the requests have an outcome (mid) and
-at the end; flat means end - start stays near zero. Kept small (tiny images, a fast solver with few samples) so the
-run takes a minute or two on a CPU.
+Memory: the server process's resident set after the warm-up (start), once half the requests have an outcome (mid), at
+the end, and after every 10 answered requests. The first answers also serve the clients' new sessions, so the
+server's steady state is judged from the 10th answer on (``rss_growth_after_10_MiB``: end minus that). Kept small
+(tiny images, a fast solver with few samples) so the run takes a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from benchmarks.common import REPO, table, write_results
 
 COLUMNS = ["clients", "requests", "queue_size", "answered", "refused_queue_full", "failed", "lost",
            "max_queue_rank_seen", "mean_latency_s", "p95_latency_s", "max_refusal_s", "wall_s",
-           "rss_before_warmup_MiB", "rss_start_MiB", "rss_mid_MiB", "rss_end_MiB", "rss_growth_MiB"]
+           "rss_before_warmup_MiB", "rss_start_MiB", "rss_mid_MiB", "rss_end_MiB", "rss_growth_MiB",
+           "rss_after_10_answered_MiB", "rss_growth_after_10_MiB", "rss_max_after_10_MiB"]
 
 
 def _free_port() -> int:
@@ -63,7 +65,7 @@ def _serve(port: int, queue_size: int | None) -> subprocess.Popen:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--requests", type=int, default=100, help="in all, shared out among the clients")
+    ap.add_argument("--requests", type=int, default=300, help="in all, shared out among the clients")
     ap.add_argument("--size", type=int, default=32, help="side of the square test image, pixels")
     ap.add_argument("--solver", default="pmrf")
     ap.add_argument("--samples", type=int, default=1)
@@ -71,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--queue-size", type=int, default=None, help="default: the app's own (app.app.QUEUE_SIZE)")
     ap.add_argument("--backoff", type=float, default=1.0, help="seconds a refused client waits before its next request")
     ap.add_argument("--warmup", type=int, default=2, help="requests before the test (not counted)")
-    ap.add_argument("--timeout", type=float, default=600, help="seconds for the whole test")
+    ap.add_argument("--timeout", type=float, default=1500, help="seconds for the whole test")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     import psutil
@@ -103,7 +105,7 @@ def main(argv=None):
             request(warm, k).result(timeout=300)
         clients = [Client(url, verbose=False) for _ in range(args.clients)]
         rss_start = rss()
-        outcomes, latencies, refusal_s, ranks, errors, mid = [], [], [], [], [], []
+        outcomes, latencies, refusal_s, ranks, errors, mid, trace = [], [], [], [], [], [], []
         lock = threading.Lock()
         deadline = time.time() + args.timeout
         share = [args.requests // args.clients + (i < args.requests % args.clients) for i in range(args.clients)]
@@ -119,6 +121,8 @@ def main(argv=None):
                     errors.append(f"client {i} request {k}: {message}")
                 if len(outcomes) == args.requests // 2:
                     mid.append(rss())
+                if kind == "answered" and len(latencies) % 10 == 0:  # memory against work done
+                    trace.append([len(latencies), round(rss(), 1)])
 
         def user(i):
             for k in range(share[i]):
@@ -165,14 +169,21 @@ def main(argv=None):
            "p95_latency_s": float(np.percentile(latencies, 95)) if latencies else None,
            "max_refusal_s": float(max(refusal_s)) if refusal_s else None, "wall_s": wall,
            "rss_before_warmup_MiB": rss_before, "rss_start_MiB": rss_start, "rss_mid_MiB": mid[0] if mid else None,
-           "rss_end_MiB": rss_end, "rss_growth_MiB": rss_end - rss_start}
+           "rss_end_MiB": rss_end, "rss_growth_MiB": rss_end - rss_start,
+           # the first answers also warm up the 20 new sessions and the server's threads: growth after them is what
+           # a long-running server would see per request
+           "rss_after_10_answered_MiB": trace[0][1] if trace else None,
+           "rss_growth_after_10_MiB": rss_end - trace[0][1] if trace else None,
+           "rss_max_after_10_MiB": max(m for _, m in trace) if trace else None}
     print(table([row], COLUMNS))
     for e in errors[:20]:
         print(e)
     settings = {"image": f"{args.size}x{args.size}", "task": "denoise 25/255 (simulated)", "solver": args.solver,
                 "samples": args.samples, "options": json.loads(args.options), "backoff_s": args.backoff,
                 "warmup_requests": args.warmup}
-    path = write_results("app_load", {"settings": settings, "rows": [row], "errors": errors})
+    print("RSS (MiB) after every 10 answered requests:", " ".join(f"{n}:{m:.0f}" for n, m in trace))
+    path = write_results("app_load", {"settings": settings, "rows": [row], "rss_by_answered_MiB": trace,
+                                      "errors": errors})
     print(f"wrote {path}")
     return row
 

@@ -149,8 +149,12 @@ def _app_load(data: dict) -> str:
            f"refused client waits {st['backoff_s']} s before its next request)") if st else ""
     return (f"**Web app under concurrent loopback clients**{how}: every request ends answered or refused with "
             "\"queue is full\" (`lost` = neither); `rss_*` = the server process's resident memory before the warm-up "
-            "requests, after them (start), half-way and at the end\n\n"
-            + table(data["rows"], COLUMNS if "queue_size" in row else list(row)))
+            "requests, after them (start), half-way and at the end; `*_after_10` from the 10th answered request on "
+            "(the first answers also serve the clients' new sessions)\n\n"
+            + table(data["rows"], [c for c in COLUMNS if c in row] if "queue_size" in row else list(row))
+            + ("\n\nResident memory (MiB) after every 10 answered requests: "
+               + ", ".join(f"{n}: {m:.0f}" for n, m in data["rss_by_answered_MiB"])
+               if data.get("rss_by_answered_MiB") else ""))
 
 
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.

@@ -49,6 +49,11 @@ GAUSS_STD_LEVEL = 0.6826894921370859  # P(|z| <= 1) for a standard normal
 EPS = 1e-3  # floor of every log feature and of |error|: a quarter of an 8-bit level
 SELF_CHECK_MARGIN = 1.25  # how far outside the calibration images' chi2 range a result is flagged
 SIGMA_MATCH = 0.03  # relative distance in sigma within which a noise level counts as a grid point
+# unknown real noise: one cell pooled over synthetic camera-like noise (restore.train.camera_noise), keyed by
+# sigma 0; its self-check uses the solver's own noise estimate (meta 'estimated_noise_std')
+REAL_FAMILY = "denoise-real"
+REAL_NOTE = ("real camera noise, calibrated on a mix of synthetic camera-like noise (signal-dependent, correlated, "
+             "about 2-32/255): real sensors differ, so the guarantee holds only approximately")
 
 
 class UncalibratedWarning(UserWarning):
@@ -62,7 +67,9 @@ def family(task) -> tuple[str | None, str]:
     kernel is 'deblur' (calibrated on a mix of Gaussian and motion kernels), each SR factor its own, random-pixel and
     region inpainting apart (user masks count as regions)."""
     if task.kind == "denoise":
-        return ("denoise", "") if task.variant == "gaussian" else (None, f"{task.variant} noise is not calibrated")
+        if task.variant in ("gaussian", "real"):
+            return ("denoise" if task.variant == "gaussian" else REAL_FAMILY), ""
+        return None, f"{task.variant} noise is not calibrated"
     if task.kind == "deblur":
         return "deblur", ""
     if task.kind == "sr":
@@ -291,7 +298,14 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     if changed:
         return fallback(f"solver settings differ from the calibrated ones ({', '.join(changed)})")
     sigma = task.noise_sigma
-    cell, status, note = find_cell(table, fam, float(sigma or 0.0))
+    if fam == REAL_FAMILY:  # the cell is pooled over noise levels; the self-check needs the solver's estimate
+        sigma = post.meta.get("estimated_noise_std")
+        if not sigma:
+            return fallback(f"solver {solver} reports no noise estimate, which the real-noise calibration needs")
+        cell, status, note = find_cell(table, fam, 0.0)
+        status, note = ("approximate", REAL_NOTE) if cell is not None else (status, note)
+    else:
+        cell, status, note = find_cell(table, fam, float(sigma or 0.0))
     if cell is None:
         return fallback(note)
     ran = [[s["name"], s["config"]] for s in post.meta.get("provenance", {}).get("solvers", [])]

@@ -223,3 +223,38 @@ def test_a_cell_fitted_with_other_solver_settings_is_not_used(fitted_models, cle
     with pytest.warns(cal.UncalibratedWarning, match=r"solvers behind this run \(reddiff\) ran with other settings"):
         post = r(r.simulate(clean_rgb, "denoise:gaussian:sigma=0.1"), "denoise:gaussian:sigma=0.1", samples=4)
     assert not post.calibrated
+
+
+def test_real_noise_table_from_synthetic_camera_noise(tmp_path, clean_rgb, monkeypatch):
+    """ScoreDVI's real-noise family: one cell pooled over synthetic camera-like noise, applied with the solver's own
+    noise estimate; its guarantee is stated as approximate (real sensors differ from the stand-in)."""
+    from restore.priors import registry
+    from restore.train import calibration as train
+    from restore.train import camera_noise
+
+    models = tmp_path / "models"
+    (models / "calibration").mkdir(parents=True)
+    for f in registry.models_dir().glob("*.*"):
+        (models / f.name).symlink_to(f)
+    data = _crop_folder(tmp_path / "data", n=22, size=32)
+    table_path = models / "calibration" / "scoredvi.score-natural.json"
+    train.main(["--solver", "scoredvi", "--families", "denoise-real", "--data", str(data), "--fit", "3",
+                "--cal", "10", "--heldout", "1", "--crop", "32", "--samples", "2", "--quant", "none",
+                "--runs", str(tmp_path / "runs"), "--out", str(table_path), "--options", "iterations=4"])
+    table = json.loads(table_path.read_text())
+    (cell,) = table["cells"]
+    assert cell["family"] == "denoise-real" and len(cell["scores"]) == 10 and table["solver_config"]["iterations"] == 4
+    assert table["camera_noise_mix"][0] == ["light", 0.5]
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    from restore.api import Restorer
+
+    r = Restorer("scoredvi", quant="none", iterations=4)
+    y = camera_noise.simulate(clean_rgb, "heavy", torch.Generator().manual_seed(5))
+    post = r(y, "denoise:real", samples=2, seed=0, ground_truth=clean_rgb)
+    u = post.meta["uncertainty"]
+    assert post.calibrated and u["status"] == "approximate" and "synthetic camera-like noise" in u["guarantee"]
+    assert u["self_check"]["chi2_ratio"] > 0 and not torch.equal(post.std, post.spread)
+    assert 0 < post.meta["metrics"]["coverage_90"] <= 1
+    # other settings than the table's: the raw spread, said out loud
+    with pytest.warns(cal.UncalibratedWarning, match="settings differ"):
+        assert not Restorer("scoredvi", quant="none", iterations=5)(y, "denoise:real", samples=2).calibrated

@@ -215,6 +215,7 @@ class ScoreDVISolver(Solver):
     tasks = ("denoise",)
     needs_noise_level = False
     presets = {"paper": PAPER}
+    default_quant = "int8"
     paper = "Cheng, Liu, Tan, Score Priors Guided Deep Variational Inference for Unsupervised Real-World Single " \
             "Image Denoising, ICCV 2023"
 

@@ -40,7 +40,12 @@ GRID = {
     "sr4": ((0.01,), lambda i, n: f"sr:bicubic:factor=4,noise={n:.6f}"),
     "inpaint-random": ((0.01,), lambda i, n: f"inpaint:random:missing={(0.3, 0.5, 0.7)[i % 3]},seed={i},noise={n:.6f}"),
     "inpaint-region": ((0.01,), lambda i, n: f"inpaint:box:size={(0.2, 0.3, 0.4)[i % 3]},noise={n:.6f}"),
+    # unknown real noise (solvers that estimate it): one cell, crop i gets camera_noise level CAMERA_MIX[i % 6]
+    cal.REAL_FAMILY: ((0.0,), lambda i, n: "denoise:real"),
 }
+# (level, std scale) of restore.train.camera_noise: about 2, 4, 9, 19, 16 and 32/255 residual std
+CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("very_heavy", 0.5),
+              ("very_heavy", 1.0))
 PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
 FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for len(FEATURES) weights)
 
@@ -85,12 +90,22 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
     from restore.tasks import parse
 
     task = parse(GRID[fam][1](i, sigma))
-    y = restorer.simulate(x, task, seed=i)
+    extra = {}
+    if fam == cal.REAL_FAMILY:
+        from restore.train import camera_noise
+
+        level, scale = CAMERA_MIX[i % len(CAMERA_MIX)]
+        y = camera_noise.simulate(x, level, torch.Generator().manual_seed(i), scale)
+        extra["camera_noise"] = [level, scale]
+    else:
+        y = restorer.simulate(x, task, seed=i)
     t0 = time.perf_counter()
     post = restorer(y, task, samples=samples, seed=i)
+    if fam == cal.REAL_FAMILY:  # the self-check's noise level: the solver's own estimate, as at run time
+        extra["sigma_used"] = float(post.meta["estimated_noise_std"])
     return {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
             "spread": post.spread, "seconds": time.perf_counter() - t0,
-            "solvers": post.meta["provenance"]["solvers"]}
+            "solvers": post.meta["provenance"]["solvers"], **extra}
 
 
 def solver_settings(solvers: list[dict] | None) -> list | None:
@@ -136,7 +151,7 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0) -> dict:
             if u["role"] != role:
                 continue
             curves.append(np.quantile((err / scale).flatten().numpy(), cal.SCORE_PROBS))
-            chi2.append(cal.chi2_ratio(u["mean"], u["y"], physics, sigma))
+            chi2.append(cal.chi2_ratio(u["mean"], u["y"], physics, u.get("sigma_used", sigma)))
             rho.append(spearman(scale.mean(1), err.mean(1)))
             rmse_pred.append(math.sqrt(mse_scale * float((scale**2).mean())))
             rmse.append(float((err**2).mean().sqrt()))
@@ -201,13 +216,18 @@ def main(argv=None):
     ap.add_argument("--quant", default=None, help="quantisation scheme (default: the solver's own, e.g. RED-Diff's "
                     "int8; 'none' = float): the table is fitted for, and applies to, runs with that scheme")
     ap.add_argument("--fit-only", action="store_true", help="write the table from the cached runs, run nothing")
+    ap.add_argument("--options", nargs="*", default=[], help="name=value solver options (the table then applies "
+                    "only to runs with them; default: the solver's defaults)")
     args = ap.parse_args(argv)
+    from restore.train.tune import parse_grid
+
+    options = {k: v[0] for k, v in parse_grid(args.options).items()}
     torch.set_num_threads(args.threads)
     from restore.api import Restorer
     from restore.priors import registry
     from restore.train.common import list_images, training_command
 
-    restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant)
+    restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant, **options)
     prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
     families = list(GRID) if args.families == "all" else args.families.split(",")
     unknown = set(families) - set(GRID)
@@ -250,6 +270,7 @@ def main(argv=None):
                    "fit": [u[2] for u in units if u[0] == "fit"], "cal": [u[2] for u in units if u[0] == "cal"],
                    "prior_held_out": [u[2] for u in units if u[0] == "heldout"]},
         "family_examples": {f: [GRID[f][1](i, GRID[f][0][0]) for i in range(4)] for f in GRID},
+        "camera_noise_mix": [list(m) for m in CAMERA_MIX],  # the real-noise family's crop i: CAMERA_MIX[i % 6]
         "mean_seconds_per_run": round(float(np.mean(seconds)), 2) if seconds else old.get("mean_seconds_per_run"),
         "cells": keep + cells}, out)
     print(f"wrote {out}")
