@@ -46,8 +46,8 @@ def methods(quick: bool) -> dict[str, dict]:
     # Since 2026-12-02 RED-Diff, Langevin and PMRF default to fast settings (restore.train.tune picked them on
     # held-out training crops), so --quick runs them as they are; the paper-settings rows use preset="paper".
     # ScoreDVI's fast default (2026-12-02: a warm start, 100 iterations) fits the quick run as it is
-    quick_opts = {"vble": {"stat_samples": 32},
-                  "aps": {"steps": 4, "inner_steps": 6}}
+    # APS's fast default (2026-12-02: 8 x 3 steps at lr 1.0) fits it too
+    quick_opts = {"vble": {"stat_samples": 32}}
     out = {"input": {"baseline": "input"}}
     for name in base.names():
         out[name] = {"solver": name, "prior": None, "options": quick_opts.get(name, {}) if quick else {}}
@@ -60,6 +60,8 @@ def methods(quick: bool) -> dict[str, dict]:
                                            "options": {"preset": "paper"}}
     out["scoredvi (paper: 400 iterations)"] = {"solver": "scoredvi", "prior": None, "full_only": True,
                                                "options": {"preset": "paper"}}
+    out["aps (paper: 16 x 30 steps)"] = {"solver": "aps", "prior": None, "full_only": True,
+                                         "options": {"preset": "paper"}}
     out["reddiff (paper: 100 steps)"] = {"solver": "reddiff", "prior": None, "full_only": True,
                                          "options": {"preset": "paper"}}
     # PnP-ULA: the paper's one chain per sample at 500 iterations, and the weight-free wavelet prior
@@ -185,7 +187,8 @@ def intern_provenance(result: dict, table_: dict) -> dict:
 # (quality_paper_quick.json); ScoreDVI runs only denoising, 1550-1584 s an image, twice that when the paper's restart
 # fires (1 image of 4), so about 300 s a unit.
 COST = {"scoredvi": 15.0, "aps": 8.0, "diffpir (score-natural)": 3.0, "reddiff": 2.0, "pmrf": 2.0, "langevin": 2.0}
-PAPER_COST = {"langevin (paper: 500 iterations)": 764.0, "scoredvi (paper: 400 iterations)": 300.0, "aps": 400.0,
+PAPER_COST = {"langevin (paper: 500 iterations)": 764.0, "scoredvi (paper: 400 iterations)": 300.0,
+              "aps (paper: 16 x 30 steps)": 400.0, "aps": 25.0,
               "scoredvi": 15.0,
               "reddiff (paper: 100 steps)": 181.0, "langevin (wavelet)": 131.0, "pmrf (paper: 25 Euler steps)": 79.0,
               "diffpir (score-natural)": 72.0, "vble (paper: fixed iterations)": 39.0, "vble": 15.0, "reddiff": 10.0,

@@ -43,7 +43,10 @@ def methods() -> dict[str, dict]:
     from restore.solvers import base
 
     out = {"input": {"baseline": "input"}, "scoredvi": {"solver": "scoredvi", "task": "real"},
-           "scoredvi (paper: 400 iterations)": {"solver": "scoredvi", "task": "real", "options": {"preset": "paper"}}}
+           "scoredvi (paper: 400 iterations)": {"solver": "scoredvi", "task": "real", "options": {"preset": "paper"}},
+           # what a user gets: the default beta0 on every set, so its calibration table applies (the per-set beta0
+           # above changes the solver's config, which no table covers)
+           "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
         out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian"}
@@ -100,6 +103,8 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     options = dict(cfg.get("options", {}))
     if cfg["task"] == "real":  # ScoreDVI: the set's noise-precision prior, as the reference code sets it
         options.setdefault("beta0", BETA0.get(pair["set"], 0.01))
+        if options["beta0"] is None:  # the solver's own default
+            del options["beta0"]
         spec = "denoise:real"
     else:
         sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat

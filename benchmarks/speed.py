@@ -147,9 +147,9 @@ def main(argv=None):
     photo = torch.from_numpy(skimage.data.chelsea().astype(np.float32) / 255).permute(2, 0, 1)[None]
     photo = torch.nn.functional.interpolate(photo, size=(600, 902), mode="bilinear")  # room for 512 crops
     if args.targets:
-        # APS and ScoreDVI are left out by default: a full run at 256 px takes 20 min to hours (speed_quick.json);
+        # ScoreDVI is left out by default (about 5 min a run at 256 px; --solvers scoredvi measures it);
         # RED-Diff's default is its int8 denoiser (its network runs forward-only); its float row stays for comparison
-        result = targets(args.solvers or [n for n in base.names() if n not in ("aps", "scoredvi")], photo,
+        result = targets(args.solvers or [n for n in base.names() if n != "scoredvi"], photo,
                          in_float=("reddiff",) if not args.solvers or "reddiff" in args.solvers else ())
         cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
         print(table(result["rows"], cols))
