@@ -7,7 +7,7 @@ from restore import metrics
 from restore.priors import registry
 from restore.solvers import base
 from restore.solvers.reddiff import RedDiffConfig, vp_sigmas
-from restore.solvers.scoredvi import estimate_noise_std, prior_weight
+from restore.solvers.scoredvi import estimate_noise_std, noise_prior_rate, prior_weight
 from restore.tasks import parse
 
 
@@ -65,6 +65,9 @@ def test_noise_estimate_and_prior_weight(clean_rgb):
         est = estimate_noise_std(big + s * torch.randn(big.shape, generator=g))
         assert abs(est - s) < 0.35 * s + 0.01, (s, est)
     assert prior_weight(5 / 255) == 0.5 and prior_weight(20 / 255) == 1.0 and prior_weight(40 / 255) == 2.0
+    # the noise-precision prior's rate grows with the estimated noise (the paper's per-set 0.005 / 0.01 / 0.02)
+    rates = [noise_prior_rate(s / 255) for s in (2, 8, 15, 30)]
+    assert rates == sorted(rates) and rates[0] == 0.005 and rates[2] == 0.02
 
 
 def test_scoredvi_denoises_blind_and_its_posterior_shrinks(clean_rgb, score):
