@@ -232,6 +232,11 @@ def test_real_noise_table_from_synthetic_camera_noise(tmp_path, clean_rgb, monke
     from restore.train import calibration as train
     from restore.train import camera_noise
 
+    from restore.solvers import base
+
+    # "all" families means those the solver runs: real noise only for the solver that estimates it
+    assert train.supported_families(base.get("scoredvi")) == ["denoise", "denoise-real"]
+    assert "denoise-real" not in train.supported_families(base.get("aps"))
     models = tmp_path / "models"
     (models / "calibration").mkdir(parents=True)
     for f in registry.models_dir().glob("*.*"):

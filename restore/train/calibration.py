@@ -192,6 +192,13 @@ def _rank_corr(a, b) -> float | None:
     return round(spearman(torch.tensor(a), torch.tensor(b)), 4) if len(a) >= 3 else None
 
 
+def supported_families(solver) -> list[str]:
+    """The families of :data:`GRID` whose tasks ``solver`` runs (e.g. denoise-real only for noise-estimating ones)."""
+    from restore.tasks import parse
+
+    return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
+
+
 def cached_cell(cache: Path, fam: str, sigma: float) -> list[dict]:
     return [torch.load(p, weights_only=True) for p in sorted((cache / f"{fam}-{sigma:.5f}").glob("*.pt"))]
 
@@ -200,7 +207,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solver", required=True)
     ap.add_argument("--prior", default=None, help="default: the solver's default prior")
-    ap.add_argument("--families", default="all", help=f"comma-separated, of {', '.join(GRID)}; or 'all'")
+    ap.add_argument("--families", default="all", help=f"comma-separated, of {', '.join(GRID)}; or 'all' (those "
+                    "the solver supports)")
     ap.add_argument("--data", default="../shared/data/BSD432-train")
     ap.add_argument("--fit", type=int, default=8)
     ap.add_argument("--cal", type=int, default=28)
@@ -229,7 +237,7 @@ def main(argv=None):
 
     restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant, **options)
     prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
-    families = list(GRID) if args.families == "all" else args.families.split(",")
+    families = supported_families(restorer.solver) if args.families == "all" else args.families.split(",")
     unknown = set(families) - set(GRID)
     if unknown:
         raise SystemExit(f"unknown families {', '.join(sorted(unknown))}; known: {', '.join(GRID)}")
