@@ -70,6 +70,18 @@ def test_noise_estimate_and_prior_weight(clean_rgb):
     assert rates == sorted(rates) and rates[0] == 0.005 and rates[2] == 0.02
 
 
+def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean_rgb, score):
+    """beta0=None: the rule on denoise:real (camera noise), the paper's 0.01 on white Gaussian noise."""
+    g = torch.Generator().manual_seed(0)
+    y = (clean_rgb + 0.12 * torch.randn(clean_rgb.shape, generator=g)).clamp(0, 1)
+    solver = base.get("scoredvi", iterations=1, restart_std=None)
+    real = solver(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    gauss = solver(y, parse("denoise:gaussian:sigma=0.12").physics(y.shape), score, n_samples=1,
+                         generator=g)
+    assert real.meta["beta0"] == noise_prior_rate(real.meta["estimated_noise_std"]) > 0.01
+    assert gauss.meta["beta0"] == 0.01
+
+
 def test_scoredvi_denoises_blind_and_its_posterior_shrinks(clean_rgb, score):
     """ScoreDVI is blind: it never reads the task's sigma, and still removes most of the noise. The default per-pixel
     Tweedie score lets the variance network leave its start (std ~1): 0.054 after 200 steps at lr 2e-3 here, where
