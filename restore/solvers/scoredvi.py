@@ -59,8 +59,8 @@ against 27.01 for the former fixed 0.01). The rule applies to ``denoise:real`` o
 dB lost on CBSD68 quick crops with the rule's 0.04), so Gaussian tasks keep 0.01. ``preset="paper"`` keeps 0.01.
 
 The denoiser runs as real int8 by default (``default_quant``; ScoreDVI never back-propagates through it): about 40 %
-fewer forward-equivalents a run (``python -m benchmarks.speed --targets --solvers scoredvi``, 256 px, K = 8: 446 vs
-702), at 31.60 vs 31.79 dB on that run's 256 px Gaussian denoising and level with float on the four real-noise quick
+fewer forward-equivalents a run (``python -m benchmarks.speed --targets --solvers scoredvi``, 256 px, K = 8: 446 and
+520 in two runs vs 702), at 31.60 vs 31.79 dB on that run's 256 px Gaussian denoising and level with float on the four real-noise quick
 pairs (int8 41.29 / 38.67 / 29.94 / 38.34 dB, float 40.90 / 37.80 / 30.23 / 38.75, same seeds). ``quant="none"`` or
 the paper preset run it in float.
 """
@@ -139,7 +139,7 @@ def prior_weight(noise_std: float) -> float:
 
 def noise_prior_rate(noise_std: float) -> float:
     """beta0 from the estimated noise std (ours; the paper picks it per data set): lighter noise, a smaller rate.
-    Thresholds from synthetic camera noise on held-out training crops (module docstring, "Speed")."""
+    Thresholds from synthetic camera noise on held-out training crops (module docstring)."""
     s255 = 255 * noise_std
     return 0.005 if s255 <= 5 else 0.01 if s255 <= 10 else 0.02 if s255 <= 20 else 0.04
 
