@@ -102,9 +102,7 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
         return {**out, "psnr": float(metrics.psnr(y, x)), "ssim": float(metrics.ssim(y, x))}
     options = dict(cfg.get("options", {}))
     if cfg["task"] == "real":  # ScoreDVI: the set's noise-precision prior, as the reference code sets it
-        options.setdefault("beta0", BETA0.get(pair["set"], 0.01))
-        if options["beta0"] is None:  # the solver's own default
-            del options["beta0"]
+        options.setdefault("beta0", BETA0.get(pair["set"], 0.01))  # None (kept): the solver's own default rule
         spec = "denoise:real"
     else:
         sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat

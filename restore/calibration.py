@@ -303,7 +303,8 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         if not sigma:
             return fallback(f"solver {solver} reports no noise estimate, which the real-noise calibration needs")
         cell, status, note = find_cell(table, fam, 0.0)
-        status, note = ("approximate", REAL_NOTE) if cell is not None else (status, note)
+        if cell is not None:
+            status, note = "approximate", REAL_NOTE
     else:
         cell, status, note = find_cell(table, fam, float(sigma or 0.0))
     if cell is None:
