@@ -100,3 +100,36 @@ def test_sampled_anchors_widen_the_samples_and_stay_seeded(clean_rgb, monkeypatc
     snapped, sampled = run(0), run(0, anchor_sampling=1.0)
     assert float(sampled.std.mean()) > 1.2 * float(snapped.std.mean())
     assert torch.equal(sampled.samples, run(0, anchor_sampling=1.0).samples)
+
+
+def test_windowed_transformer_reads_each_tile_with_its_trained_positions(tokens):
+    """A grid larger than the window is read as overlapping tiles: rows only one tile covers get exactly that tile's
+    logits; a grid no larger than the window is one global pass."""
+    tf = tokens.module.transformer.eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        small = torch.randint(0, tf.n_codes + 1, (2, 16, 16), generator=g)
+        assert torch.equal(tf(small, window=16), tf(small))
+        tall = torch.randint(0, tf.n_codes + 1, (2, 20, 16), generator=g)  # tiles start at rows 0 and 4
+        out = tf(tall, window=16).view(2, 20, 16, -1)
+        top = tf(tall[:, :16]).view(2, 16, 16, -1)
+        bottom = tf(tall[:, 4:]).view(2, 16, 16, -1)
+        assert torch.allclose(out[:, :4], top[:, :4], atol=1e-5)
+        assert torch.allclose(out[:, 16:], bottom[:, 12:], atol=1e-5)
+        assert torch.allclose(out[:, 4:16], (top[:, 4:] + bottom[:, :12]) / 2, atol=1e-5)
+        assert tf(torch.randint(0, tf.n_codes, (1, 9, 37), generator=g), window=16).shape == (1, 9 * 37, tf.n_codes)
+        assert not torch.allclose(tf(tall, window=16), tf(tall))  # global attention over the stretched table differs
+
+
+def test_precision_setting(clean_rgb, tokens):
+    from restore import precision
+
+    assert precision.use_bf16("bf16") and not precision.use_bf16("float")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.use_bf16("half")
+    with pytest.raises(base.SolverError, match="aps precision must be one of"):
+        _run("sr:x4", clean_rgb, tokens, precision="half")
+    post = _run("sr:x4", clean_rgb, tokens, precision="bf16")
+    assert post.meta["precision"] == "bf16" and post.samples.dtype == torch.float32
+    assert _run("sr:x4", clean_rgb, tokens, precision="float").meta["precision"] == "float32"
+    assert base.get("aps", preset="paper").config.precision == "float"

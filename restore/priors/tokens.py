@@ -111,14 +111,46 @@ class MaskedTokenTransformer(nn.Module):
     def mask_id(self) -> int:
         return self.n_codes
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """tokens (B, h, w) -> logits (B, h*w, n_codes). ``window`` (in tokens): a grid larger than it is read as
+        overlapping window x window tiles (stride 3/4 of a window, logits averaged where tiles overlap), each with the
+        position table it was trained on; None or 0: one pass over the whole grid with the table stretched to it."""
         b, h, w = tokens.shape
+        if window and (h > window or w > window):
+            return self._windowed(tokens, window)
         pos = self.pos if (h, w) == (self.grid, self.grid) else F.interpolate(self.pos, size=(h, w), mode="bicubic",
                                                                               align_corners=False)
         x = self.embed(tokens.flatten(1)) + pos.flatten(2).transpose(1, 2)
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x))
+
+
+    def _windowed(self, tokens: torch.Tensor, window: int) -> torch.Tensor:
+        b, h, w = tokens.shape
+        # a side shorter than the window is padded with [MASK] (the transformer's "unknown") and cropped afterwards
+        ph, pw = max(h, window), max(w, window)
+        padded = F.pad(tokens, (0, pw - w, 0, ph - h), value=self.mask_id)
+        starts = [_window_starts(ph, window), _window_starts(pw, window)]
+        tiles = torch.cat([padded[:, i:i + window, j:j + window] for i in starts[0] for j in starts[1]])
+        logits = self.forward(tiles).view(len(starts[0]) * len(starts[1]), b, window, window, -1)
+        total = logits.new_zeros(b, ph, pw, logits.shape[-1])
+        count = logits.new_zeros(1, ph, pw, 1)
+        n = 0
+        for i in starts[0]:
+            for j in starts[1]:
+                total[:, i:i + window, j:j + window] += logits[n]
+                count[:, i:i + window, j:j + window] += 1
+                n += 1
+        return (total / count)[:, :h, :w].reshape(b, h * w, -1)
+
+
+def _window_starts(n: int, window: int) -> list[int]:
+    """Evenly spaced starts of windows covering 0..n-1 that overlap by at least a quarter window."""
+    if n <= window:
+        return [0]
+    count = -(-(n - window) // (window - window // 4)) + 1
+    return [round(i * (n - window) / (count - 1)) for i in range(count)]
 
 
 class _Block(nn.Module):

@@ -43,6 +43,19 @@ steps=4,6,8 inner_steps=3,6 lr=0.3,1.0``, then lr 2 and 3, and the 16 x 30 refer
 dB at 3.9 s against 25.90 dB at 57 s. A larger lr makes up for the fewer inner steps (4 x 6: 25.47 at lr 0.3, 25.59
 at 1.0, 25.47 at 2.0). Motion blur is what the cut costs (24.59 vs 25.74 dB; 8 x 6 steps: 24.94 at twice the time);
 denoising and the inpaintings are level (within 0.07 dB), Gaussian deblurring -0.39 and x4 SR -0.25.
+
+Two more cuts that change nothing the paper fixes (``preset="paper"`` turns both off):
+- ``window=16``: the transformer was trained on 16 x 16 token grids (64 px); a 256 px image is a 64 x 64 grid, over
+  which global attention cost 27 % of a run and stretched the learned position table 4x. Larger grids are now read
+  as overlapping 16 x 16 tiles (stride 12, logits averaged), each with the table it was trained on: attention falls
+  from 53 to 7 s of a one-thread 256 px K = 8 run. The first step's all-[MASK] grid is run once for all K chains.
+- ``precision="auto"``: bf16 autocast of the decoder (forward and backward) and the transformer where the CPU has
+  native bf16 (AMX / AVX512-BF16; ``restore.precision``), about 2x on both; the output decode stays float32.
+Held-out (3 BSD432 crops, 128 px, 2 samples; ``python -m restore.train.tune --solver aps --grid window=0,16
+precision=float,auto --crop 128 --images 3``): 25.55 dB at 6.1 s (both off) -> 25.57 dB at 4.0 s (both on), every
+task within 0.06 dB. ``python -m benchmarks.speed --targets --solvers aps`` (256 px, K = 8, 2 threads): 48.5 s / 297
+forwards on denoising, 43.8 s / 268 on deblurring, against the 60 s / 305-forward
+target (in float, same quiet machine: 79 / 67 s).
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from restore import precision
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, initial_estimate, noise_sigma
 
@@ -70,11 +84,13 @@ class APSConfig:
     init: str = "measurement"  # "prior" (phi = prior at the first step) or "measurement" (tilted toward E(x0))
     init_temperature: float = 0.5  # width, in FSQ grid steps, of the measurement tilt around E(x0)
     anchor_sampling: float = 0.0  # > 0: anchors drawn from p^(1/this) instead of snapped (diversity; notes 1.8)
+    window: int = 16  # the transformer reads grids larger than this (tokens) as overlapping tiles of its training size
+    precision: str = "auto"  # "bf16" autocast of decoder and transformer where the CPU has native bf16 (restore.precision)
 
 
 # our earlier default, before the fast one; the paper's own counts are not public (notes 1.6: 15 steps with MMaDA,
 # about 100 inner steps by a reviewer's account)
-PAPER = {"steps": 16, "inner_steps": 30, "lr": 0.3}
+PAPER = {"steps": 16, "inner_steps": 30, "lr": 0.3, "window": 0, "precision": "float"}
 
 
 class APSSolver(Solver):
@@ -88,9 +104,12 @@ class APSSolver(Solver):
     paper = "Rout et al., Test-Time Anchoring for Discrete Diffusion Posterior Sampling (APS), 2025"
 
     def cost(self, task, samples: int, prior=None) -> float:
-        # measured (benchmarks/results/speed_quick.json, 256 px): one inner step ~1.4 denoiser forwards for the
-        # first sample and ~1.6 for each further one (the tokenizer's decoder runs forward and backward per sample)
-        return self.config.steps * self.config.inner_steps * (1.4 + 1.6 * (samples - 1))
+        # measured in float (benchmarks/results/speed_quick.json, 256 px): one inner step ~1.4 denoiser forwards for
+        # the first sample and ~1.6 for each further one (the tokenizer's decoder runs forward and backward per
+        # sample); bf16 autocast on a CPU with native bf16 cuts that to about 0.9x (speed_targets.json: 268-297
+        # forwards at K = 8 where the float formula says 302)
+        fast = precision.use_bf16(self.config.precision) if self.config.precision in precision.MODES else False
+        return self.config.steps * self.config.inner_steps * (1.4 + 1.6 * (samples - 1)) * (0.9 if fast else 1.0)
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8" and "tokenizer" in prior.card.get("quantized_parts", ["tokenizer"]):
@@ -109,9 +128,15 @@ class APSSolver(Solver):
         z = torch.full((k, gh, gw), tf.mask_id, dtype=torch.long, device=y.device)
         yk = y.expand(k, *y.shape[1:])
         n_pix = h_img * w_img
+        try:
+            bf16 = precision.use_bf16(cfg.precision, y.device)
+        except ValueError as exc:
+            raise SolverError(f"aps {exc}") from None
 
-        def decode(e):  # e (k, L, d) -> images (k, c, H, W)
-            img = tok.decode_codes(e.transpose(1, 2).reshape(k, -1, gh, gw))[..., :h_img, :w_img]
+        def decode(e, fast=True):  # e (k, L, d) -> images (k, c, H, W), float32; fast: under the bf16 setting
+            with precision.autocast(bf16 and fast, y.device):
+                img = tok.decode_codes(e.transpose(1, 2).reshape(k, -1, gh, gw))
+            img = img.float()[..., :h_img, :w_img]
             return img.mean(1, keepdim=True) if c == 1 else img
 
         def snap(e_bar):  # nearest FSQ grid point = per-dimension rounding
@@ -127,16 +152,23 @@ class APSSolver(Solver):
             t = i / cfg.steps
             masked = z.flatten(1) == tf.mask_id  # (k, L)
             with torch.no_grad():
-                log_pi = F.log_softmax(tf(z), dim=-1)  # (k, L, Kc)
-            fixed = F.one_hot(z.flatten(1).clamp_max(book.shape[0] - 1), book.shape[0]).float()
+                # the first step's grids are all [MASK] in every chain: one transformer pass serves them all
+                same = i == cfg.steps
+                with precision.autocast(bf16, y.device):
+                    logits_pi = tf(z[:1] if same else z, window=cfg.window)
+                log_pi = F.log_softmax(logits_pi.float(), dim=-1)  # (k or 1, L, Kc)
+                log_pi = log_pi.expand(k, -1, -1) if same else log_pi
+            fixed_codes = book[z.flatten(1).clamp_max(book.shape[0] - 1)]  # (k, L, d); used on unmasked rows only
             logits = (log_pi + tilt).requires_grad_(True)
             opt = torch.optim.Adam([logits], lr=cfg.lr)
             for _ in range(cfg.inner_steps):
-                p = torch.where(masked[..., None], F.softmax(logits, -1), fixed)
-                e_bar = p @ book
+                # unmasked rows are frozen one-hots: their expectation is their code, their KL is masked out
+                log_p = F.log_softmax(logits, -1)
+                p = log_p.exp()
+                e_bar = torch.where(masked[..., None], p @ book, fixed_codes)
                 e = e_bar + (snap(e_bar) - e_bar).detach()
                 fit = ((physics.A(decode(e)) - yk) ** 2).sum() / (2 * sigma**2) / n_pix
-                kl = (p * (torch.log(p.clamp_min(1e-12)) - log_pi)).sum(-1)
+                kl = (p * (log_p - log_pi)).sum(-1)
                 loss = fit + cfg.beta * (kl * masked).sum() / n_pix
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -147,7 +179,7 @@ class APSSolver(Solver):
                     tilt = (logits - log_pi).detach()
                 elif i == cfg.steps:
                     tilt = torch.zeros_like(tilt)
-                p = torch.where(masked[..., None], F.softmax(logits, -1), fixed)
+                p = F.softmax(logits, -1)  # rows already unmasked get no new anchor, so theirs are not needed
                 if cfg.anchor_sampling > 0:
                     drawn = torch.log(p.clamp_min(1e-12)) / cfg.anchor_sampling
                     g = torch.rand(drawn.shape, generator=generator, device=generator.device).to(drawn)
@@ -167,9 +199,10 @@ class APSSolver(Solver):
                 z = torch.where(unmask, anchors, z.flatten(1)).view(k, gh, gw)
             progress((cfg.steps - i + 1) / cfg.steps, f"APS step {cfg.steps - i + 1}/{cfg.steps}")
         with torch.no_grad():
-            samples = decode(book[z.flatten(1)]).clamp(0, 1)
+            samples = decode(book[z.flatten(1)], fast=False).clamp(0, 1)  # the output in full precision
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
-                         meta={"measurement_fit_per_step": history, "token_grid": [gh, gw], "sigma": sigma})
+                         meta={"measurement_fit_per_step": history, "token_grid": [gh, gw], "sigma": sigma,
+                               "precision": "bf16" if bf16 else "float32"})
 
     @staticmethod
     @torch.no_grad()
