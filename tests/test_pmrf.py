@@ -126,3 +126,14 @@ def test_calibration_writes_the_card_and_the_solver_follows_it(flow, clean_rgb):
     assert card["euler_steps"] == {"denoise": k} and card["euler_steps_calibration"]["images"] == ["data/2.png"]
     _, post = _run("denoise:gaussian:sigma=0.1", clean_rgb, registry.load("flow-natural"), n=2)
     assert post.meta["flow_steps"] == k
+
+
+def test_precision_bf16_matches_float_and_bad_values_are_named(flow, clean_rgb):
+    """bf16 autocast (the default where the CPU has native bf16) moves the samples by far less than their spread."""
+    _, f = _run("denoise:gaussian:sigma=0.1", clean_rgb, flow, flow_steps=3, precision="float")
+    _, b = _run("denoise:gaussian:sigma=0.1", clean_rgb, flow, flow_steps=3, precision="bf16")
+    assert f.meta["precision"] == "float32" and b.meta["precision"] == "bf16" and b.samples.dtype == torch.float32
+    assert float((f.samples - b.samples).abs().mean()) < 0.2 * float(f.std.mean())
+    with pytest.raises(base.SolverError, match="pmrf precision must be one of"):
+        _run("denoise:gaussian:sigma=0.1", clean_rgb, flow, precision="half")
+    assert base.get("pmrf", preset="paper").config.precision == "float"

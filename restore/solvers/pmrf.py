@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from restore import precision
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
 from restore.tasks import kind_of
@@ -40,6 +41,7 @@ class PMRFConfig:
     mean_source: str = "auto"  # "auto": denoiser for denoising, reddiff otherwise; or "denoiser" / a solver name
     mean_prior: str | None = None  # None: the flow card's mean_denoiser
     mean_options: dict | None = None  # config overrides for the mean-source solver, e.g. {"steps": 30} for reddiff
+    precision: str = "auto"  # the flow (and the denoiser mean) under bf16 autocast where the CPU has native bf16
 
 
 class PMRFSolver(Solver):
@@ -49,7 +51,7 @@ class PMRFSolver(Solver):
     default_prior = "flow-natural"
     paper = "Ohayon, Michaeli, Elad, Posterior-Mean Rectified Flow, ICLR 2025"
     # the paper's K = 25, with the posterior mean from RED-Diff's paper settings (the default mean uses its fast ones)
-    presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}}}
+    presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}, "precision": "float"}}
 
     def posterior_mean(self, y, physics, prior, generator, progress) -> torch.Tensor:
         from restore.priors import registry
@@ -62,8 +64,8 @@ class PMRFSolver(Solver):
         if source == "denoiser":
             if type(physics).__name__ != "Denoising":
                 raise SolverError("mean_source='denoiser' is for denoising tasks; use a solver name (e.g. reddiff)")
-            with torch.no_grad():
-                return den.module(y, noise_sigma(physics, y)).clamp(0, 1)
+            with torch.no_grad(), precision.autocast(self._bf16(y), y.device):
+                return den.module(y, noise_sigma(physics, y)).float().clamp(0, 1)
         if source == self.name:
             raise SolverError("pmrf cannot take its own output as the posterior mean")
         solver = base.get(source, **(cfg.mean_options or {}))
@@ -80,6 +82,12 @@ class PMRFSolver(Solver):
     def flow_steps(self, physics, prior) -> tuple[int, str]:
         """(K, where it came from) for this task: the config's, the card's for the task family, or the paper's."""
         return self.steps_for(kind_of(physics), prior.card)
+
+    def _bf16(self, y) -> bool:
+        try:
+            return precision.use_bf16(self.config.precision, y.device)
+        except ValueError as exc:
+            raise SolverError(f"pmrf {exc}") from None
 
     def steps_for(self, kind: str | None, card: dict) -> tuple[int, str]:
         """flow_steps for a task kind and the flow's card."""
@@ -99,18 +107,27 @@ class PMRFSolver(Solver):
         source = self.mean_source_for(task.kind)
         mean = 1.0 if source == "denoiser" else (base.get(source, **(self.config.mean_options or {}))
                                                  .cost(task, 1) or 0.0)
-        return mean + steps * samples  # the flow network is the denoiser's size
+        fast = precision.use_bf16(self.config.precision) if self.config.precision in precision.MODES else False
+        # the flow network is the denoiser's size; bf16 autocast halves it (restore.precision)
+        return mean + steps * samples * (0.5 if fast else 1.0)
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         cfg = self.config
         sigma_s = cfg.sigma_s if cfg.sigma_s is not None else float(prior.card.get("sigma_s", 0.025))
         steps, steps_from = self.flow_steps(physics, prior)
         mean = self.posterior_mean(y, physics, prior, generator, progress)
-        samples = flow_transport(mean, prior.module, n_samples=n_samples, sigma_s=sigma_s, steps=steps,
+        bf16 = self._bf16(y)
+
+        def velocity(z, t):
+            with precision.autocast(bf16, y.device):
+                return prior.module(z, t).float()
+
+        samples = flow_transport(mean, velocity, n_samples=n_samples, sigma_s=sigma_s, steps=steps,
                                  generator=generator,
                                  progress=lambda i, k: progress(0.5 + 0.5 * i / k, f"flow step {i}/{k}"))
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
                          meta={"sigma_s": sigma_s, "flow_steps": steps, "flow_steps_from": steps_from,
+                               "precision": "bf16" if bf16 else "float32",
                                "mean_vs_output_rmse": float(((samples.mean(0, keepdim=True) - mean) ** 2).mean()
                                                             .sqrt())})
 
