@@ -65,7 +65,9 @@ def test_mean_from_another_solver(flow, clean_rgb):
     assert [(s["name"], s["options"]) for s in prov["solvers"]] == [("pmrf", {"flow_steps": 3, "mean_source": "reddiff"}),
                                                                     ("reddiff", {})]
     assert prov["solvers"][1]["config"]["steps"] == dataclasses.asdict(base.get("reddiff").config)["steps"]
-    assert prov["priors"] == {"flow-natural": flow.digest, "score-natural": registry.digest("score-natural")}
+    # the inner RED-Diff ran on its preferred int8 copy of the mean denoiser, and provenance says so
+    assert prov["priors"] == {"flow-natural": flow.digest, "score-natural": registry.digest("score-natural"),
+                              "score-natural@int8": registry.digest("score-natural")}
     assert stale.reasons(prov) == []
     card = registry.models_dir() / "flow-natural.json"
     text = card.read_text()

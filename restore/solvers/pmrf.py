@@ -21,6 +21,7 @@ runs forward-only, so a quantised backbone is allowed here.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ class PMRFSolver(Solver):
     paper = "Ohayon, Michaeli, Elad, Posterior-Mean Rectified Flow, ICLR 2025"
     # the paper's K = 25, with the posterior mean from RED-Diff's paper settings (the default mean uses its fast ones)
     presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}, "precision": "float"}}
+    # the flow runs forward-only: real int8 (2.8x faster per forward, PMRF's task -0.04 dB; benchmarks.quant)
+    default_quant = "int8"
 
     def posterior_mean(self, y, physics, prior, generator, progress) -> torch.Tensor:
         from restore.priors import registry
@@ -70,7 +73,9 @@ class PMRFSolver(Solver):
             raise SolverError("pmrf cannot take its own output as the posterior mean")
         solver = base.get(source, **(cfg.mean_options or {}))
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
-        return solver(y, physics, den, n_samples=1, generator=generator, progress=cb).mean
+        # the mean solver runs as a user running it would: under its own preferred scheme (RED-Diff: int8)
+        return solver(y, physics, _mean_prior(den, solver.preferred_quant()), n_samples=1, generator=generator,
+                      progress=cb).mean
 
     def mean_source_for(self, kind: str | None) -> str:
         """Where the posterior mean comes from for a task kind: the config's source, or for 'auto' the denoiser on
@@ -83,7 +88,9 @@ class PMRFSolver(Solver):
         """(K, where it came from) for this task: the config's, the card's for the task family, or the paper's."""
         return self.steps_for(kind_of(physics), prior.card)
 
-    def _bf16(self, y) -> bool:
+    def _bf16(self, y, prior=None) -> bool:
+        if prior is not None and prior.card.get("quantized"):
+            return False  # an int8 flow is already the fast path; autocast would only add casts around it
         try:
             return precision.use_bf16(self.config.precision, y.device)
         except ValueError as exc:
@@ -116,7 +123,7 @@ class PMRFSolver(Solver):
         sigma_s = cfg.sigma_s if cfg.sigma_s is not None else float(prior.card.get("sigma_s", 0.025))
         steps, steps_from = self.flow_steps(physics, prior)
         mean = self.posterior_mean(y, physics, prior, generator, progress)
-        bf16 = self._bf16(y)
+        bf16 = self._bf16(y, prior)
 
         def velocity(z, t):
             with precision.autocast(bf16, y.device):
@@ -130,6 +137,28 @@ class PMRFSolver(Solver):
                                "precision": "bf16" if bf16 else "float32",
                                "mean_vs_output_rmse": float(((samples.mean(0, keepdim=True) - mean) ** 2).mean()
                                                             .sqrt())})
+
+
+_MEAN_PRIORS: dict = {}  # (name, scheme, device) -> quantised mean prior, so a batch quantises once
+
+
+def _mean_prior(den, scheme: str | None):
+    """``den`` under ``scheme`` (None: as is); float with a warning where this machine lacks the kernels."""
+    if not scheme or den.card.get("quantized"):
+        return den
+    key = (den.name, den.digest, scheme, str(next(den.module.parameters()).device))
+    if key not in _MEAN_PRIORS:
+        from restore.quant import QuantError, quantize
+
+        try:
+            _MEAN_PRIORS[key] = quantize(den, scheme)
+        except QuantError:
+            _MEAN_PRIORS[key] = den  # no quantised form: float
+        except (RuntimeError, NotImplementedError, AssertionError) as exc:
+            warnings.warn(f"{den.name}: {scheme} kernels unavailable here ({exc}); the PMRF mean ran in float",
+                          RuntimeWarning, stacklevel=3)
+            _MEAN_PRIORS[key] = den
+    return _MEAN_PRIORS[key]
 
 
 @torch.no_grad()
