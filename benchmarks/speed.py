@@ -149,8 +149,8 @@ def main(argv=None):
     if args.targets:
         # ScoreDVI is left out by default (about 5 min a run at 256 px; --solvers scoredvi measures it);
         # RED-Diff's default is its int8 denoiser (its network runs forward-only); its float row stays for comparison
-        result = targets(args.solvers or [n for n in base.names() if n != "scoredvi"], photo,
-                         in_float=("reddiff",) if not args.solvers or "reddiff" in args.solvers else ())
+        chosen = args.solvers or [n for n in base.names() if n != "scoredvi"]
+        result = targets(chosen, photo, in_float=tuple(n for n in ("reddiff",) if n in chosen))
         cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
         print(table(result["rows"], cols))
         payload = {**result, "threads": torch.get_num_threads()}

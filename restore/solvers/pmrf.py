@@ -53,8 +53,9 @@ class PMRFSolver(Solver):
     paper = "Ohayon, Michaeli, Elad, Posterior-Mean Rectified Flow, ICLR 2025"
     # the paper's K = 25, with the posterior mean from RED-Diff's paper settings (the default mean uses its fast ones)
     presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}, "precision": "float"}}
-    # the flow runs forward-only: real int8 (2.8x faster per forward, PMRF's task -0.04 dB; benchmarks.quant)
-    default_quant = "int8"
+    # the flow runs forward-only, so int8 is allowed (`--quant int8`), but not the default: at 256 px it saved 1.7 s
+    # on denoising and lost 0.25 dB there (benchmarks.speed --targets --solvers pmrf), where bf16 (precision="auto")
+    # loses nothing
 
     def posterior_mean(self, y, physics, prior, generator, progress) -> torch.Tensor:
         from restore.priors import registry
