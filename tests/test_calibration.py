@@ -263,3 +263,29 @@ def test_real_noise_table_from_synthetic_camera_noise(tmp_path, clean_rgb, monke
     # other settings than the table's: the raw spread, said out loud
     with pytest.warns(cal.UncalibratedWarning, match="settings differ"):
         assert not Restorer("scoredvi", quant="none", iterations=5)(y, "denoise:real", samples=2).calibrated
+
+
+def test_cached_runs_are_rerun_when_the_prior_weights_change(tmp_path, monkeypatch):
+    """The calibration fit's run cache keys on the solvers' settings and the priors' digests: retrained weights
+    (same solver settings) rerun every unit instead of fitting on the old prior's outputs."""
+    from restore.train import calibration as cal
+
+    digest = {"value": "aaaa"}
+    calls = []
+
+    def fake_run_unit(restorer, fam, sigma, samples, i, name, x, role):
+        calls.append((role, i))
+        return {"role": role, "index": i, "seconds": 0.0, "x": x, "mean": x + 0.01,
+                "solvers": [{"name": "vble", "config": {"lr": 0.1}}], "priors": {"cae-natural-q2": digest["value"]}}
+
+    monkeypatch.setattr(cal, "run_unit", fake_run_unit)
+    units = [("cal", i, f"f{i}", torch.full((1, 3, 4, 4), 0.5)) for i in range(3)]
+    cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)
+    assert len(calls) == 3
+    calls.clear()
+    cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)  # same weights: one probe run, the rest from the cache
+    assert len(calls) == 1
+    calls.clear()
+    digest["value"] = "bbbb"
+    out = cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)
+    assert len(calls) == 1 + 3 and all(u["priors"] == {"cae-natural-q2": "bbbb"} for u in out)

@@ -65,19 +65,22 @@ def crops(files: list[Path], size: int, seed: int) -> list[torch.Tensor]:
 
 def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
     """Run (or read back) the solver on every (role, index, file, crop) unit of one cell."""
-    results, settings = [], None
+    results, settings, priors = [], None, None
     for role, i, name, x in units:
         path = cache / f"{fam}-{sigma:.5f}" / f"{role}-{i:03d}.pt"
         if path.exists():
             unit = torch.load(path, weights_only=True)
             if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
-                settings = solver_settings(run_unit(restorer, fam, sigma, samples, i, name, x, role)["solvers"])
-            if solver_settings(unit.get("solvers")) == settings:
+                fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
+                settings, priors = solver_settings(fresh["solvers"]), fresh["priors"]
+            # a unit cached before runs recorded their priors' digests is judged by the solver settings alone
+            if solver_settings(unit.get("solvers")) == settings and unit.get("priors", priors) == priors:
                 results.append(unit)
                 continue
-            print(f"{path}: cached with other solver settings, rerun", flush=True)
+            print(f"{path}: cached with other solver settings or prior weights, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-        settings = settings or solver_settings(unit["solvers"])
+        if settings is None:
+            settings, priors = solver_settings(unit["solvers"]), unit["priors"]
         save_atomic(unit, path)
         print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
@@ -105,7 +108,7 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
         extra["sigma_used"] = float(post.meta["estimated_noise_std"])
     return {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
             "spread": post.spread, "seconds": time.perf_counter() - t0,
-            "solvers": post.meta["provenance"]["solvers"], **extra}
+            "solvers": post.meta["provenance"]["solvers"], "priors": post.meta["provenance"]["priors"], **extra}
 
 
 def solver_settings(solvers: list[dict] | None) -> list | None:
