@@ -271,11 +271,29 @@ def _uncalibrated(post, reason: str, y: torch.Tensor, physics, task) -> None:
                   UncalibratedWarning, stacklevel=4)
 
 
+def table_mismatch(table: dict, prior: str, config: dict) -> str | None:
+    """Why ``table`` does not apply to a run of ``prior`` with solver ``config`` (its features, the prior's weights or
+    the solver's settings differ from what it was fitted on), or None when it applies."""
+    from restore import provenance
+    from restore.priors import registry
+
+    if table.get("features") != list(FEATURES):
+        return (f"{table['file']} was fitted on other per-pixel features than this version computes: refit it "
+                "(python -m restore.train.calibration)")
+    if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
+        return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
+    config = provenance.canonical(config)
+    changed = sorted(k for k in set(config) | set(table["solver_config"])
+                     if config.get(k) != table["solver_config"].get(k))
+    if changed:
+        return f"solver settings differ from the calibrated ones ({', '.join(changed)})"
+    return None
+
+
 def apply(post, y: torch.Tensor, physics, task) -> None:
     """Calibrate ``post`` in place when a table covers its solver, prior, settings and task: sets
     ``post.calibration`` and ``post.std`` (calibrated) and ``post.meta['uncertainty']`` (status, table, guarantee,
     self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning."""
-    from restore import provenance
     from restore.priors import registry
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
@@ -286,17 +304,8 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     fam, why = family(task)
     if fam is None:
         return fallback(why)
-    if table.get("features") != list(FEATURES):
-        return fallback(f"{table['file']} was fitted on other per-pixel features than this version computes: refit "
-                        "it (python -m restore.train.calibration)")
-    if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
-        return fallback(f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs "
-                        f"{table['prior_digest']})")
-    config = provenance.canonical(post.meta.get("config", {}))
-    changed = sorted(k for k in set(config) | set(table["solver_config"])
-                     if config.get(k) != table["solver_config"].get(k))
-    if changed:
-        return fallback(f"solver settings differ from the calibrated ones ({', '.join(changed)})")
+    if (reason := table_mismatch(table, prior, post.meta.get("config", {}))) is not None:
+        return fallback(reason)
     sigma = task.noise_sigma
     if fam == REAL_FAMILY:  # the cell is pooled over noise levels; the self-check needs the solver's estimate
         sigma = post.meta.get("estimated_noise_std")

@@ -213,6 +213,9 @@ def batch(
 @app.command("list")
 def list_all():
     """List solvers (with the tasks and priors they take), priors (and whether their files are here) and tasks."""
+    import dataclasses
+
+    from restore import calibration
     from restore.priors import registry
     from restore.solvers import base
     from restore.tasks import KINDS, PARAMS
@@ -221,9 +224,12 @@ def list_all():
     for name in base.names():
         cls = base.solver_class(name)
         scheme = cls.default_quant  # a quantised default prior has its own table (RED-Diff: score-natural@int8)
-        table = registry.calibration_table(name, registry.quantised_name(cls.default_prior, scheme))
-        calibrated = (f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})" if table
-                      else "uncalibrated (raw spread)")
+        prior = registry.quantised_name(cls.default_prior, scheme)
+        table = registry.calibration_table(name, prior)
+        stale = table and calibration.table_mismatch(table, prior, dataclasses.asdict(cls.config_cls()))
+        calibrated = ("uncalibrated (raw spread)" if not table else
+                      f"uncalibrated at its defaults: {stale}" if stale else
+                      f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
                    f"default prior: {cls.default_prior}{f' ({scheme})' if scheme else ''}; "

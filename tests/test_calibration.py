@@ -289,3 +289,37 @@ def test_cached_runs_are_rerun_when_the_prior_weights_change(tmp_path, monkeypat
     digest["value"] = "bbbb"
     out = cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)
     assert len(calls) == 1 + 3 and all(u["priors"] == {"cae-natural-q2": "bbbb"} for u in out)
+
+
+def test_table_mismatch_names_what_changed():
+    """The shipped PMRF table applies at PMRF's defaults; a changed setting or retrained weights are named (this is
+    also what `restore list` shows beside a solver whose table went stale)."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.solvers import base
+
+    table = registry.calibration_table("pmrf", "flow-natural")
+    defaults = dataclasses.asdict(base.get("pmrf").config)
+    assert calibration.table_mismatch(table, "flow-natural", defaults) is None
+    assert "(flow_steps)" in calibration.table_mismatch(table, "flow-natural", {**defaults, "flow_steps": 7})
+    assert "prior flow-natural changed" in calibration.table_mismatch({**table, "prior_digest": "0" * 16},
+                                                                       "flow-natural", defaults)
+
+
+@pytest.mark.parametrize("solver", ["langevin", "reddiff", "vble", "pmrf", "aps", "scoredvi"])
+def test_every_shipped_table_applies_at_its_solvers_defaults(solver):
+    """A default change or retrained weights without a refit would silently leave users uncalibrated: each solver's
+    shipped table must match its default settings and its default prior's current weights."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.solvers import base
+
+    cls = base.solver_class(solver)
+    prior = registry.quantised_name(cls.default_prior, cls.default_quant)
+    table = registry.calibration_table(solver, prior)
+    assert table is not None, f"no shipped table for {solver} with {prior}"
+    assert calibration.table_mismatch(table, prior, dataclasses.asdict(cls.config_cls())) is None
