@@ -35,6 +35,11 @@ def use_bf16(mode: str, device: torch.device | str = "cpu") -> bool:
     return mode == "bf16" or (mode == "auto" and native_bf16(device))
 
 
+def estimate_bf16(mode: str) -> bool:
+    """``use_bf16`` for cost estimates on this CPU: False for an unknown mode (the run itself reports that error)."""
+    return mode in MODES and use_bf16(mode)
+
+
 def autocast(enabled: bool, device: torch.device | str = "cpu"):
     """bf16 autocast on ``device`` when enabled, else a no-op context."""
     if not enabled:

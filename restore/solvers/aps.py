@@ -108,7 +108,7 @@ class APSSolver(Solver):
         # the first sample and ~1.6 for each further one (the tokenizer's decoder runs forward and backward per
         # sample); bf16 autocast on a CPU with native bf16 cuts that to about 0.9x (speed_targets.json: 268-297
         # forwards at K = 8 where the float formula says 302)
-        fast = precision.use_bf16(self.config.precision) if self.config.precision in precision.MODES else False
+        fast = precision.estimate_bf16(self.config.precision)
         return self.config.steps * self.config.inner_steps * (1.4 + 1.6 * (samples - 1)) * (0.9 if fast else 1.0)
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
@@ -128,10 +128,7 @@ class APSSolver(Solver):
         z = torch.full((k, gh, gw), tf.mask_id, dtype=torch.long, device=y.device)
         yk = y.expand(k, *y.shape[1:])
         n_pix = h_img * w_img
-        try:
-            bf16 = precision.use_bf16(cfg.precision, y.device)
-        except ValueError as exc:
-            raise SolverError(f"aps {exc}") from None
+        bf16 = self.bf16(y.device)
 
         def decode(e, fast=True):  # e (k, L, d) -> images (k, c, H, W), float32; fast: under the bf16 setting
             with precision.autocast(bf16 and fast, y.device):

@@ -81,6 +81,16 @@ class Solver:
         # as given, for provenance: replaying them shows whether defaults changed
         self.options = {**({"preset": preset} if preset is not None else {}), **overrides}
 
+    def bf16(self, device) -> bool:
+        """Whether this run's networks go under bf16 autocast: the config's ``precision`` ("auto" | "bf16" | "float")
+        resolved for ``device`` (restore.precision); a bad value is a SolverError naming this solver."""
+        from restore import precision
+
+        try:
+            return precision.use_bf16(self.config.precision, device)
+        except ValueError as exc:
+            raise SolverError(f"{self.name} {exc}") from None
+
     def preferred_quant(self) -> str | None:
         """The scheme to run when the user names none: :attr:`default_quant`, float under the paper preset."""
         return None if self.options.get("preset") == "paper" else self.default_quant

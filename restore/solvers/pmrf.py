@@ -92,10 +92,7 @@ class PMRFSolver(Solver):
     def _bf16(self, y, prior=None) -> bool:
         if prior is not None and prior.card.get("quantized"):
             return False  # an int8 flow is already the fast path; autocast would only add casts around it
-        try:
-            return precision.use_bf16(self.config.precision, y.device)
-        except ValueError as exc:
-            raise SolverError(f"pmrf {exc}") from None
+        return self.bf16(y.device)
 
     def steps_for(self, kind: str | None, card: dict) -> tuple[int, str]:
         """flow_steps for a task kind and the flow's card."""
@@ -115,7 +112,7 @@ class PMRFSolver(Solver):
         source = self.mean_source_for(task.kind)
         mean = 1.0 if source == "denoiser" else (base.get(source, **(self.config.mean_options or {}))
                                                  .cost(task, 1) or 0.0)
-        fast = precision.use_bf16(self.config.precision) if self.config.precision in precision.MODES else False
+        fast = precision.estimate_bf16(self.config.precision)
         # the flow network is the denoiser's size; bf16 autocast halves it (restore.precision)
         return mean + steps * samples * (0.5 if fast else 1.0)
 
