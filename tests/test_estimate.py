@@ -18,8 +18,9 @@ def test_work_counts_follow_the_settings():
     assert base.get("reddiff", preset="paper").cost(denoise, 8) == 100 * 8
     assert base.get("langevin").cost(denoise, 8) == 100 * 2  # two chains, thinned
     assert base.get("langevin", preset="paper").cost(denoise, 8) == 500 * 8
-    assert base.get("pmrf", flow_steps=3).cost(denoise, 8) == 1 + 3 * 8
-    assert base.get("pmrf", flow_steps=3).cost(sr, 8) == 50 + 1 + 3 * 8  # RED-Diff's mean, one run
+    assert base.get("pmrf", flow_steps=3, precision="float").cost(denoise, 8) == 1 + 3 * 8
+    assert base.get("pmrf", flow_steps=3, precision="bf16").cost(denoise, 8) == 1 + 3 * 8 / 2  # bf16 flow
+    assert base.get("pmrf", flow_steps=3, precision="float").cost(sr, 8) == 50 + 1 + 3 * 8  # RED-Diff's mean, one run
     for name in base.names():
         assert base.get(name).cost(denoise, 4) > 0, name
 

@@ -158,12 +158,13 @@ def test_pt2e_backend_int8_close_to_float(score, noisy):
 
 
 def test_solver_default_scheme_and_its_fallbacks(clean_rgb, monkeypatch):
-    """RED-Diff runs int8 when no scheme is named; "none", the paper preset and other solvers run float; a
+    """RED-Diff and Langevin run int8 when no scheme is named; "none", the paper preset and other solvers run float; a
     weight-free prior stays float silently; a machine without int8 kernels runs float with a note, never a crash."""
     assert Restorer("reddiff").quant == "int8" and Restorer("reddiff", quant="auto").quant == "int8"
     assert Restorer("reddiff", quant="none").quant is None
     assert Restorer("reddiff", preset="paper").quant is None
-    assert Restorer("langevin").quant is None and Restorer("pmrf").quant is None
+    assert Restorer("langevin").quant == "int8" and Restorer("langevin", preset="paper").quant is None
+    assert Restorer("pmrf").quant is None and Restorer("vble").quant is None
     assert Restorer("reddiff", prior="wavelet").prior().name == "wavelet"  # nothing to quantise: float, no error
     with pytest.raises(QuantError, match="cannot be quantised"):
         Restorer("reddiff", prior="wavelet", quant="int8").prior()  # named by the user: refused as before

@@ -129,6 +129,7 @@ class APSSolver(Solver):
         yk = y.expand(k, *y.shape[1:])
         n_pix = h_img * w_img
         bf16 = self.bf16(y.device)
+        tf_int8 = prior.card.get("quantized") == "int8"
 
         def decode(e, fast=True):  # e (k, L, d) -> images (k, c, H, W), float32; fast: under the bf16 setting
             with precision.autocast(bf16 and fast, y.device):
@@ -151,7 +152,7 @@ class APSSolver(Solver):
             with torch.no_grad():
                 # the first step's grids are all [MASK] in every chain: one transformer pass serves them all
                 same = i == cfg.steps
-                with precision.autocast(bf16, y.device):
+                with precision.autocast(bf16 and not tf_int8, y.device):  # int8 Linear kernels take float32 only
                     logits_pi = tf(z[:1] if same else z, window=cfg.window)
                 log_pi = F.log_softmax(logits_pi.float(), dim=-1)  # (k or 1, L, Kc)
                 log_pi = log_pi.expand(k, -1, -1) if same else log_pi
