@@ -740,7 +740,7 @@ def build_demo():
                                     elem_id="files")
 
             wire_inputs("", inp, simulate, tc, fc)
-            # the recommended solver per task (restore.api.RECOMMENDED): PMRF for every task the app offers
+            # the recommended solver per task (restore.api.RECOMMENDED): PMRF, RED-Diff for SR and inpainting
             tc.kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), tc.kind, solver,
                            **private)
             solver.change(priors_for, solver, prior, **private)

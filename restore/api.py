@@ -14,21 +14,25 @@ from restore.solvers import base
 from restore.tasks import Task, TaskError, parse
 
 DEFAULT_SOLVER = "pmrf"
-# The best fast choice per task when none is named (``recommended_solver``), from benchmarks/results/
-# quality_paper_quick.json (4 CBSD68 crops, default settings): PMRF has the best or near-best PSNR of the solvers that
-# run in seconds on denoising (29.5 dB vs TV 26.5), Gaussian deblurring (31.1 vs 30.3) and x4 SR (24.5 vs 24.5), and a
-# calibration table for every task family; VBLE leads on motion blur (26.0 vs PMRF 25.6, TV 24.8); only ScoreDVI
-# handles unknown real noise. On inpainting PMRF stays 0.2-0.5 dB below TV (a finding, see docs/benchmarks.md).
-# PMRF everywhere it runs (best or level PSNR of the fast solvers on 5 of 6 tasks, calibrated, seconds); ScoreDVI
-# for unknown real noise, which only it models. VBLE led motion blur until PMRF's fast mean levelled it (25.97 dB
-# both, PMRF 3x faster with 0.87 calibrated coverage against 0.61: quality_paper_quick.json, 2026-12-02).
-RECOMMENDED = {("denoise", "real"): "scoredvi"}
+# The best fast choice per task family when none is named (``recommended_solver``), chosen on the priors' held-out
+# BSD432 crops (benchmarks/results/recommended_heldout.json, from `python -m restore.train.tune --solver NAME
+# --images 3 --crop 128 --samples 4`: every solver at its defaults, all calibrated) and confirmed on the CBSD68 quick
+# crops (quality_paper_quick.json):
+# - PMRF for denoising and deblurring: best of the fast solvers on denoising (held-out 30.25 dB, RED-Diff 27.86) and
+#   Gaussian / motion blur (30.19 / 26.21 vs RED-Diff 29.78 / 26.15, Langevin 29.72 / 25.01), a few seconds at 256 px.
+# - RED-Diff for inpainting and super-resolution: +0.70 / +0.40 dB over PMRF on random / box inpainting and +0.10 on
+#   x4 SR held out (CBSD68 quick: +0.79 / +0.54 / +0.23, and above TV least squares on SR where PMRF is not), at about
+#   30-50 s for 8 samples at 256 px against PMRF's 3-6 s.
+# - ScoreDVI for unknown real noise, which only it models.
+# (kind, variant) entries win over (kind, None) ones; anything else gets DEFAULT_SOLVER.
+RECOMMENDED = {("denoise", "real"): "scoredvi", ("sr", None): "reddiff", ("inpaint", None): "reddiff"}
 
 
 def recommended_solver(task: str | Task) -> str:
-    """The solver used when none is named: :data:`RECOMMENDED` for the task's kind and variant, else PMRF."""
+    """The solver used when none is named: :data:`RECOMMENDED` for the task's kind and variant, or for its kind, else
+    :data:`DEFAULT_SOLVER` (PMRF)."""
     task = parse(task)
-    return RECOMMENDED.get((task.kind, task.variant), DEFAULT_SOLVER)
+    return RECOMMENDED.get((task.kind, task.variant), RECOMMENDED.get((task.kind, None), DEFAULT_SOLVER))
 
 
 class Restorer:

@@ -124,9 +124,12 @@ def test_draw_mask_and_inpaint(page, sample):
         page.mouse.move(cx - 40 + 80 * (i + 1) / 24, cy + 10 * np.sin(i / 3), steps=3)
         page.wait_for_timeout(20)
     page.mouse.up()
-    _fast(page)
+    # picking inpainting preset the recommended solver for it (restore.api.RECOMMENDED), RED-Diff, at its defaults
+    expect(page.locator("#solver input[value=reddiff]")).to_be_checked()
+    page.get_by_label("Posterior samples").first.fill("2")
     page.locator("#run").click()
     expect(page.locator("#info")).to_contain_text("inpaint:mask", timeout=120_000)
+    expect(page.locator("#metrics")).to_contain_text("reddiff")
     expect(page.locator("#mean img").first).to_be_visible()
     _shot(page, "inpaint")
 
