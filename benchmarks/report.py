@@ -157,14 +157,22 @@ def _app_load(data: dict) -> str:
                if data.get("rss_by_answered_MiB") else ""))
 
 
+def _priors(data: dict) -> str:
+    return ("**Where each prior stands against its target** (issue #22; from the cards and the priors' own benchmark "
+            "files; `gap_db` < 0: short of the target; the command that continues each training is in the JSON and "
+            "[priors.md](priors.md#where-each-prior-stands)); validation curves: "
+            "`benchmarks/results/priors_curves.png`\n\n"
+            + table(data["rows"], ["prior", "target", "now", "gap_db", "steps", "limited_by"]))
+
+
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
           "quality_vble_paper_quick": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise,
           "uncertainty_pmrf": _uncertainty, "uncertainty_vble": _uncertainty, "uncertainty_reddiff": _uncertainty,
-          "uncertainty_langevin": _uncertainty, "uncertainty": _uncertainty,
+          "uncertainty_langevin": _uncertainty, "uncertainty_aps": _uncertainty, "uncertainty": _uncertainty,
           "calibration": _calibration, "calibration_paper_quick": _calibration, "calibration_quick": _calibration,
-          "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
+          "priors": _priors, "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
           "aps": _single("APS ablation on held-out BSD432 crops (paper steps)"),
           "aps_quick": _single("APS ablation on held-out BSD432 crops (quick steps)"),
           "classical": _single("Classical baselines' weights (lambda / sigma^2), scanned on 4 held-out BSD432 training "

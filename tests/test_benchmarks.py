@@ -344,3 +344,33 @@ def test_speed_targets_are_compared_in_forward_units(monkeypatch):
         assert abs(r["forwards"] - r["seconds"] / (2 * speed.REFERENCE_FORWARD_S)) < 0.1
         assert r["meets"] == (r["forwards"] <= 10 / speed.REFERENCE_FORWARD_S + 0.05)
         assert np.isfinite(r["psnr"]) and r["target_s"] == 10
+
+
+def test_priors_status_reads_cards_and_prior_benchmarks(tmp_path, monkeypatch):
+    """benchmarks.priors: one row per shipped prior with its gap to the target, taken from the benchmark files (a
+    denoiser below DnCNN gives a negative gap), and the cards' validation curves continued by a fine-tune's log."""
+    from benchmarks import priors
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "denoiser.json").write_text(json.dumps({"rows": [
+        {"sigma_255": s, "psnr": p, "DnCNN (published)": d} for s, p, d in [(15, 33.8, 33.9), (25, 31.3, 31.24),
+                                                                            (50, 27.7, 27.95)]]}))
+    monkeypatch.setattr(priors, "RESULTS", results)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "score-natural.json").write_text(json.dumps({"steps": 3000, "validation_log": [
+        {"step": 1000, "val_psnr": {"25": 28.0}}, {"step": 2000, "val_psnr": {"25": 29.0}}]}))
+    (models / "cae-natural-q2.json").write_text(json.dumps({
+        "validation_log": [{"step": 1000, "psnr": 24.0, "bpp": 0.3}],
+        "fine_tune": {"validation_log": [{"step": 500, "psnr": 25.0, "bpp": 0.31}]}}))
+    rows = priors.main(["--models", str(models), "--out", str(tmp_path / "priors.json")])
+    assert [r["prior"] for r in rows] == ["score-natural", "cae-natural-q2", "cae-natural-q4", "flow-natural",
+                                          "tokens-natural"]
+    assert rows[0]["gap_db"] == -0.25 and "33.80 / 31.30 / 27.70" in rows[0]["now"]
+    assert all(r["continue_with"].startswith("python -m restore.train.") and r["limited_by"] for r in rows)
+    # no benchmark file: said, not invented
+    assert rows[3]["gap_db"] is None and rows[2]["now"] == rows[3]["now"] == "not measured"
+    saved = json.loads((tmp_path / "priors.json").read_text())
+    assert saved["curves"]["cae-natural-q2: held-out PSNR (dB)"] == [[1000, 24.0], [1500, 25.0]]
+    assert (tmp_path / "priors_curves.png").is_file()

@@ -1,5 +1,6 @@
 """The documentation: README.md stays a front page whose quick start runs, docs/ links resolve, and the benchmark
-report writes its generated tables into docs/benchmarks.md. Fast: no solver runs."""
+report writes its generated tables into docs/benchmarks.md, and every command the docs show parses. Fast: no solver
+runs."""
 
 import ast
 import importlib.util
@@ -162,3 +163,93 @@ def test_report_refuses_a_page_without_markers(tmp_path):
     with pytest.raises(SystemExit, match="lacks the markers"):
         report.main(["--page", str(page)])
     assert page.read_text() == "# no markers\n"
+
+
+# ---- every command the docs show parses with the options its program has ------------------------------------------
+
+DOC_PAGES = [*PAGES, REPO / "models" / "MODELS.md", REPO / "data" / "README.md"]
+
+
+def _doc_commands():
+    """(page, command, whole) for every `python -m ...` / `restore ...` command in the docs: whole = a line of a fenced
+    block (run as shown: it must parse completely), else inline code in prose (its options must exist)."""
+    for page in DOC_PAGES:
+        text = page.read_text()
+        for _, block in FENCE.findall(text):
+            for line in block.splitlines():
+                line = line.split(" #", 1)[0].strip()
+                if line.startswith(("python -m ", "restore ")):
+                    yield page, line, True
+        for m in re.finditer(r"`((?:python -m|restore) [^`]+)`", FENCE.sub("", text)):
+            yield page, " ".join(m.group(1).split()), False
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_docs_commands_parse(monkeypatch):
+    """Each documented command names a real module or `restore` subcommand, and its options parse there (argparse
+    mains are stopped right after parsing, click/typer commands only build their context): docs cannot rot silently.
+    "..." marks an elided command (skipped) and [...] an optional part (dropped)."""
+    import argparse
+    import importlib
+    import inspect
+
+    import click
+    import typer.main
+
+    from restore import cli
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse_args(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    group = typer.main.get_command(cli.app)
+
+    def python_module(where, module_name, args, whole):
+        main = getattr(importlib.import_module(module_name), "main", None)
+        if main is None:
+            return [f"{where}: {module_name} has no main() to parse its options"] if whole or args else []
+        try:
+            if inspect.signature(main).parameters:
+                main(args)
+            else:
+                monkeypatch.setattr("sys.argv", [module_name, *args])
+                main()
+            return [f"{where}: did not parse its arguments"]
+        except _Parsed:
+            return []
+        except SystemExit as e:
+            return [f"{where}: argparse refused it (exit {e.code})"]
+
+    problems, checked = [], 0
+    for page, line, whole in _doc_commands():
+        if "..." in line:
+            continue
+        argv = shlex.split(re.sub(r"\[[^\]]*\]", "", line))
+        where = f"{page.relative_to(REPO)}: {line}"
+        checked += 1
+        if argv[0] == "python":
+            problems += python_module(where, argv[2], argv[3:], whole)
+            continue
+        sub = argv[1] if argv[1] in cli.SUBCOMMANDS else "run"
+        rest = argv[2:] if argv[1] in cli.SUBCOMMANDS else argv[1:]
+        if sub == "bench" and rest and not rest[0].isupper():  # `restore bench NAME ARGS` runs benchmarks.NAME ARGS
+            problems += python_module(where, f"benchmarks.{rest[0]}", rest[1:], whole)
+            continue
+        command = group.commands[sub]
+        if whole:
+            try:
+                command.make_context(sub, list(rest))
+            except click.ClickException as e:
+                problems.append(f"{where}: {e.format_message()}")
+        else:
+            names = {o for p in command.params for o in getattr(p, "opts", [])}
+            problems += [f"{where}: restore {sub} has no option {t}" for t in rest
+                         if t.startswith("-") and t.split("=", 1)[0] not in names]
+    assert checked > 50, checked
+    assert not problems, "\n".join(problems)
