@@ -145,9 +145,22 @@ def summary_row(row: dict, results: list[dict], n: int, unit: str = "images") ->
         return {**row, "note": notes[0]}
     keys = [k for k in results[0] if isinstance(results[0][k], float)]
     row = {**row, **{k: sum(r[k] for r in results) / len(results) for k in keys}}
+    if "psnr" in keys and len(results) >= 2:
+        row["psnr_ci95"] = ci95_half_width([r["psnr"] for r in results])
     if len(results) < n:
         row["note"] = f"{len(results)}/{n} {unit} so far"
     return row
+
+
+def ci95_half_width(values: list[float]) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student's t, images as the unit): the
+    mean is known to about +- this much for images drawn like these."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return float(t.ppf(0.975, n - 1) * sd / n ** 0.5)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -404,8 +404,8 @@ def main(argv=None):
               + (f"PSNR {result['psnr']:.2f}" if "psnr" in result else result.get("note", "")), flush=True)
 
     run_units(todo, images, args.samples, args.device, args.jobs, finished, COST if trimmed else PAPER_COST)
-    cols = ["task", "method", "psnr", "ssim", "lpips", "coverage_90", "std_error_spearman", "sample_diversity",
-            "seconds", "note"]
+    cols = ["task", "method", "psnr", "psnr_ci95", "ssim", "lpips", "coverage_90", "std_error_spearman",
+            "sample_diversity", "seconds", "note"]
     print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))
     path = save(complete=True)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")

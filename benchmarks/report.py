@@ -31,7 +31,8 @@ def _denoiser(data: dict) -> str:
 
 
 def _quality(data: dict) -> str:
-    cols = ["task", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "sample_diversity", "seconds", "note"]
+    cols = ["task", "method", "psnr", "psnr_ci95", "ssim", "coverage_90", "std_error_spearman", "sample_diversity",
+            "seconds", "note"]
     kind = {"quality_quick": "quick settings: trimmed iterations",
             "quality_paper_quick": "every solver at its default (paper) settings, on the quick images",
             "quality": "every solver at its default (paper) settings"}.get(data.get("benchmark"), "")
@@ -39,7 +40,8 @@ def _quality(data: dict) -> str:
             "process)") if data.get("jobs") else ""
     return (f"**Solvers on CBSD68 crops{', ' + kind if kind else ''}** ({len(data['images'])} images, "
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "
-            f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval)"
+            f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval; psnr_ci95 = "
+            "half-width of the 95 % confidence interval of the mean PSNR across images)"
             + (f" Note: {data['note']}." if data.get("note") else "")
             + _partial(data)
             + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols))

@@ -72,6 +72,8 @@ def test_summarise_averages_images_and_marks_partial_pairs():
     assert rows[0] == {"task": "t", "method": "c", "note": "n/a: no"}
     assert rows[1]["psnr"] == 30.0 and rows[1]["note"] == "1/2 images so far"
     assert rows[2]["psnr"] == 21.0 and "note" not in rows[2]
+    # 95 % CI of the mean across images: t(0.975, 1) * sd / sqrt(2) = 12.706 * 1.414 / 1.414
+    assert rows[2]["psnr_ci95"] == pytest.approx(12.706, abs=1e-3) and "psnr_ci95" not in rows[1]
 
 
 def test_parallel_units_match_serial_ones(pairs):
