@@ -32,7 +32,12 @@ def recommended_solver(task: str | Task) -> str:
     """The solver used when none is named: :data:`RECOMMENDED` for the task's kind and variant, or for its kind, else
     :data:`DEFAULT_SOLVER` (PMRF)."""
     task = parse(task)
-    return RECOMMENDED.get((task.kind, task.variant), RECOMMENDED.get((task.kind, None), DEFAULT_SOLVER))
+    return recommended_for(task.kind, task.variant)
+
+
+def recommended_for(kind: str, variant: str) -> str:
+    """:func:`recommended_solver` for a task kind and variant (no parameters needed, e.g. for listings)."""
+    return RECOMMENDED.get((kind, variant), RECOMMENDED.get((kind, None), DEFAULT_SOLVER))
 
 
 class Restorer:

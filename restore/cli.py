@@ -215,7 +215,7 @@ def list_all():
     """List solvers (with the tasks and priors they take), priors (and whether their files are here) and tasks."""
     import dataclasses
 
-    from restore import calibration
+    from restore import api, calibration
     from restore.priors import registry
     from restore.solvers import base
     from restore.tasks import KINDS, PARAMS
@@ -238,11 +238,12 @@ def list_all():
     here = set(registry.available())
     for name, spec in registry.PRIORS.items():
         typer.echo(f"  {name:<16} {spec.kind:<9} {'ready' if name in here else 'missing weights'}  {spec.description}")
-    typer.echo("tasks (KIND:VARIANT:key=value,...; noise std on the [0, 1] scale):")
+    typer.echo("tasks (KIND:VARIANT:key=value,...; noise std on the [0, 1] scale; the solver run when none is named):")
     for kind, variants in KINDS.items():
         for v in variants:
             params = ",".join(f"{k}={'<required>' if d is None else d}" for k, d in PARAMS[(kind, v)].items())
-            typer.echo(f"  {kind}:{v}" + (f":{params}" if params else ""))
+            spec = f"{kind}:{v}" + (f":{params}" if params else "")
+            typer.echo(f"  {spec:<48} recommended: {api.recommended_for(kind, v)}")
 
 
 def _repo_on_path() -> Path:

@@ -116,6 +116,10 @@ def test_console_script_installed(tmp_path):
     assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout
     reddiff = next(line for line in res.stdout.splitlines() if line.strip().startswith("reddiff"))
     assert "presets: -O preset=paper" in reddiff
+    # each task variant names the solver that runs when none is given (restore.api.RECOMMENDED)
+    tasks = {line.split()[0].split(":")[0] + ":" + line.split()[0].split(":")[1]: line.split()[-1]
+             for line in res.stdout.splitlines() if "recommended:" in line}
+    assert tasks["sr:bicubic"] == "reddiff" and tasks["denoise:real"] == "scoredvi" and tasks["deblur:kernel"] == "pmrf"
 
 
 def test_bench_unknown_name_lists_known():
