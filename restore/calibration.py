@@ -5,7 +5,7 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
 
 1. **Error scale.** A per-pixel scale ``s_hat`` (1, C, H, W) > 0 from cheap signals of the run (:data:`FEATURES`):
    the samples' spread, the mean's local contrast, the data-fit residual A^T(y - A mean) (each at a few window
-   sizes), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with
+   sizes, window 1 = the pixel itself), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with
    ``w`` fitted per cell by least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
    get a useful scale from the other signals; the spread alone is not one.
 2. **Normalised scores** |x - mean| / s_hat on calibration images disjoint from the fit images. The image is the
@@ -39,9 +39,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FEATURES = ("bias", "log_spread_3", "log_spread_7", "log_grey_spread_5", "log_contrast_3", "log_contrast_5",
-            "log_contrast_9", "log_grey_contrast_5", "log_residual_3", "log_residual_5", "log_residual_11",
-            "log_unobserved_9", "log_unobserved_33", "brightness")
+FEATURES = ("bias", "log_spread_1", "log_spread_3", "log_spread_7", "log_grey_spread_5", "log_contrast_3",
+            "log_contrast_5", "log_contrast_9", "log_grey_contrast_5", "log_residual_3", "log_residual_5",
+            "log_residual_11", "log_residual_1", "log_unobserved_1", "log_unobserved_9", "log_unobserved_33", "brightness")
+# The per-pixel signals new tables are fitted on. A table lists the ones it was fitted on and is applied with those,
+# so tables fitted before a signal was added keep working (those before 2026-12-03 lack the unsmoothed spread and
+# observed-pixel signals, window 1, which let a std map separate observed from missing pixels in random inpainting).
 # probabilities at which each calibration image's score quantile function is stored: 0.01 steps up to 0.9, then
 # 0.001 steps, so the tails behind 90-99.9 % intervals are resolved
 SCORE_PROBS = np.concatenate([np.linspace(0.0, 0.9, 91), np.linspace(0.9, 1.0, 101)[1:]])
@@ -90,28 +93,58 @@ def local_std(x: torch.Tensor, k: int) -> torch.Tensor:
     return (_box(x**2, k) - _box(x, k) ** 2).clamp_min(0).sqrt()
 
 
-def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
-    """The per-pixel signals behind the error scale (:data:`FEATURES`), (len(FEATURES), C, H, W) for a (1, C, H, W)
-    mean: the spread and the mean's local contrast (per channel and channel-averaged) and the data-fit residual
-    A^T(y - A mean) at a few window sizes, how much of the neighbourhood the operator observes, the brightness.
+def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
+             names: tuple[str, ...] | list[str] = FEATURES) -> torch.Tensor:
+    """The per-pixel signals behind the error scale, (len(names), C, H, W) for a (1, C, H, W) mean, in the order of
+    ``names`` (default :data:`FEATURES`; a table passes its own list): the spread and the mean's local contrast (per
+    channel and channel-averaged) and the data-fit residual A^T(y - A mean) at a few window sizes, how much of the
+    neighbourhood the operator observes, the brightness. A name is ``log_<signal>_<window>``, "bias" or "brightness".
 
     mean, spread: the solver's estimate and its samples' std, [0, 1] units; y: the observation; physics: its
     deepinv operator (noiseless ``A`` / ``A_adjoint`` are used)."""
     with torch.no_grad():
-        residual = physics.A_adjoint(y - physics.A(mean)) ** 2
-        observed = physics.A_adjoint(physics.A(torch.ones_like(mean)))
-        observed = observed / observed.amax().clamp_min(1e-12)
-        grey = mean.mean(1, keepdim=True).expand_as(mean)
-        grey_spread = spread.mean(1, keepdim=True).expand_as(mean)
         log = lambda t: torch.log(t + EPS)  # noqa: E731
-        feats = [torch.ones_like(mean), log(_box(spread, 3)), log(_box(spread, 7)), log(_box(grey_spread, 5)),
-                 log(local_std(mean, 3)), log(local_std(mean, 5)), log(local_std(mean, 9)),
-                 log(local_std(grey, 5)),
-                 log(_box(residual, 3).sqrt()), log(_box(residual, 5).sqrt()), log(_box(residual, 11).sqrt()),
-                 torch.log(1 + 1e-2 - _box(observed, 9).clamp(0, 1)),
-                 torch.log(1 + 1e-2 - _box(observed, 33).clamp(0, 1)),
-                 mean]
-    return torch.cat(feats, 0)
+        cache = {}
+
+        def once(key, make):
+            if key not in cache:
+                cache[key] = make()
+            return cache[key]
+
+        def observed():
+            o = physics.A_adjoint(physics.A(torch.ones_like(mean)))
+            return o / o.amax().clamp_min(1e-12)
+
+        def signal(name: str) -> torch.Tensor:
+            if name == "bias":
+                return torch.ones_like(mean)
+            if name == "brightness":
+                return mean
+            kind, _, size = name.rpartition("_")
+            k = int(size)
+            if kind == "log_spread":
+                return log(_box(spread, k))
+            if kind == "log_grey_spread":
+                return log(_box(spread.mean(1, keepdim=True).expand_as(mean), k))
+            if kind == "log_contrast":
+                return log(local_std(mean, k))
+            if kind == "log_grey_contrast":
+                return log(local_std(mean.mean(1, keepdim=True).expand_as(mean), k))
+            if kind == "log_residual":
+                residual = once("residual", lambda: physics.A_adjoint(y - physics.A(mean)) ** 2)
+                return log(_box(residual, k).sqrt())
+            if kind == "log_unobserved":
+                return torch.log(1 + 1e-2 - _box(once("observed", observed), k).clamp(0, 1))
+            raise ValueError(f"unknown calibration feature {name!r}")
+
+        return torch.cat([signal(n) for n in names], 0)
+
+
+def known_feature(name: str) -> bool:
+    """Whether :func:`features` computes ``name`` (a table naming another one needs a newer restore)."""
+    kinds = ("log_spread", "log_grey_spread", "log_contrast", "log_grey_contrast", "log_residual", "log_unobserved")
+    kind, _, size = name.rpartition("_")
+    return name in ("bias", "brightness") or (kind in kinds and size.isdigit() and int(size) % 2 == 1)
 
 
 def scale_map(weights, feats: torch.Tensor) -> torch.Tensor:
@@ -277,9 +310,15 @@ def table_mismatch(table: dict, prior: str, config: dict) -> str | None:
     from restore import provenance
     from restore.priors import registry
 
-    if table.get("features") != list(FEATURES):
-        return (f"{table['file']} was fitted on other per-pixel features than this version computes: refit it "
-                "(python -m restore.train.calibration)")
+    unknown = [n for n in table.get("features") or ["(none listed)"] if not known_feature(n)]
+    if unknown:
+        return (f"{table['file']} was fitted on per-pixel features this version does not compute "
+                f"({', '.join(unknown)}): refit it (python -m restore.train.calibration)")
+    bad = [f"{c.get('family')} {c.get('sigma')}" for c in table.get("cells", [])
+           if len(c.get("weights", ())) != len(table["features"])]
+    if bad:
+        return (f"{table['file']} is damaged: cells {', '.join(bad)} do not have one weight per feature "
+                f"({len(table['features'])}); refit it (python -m restore.train.calibration)")
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
     config = provenance.canonical(config)
@@ -326,7 +365,7 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
                         f"calibrated ones; refit {table['file']} (python -m restore.train.calibration)")
     if post.n_samples != table["n_samples"]:
         status, note = "approximate", f"{note}; calibrated with {table['n_samples']} samples, run with {post.n_samples}"
-    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics))
+    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics, table["features"]))
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     cal = Calibration(scale * widening, np.asarray(cell["scores"]), status, table["file"], note,

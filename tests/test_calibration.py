@@ -306,6 +306,37 @@ def test_table_mismatch_names_what_changed():
     assert "(flow_steps)" in calibration.table_mismatch(table, "flow-natural", {**defaults, "flow_steps": 7})
     assert "prior flow-natural changed" in calibration.table_mismatch({**table, "prior_digest": "0" * 16},
                                                                        "flow-natural", defaults)
+    odd = calibration.table_mismatch({**table, "features": ["bias", "log_sharpness_3"]}, "flow-natural", defaults)
+    assert "does not compute (log_sharpness_3)" in odd and table["file"] in odd
+    cut = {**table, "cells": [{**table["cells"][0], "weights": table["cells"][0]["weights"][:-1]}]}
+    assert "is damaged" in calibration.table_mismatch(cut, "flow-natural", defaults)
+
+
+def test_a_table_is_applied_with_the_features_it_was_fitted_on():
+    """Tables list their per-pixel signals by name and are applied with exactly those: one fitted before a signal was
+    added (the 14 of 2026-12-02) gets its own 14, each the same map as in today's full set. The unsmoothed signals
+    (window 1) tell observed from missing pixels in random inpainting, which no smoothed one can."""
+    from restore.tasks import parse
+
+    g = torch.Generator().manual_seed(0)
+    physics = parse("inpaint:random:missing=0.5,noise=0.01").physics((1, 3, 32, 32))
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    y = physics(x)
+    mean, spread = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1), 0.1 * torch.rand(x.shape, generator=g)
+    full = cal.features(mean, spread, y, physics)
+    old = ["bias", "log_spread_3", "log_spread_7", "log_grey_spread_5", "log_contrast_3", "log_contrast_5",
+           "log_contrast_9", "log_grey_contrast_5", "log_residual_3", "log_residual_5", "log_residual_11",
+           "log_unobserved_9", "log_unobserved_33", "brightness"]
+    assert set(old) < set(cal.FEATURES) and all(cal.known_feature(n) for n in cal.FEATURES)
+    subset = cal.features(mean, spread, y, physics, old)
+    assert subset.shape[0] == 14
+    for i, name in enumerate(old):
+        assert torch.equal(subset[i], full[cal.FEATURES.index(name)]), name
+    missing = physics.A(torch.ones_like(x)) == 0
+    unobserved = full[cal.FEATURES.index("log_unobserved_1")][None]
+    assert unobserved[missing].min() > unobserved[~missing].max()  # exactly the missing pixels stand out
+    with pytest.raises(ValueError, match="unknown calibration feature"):
+        cal.features(mean, spread, y, physics, ["log_sharpness_3"])
 
 
 @pytest.mark.parametrize("solver", ["langevin", "reddiff", "vble", "pmrf", "aps", "scoredvi"])
