@@ -11,7 +11,7 @@ Each calibrated solver (a table in ``models/calibration/``) runs at its defaults
 Per task: PSNR, coverage of the 50/90/95 % intervals raw (the samples' spread) and calibrated, the fraction of
 images below 90 - 3 % coverage, mean 90 % interval width, std-|error| Spearman raw and calibrated beside its
 ceiling (the same rank correlation for the true error's own local RMS in a 5x5 window: no smooth std map can do
-much better), how well the predicted PSNR ranks the actual PSNR across images, and how often the self-check flags
+much better; a per-pixel signal such as the inpainting mask can), how well the predicted PSNR ranks the actual PSNR across images, and how often the self-check flags
 a result. A reliability diagram (nominal vs empirical coverage, raw and calibrated) goes beside the JSON.
 """
 
@@ -143,6 +143,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from restore.api import Restorer
+    from restore.tasks import parse
 
     out = Path(args.out) if args.out else RESULTS / "uncertainty.json"
     units = json.loads(out.read_text())["units"] if args.resume and out.exists() else []
@@ -171,6 +172,9 @@ def main(argv=None):
         for name in chosen:
             folder, specs = sets[name]
             for task, spec in specs.items():
+                if (why := restorer.solver.supports(parse(spec))) is not None:
+                    print(f"{name} {solver} {task}: skipped ({why})", flush=True)  # e.g. ScoreDVI beyond denoising
+                    continue
                 for i, (fname, truth) in enumerate(images[folder]):
                     if (name, solver, task, fname) in done:
                         continue
