@@ -11,8 +11,8 @@ Each calibrated solver (a table in ``models/calibration/``) runs at its defaults
 Per task: PSNR, coverage of the 50/90/95 % intervals raw (the samples' spread) and calibrated, the fraction of
 images below 90 - 3 % coverage, mean 90 % interval width, std-|error| Spearman raw and calibrated beside its
 ceiling (the same rank correlation for the true error's own local RMS in a 5x5 window: no smooth std map can do
-much better; a per-pixel signal such as the inpainting mask can), how well the predicted PSNR ranks the actual PSNR across images, and how often the self-check flags
-a result. A reliability diagram (nominal vs empirical coverage, raw and calibrated) goes beside the JSON.
+much better; a per-pixel signal such as the inpainting mask can), how well the predicted PSNR ranks the actual PSNR
+across images, and how often the self-check flags a result. A reliability diagram (nominal vs empirical coverage, raw and calibrated) goes beside the JSON.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ DEFAULT_SOLVER = "pmrf"
 # - PMRF for denoising and deblurring: best of the fast solvers on denoising (held-out 30.25 dB, RED-Diff 27.86) and
 #   Gaussian / motion blur (30.19 / 26.21 vs RED-Diff 29.78 / 26.15, Langevin 29.72 / 25.01), a few seconds at 256 px.
 # - RED-Diff for inpainting and super-resolution: +0.70 / +0.40 dB over PMRF on random / box inpainting and +0.10 on
-#   x4 SR held out (CBSD68 quick: +0.79 / +0.54 / +0.23, and above TV least squares on SR where PMRF is not), at about
+#   x4 SR held out (CBSD68 quick: +0.79 / +0.54 / +0.23, and above TV least squares on SR where PMRF is not), at
 #   about 30 s for 8 samples at 256 px (denoising; x4 SR runs 50 steps instead of 30) against PMRF's 2.5-5.6 s.
 # - ScoreDVI for unknown real noise, which only it models.
 # (kind, variant) entries win over (kind, None) ones; anything else gets DEFAULT_SOLVER.

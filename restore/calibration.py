@@ -5,8 +5,8 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
 
 1. **Error scale.** A per-pixel scale ``s_hat`` (1, C, H, W) > 0 from cheap signals of the run (:data:`FEATURES`):
    the samples' spread, the mean's local contrast, the data-fit residual A^T(y - A mean) (each at a few window
-   sizes, window 1 = the pixel itself), how much of the neighbourhood the operator observes, the brightness. ``log s_hat = w . features``, with
-   ``w`` fitted per cell by least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
+   sizes, window 1 = the pixel itself), how much of the neighbourhood the operator observes, the brightness.
+   ``log s_hat = w . features``, with ``w`` fitted per cell by least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
    get a useful scale from the other signals; the spread alone is not one.
 2. **Normalised scores** |x - mean| / s_hat on calibration images disjoint from the fit images. The image is the
    unit: each calibration image keeps its score quantile function, and L_i(l) = fraction of image i's pixels whose
@@ -41,7 +41,10 @@ import torch.nn.functional as F
 
 FEATURES = ("bias", "log_spread_1", "log_spread_3", "log_spread_7", "log_grey_spread_5", "log_contrast_3",
             "log_contrast_5", "log_contrast_9", "log_grey_contrast_5", "log_residual_3", "log_residual_5",
-            "log_residual_11", "log_residual_1", "log_unobserved_1", "log_unobserved_9", "log_unobserved_33", "brightness")
+            "log_residual_11", "log_residual_1", "log_unobserved_1", "log_unobserved_9", "log_unobserved_33",
+            "brightness")
+# the windowed signals a feature name can ask for, ``<kind>_<odd window>``
+WINDOWED = ("log_spread", "log_grey_spread", "log_contrast", "log_grey_contrast", "log_residual", "log_unobserved")
 # The per-pixel signals new tables are fitted on. A table lists the ones it was fitted on and is applied with those,
 # so tables fitted before a signal was added keep working (those before 2026-12-03 lack the unsmoothed spread and
 # observed-pixel signals, window 1, which let a std map separate observed from missing pixels in random inpainting).
@@ -116,6 +119,8 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
             return o / o.amax().clamp_min(1e-12)
 
         def signal(name: str) -> torch.Tensor:
+            if not known_feature(name):
+                raise ValueError(f"unknown calibration feature {name!r}")
             if name == "bias":
                 return torch.ones_like(mean)
             if name == "brightness":
@@ -133,18 +138,15 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
             if kind == "log_residual":
                 residual = once("residual", lambda: physics.A_adjoint(y - physics.A(mean)) ** 2)
                 return log(_box(residual, k).sqrt())
-            if kind == "log_unobserved":
-                return torch.log(1 + 1e-2 - _box(once("observed", observed), k).clamp(0, 1))
-            raise ValueError(f"unknown calibration feature {name!r}")
+            return torch.log(1 + 1e-2 - _box(once("observed", observed), k).clamp(0, 1))  # log_unobserved
 
         return torch.cat([signal(n) for n in names], 0)
 
 
 def known_feature(name: str) -> bool:
     """Whether :func:`features` computes ``name`` (a table naming another one needs a newer restore)."""
-    kinds = ("log_spread", "log_grey_spread", "log_contrast", "log_grey_contrast", "log_residual", "log_unobserved")
     kind, _, size = name.rpartition("_")
-    return name in ("bias", "brightness") or (kind in kinds and size.isdigit() and int(size) % 2 == 1)
+    return name in ("bias", "brightness") or (kind in WINDOWED and size.isdigit() and int(size) % 2 == 1)
 
 
 def scale_map(weights, feats: torch.Tensor) -> torch.Tensor:
