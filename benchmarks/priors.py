@@ -15,9 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import REPO, table, write_results
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.common import REPO, RESULTS, table, write_results
 
 # What held each prior back, judged from its card and curve (see docs/priors.md); the numbers are in the rows.
 LIMITS = {

@@ -70,6 +70,12 @@ def test_docs_readme_is_a_front_page():
     assert "RESULTS:BEGIN" not in README.read_text(), "the generated tables live in docs/benchmarks.md"
 
 
+def _unknown_options(command, args: list[str]) -> list[str]:
+    """The options in ``args`` that the click ``command`` does not define."""
+    names = {o for p in command.params for o in getattr(p, "opts", [])}
+    return [t for t in args if t.startswith("-") and t.split("=", 1)[0] not in names]
+
+
 def _commands(block: str):
     for line in block.splitlines():
         line = line.split(" #", 1)[0].strip()
@@ -99,10 +105,8 @@ def test_docs_readme_commands_exist():
         elif argv[0] == "restore":
             sub = argv[1] if argv[1] in cli.SUBCOMMANDS else "run"  # `restore IMAGE ...` is `restore run IMAGE ...`
             assert sub in group.commands, f"restore {sub} is not a subcommand"
-            names = {o for p in group.commands[sub].params for o in getattr(p, "opts", [])}
-            for tok in argv[2:]:
-                if tok.startswith("-"):
-                    assert tok.split("=", 1)[0] in names, f"restore {sub} has no option {tok}: {' '.join(argv)}"
+            bad = _unknown_options(group.commands[sub], argv[2:])
+            assert not bad, f"restore {sub} has no option {', '.join(bad)}: {' '.join(argv)}"
             for flag in ("-t", "--task"):
                 if flag in argv:
                     parse(argv[argv.index(flag) + 1])
@@ -248,8 +252,6 @@ def test_docs_commands_parse(monkeypatch):
             except click.ClickException as e:
                 problems.append(f"{where}: {e.format_message()}")
         else:
-            names = {o for p in command.params for o in getattr(p, "opts", [])}
-            problems += [f"{where}: restore {sub} has no option {t}" for t in rest
-                         if t.startswith("-") and t.split("=", 1)[0] not in names]
+            problems += [f"{where}: restore {sub} has no option {t}" for t in _unknown_options(command, rest)]
     assert checked > 50, checked
     assert not problems, "\n".join(problems)
