@@ -121,12 +121,13 @@ def _default_scheme(cfg: dict) -> str | None:
         return None
 
 
-def previous_results(path, settings: dict, carry=()) -> Previous:
+def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
     samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
     also dropped when that no longer holds (``restore.stale.reasons``: a solver default or a prior's weights or
     card changed since); results from before provenance was recorded are kept as they are. Methods named in
-    ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched."""
+    ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched; the results
+    of the tasks in ``rerun`` are dropped for the methods being run (a code change provenance cannot see)."""
     from restore import stale
     from restore.priors import registry
 
@@ -154,6 +155,9 @@ def previous_results(path, settings: dict, carry=()) -> Previous:
             kept.append(r)
             continue
         if r["method"] not in settings["methods"] or r["method"] in changed:
+            continue
+        if r.get("task") in rerun:
+            stale.setdefault(r["method"], [f"--rerun {' '.join(rerun)}"])
             continue
         why = list(reasons.get(r.get("provenance"), []))
         ran = {registry.split_name(n)[1] for n in table_.get(r.get("provenance"), {}).get("priors", {})}
@@ -345,6 +349,9 @@ def main(argv=None):
                     help="keep the results already in the output file (same images, crop, samples and tasks; methods "
                          "whose settings changed are rerun) and run only the missing task x method x image units; "
                          "the file is rewritten after every unit")
+    ap.add_argument("--rerun", nargs="*", default=[], metavar="TASK",
+                    help="with --resume: run these tasks' units again for the methods being run, e.g. after a code "
+                         "change that the results' provenance does not record")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -356,6 +363,11 @@ def main(argv=None):
     subset = args.subset or ("quick" if args.quick else "all")
     images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
+    if set(args.rerun) - set(all_tasks):
+        raise SystemExit(f"--rerun: unknown task(s) {', '.join(sorted(set(args.rerun) - set(all_tasks)))}; "
+                         f"known: {', '.join(all_tasks)}")
+    if args.rerun and not args.resume:
+        raise SystemExit("--rerun needs --resume (without it every unit runs anyway)")
     trimmed = args.quick and not args.paper_settings
     defined = methods(trimmed)
     if args.methods and set(args.methods) - set(defined):
@@ -371,7 +383,8 @@ def main(argv=None):
     file_methods = all_methods  # what the file holds: with --methods and --resume, the other methods' rows stay
     if args.resume:
         prev = previous_results(args.out or RESULTS / f"{name}.json", settings,
-                                carry=[m for m in defined if m not in all_methods] if args.methods else ())
+                                carry=[m for m in defined if m not in all_methods] if args.methods else (),
+                                rerun=args.rerun)
         per_image, prev_seconds, provenances = prev.kept, prev.seconds, prev.provenances
         file_methods = {m: all_methods.get(m) or prev.carried[m] for m in defined
                         if m in all_methods or m in prev.carried}

@@ -107,6 +107,9 @@ def test_resume_keeps_unchanged_methods_and_reruns_changed_ones(tmp_path):
     only_b = {**settings, "methods": {"b": settings["methods"]["b"]}}
     prev = quality.previous_results(path, only_b, carry=["a"])
     assert [r["method"] for r in prev.kept] == ["a", "b"] and prev.carried == {"a": settings["methods"]["a"]}
+    # --rerun t: b's results of task t run again (a code change), the carried a's stay
+    prev = quality.previous_results(path, only_b, carry=["a"], rerun=["t"])
+    assert [r["method"] for r in prev.kept] == ["a"] and prev.stale == {"b": ["--rerun t"]}
 
 
 def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path):

@@ -116,3 +116,25 @@ def test_effective_sigma_for_poisson():
     assert parse("denoise:gaussian:sigma=0.1").effective_sigma(y) == pytest.approx(0.1)
     assert parse("denoise:poisson:gain=0.02").effective_sigma(y) == pytest.approx((0.02 * 0.5) ** 0.5, rel=1e-4)
     assert isinstance(parse("sr:x2"), Task)
+
+
+def test_membrane_fill_keeps_observed_and_bridges_a_box_smoothly():
+    from restore.solvers.base import initial_estimate, membrane_fill
+
+    # a linear ramp is harmonic, so the membrane through the hole's border is the ramp itself
+    h = w = 64
+    ramp = (torch.linspace(0.1, 0.9, w)[None, :] * 0.6 + torch.linspace(0.0, 0.3, h)[:, None]).expand(1, 3, h, w)
+    mask = torch.ones(1, 3, h, w)
+    mask[..., 16:48, 20:52] = 0
+    y = ramp * mask
+    filled = membrane_fill(y, mask)
+    assert filled.shape == y.shape
+    assert torch.equal(filled[mask > 0], ramp[mask > 0].clamp(0, 1))
+    assert float((filled - ramp).abs().max()) < 0.02
+    # the estimate every solver starts inpainting from is this fill; a full mask changes nothing
+    physics = parse("inpaint:box:size=0.5,noise=0").physics((1, 3, h, w))
+    start = initial_estimate(ramp * physics.mask, physics)
+    assert float((start - ramp).abs().max()) < 0.02
+    assert torch.equal(membrane_fill(ramp, torch.ones_like(ramp)), ramp.clamp(0, 1))
+    # nothing observed at all: mid-grey, not NaN
+    assert torch.allclose(membrane_fill(ramp, torch.zeros_like(ramp)), torch.full_like(ramp, 0.5))
