@@ -413,7 +413,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     at_risk = viz.save_risk_overlay(post, res / "at_risk.png")
     u = post.meta.get("uncertainty", {})
     alarm = (u.get("status") in (None, "uncalibrated") or u.get("self_check", {}).get("verdict") == "poor fit"
-             or "warning" in u)
+             or "warning" in u or "settings_warning" in post.meta)
     uncertainty = describe_uncertainty(post.meta)
     uncertainty = f"\n\n{'**' + uncertainty + '**' if alarm else uncertainty}. Regions at risk (90 % interval " \
                   f"wider than the local signal): {100 * at_risk:.1f} % of the image."

@@ -128,8 +128,10 @@ def uncertainty_columns(meta: dict) -> dict:
 def describe_uncertainty(meta: dict) -> str:
     """One line for people: is the std calibrated, by what, and does the result explain its observation."""
     u = meta.get("uncertainty", {})
+    settings = f"; WARNING: {meta['settings_warning']}" if meta.get("settings_warning") else ""
     if u.get("status") in (None, "uncalibrated"):
-        return f"uncertainty: NOT calibrated ({u.get('reason', 'no calibration applied')}): std is the raw sample spread"
+        return (f"uncertainty: NOT calibrated ({u.get('reason', 'no calibration applied')}): std is the raw sample "
+                f"spread{settings}")
     check = u["self_check"]
     line = (f"uncertainty: {u['status']} by {u['table']} ({u['cell']}); predicted PSNR {u['predicted_psnr']:.1f} dB; "
             f"self-check {check['verdict']} (chi2 ratio {check['chi2_ratio']:.3g}, calibration images "
@@ -139,7 +141,7 @@ def describe_uncertainty(meta: dict) -> str:
                  f"x{u['widening']:.2f}")
     if "warning" in u:
         line += f"; WARNING: {u['warning']}"
-    return line
+    return line + settings
 
 
 _RESTORERS: dict = {}

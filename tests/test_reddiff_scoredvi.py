@@ -172,3 +172,27 @@ def test_scoredvi_warm_start_default_and_paper_preset(clean_rgb, score):
     assert fast.cost(parse("denoise:real"), 8) < slow.cost(parse("denoise:real"), 8) / 10
     with pytest.raises(base.SolverError, match="start must be 'noisy', 'denoised' or None"):
         _run("scoredvi", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1, iterations=1, start="zero")
+
+
+def test_too_few_steps_warn_with_the_reason_and_reach_the_uncertainty_line(clean_rgb, score):
+    """Below a solver's accuracy floor the run goes ahead, says why it may be poor (warning, meta, the one line the
+    CLI and the app print); defaults, presets and values at the floor stay quiet."""
+    import warnings
+
+    from restore.batch import describe_uncertainty
+
+    with pytest.warns(RuntimeWarning, match=r"reddiff steps=5 is below 20, .*accuracy_floors.json"):
+        solver = base.get("reddiff", steps=5)
+    with pytest.warns(RuntimeWarning, match="scoredvi iterations=10 is below 40"):
+        base.get("scoredvi", iterations=10)
+    with pytest.warns(RuntimeWarning, match="langevin iterations=20 is below 50"):
+        base.get("langevin", iterations=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for name, opts in [("reddiff", {}), ("reddiff", {"steps": 20}), ("reddiff", {"preset": "paper"}),
+                           ("scoredvi", {"iterations": 40}), ("langevin", {"preset": "paper"})]:
+            assert base.get(name, **opts).settings_warning() is None
+    y, physics = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    post = solver(y, physics, score, n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert "steps=5 is below 20" in post.meta["settings_warning"]
+    assert "WARNING: reddiff steps=5 is below 20" in describe_uncertainty(post.meta)

@@ -99,3 +99,18 @@ def test_early_stopping_stops_sooner_at_the_same_quality(clean_rgb, monkeypatch)
     assert paper.meta["iterations_run"] == 300 and early.meta["iterations_run"] < 300
     assert abs(float(psnr(early.mean, clean_rgb)) - float(psnr(paper.mean, clean_rgb))) < 0.5
     assert float(psnr(early.mean, clean_rgb)) > float(psnr(y, clean_rgb)) + 2
+
+
+def test_inpainting_runs_its_own_short_count_and_the_paper_preset_restores_400(clean_rgb, monkeypatch):
+    """Inpainting stops at inpaint_iterations (the hole drifts on longer runs); cost() follows; preset=paper: 400."""
+    task = parse("inpaint:box:size=0.3,noise=0.01")
+    monkeypatch.delenv("RESTORE_MODELS", raising=False)
+    y, physics = task.simulate(clean_rgb, torch.Generator().manual_seed(0))
+    post = base.get("vble", stat_samples=4)(y, physics, registry.load("cae-natural-q2"), n_samples=2,
+                                            generator=torch.Generator().manual_seed(0))
+    assert post.meta["iterations"] == 40 and post.meta["iterations_run"] == 40
+    default, paper = base.get("vble"), base.get("vble", preset="paper")
+    assert default.config.inpaint_iterations == 40 and paper.config.inpaint_iterations is None
+    assert default.cost(task, 8) == pytest.approx(40 * 0.73)  # too short for early stopping to cut
+    assert paper.cost(task, 8) == pytest.approx(400 * 0.73)
+    assert default.cost(parse("sr:x2"), 8) == pytest.approx(300 * 0.73 * 0.35)

@@ -21,6 +21,7 @@ import importlib
 import math
 import platform
 import time
+import warnings
 from typing import Callable, ClassVar
 
 import torch
@@ -65,6 +66,9 @@ class Solver:
     paper: ClassVar[str] = ""
     # named option sets; "paper" restores the paper's own settings where our defaults trade them for speed
     presets: ClassVar[dict[str, dict]] = {}
+    # accuracy floors: option -> (the smallest value measured within 1 dB of the defaults' PSNR on every task of a
+    # held-out scan, that scan's command); an explicit value below it runs, with a warning (``settings_warning``)
+    work_floor: ClassVar[dict[str, tuple[int, str]]] = {}
 
     def __init__(self, config=None, preset: str | None = None, **overrides):
         base = config if config is not None else self.config_cls()
@@ -80,6 +84,19 @@ class Solver:
         self.config = dataclasses.replace(base, **chosen)
         # as given, for provenance: replaying them shows whether defaults changed
         self.options = {**({"preset": preset} if preset is not None else {}), **overrides}
+        if self.settings_warning():
+            warnings.warn(self.settings_warning(), RuntimeWarning, stacklevel=3)
+
+    def settings_warning(self) -> str | None:
+        """Why the explicitly given options cannot be trusted to reach the defaults' quality (one below its
+        :attr:`work_floor`), or None. Also in ``Posterior.meta['settings_warning']`` and the uncertainty line."""
+        notes = []
+        for option, (floor, scan) in self.work_floor.items():
+            value = self.options.get(option)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < floor:
+                notes.append(f"{self.name} {option}={value} is below {floor}, under which held-out PSNR fell more "
+                             f"than 1 dB short of the defaults' ({scan}): expect a poorer image")
+        return "; ".join(notes) or None
 
     def bf16(self, device) -> bool:
         """Whether this run's networks go under bf16 autocast: the config's ``precision`` ("auto" | "bf16" | "float")
@@ -135,6 +152,8 @@ class Solver:
             "versions": versions(),
             "provenance": used.as_dict(),
         })
+        if self.settings_warning():
+            post.meta["settings_warning"] = self.settings_warning()
         return post
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover

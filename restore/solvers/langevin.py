@@ -47,6 +47,7 @@ class LangevinSolver(Solver):
     prior_kinds = ("denoiser",)
     default_prior = "score-natural"
     presets = {"paper": {"iterations": 500, "chains": None}}
+    work_floor = {"iterations": (50, "benchmarks/results/accuracy_floors.json")}
     # the denoiser runs forward-only (its residual is the score): real int8 by default, as RED-Diff. Held-out (3
     # BSD432 crops, 96 px, 4 samples; restore.train.tune --solver langevin --quant int8 / none): 27.35 vs 27.33 dB
     # over the six tasks at 12.3 vs 26.6 s a run; the paper preset and a weight-free prior (wavelet) stay float

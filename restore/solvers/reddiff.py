@@ -97,6 +97,7 @@ class RedDiffSolver(Solver):
     default_prior = "score-natural"
     paper = "Mardani et al., A Variational Perspective on Solving Inverse Problems with Diffusion Models, ICLR 2024"
     presets = {"paper": PAPER}
+    work_floor = {"steps": (20, "benchmarks/results/accuracy_floors.json")}
     default_quant = "int8"
 
     def settings_for(self, kind: str | None) -> tuple[RedDiffConfig, dict]:

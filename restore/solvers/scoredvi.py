@@ -240,6 +240,7 @@ class ScoreDVISolver(Solver):
     tasks = ("denoise",)
     needs_noise_level = False
     presets = {"paper": PAPER}
+    work_floor = {"iterations": (40, "benchmarks/results/accuracy_floors.json")}
     default_quant = "int8"
     paper = "Cheng, Liu, Tan, Score Priors Guided Deep Variational Inference for Unsupervised Real-World Single " \
             "Image Denoising, ICCV 2023"

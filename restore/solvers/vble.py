@@ -13,7 +13,9 @@ As read from the reference code (MaudBqrd/VBLE; notes/vble.md):
 - Init: ``zbar = g_a(x0)``, ``hbar = h_a(zbar)`` with x0 the task's cheap estimate (y, bicubic upsampling,
   interpolation of the observed pixels); Adam, lr 0.1, gradient-norm clipping at 20, a fixed number of iterations
   (300; 400 for inpainting), last iterate. We stop early on the objective by default (``early_stop``; None restores
-  the paper's fixed count) once a window's mean objective stops falling.
+  the paper's fixed count) once a window's mean objective stops falling, and run inpainting for 40 iterations
+  (``inpaint_iterations``): there the objective keeps falling while the missing region drifts (held-out crops:
+  +0.6 dB on random and +1.2 dB on box inpainting against the early-stopped 400).
 - Posterior: ``stat_samples`` (paper: 100) decoded latent samples give the MMSE-x (their mean, the paper's main
   estimate) and the std map; the first K are returned as samples.
 
@@ -38,7 +40,11 @@ LOG_A_MIN, LOG_A_MAX = math.log(1.5e-5), math.log(20.0)
 
 @dataclass
 class VBLEConfig:
-    iterations: int | None = None  # None: 300, or 400 for inpainting (the paper's configs)
+    iterations: int | None = None  # None: 300, or inpaint_iterations for inpainting
+    # inpainting's count (ours; None: the paper's 400): the objective keeps falling while the hole drifts away from
+    # the image, which early stopping does not catch (6 held-out crops, 128 px, random / box: 26.30 / 25.15 dB at 30
+    # iterations, 26.18 / 25.16 at 40, 26.05 / 25.14 at 50, 25.67 / 24.48 at 100, 25.57 / 23.94 at 400 early-stopped)
+    inpaint_iterations: int | None = 40
     lr: float = 0.1
     lambda_: float = 1.0  # 1 = the exact ELBO; the paper tunes 0.6-10 per task
     clip_grad: float = 20.0
@@ -108,13 +114,14 @@ class VBLESolver(Solver):
     default_prior = "cae-natural-q2"  # the lower rate: the stronger prior for noisy tasks (q4 keeps more detail)
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
-    presets = {"paper": {"early_stop": None}}
+    presets = {"paper": {"early_stop": None, "inpaint_iterations": None}}
 
     def cost(self, task, samples: int, prior=None) -> float:
         # measured (benchmarks/results/speed_quick.json, 256 px): one iteration (decoder forward + backward of the
         # q2 CAE) ~0.73 denoiser forwards; early stopping ends after ~35 % of the paper's count on average
-        iters = self.config.iterations or (400 if task.kind == "inpaint" else 300)
-        return iters * 0.73 * (0.35 if self.config.early_stop is not None else 1.0)
+        iters = self.config.iterations or ((self.config.inpaint_iterations or 400) if task.kind == "inpaint" else 300)
+        runs_all = self.config.early_stop is None or iters <= 2 * self.config.early_window  # too short to stop early
+        return iters * 0.73 * (1.0 if runs_all else 0.35)
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8":
@@ -123,7 +130,7 @@ class VBLESolver(Solver):
         cfg = self.config
         net = prior.module
         kind = type(physics).__name__
-        iters = cfg.iterations or (400 if kind == "Inpainting" else 300)
+        iters = cfg.iterations or ((cfg.inpaint_iterations or 400) if kind == "Inpainting" else 300)
         sigma = noise_sigma(physics, y)
         sigma = cfg.sigma_floor if sigma <= 1e-3 else sigma
         x0 = initial_estimate(y, physics)
