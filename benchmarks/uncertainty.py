@@ -130,6 +130,11 @@ def reliability(units: list[dict], path) -> dict:
     return curves
 
 
+def kept_units(units: list[dict], rerun, solvers) -> list[dict]:
+    """The resumed units that stay: all but those of a ``rerun`` task run by one of ``solvers``."""
+    return [u for u in units if not (u["task"] in rerun and u["solver"] in solvers)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solvers", default="vble,pmrf")
@@ -139,6 +144,8 @@ def main(argv=None):
     ap.add_argument("--sets", default="all", help="comma-separated set names of task_sets(), or all")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--rerun", nargs="*", default=[], metavar="TASK",
+                    help="with --resume: run these tasks again for --solvers (a code change the file cannot see)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -147,6 +154,7 @@ def main(argv=None):
 
     out = Path(args.out) if args.out else RESULTS / "uncertainty.json"
     units = json.loads(out.read_text())["units"] if args.resume and out.exists() else []
+    units = kept_units(units, args.rerun, args.solvers.split(","))
     done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}
     sets = task_sets()
     chosen = list(sets) if args.sets == "all" else args.sets.split(",")

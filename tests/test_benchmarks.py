@@ -379,3 +379,13 @@ def test_priors_status_reads_cards_and_prior_benchmarks(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "priors.json").read_text())
     assert saved["curves"]["cae-natural-q2: held-out PSNR (dB)"] == [[1000, 24.0], [1500, 25.0]]
     assert (tmp_path / "priors_curves.png").is_file()
+
+
+def test_uncertainty_rerun_drops_only_the_named_tasks_of_the_solvers_run():
+    from benchmarks import uncertainty
+
+    units = [{"set": "s", "solver": sv, "task": t, "image": "1"} for sv in ("pmrf", "vble")
+             for t in ("inpaint_box", "sr4")]
+    kept = uncertainty.kept_units(units, ["inpaint_box"], ["pmrf"])
+    assert [(u["solver"], u["task"]) for u in kept] == [("pmrf", "sr4"), ("vble", "inpaint_box"), ("vble", "sr4")]
+    assert uncertainty.kept_units(units, [], ["pmrf"]) == units
