@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, in_processes, load_set,
+from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, in_processes, load_set, paired_against,
                                summary_row, table, tasks, write_results)
 
 
@@ -281,6 +281,10 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0}
 
 
+TV_BASELINE = "tv least squares"
+PAIRED_COLUMNS = ["task", "method", "psnr_difference", "ci95", "wins", "images"]
+
+
 def summarise(per_image: list[dict], task_names, method_names, n_images: int) -> list[dict]:
     """One row per task x method, in task-then-method order (``common.summary_row``: metric means or a note)."""
     return [summary_row({"task": t, "method": m}, [r for r in per_image if r["task"] == t and r["method"] == m],
@@ -406,7 +410,7 @@ def main(argv=None):
         complete = complete and all((t, m, n) in have for t in all_tasks for m in file_methods
                                     for n, _ in images)  # a --methods run leaves the others' gaps open
         return write_results(name, {**settings, "methods": file_methods, "device": args.device, "complete": complete, **extra, "rows": rows,
-                                    "per_image": per_image, "provenances": provenances,
+                                    "against_tv": paired_against(per_image, TV_BASELINE), "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
 
     def finished(result: dict):
@@ -420,6 +424,8 @@ def main(argv=None):
     cols = ["task", "method", "psnr", "psnr_ci95", "ssim", "lpips", "coverage_90", "std_error_spearman",
             "sample_diversity", "seconds", "note"]
     print(table(summarise(per_image, all_tasks, all_methods, len(images)), cols))
+    print(f"\nPaired against {TV_BASELINE} (same images):")
+    print(table(paired_against(per_image, TV_BASELINE), PAIRED_COLUMNS))
     path = save(complete=True)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")
 

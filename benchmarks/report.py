@@ -44,7 +44,16 @@ def _quality(data: dict) -> str:
             "half-width of the 95 % confidence interval of the mean PSNR across images)"
             + (f" Note: {data['note']}." if data.get("note") else "")
             + _partial(data)
-            + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols))
+            + _settings(data.get("methods", {})) + "\n\n" + table(data["rows"], cols) + _against_tv(data))
+
+
+def _against_tv(data: dict) -> str:
+    """The paired comparison with TV least squares, where the file has one (``common.paired_against``)."""
+    rows = data.get("against_tv")
+    if not rows:
+        return ""
+    return ("\n\nPSNR minus TV least squares on the same images (mean, 95 % confidence half-width of that paired "
+            "mean, images won):\n\n" + table(rows, ["task", "method", "psnr_difference", "ci95", "wins", "images"]))
 
 
 def _realnoise(data: dict) -> str:
