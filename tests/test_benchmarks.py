@@ -389,3 +389,17 @@ def test_uncertainty_rerun_drops_only_the_named_tasks_of_the_solvers_run():
     kept = uncertainty.kept_units(units, ["inpaint_box"], ["pmrf"])
     assert [(u["solver"], u["task"]) for u in kept] == [("pmrf", "sr4"), ("vble", "inpaint_box"), ("vble", "sr4")]
     assert uncertainty.kept_units(units, [], ["pmrf"]) == units
+
+
+def test_paired_comparison_pairs_images_and_counts_wins():
+    from benchmarks.common import paired_against
+
+    per_image = [{"task": "t", "method": m, "image": i, "psnr": p}
+                 for m, ps in {"tv": [20.0, 25.0, 30.0], "ours": [21.0, 25.5, 29.9], "input": [10.0, 11.0, 12.0]}.items()
+                 for i, p in zip("abc", ps)]
+    per_image.append({"task": "t", "method": "ours", "image": "d", "psnr": 99.0})  # no TV result: not paired
+    (row,) = paired_against(per_image, "tv")
+    assert row["method"] == "ours" and row["images"] == 3 and row["wins"] == 2
+    assert abs(row["psnr_difference"] - (1.0 + 0.5 - 0.1) / 3) < 1e-9
+    # the paired interval ignores the 10 dB spread between images that separate means would carry
+    assert 0 < row["ci95"] < 3
