@@ -2,6 +2,7 @@
 
     python -m benchmarks.pareto            # runs what the quality files lack, writes pareto.json + pareto.png
     python -m benchmarks.pareto --jobs 2   # two processes of one thread each
+    python -m benchmarks.pareto --resume --rerun inpaint_box --solvers pmrf   # redo one task after a code change
 
 Each row is one (solver, setting): mean seconds per image, PSNR and 90 % coverage per task, on the benchmark's 4 quick
 CBSD68 crops (128 px) with 4 posterior samples. Settings go from fastest to the paper's (``SETTINGS``). A setting
@@ -88,11 +89,21 @@ def plot(rows: list[dict], task_names: list[str], tv: dict, path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def rerun_unit(result: dict, tasks_to_rerun, solvers) -> bool:
+    """Whether a kept per-image result is one ``--rerun`` asks for again: its task is named and its solver (the
+    method name's part before ':') is among ``solvers`` (all when None)."""
+    solver = result["method"].split(":")[0]
+    return result["task"] in tasks_to_rerun and (not solvers or solver in solvers)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--solvers", nargs="*", default=None, help="subset of SETTINGS' solvers")
     ap.add_argument("--resume", action="store_true", help="keep the per-image results of an earlier pareto.json")
+    ap.add_argument("--rerun", nargs="*", default=(), metavar="TASK",
+                    help="with --resume: rerun these tasks for the settings run here (and --solvers'), for a code "
+                         "change the kept results cannot show")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -105,7 +116,7 @@ def main(argv=None):
         raise SystemExit("quality_paper_quick.json was run with other samples or crop than this benchmark")
     target = Path(args.out) if args.out else RESULTS / "pareto.json"
     previous = json.loads(target.read_text()) if args.resume and target.exists() else {}
-    per_image = previous.get("per_image", [])
+    per_image = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
     points, todo = [], []
     for solver, settings in SETTINGS.items():
         if args.solvers and solver not in args.solvers:

@@ -403,3 +403,13 @@ def test_paired_comparison_pairs_images_and_counts_wins():
     assert abs(row["psnr_difference"] - (1.0 + 0.5 - 0.1) / 3) < 1e-9
     # the paired interval ignores the 10 dB spread between images that separate means would carry
     assert 0 < row["ci95"] < 3
+
+
+def test_pareto_rerun_drops_only_the_named_tasks_of_the_named_solvers():
+    from benchmarks.pareto import rerun_unit
+
+    unit = {"task": "inpaint_box", "method": "reddiff: 15 steps", "image": "a"}
+    assert rerun_unit(unit, ["inpaint_box"], None) and rerun_unit(unit, ["inpaint_box"], ["reddiff"])
+    assert not rerun_unit(unit, ["inpaint_box"], ["pmrf"])
+    assert not rerun_unit(unit, ["sr4"], None) and not rerun_unit(unit, [], None)
+    assert not rerun_unit({**unit, "method": "diffpir (deepinv): 8 steps"}, ["inpaint_box"], ["diffpir"])
