@@ -201,6 +201,21 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
           "app_load": _app_load}
 
 
+# Results files that predate a change the numbers depend on, and what it is: shown above the table, so a reader
+# never takes an old number for today's (rerun the file's command and drop its line here).
+OLDER_THAN_THE_CODE = {
+    "quality_quick": "trimmed settings of 2026-11 (ScoreDVI 30 iterations, APS 4 x 6 steps, ...), not today's defaults, "
+                     "and inpainting from the former normalised-convolution start (today's membrane fill gains up to "
+                     "+1 dB on box inpainting); the current defaults are in the table above",
+    "calibration_quick": "computed from quality_quick (see there)",
+    "speed_quick": "scaled from 10 % of the iterations at the defaults of 2026-12-01; the full runs at today's "
+                   "defaults are the targets table above",
+    "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
+    "quality_vble_paper_quick": "VBLE of 2026-11-23, before the CAE fine-tunes and the membrane fill",
+    "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned (+0.15 dB on CBSD68)",
+}
+
+
 def render() -> str:
     parts = []
     for name, fn in RENDER.items():
@@ -208,7 +223,9 @@ def render() -> str:
         if f.exists():
             data = json.loads(f.read_text())
             env = data["environment"]
-            parts.append(fn(data) + f"\n\nRun `{data['command']}` ({env['date']}, {env['processor'] or env['machine']}, "
+            old = f"**Older than the code** ({env['date'][:10]}): {OLDER_THAN_THE_CODE[name]}.\n\n" \
+                if name in OLDER_THAN_THE_CODE else ""
+            parts.append(old + fn(data) + f"\n\nRun `{data['command']}` ({env['date']}, {env['processor'] or env['machine']}, "
                                     f"{env['cpu_threads']} threads, torch {env['torch']}).")
     return "\n\n".join(parts) if parts else "No benchmark results yet."
 

@@ -159,6 +159,16 @@ def test_report_rewrites_only_the_block(tmp_path):
     assert report.render() in text
 
 
+def test_results_older_than_the_code_are_labelled_as_such():
+    from benchmarks import report
+
+    assert set(report.OLDER_THAN_THE_CODE) <= set(report.RENDER)  # a typo would silently drop the label
+    text = report.render()
+    for name in report.OLDER_THAN_THE_CODE:
+        if (report.RESULTS / f"{name}.json").exists():
+            assert report.OLDER_THAN_THE_CODE[name] in text
+
+
 def test_report_refuses_a_page_without_markers(tmp_path):
     from benchmarks import report
 
