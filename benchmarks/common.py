@@ -102,6 +102,30 @@ def write_results(name: str, payload: dict, out: str | None = None) -> Path:
                              Path(out) if out else RESULTS / f"{name}.json")
 
 
+_LOCKS: dict = {}  # lock path -> open lock file, held for the process's lifetime
+
+
+def hold_results_lock(path: Path) -> None:
+    """Refuse to run beside another run that writes ``path``: long runs rewrite their whole file after every unit from
+    what they hold in memory, so two at once would each drop the other's finished results. The lock (an advisory
+    ``flock`` on PATH.lock) lasts until this process ends, however it ends."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock").resolve()
+    if lock in _LOCKS:  # this process holds it already (a later run in the same process)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SystemExit(f"another run is writing {path} (lock {handle.name}); let it finish, or pass --out to "
+                         "write elsewhere") from None
+    _LOCKS[lock] = handle
+
+
 def command_line() -> str:
     """How this run was started, as a user would type it (``python -m benchmarks.X ...``)."""
     import shlex

@@ -20,7 +20,7 @@ import json
 import warnings
 from pathlib import Path
 
-from benchmarks.common import QUICK_CBSD68, RESULTS, load_set, summary_row, table, tasks, write_results
+from benchmarks.common import QUICK_CBSD68, RESULTS, hold_results_lock, load_set, summary_row, table, tasks, write_results
 
 SAMPLES = 4
 # solver -> [(label, method config)], fastest first; "paper" entries are the solver's paper settings
@@ -115,6 +115,7 @@ def main(argv=None):
     if quality.get("samples") != SAMPLES or quality.get("crop") != 128:
         raise SystemExit("quality_paper_quick.json was run with other samples or crop than this benchmark")
     target = Path(args.out) if args.out else RESULTS / "pareto.json"
+    hold_results_lock(target)
     previous = json.loads(target.read_text()) if args.resume and target.exists() else {}
     per_image = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
     points, todo = [], []

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, in_processes, load_set, paired_against,
-                               summary_row, table, tasks, write_results)
+from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, hold_results_lock, in_processes, load_set,
+                               paired_against, summary_row, table, tasks, write_results)
 
 
 
@@ -382,6 +382,7 @@ def main(argv=None):
     settings = {"images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
                 "methods": all_methods}
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
+    hold_results_lock(Path(args.out) if args.out else RESULTS / f"{name}.json")
     per_image, done = [], set()
     provenances: dict = {}
     file_methods = all_methods  # what the file holds: with --methods and --resume, the other methods' rows stay

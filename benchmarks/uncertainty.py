@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, S, load_set, table, tasks, write_results
+from benchmarks.common import RESULTS, S, hold_results_lock, load_set, table, tasks, write_results
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 TARGET_GAP = 0.03  # the design's tolerance around the nominal level
@@ -153,6 +153,7 @@ def main(argv=None):
     from restore.tasks import parse
 
     out = Path(args.out) if args.out else RESULTS / "uncertainty.json"
+    hold_results_lock(out)
     units = json.loads(out.read_text())["units"] if args.resume and out.exists() else []
     units = kept_units(units, args.rerun, args.solvers.split(","))
     done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}

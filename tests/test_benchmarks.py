@@ -2,6 +2,7 @@
 and across worker processes (on synthetic images, so no evaluation data is needed)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from benchmarks import quality
 from restore.files import save_atomic, write_json_atomic
 
 DENOISE = "denoise:gaussian:sigma=0.1"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_writes_round_trip_and_leave_no_temporary(tmp_path):
@@ -413,3 +415,20 @@ def test_pareto_rerun_drops_only_the_named_tasks_of_the_named_solvers():
     assert not rerun_unit(unit, ["inpaint_box"], ["pmrf"])
     assert not rerun_unit(unit, ["sr4"], None) and not rerun_unit(unit, [], None)
     assert not rerun_unit({**unit, "method": "diffpir (deepinv): 8 steps"}, ["inpaint_box"], ["diffpir"])
+
+
+def test_a_second_run_on_the_same_results_file_is_refused(tmp_path):
+    """Two runs rewriting one results file would each drop the other's finished units: the second is refused."""
+    import subprocess
+    import sys
+
+    from benchmarks.common import hold_results_lock
+
+    target = tmp_path / "quality.json"
+    hold_results_lock(target)  # this process now holds it
+    code = ("import sys; from benchmarks.common import hold_results_lock\n"
+            f"hold_results_lock({str(target)!r})")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert other.returncode != 0 and "another run is writing" in other.stderr and str(target) in other.stderr
+    free = subprocess.run([sys.executable, "-c", code.replace("quality.json", "other.json")], cwd=REPO)
+    assert free.returncode == 0
