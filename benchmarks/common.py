@@ -202,7 +202,8 @@ def paired_against(per_image: list[dict], baseline: str, metric: str = "psnr") -
                  if t == task and m == method and (task, baseline, image) in value]
         if len(diffs) < 2:
             continue
-        rows.append({"task": task, "method": method, "baseline": baseline, f"{metric}_difference": sum(diffs) / len(diffs),
+        rows.append({"task": task, "method": method, "baseline": baseline,
+                     f"{metric}_difference": sum(diffs) / len(diffs),
                      "ci95": ci95_half_width(diffs), "wins": sum(d > 0 for d in diffs), "images": len(diffs)})
     return rows
 

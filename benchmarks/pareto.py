@@ -20,7 +20,8 @@ import json
 import warnings
 from pathlib import Path
 
-from benchmarks.common import QUICK_CBSD68, RESULTS, hold_results_lock, load_set, summary_row, table, tasks, write_results
+from benchmarks.common import (QUICK_CBSD68, RESULTS, hold_results_lock, load_set, summary_row, table, tasks,
+                               write_results)
 
 SAMPLES = 4
 # solver -> [(label, method config)], fastest first; "paper" entries are the solver's paper settings

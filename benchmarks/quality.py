@@ -410,8 +410,9 @@ def main(argv=None):
         have = {(r["task"], r["method"], r["image"]) for r in per_image}
         complete = complete and all((t, m, n) in have for t in all_tasks for m in file_methods
                                     for n, _ in images)  # a --methods run leaves the others' gaps open
-        return write_results(name, {**settings, "methods": file_methods, "device": args.device, "complete": complete, **extra, "rows": rows,
-                                    "against_tv": paired_against(per_image, TV_BASELINE), "per_image": per_image, "provenances": provenances,
+        return write_results(name, {**settings, "methods": file_methods, "device": args.device, "complete": complete,
+                                    **extra, "rows": rows, "against_tv": paired_against(per_image, TV_BASELINE),
+                                    "per_image": per_image, "provenances": provenances,
                                     "total_seconds": time.time() - t_start}, args.out)
 
     def finished(result: dict):
