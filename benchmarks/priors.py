@@ -24,7 +24,9 @@ LIMITS = {
                      "last 2 000 steps)",
     "cae-natural-q2": "capacity and compute: N=64 / M=96 (compressai's low rates use N=128 / M=192) and 41 k steps "
                       "of 128-256 px crops (compressai trains ~2 M steps on Vimeo-90k); still rising at the end",
-    "cae-natural-q4": "as q2: fine-tuned 19 k CPU steps from q2's weights; still rising at the end",
+    "cae-natural-q4": "as q2: fine-tuned 29 k CPU steps from q2's weights, the last 10 k with a cosine decay",
+    "cae-natural-q6": "capacity above all: M=96 latent channels for a rate where compressai uses M=320; fine-tuned "
+                      "15 k CPU steps from q4, flat at the end",
     "flow-natural": "compute: 15 k steps (12 k on a lent GPU) against hundreds of thousands in the PMRF paper; it "
                     "does not land on clean images, so the default runs 2-4 Euler steps, not the paper's 25",
     "tokens-natural": "compute and data: 29 k GPU steps at 64 px; the transformer barely beats a uniform prior "
@@ -38,6 +40,9 @@ CONTINUE = {  # resumable; without runs/ checkpoints they warm-start from the sh
                       "--out models/cae-natural-q2 --ckpt runs/cae-q2/last.pt",
     "cae-natural-q4": "python -m restore.train.cae --data ../shared/data/BSD432-train --N 64 --M 96 --lmbda 0.0130 "
                       "--init-from models/cae-natural-q4.pt --out models/cae-natural-q4 --ckpt runs/cae-q4/last.pt "
+                      "--cosine-to 1e-6",
+    "cae-natural-q6": "python -m restore.train.cae --data ../shared/data/BSD432-train --N 64 --M 96 --lmbda 0.0483 "
+                      "--init-from models/cae-natural-q6.pt --out models/cae-natural-q6 --ckpt runs/cae-q6/last.pt "
                       "--cosine-to 1e-6",
     "flow-natural": "python -m restore.train.flow --denoiser score-natural --out models/flow-natural "
                     "--ckpt runs/flow/last.pt",
@@ -98,7 +103,7 @@ def curves(cards: dict) -> dict:
     log = cards["score-natural"].get("validation_log", [])
     if log:
         out["score-natural: held-out PSNR at sigma 25 (dB)"] = [(e["step"], e["val_psnr"]["25"]) for e in log]
-    for name in ("cae-natural-q2", "cae-natural-q4"):
+    for name in ("cae-natural-q2", "cae-natural-q4", "cae-natural-q6"):
         log = list(cards[name].get("validation_log", []))
         # a fine-tune's own log continues the curve (its steps counted on from the first training's)
         tune = cards[name].get("fine_tune", {})
@@ -137,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     models = Path(args.models)
-    names = ["score-natural", "cae-natural-q2", "cae-natural-q4", "flow-natural", "tokens-natural"]
+    names = ["score-natural", "cae-natural-q2", "cae-natural-q4", "cae-natural-q6", "flow-natural", "tokens-natural"]
     cards = {n: _card(models, n) for n in names}
     measure = {"score-natural": denoiser_row, "flow-natural": flow_row, "tokens-natural": tokens_row}
     rows = []

@@ -372,12 +372,12 @@ def test_priors_status_reads_cards_and_prior_benchmarks(tmp_path, monkeypatch):
         "validation_log": [{"step": 1000, "psnr": 24.0, "bpp": 0.3}],
         "fine_tune": {"validation_log": [{"step": 500, "psnr": 25.0, "bpp": 0.31}]}}))
     rows = priors.main(["--models", str(models), "--out", str(tmp_path / "priors.json")])
-    assert [r["prior"] for r in rows] == ["score-natural", "cae-natural-q2", "cae-natural-q4", "flow-natural",
-                                          "tokens-natural"]
+    assert [r["prior"] for r in rows] == ["score-natural", "cae-natural-q2", "cae-natural-q4", "cae-natural-q6",
+                                          "flow-natural", "tokens-natural"]
     assert rows[0]["gap_db"] == -0.25 and "33.80 / 31.30 / 27.70" in rows[0]["now"]
     assert all(r["continue_with"].startswith("python -m restore.train.") and r["limited_by"] for r in rows)
     # no benchmark file: said, not invented
-    assert rows[3]["gap_db"] is None and rows[2]["now"] == rows[3]["now"] == "not measured"
+    assert rows[4]["gap_db"] is None and rows[2]["now"] == rows[4]["now"] == "not measured"
     saved = json.loads((tmp_path / "priors.json").read_text())
     assert saved["curves"]["cae-natural-q2: held-out PSNR (dB)"] == [[1000, 24.0], [1500, 25.0]]
     assert (tmp_path / "priors_curves.png").is_file()

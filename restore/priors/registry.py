@@ -173,6 +173,9 @@ PRIORS: dict[str, PriorSpec] = {
     "cae-natural-q2": _shipped("cae-natural-q2", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0035: "
                                "a lower rate, a stronger prior for noisier tasks (VBLE)", strict=False),
+    "cae-natural-q6": _shipped("cae-natural-q6", "cae", "restore.priors.cae:build",
+                               "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0483: "
+                               "the highest rate, the weakest prior, most detail kept (VBLE)", strict=False),
     "flow-natural": _shipped("flow-natural", "flow", "restore.priors.flow:FlowNet",
                              "rectified-flow velocity network from posterior means to clean images (PMRF)"),
     "tokens-natural": _shipped("tokens-natural", "tokens", "restore.priors.tokens:TokenPrior",
