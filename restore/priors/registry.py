@@ -169,13 +169,16 @@ PRIORS: dict[str, PriorSpec] = {
     "score-natural": _shipped("score-natural", "denoiser", "restore.priors.denoiser:ScoreDenoiser",
                               "noise-conditional DRUNet denoiser / score network trained on BSD432"),
     "cae-natural-q4": _shipped("cae-natural-q4", "cae", "restore.priors.cae:build",
-                               "compressai mbt2018-mean CAE trained on BSD432 at lambda 0.0130 (VBLE)", strict=False),
+                               "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0130: the "
+                               "middle rate, VBLE's best mean over the six held-out tasks", strict=False),
     "cae-natural-q2": _shipped("cae-natural-q2", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0035: "
-                               "a lower rate, a stronger prior for noisier tasks (VBLE)", strict=False),
+                               "the lowest rate, VBLE's default; best of the three on motion blur and x4 SR",
+                               strict=False),
     "cae-natural-q6": _shipped("cae-natural-q6", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0483: "
-                               "the highest rate, the weakest prior, most detail kept (VBLE)", strict=False),
+                               "the highest rate, most detail kept; VBLE's best on denoising, Gaussian deblurring "
+                               "and inpainting", strict=False),
     "flow-natural": _shipped("flow-natural", "flow", "restore.priors.flow:FlowNet",
                              "rectified-flow velocity network from posterior means to clean images (PMRF)"),
     "tokens-natural": _shipped("tokens-natural", "tokens", "restore.priors.tokens:TokenPrior",

@@ -111,7 +111,9 @@ class VBLESolver(Solver):
     name = "vble"
     config_cls = VBLEConfig
     prior_kinds = ("cae",)
-    default_prior = "cae-natural-q2"  # the lower rate: the stronger prior for noisy tasks (q4 keeps more detail)
+    # the lowest rate; on held-out crops q4 / q6 lead on denoising, Gaussian deblurring and inpainting and q2 on motion
+    # blur and x4 SR (docs/solvers.md "VBLE: which rate"); a per-family default is the next step
+    default_prior = "cae-natural-q2"
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
     presets = {"paper": {"early_stop": None, "inpaint_iterations": None}}
