@@ -187,6 +187,9 @@ def ci95_half_width(values: list[float]) -> float:
     return float(t.ppf(0.975, n - 1) * sd / n ** 0.5)
 
 
+PAIRED_COLUMNS = ["task", "method", "psnr_difference", "ci95", "wins", "images"]  # paired_against's rows, as shown
+
+
 def paired_against(per_image: list[dict], baseline: str, metric: str = "psnr") -> list[dict]:
     """Each method's per-image ``metric`` minus ``baseline``'s on the same (task, image): the mean difference, the
     95 % confidence half-width of that mean (paired, images as the unit: far tighter than comparing two means whose

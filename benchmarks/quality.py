@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 
 from benchmarks import classical
-from benchmarks.common import (QUICK_CBSD68, RESULTS, check_cards_exclude, hold_results_lock, in_processes, load_set,
-                               paired_against, summary_row, table, tasks, write_results)
+from benchmarks.common import (PAIRED_COLUMNS, QUICK_CBSD68, RESULTS, check_cards_exclude, hold_results_lock,
+                               in_processes, load_set, paired_against, summary_row, table, tasks, write_results)
 
 
 
@@ -282,7 +282,6 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
 
 
 TV_BASELINE = "tv least squares"
-PAIRED_COLUMNS = ["task", "method", "psnr_difference", "ci95", "wins", "images"]
 
 
 def summarise(per_image: list[dict], task_names, method_names, n_images: int) -> list[dict]:

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, table
+from benchmarks.common import PAIRED_COLUMNS, REPO, RESULTS, table
 
 PAGE = REPO / "docs" / "benchmarks.md"
 
@@ -53,7 +53,7 @@ def _against_tv(data: dict) -> str:
     if not rows:
         return ""
     return ("\n\nPSNR minus TV least squares on the same images (mean, 95 % confidence half-width of that paired "
-            "mean, images won):\n\n" + table(rows, ["task", "method", "psnr_difference", "ci95", "wins", "images"]))
+            "mean, images won):\n\n" + table(rows, PAIRED_COLUMNS))
 
 
 def _realnoise(data: dict) -> str:
