@@ -103,7 +103,7 @@ def curves(cards: dict) -> dict:
     log = cards["score-natural"].get("validation_log", [])
     if log:
         out["score-natural: held-out PSNR at sigma 25 (dB)"] = [(e["step"], e["val_psnr"]["25"]) for e in log]
-    for name in ("cae-natural-q2", "cae-natural-q4", "cae-natural-q6"):
+    for name in [n for n in cards if n.startswith("cae-")]:
         log = list(cards[name].get("validation_log", []))
         # a fine-tune's own log continues the curve (its steps counted on from the first training's)
         tune = cards[name].get("fine_tune", {})
@@ -142,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     models = Path(args.models)
-    names = ["score-natural", "cae-natural-q2", "cae-natural-q4", "cae-natural-q6", "flow-natural", "tokens-natural"]
+    names = list(LIMITS)  # every shipped prior has what limited it and how to continue it
     cards = {n: _card(models, n) for n in names}
     measure = {"score-natural": denoiser_row, "flow-natural": flow_row, "tokens-natural": tokens_row}
     rows = []
