@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import concurrent.futures  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -486,18 +487,25 @@ def compare_solvers(image, simulate: bool, task: str, solvers: list[str], sample
 _SOLVE_THREAD = None
 
 
-def _on_solve_thread(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on the one thread that runs every solve. Gradio calls handlers from a pool of up to 40
-    worker threads, and each thread torch computes on keeps its own allocator arena and thread pool: measured, RSS grew
-    by about 150 MiB over the first few threads and kept creeping; on one thread it stays flat
-    (benchmarks/app_load.py). The context (gr.Progress) goes along."""
+def _submit_to_solve_thread(fn, *args, **kwargs):
+    """A future for ``fn(*args, **kwargs)`` on the one thread that runs every solve and every model load. Gradio calls
+    handlers from a pool of up to 40 worker threads, and each thread torch computes on keeps its own allocator arena
+    and thread pool: measured, RSS grew by about 150 MiB over the first few threads and kept creeping; on one thread it
+    stays flat (benchmarks/app_load.py). One thread also keeps a quantising load (a torch.fx trace, which patches every
+    module's call process-wide: restore.quant.FX_TRACE_LOCK) from breaking a solve running beside it. The context
+    (gr.Progress) goes along."""
     global _SOLVE_THREAD
     import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
     if _SOLVE_THREAD is None:
         _SOLVE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="restore-solve")
-    return _SOLVE_THREAD.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+    return _SOLVE_THREAD.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+def _on_solve_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the solve thread (:func:`_submit_to_solve_thread`), waiting for its result."""
+    return _submit_to_solve_thread(fn, *args, **kwargs).result()
 
 
 class _Adapter:
@@ -526,6 +534,10 @@ def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, mo
     return task_spec(kind, noise255, blur_sigma, motion_size, sr_factor, inpaint_mode, missing, box_size, mask_path)
 
 
+# how long the time estimate waits for the solve thread (busy with a run, or loading a prior) before saying so
+ESTIMATE_WAIT_S = 20.0
+
+
 def estimate_text(image, simulate: bool, spec: str, solver: str, prior: str | None, samples: int, options: str = "",
                   quant: str = "auto", fit: str | None = None, region=None) -> str:
     """'Estimated time here: about 8 s (...)' for a run with these settings (restore.estimate), '' without an image
@@ -540,12 +552,22 @@ def estimate_text(image, simulate: bool, spec: str, solver: str, prior: str | No
             shape = plan_fit(shape, fit, region).size
         t = tasks.parse(spec)
         opts = json.loads(options) if options and options.strip() else {}
-        r = _restorer(solver, prior, opts if isinstance(opts, dict) else {}, quant)
         h, w = shape
         if not simulate:  # the upload is the observation: SR restores it factor times larger
             h, w = h * t.scale, w * t.scale
-        seconds = r.estimate_seconds(t, (1, 3, h, w), int(samples))
+
+        def seconds_here():  # loads (maybe quantises) the prior and times a forward: torch work, so on the solve thread
+            r = _restorer(solver, prior, opts if isinstance(opts, dict) else {}, quant)
+            return r.estimate_seconds(t, (1, 3, h, w), int(samples))
+
+        future = _submit_to_solve_thread(seconds_here)
     except Exception:  # noqa: BLE001 - an estimate must never break the page; the run reports real errors
+        return ""
+    try:
+        seconds = future.result(timeout=ESTIMATE_WAIT_S)
+    except concurrent.futures.TimeoutError:  # a run holds the solve thread; the estimate still loads the prior then
+        return "Estimated time here: shown once the run in progress has finished (change a setting to refresh)"
+    except Exception:  # noqa: BLE001
         return ""
     return (f"Estimated time here: **{estimate.describe(seconds)}** ({solver}, {w}x{h} restored, {int(samples)} "
             "samples; the progress bar counts down)")
@@ -741,9 +763,14 @@ def build_demo():
 
             wire_inputs("", inp, simulate, tc, fc)
             # the recommended solver per task (restore.api.RECOMMENDED): PMRF, RED-Diff for SR and inpainting
-            tc.kind.change(lambda k: gr.Radio(value=recommended_solver(task_spec(k, 2.55))), tc.kind, solver,
-                           **private)
-            solver.change(priors_for, solver, prior, **private)
+            # the prior list changes in the same event as the solver, so that the estimate after it sends a prior that
+            # is in the list (Gradio refuses a value outside its dropdown's choices)
+            def preset_solver(kind_):
+                name = recommended_solver(task_spec(kind_, 2.55))
+                return gr.Radio(value=name), priors_for(name)
+
+            kind_changed = tc.kind.change(preset_solver, tc.kind, [solver, prior], **private)
+            solver_changed = solver.change(priors_for, solver, prior, **private)
             demo.load(priors_for, solver, prior, **private)
 
             # the parameters after quant_ are newer than the API's first version: their defaults (the components'
@@ -776,8 +803,12 @@ def build_demo():
                                      (x_, y_, w_, h_))
 
             eta_inputs = [inp, simulate, *tc.inputs, solver, prior, samples, options, quant, *fc.inputs]
-            for comp in (inp, simulate, tc.kind, tc.factor, solver, prior, samples, options, quant, *fc.inputs):
+            for comp in (inp, simulate, tc.factor, prior, samples, options, quant, *fc.inputs):
                 comp.change(on_estimate, eta_inputs, eta, **private)
+            # after the prior list has followed the solver: an estimate fired beside it would send the former solver's
+            # prior against the new list, which Gradio refuses
+            for changed in (kind_changed, solver_changed):
+                changed.then(on_estimate, eta_inputs, eta, **private)
 
             run.click(on_run, [inp, simulate, *tc.inputs, solver, prior, samples, seed, truth, options, quant,
                                *fc.inputs],

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,11 @@ import torch.nn as nn
 
 from restore.files import save_atomic
 from restore.priors.registry import Prior, quantised_name
+
+# torch.fx traces by patching torch.nn.Module.__call__ for the whole process: two traces at once corrupt each other, and
+# a module called on another thread during a trace fails ("module is not installed as a submodule"). Traces hold this
+# lock; a program that quantises must not run modules on other threads meanwhile (the app runs both on one thread).
+FX_TRACE_LOCK = threading.Lock()
 
 SCHEMES = ("int8", "w8a8", "w4a8")
 BACKENDS = ("fx", "pt2e")
@@ -308,7 +314,7 @@ def _int8_unet(net, run_calibration, bands: int, keep: set[str]) -> _Int8UNet:
     qmap = _qconfig_mapping(keep)
     groups, edges = _banded_calibration_inputs(net, run_calibration, bands)
     graphs = []
-    with warnings.catch_warnings():
+    with FX_TRACE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for inputs in groups:
             prepared = prepare_fx(copy.deepcopy(_UNet(net)).eval(), qmap, example_inputs=(inputs[0],))
@@ -334,7 +340,7 @@ def _pt2e_unet(net, run_calibration, bands: int, keep: set[str]) -> _Int8UNet:
     dims = {0: torch.export.Dim("batch", max=1024), 2: 8 * torch.export.Dim("h8", min=4, max=4096),
             3: 8 * torch.export.Dim("w8", min=4, max=4096)}
     graphs = []
-    with warnings.catch_warnings():
+    with FX_TRACE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for inputs in groups:
             example = inputs[0] if inputs[0].shape[0] > 1 else inputs[0].expand(2, -1, -1, -1)  # batch 1 specialises
@@ -374,7 +380,7 @@ def _int8_unet_from(net, stored: dict, keep: set[str]) -> _Int8UNet:
     qmap = _qconfig_mapping(keep)
     example = torch.zeros(stored["example_shape"])
     graphs = []
-    with warnings.catch_warnings():
+    with FX_TRACE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # uncalibrated observers warn; their values are replaced just below
         for state in stored["graphs"]:
             graph = convert_fx(prepare_fx(copy.deepcopy(_UNet(net)).eval(), qmap, example_inputs=(example,)))

@@ -458,3 +458,27 @@ def test_a_spec_string_cannot_make_the_app_read_server_files(tmp_path):
     mine = w.restore_image(img, True, "denoise:gaussian:sigma=0.1", "pmrf", None, 1, 0, session="../alice")
     assert w._session_root("../alice") in Path(mine["mean"]).parents  # the session name cannot climb out
     assert w._session_root("alice") not in Path(mine["mean"]).parents
+
+
+def test_the_estimate_loads_models_on_the_solve_thread_and_waits_for_a_run(monkeypatch):
+    """The estimate's prior load (RED-Diff's quantises it: a torch.fx trace, which patches every module's call in the
+    process) shares the one solve thread with runs: beside a run it broke the run (CI, the drawn-mask e2e test)."""
+    import threading
+
+    from app import app as w
+
+    img = np.zeros((64, 96, 3), np.uint8)
+    threads = []
+    original = w._restorer
+    monkeypatch.setattr(w, "_restorer", lambda *a: threads.append(threading.current_thread().name) or original(*a))
+    assert w.estimate_text(img, True, "denoise:gaussian:sigma=0.1", "pmrf", None, 2).startswith("Estimated time")
+    assert threads and all(name.startswith("restore-solve") for name in threads)
+    release = threading.Event()
+    busy = w._submit_to_solve_thread(release.wait, 30)  # a run in progress
+    monkeypatch.setattr(w, "ESTIMATE_WAIT_S", 0.2)
+    try:
+        text = w.estimate_text(img, True, "denoise:gaussian:sigma=0.1", "pmrf", None, 2)
+    finally:
+        release.set()
+        busy.result()
+    assert "once the run in progress has finished" in text
