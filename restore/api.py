@@ -123,12 +123,13 @@ class Restorer:
             progress: optional ``callback(fraction, message)``.
         """
         task = parse(task)
-        reason = self.solver.supports(task)
-        if reason:
-            raise base.SolverError(reason)
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
             raise base.SolverError(f"samples must be a whole number >= 1; got {samples!r}")
         y = io.to_tensor(image, observation=True).to(self.device)
+        task, noise_note = task.resolved(y)  # an 'auto' noise level, from this observation
+        reason = self.solver.supports(task)
+        if reason:
+            raise base.SolverError(reason)
         x_shape = task.x_shape(tuple(y.shape))
         io.check_size(x_shape[2], x_shape[3], "restored size")
         t0 = time.perf_counter()
@@ -152,6 +153,8 @@ class Restorer:
                 generator = torch.Generator(device=self.device).manual_seed(int(seed))
                 post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
+        if noise_note:
+            post.meta["noise_estimate"] = noise_note
         if self.quant_note:
             post.meta["quant_note"] = self.quant_note
         if self.calibrate:

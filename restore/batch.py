@@ -109,6 +109,8 @@ def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, 
     post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
               truth=truth if truth is not None and truth.shape == post.mean.shape else None)
     row = {"seed": seed, "seconds": post.meta["timings"]["total_s"], **uncertainty_columns(post.meta)}
+    if note := post.meta.get("noise_estimate"):  # an 'auto' noise level: each file's own estimate
+        row["noise_estimate_255"] = note["sigma_255"]
     for k, v in post.meta.get("metrics", {}).items():
         if isinstance(v, (int, float)) or v is None:
             row[k] = v

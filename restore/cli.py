@@ -46,7 +46,8 @@ def _fail(msg: str, code: int = 2):
 @app.command("run")
 def run(
     image: Path = typer.Argument(..., help="degraded image (or a clean one with --simulate)"),
-    task: str = typer.Option(..., "-t", "--task", help="task spec, e.g. deblur:gaussian:sigma=2,noise=0.01"),
+    task: str = typer.Option(..., "-t", "--task", help="task spec, e.g. deblur:gaussian:sigma=2,noise=0.01; "
+                             "denoise:gaussian:sigma=auto (or noise=auto when deblurring) estimates the level"),
     solver: str = typer.Option(None, "-s", "--solver", help="solver name (see `restore list`); default: the "
                                "recommended one for the task (pmrf; vble for motion blur; scoredvi for real noise)"),
     prior: Optional[str] = typer.Option(None, "-p", "--prior", help="prior name; default: the solver's"),
@@ -77,7 +78,11 @@ def run(
         _fail(str(exc))
     typer.echo(f"\nrestored {image} in {time.time() - t0:.1f}s -> {out}/ (mean.png, samples/, std.{std_format}, "
                "std.png, meta.json)")
-    typer.echo(describe_uncertainty(json.loads((out / "meta.json").read_text())))
+    meta = json.loads((out / "meta.json").read_text())
+    if note := meta.get("noise_estimate"):
+        typer.echo(f"noise level estimated from the image: {note['param']}={note['sigma']:.4g} "
+                   f"({note['sigma_255']:.3g}/255)")
+    typer.echo(describe_uncertainty(meta))
     if "psnr" in row:
         typer.echo("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
 
@@ -244,6 +249,8 @@ def list_all():
             params = ",".join(f"{k}={'<required>' if d is None else d}" for k, d in PARAMS[(kind, v)].items())
             spec = f"{kind}:{v}" + (f":{params}" if params else "")
             typer.echo(f"  {spec:<48} recommended: {api.recommended_for(kind, v)}")
+    typer.echo("  a noise level may be 'auto' (denoise:gaussian:sigma=auto, deblur:...:noise=auto): estimated from the "
+               "image (restore.noise), printed and kept in meta.json")
 
 
 def _repo_on_path() -> Path:

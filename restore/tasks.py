@@ -7,6 +7,11 @@ Spec grammar: ``KIND[:VARIANT][:key=value,key=value]``; noise levels are on the 
     deblur:gaussian:sigma=2,noise=0.01  deblur:motion:size=19,seed=0,noise=0.01    deblur:kernel:path=k.npy,noise=0.01
     sr:bicubic:factor=4,noise=0.01
     inpaint:random:missing=0.5,seed=0,noise=0.01   inpaint:box:size=0.3,noise=0.01   inpaint:mask:path=mask.png
+    denoise:gaussian:sigma=auto         deblur:gaussian:sigma=2,noise=auto   (the level estimated from the image)
+
+``auto`` for a noise level (``sigma`` of ``denoise:gaussian``, ``noise`` of the deblur tasks) stands for the std
+estimated from the observation itself (``restore.noise``, which reads real camera noise too); :meth:`Task.resolved`
+replaces it, and ``restore.api.Restorer`` does so for every run, saying the estimate in ``meta["noise_estimate"]``.
 
 ``str(parse(s))`` is canonical and ``parse(str(task)) == task`` always holds. A task builds deepinv ``LinearPhysics``
 for a given image size (:meth:`Task.physics`) and degrades clean images for demos and benchmarks
@@ -54,6 +59,11 @@ PARAMS = {
     ("inpaint", "mask"): {"path": None, "noise": 0.01},
 }
 MAX_SIGMA = 1.0  # a noise std above the whole [0, 1] range is treated as a mistake
+AUTO = "auto"  # a noise level estimated from the observation (Task.resolved)
+# where an observation is a whole image at full size: a small SR input reads its texture as noise (x4 of a 128 px
+# crop: 0.046 for a true 0.01), and an inpainting's holes and masked pixels defeat the flat-patch search
+AUTO_PARAMS = {("denoise", "gaussian"): "sigma", **{("deblur", v): "noise" for v in KINDS["deblur"]}}
+MIN_AUTO_SIGMA = 1e-3  # an estimate of a clean-looking image still gives the solvers a positive level
 
 
 class TaskError(ValueError):
@@ -89,7 +99,13 @@ class Task:
                             f"unknown: {', '.join(sorted(unknown))}")
         full = {}
         for key, default in spec.items():
-            if key in params:
+            if key in params and str(params[key]).strip().lower() == AUTO:
+                if AUTO_PARAMS.get((kind, variant)) != key:
+                    raise TaskError(f"{kind}:{variant} cannot estimate {key!r}: 'auto' is for the noise level of "
+                                    "denoise:gaussian (sigma) and deblur tasks (noise), whose observation is a whole "
+                                    "image; give a number")
+                full[key] = AUTO
+            elif key in params:
                 full[key] = _coerce(key, params[key])
             elif default is None:
                 raise TaskError(f"{kind}:{variant} needs the parameter {key!r}")
@@ -104,7 +120,7 @@ class Task:
         return task
 
     def _validate(self):
-        p = self.p
+        p = {k: v for k, v in self.p.items() if v != AUTO}
         if self.kind == "denoise" and "sigma" in p and not (0 < p["sigma"] <= MAX_SIGMA):
             raise TaskError(f"noise level sigma={p['sigma']} is out of range: give the std on the [0, 1] scale "
                             f"(e.g. 25/255 = {25 / 255:.4f}), above 0 and at most {MAX_SIGMA}")
@@ -136,8 +152,34 @@ class Task:
 
     # ---- noise ---------------------------------------------------------------------------------------------------
     @property
+    def auto(self) -> bool:
+        """True when the noise level is ``auto`` (to be estimated from the observation: :meth:`resolved`)."""
+        return AUTO in self.p.values()
+
+    def resolved(self, y: torch.Tensor) -> tuple["Task", dict | None]:
+        """This task with an ``auto`` noise level replaced by the estimate from the observation y (1, C, h, w) in
+        [0, 1] (``restore.noise``), and a note of it ({"param", "sigma", "sigma_255", "method"}); (self, None)
+        when nothing is ``auto``."""
+        if not self.auto:
+            return self, None
+        from restore.noise import estimate_noise
+
+        est = estimate_noise(y)
+        key = AUTO_PARAMS[(self.kind, self.variant)]
+        sigma = float(_fmt(min(max(float(est.sigma), MIN_AUTO_SIGMA), MAX_SIGMA)))  # as str(task) writes it
+        task = Task.make(self.kind, self.variant, **{**self.p, key: sigma})
+        return task, {"param": key, "sigma": sigma, "sigma_255": round(255 * sigma, 3),
+                      "method": est.method}
+
+    def _known(self) -> None:
+        if self.auto:
+            raise TaskError(f"{self} has its noise level still 'auto': resolve it against the observation first "
+                            "(Task.resolved(y); restore.Restorer does this)")
+
+    @property
     def noise_sigma(self) -> float | None:
         """Gaussian noise std on the [0, 1] scale (None for unknown real noise)."""
+        self._known()
         p = self.p
         if self.kind == "denoise":
             return p.get("sigma", 0.0) if self.variant != "real" else None
@@ -262,6 +304,9 @@ class Task:
         """Degrade a clean image x (B, C, H, W) in [0, 1]; returns (y, physics). Same generator state, same y."""
         if self.variant == "real":
             raise TaskError("denoise:real cannot be simulated: it stands for unknown noise in a real photo")
+        if self.auto:
+            raise TaskError(f"{self} cannot be simulated: 'auto' estimates the noise of an observation; give the "
+                            "noise level to add as a number")
         physics = self.physics(tuple(x.shape), device=x.device, generator=generator)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

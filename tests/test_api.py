@@ -106,3 +106,18 @@ def test_recommended_solver_per_task(task, solver):
 
     assert recommended_solver(task) == solver
     assert base.get(solver).supports(restore.tasks.parse(task)) is None  # it can run what it is recommended for
+
+
+def test_restorer_resolves_an_auto_noise_level_and_says_so():
+    import skimage.data
+    import torch
+
+    from restore import Restorer, io
+    from restore.tasks import parse
+
+    x = io.to_tensor(skimage.data.astronaut()[100:228, 150:278])  # 128 px: enough flat patches for the estimate
+    y, _ = parse("denoise:gaussian:sigma=0.1").simulate(x, torch.Generator().manual_seed(0))
+    post = Restorer("langevin", "tv", iterations=5, burnin=0.4)(y, "denoise:gaussian:sigma=auto", samples=2)
+    note = post.meta["noise_estimate"]
+    assert post.meta["task"] == f"denoise:gaussian:sigma={note['sigma']:.6g}"
+    assert 0.085 < note["sigma"] < 0.115 and "patches" in note["method"]

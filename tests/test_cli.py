@@ -55,6 +55,19 @@ def test_single_image_errors(tmp_path, folder):
     assert r.exit_code != 0
 
 
+def test_auto_noise_level_is_estimated_printed_and_kept(tmp_path, folder):
+    out = tmp_path / "sim"
+    r = invoke(folder / "a.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST)
+    assert r.exit_code == 0, r.output
+    r = invoke(out / "observation.png", "-t", "denoise:gaussian:sigma=auto", "-o", tmp_path / "auto", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "noise level estimated from the image: sigma=" in r.output
+    meta = json.loads((tmp_path / "auto" / "meta.json").read_text())
+    assert 0.05 < meta["noise_estimate"]["sigma"] < 0.2  # a 48 px crop: texture reads as some noise
+    r = invoke(folder / "a.png", "--simulate", "-t", "denoise:gaussian:sigma=auto", "-o", tmp_path / "x", *FAST)
+    assert r.exit_code == 2 and "cannot be simulated" in r.output
+
+
 def test_batch_keeps_going_reports_bad_file_and_resumes(tmp_path, folder):
     out = tmp_path / "out"
     args = ["batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", "--seed", "5", *FAST]

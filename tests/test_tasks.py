@@ -138,3 +138,28 @@ def test_membrane_fill_keeps_observed_and_bridges_a_box_smoothly():
     assert torch.equal(membrane_fill(ramp, torch.ones_like(ramp)), ramp.clamp(0, 1))
     # nothing observed at all: mid-grey, not NaN
     assert torch.allclose(membrane_fill(ramp, torch.zeros_like(ramp)), torch.full_like(ramp, 0.5))
+
+
+def test_auto_noise_level_is_estimated_from_the_observation():
+    import skimage.data
+
+    from restore import io
+
+    auto = parse("denoise:gaussian:sigma=auto")
+    assert auto.auto and parse(str(auto)) == auto and str(auto) == "denoise:gaussian:sigma=auto"
+    assert parse("deblur:motion:size=9,noise=AUTO").auto
+    x = io.to_tensor(skimage.data.astronaut()[100:228, 150:278])
+    for spec, true in (("denoise:gaussian:sigma={}", 0.08), ("deblur:gaussian:sigma=2,noise={}", 0.02)):
+        y, _ = parse(spec.format(true)).simulate(x, torch.Generator().manual_seed(0))
+        resolved, note = parse(spec.format("auto")).resolved(y)
+        assert not resolved.auto and resolved.noise_sigma == pytest.approx(note["sigma"])
+        assert abs(note["sigma"] / true - 1) < 0.15, note  # restore.noise on a photo: within a few per cent
+        assert note["sigma_255"] == pytest.approx(255 * note["sigma"], abs=1e-2)
+    assert parse("denoise:gaussian:sigma=0.1").resolved(x) == (parse("denoise:gaussian:sigma=0.1"), None)
+    with pytest.raises(TaskError, match="still 'auto'"):
+        auto.noise_sigma
+    with pytest.raises(TaskError, match="cannot be simulated"):
+        auto.simulate(x)
+    for bad in ("sr:bicubic:factor=4,noise=auto", "inpaint:random:noise=auto", "deblur:gaussian:sigma=auto"):
+        with pytest.raises(TaskError, match="'auto' is for the noise level"):
+            parse(bad)

@@ -100,6 +100,9 @@ class ScoreDVIConfig:
     # warm start of the means (ours): "noisy" = y plus a learnt residual, "denoised" = D(y, estimated sigma) plus one,
     # both with the variances starting at the estimated noise level; None = the paper's free networks
     start: str | None = "denoised"
+    # the noise level the warm start uses (D's level and the variances' start): "wavelet", the paper's estimate (it
+    # also sets lam and beta0 in every case), or "patches", restore.noise's correlated-noise estimate
+    start_estimate: str = "wavelet"
 
 
 PAPER = {"iterations": 400, "mc_samples": 5, "start": None, "beta0": 0.01}
@@ -288,6 +291,13 @@ class ScoreDVISolver(Solver):
         if cfg.start is not None:
             if cfg.start not in ("noisy", "denoised"):
                 raise SolverError(f"scoredvi option start must be 'noisy', 'denoised' or None, not {cfg.start!r}")
+            if cfg.start_estimate not in ("wavelet", "patches"):
+                raise SolverError(f"scoredvi option start_estimate must be 'wavelet' or 'patches', not "
+                                  f"{cfg.start_estimate!r}")
+            if cfg.start_estimate == "patches":
+                from restore.noise import estimate_noise_std as estimate_correlated
+
+                noise_std = estimate_correlated(y)
             sigma = max(noise_std, 1e-3)
             with torch.no_grad():
                 base = y.clone() if cfg.start == "noisy" else den(y, sigma).clamp(0, 1)
