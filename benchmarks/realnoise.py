@@ -10,9 +10,11 @@ were trained on. Methods, all at their default (paper) settings:
   - ``input``: the noisy photo itself;
   - ``scoredvi``: the only solver built for unknown noise, run on ``denoise:real`` with the paper's Gamma prior
     beta_0 for the set (0.01 CC, 0.02 SIDD, from the reference code's settings);
-  - ``<solver> (sigma estimated)``: every Gaussian-noise solver on ``denoise:gaussian:sigma=s``, where s is ScoreDVI's
-    own noise estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD, on 4x4 pixel-shuffled
-    sub-images when the crop is large enough). This is what a user without ScoreDVI would do;
+  - ``<solver> (sigma estimated)``: every Gaussian-noise solver on ``denoise:gaussian:sigma=auto``, the level the
+    product estimates (``restore.noise``, as the app does for an upload and the Restorer for ``auto``; the row's
+    ``sigma_used_255``). This is what a user without ScoreDVI gets. ``sigma_estimated_255`` in every row is ScoreDVI's
+    own estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD on 4x4 pixel-shuffled sub-images),
+    which sets its lam and beta0;
   - ``<solver> (oracle sigma)``: the same at the true residual std (noisy - clean), an oracle no user has, which tells
     the noise estimate's share of the gap from the Gaussian model's.
 Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
@@ -49,7 +51,7 @@ def methods() -> dict[str, dict]:
            "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
-        out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian"}
+        out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian", "sigma": "auto"}
     # oracle: the true residual std, read from the clean reference; separates the estimate's error from the
     # mismatch of a Gaussian model with camera noise (no user has this number)
     for name in gaussian:
@@ -105,9 +107,12 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
         options.setdefault("beta0", BETA0.get(pair["set"], 0.01))  # None (kept): the solver's own default rule
         spec = "denoise:real"
     else:
-        sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat
-        spec = f"denoise:gaussian:sigma={sigma:.6f}"
-        out["sigma_used_255"] = 255 * sigma
+        if cfg.get("sigma") == "auto":
+            spec = "denoise:gaussian:sigma=auto"  # the Restorer estimates it (restore.noise)
+        else:
+            sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat
+            spec = f"denoise:gaussian:sigma={sigma:.6f}"
+            out["sigma_used_255"] = 255 * sigma
     key = (mname, options.get("beta0"))
     try:
         if key not in restorers:
@@ -116,6 +121,8 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     except Exception as exc:  # one failing method must not lose the others' rows
         return {**out, "note": f"failed: {exc}"[:200]}
     m = metrics.report(post, x.to(device))
+    if "noise_estimate" in post.meta:
+        out["sigma_used_255"] = post.meta["noise_estimate"]["sigma_255"]
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0,
             "provenance": post.meta["provenance"]}
 
@@ -211,7 +218,7 @@ def main(argv=None):
 
     run_units(todo, pairs, args.samples, args.jobs, finished, args.device)
     cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
-            "sigma_true_255", "seconds", "note"]
+            "sigma_used_255", "sigma_true_255", "seconds", "note"]
     print(table(summarise(per_image, in_file, pairs), cols))
     out = save(complete=len(per_image) == len(in_file) * len(pairs))
     print(f"wrote {out} in {time.time() - t_start:.0f}s")

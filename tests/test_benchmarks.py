@@ -284,8 +284,11 @@ def test_realnoise_beats_the_noisy_photo_records_the_estimate_and_resumes(tmp_pa
     assert len(data["per_image"]) == 6 and data["complete"]
     oracle = [r for r in data["per_image"] if r["method"] == "pmrf (oracle sigma)"]
     assert all(r["sigma_used_255"] == pytest.approx(r["sigma_true_255"], abs=1e-3) for r in oracle)
-    assert all(r["sigma_used_255"] == pytest.approx(r["sigma_estimated_255"], abs=1e-3)
-               for r in data["per_image"] if r["method"] == "vble (sigma estimated)")
+    # the product's estimate (restore.noise, through sigma=auto), not ScoreDVI's: on 48 px of a face it reads the
+    # texture too (1.4x here), but it is the level the row ran at
+    for r in data["per_image"]:
+        if r["method"] == "vble (sigma estimated)":
+            assert 0.6 < r["sigma_used_255"] / r["sigma_true_255"] < 1.6, r
     with pytest.raises(SystemExit, match=r"other settings \(crop\)"):
         realnoise.main(args[:3] + ["32"] + args[4:] + ["--resume"])
     _real_pairs(tmp_path / "bad", clean_rgb, shift_noisy=True)
