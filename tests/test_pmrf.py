@@ -139,3 +139,19 @@ def test_precision_bf16_matches_float_and_bad_values_are_named(flow, clean_rgb):
     with pytest.raises(base.SolverError, match="pmrf precision must be one of"):
         _run("denoise:gaussian:sigma=0.1", clean_rgb, flow, precision="half")
     assert base.get("pmrf", preset="paper").config.precision == "float"
+
+
+def test_denoising_reports_the_posterior_mean_stage_and_other_tasks_the_flow_average(flow, clean_rgb):
+    """On denoising the first stage is the MMSE denoiser, so the estimate is D(y) itself (the flow, a realism-for-
+    distortion trade, fell below the noisy input at light noise); elsewhere the flow outputs' average."""
+    from restore import metrics
+
+    y, post = _run("denoise:gaussian:sigma=0.01", clean_rgb, flow, flow_steps=2)
+    solver = base.get("pmrf")
+    physics = parse("denoise:gaussian:sigma=0.01").physics(tuple(clean_rgb.shape))
+    stage = solver.posterior_mean(y, physics, flow, torch.Generator().manual_seed(0), lambda f, m: None)
+    assert torch.allclose(post.mean, stage, atol=1e-6) and post.meta["estimate"].startswith("posterior-mean stage")
+    assert not torch.allclose(post.mean, post.samples.mean(0, keepdim=True), atol=1e-4)
+    assert float(metrics.psnr(post.mean, clean_rgb)) > float(metrics.psnr(y, clean_rgb))
+    _, sr = _run("sr:bicubic:factor=2,noise=0.01", clean_rgb, flow, flow_steps=2, mean_options={"steps": 3})
+    assert torch.allclose(sr.mean, sr.samples.mean(0, keepdim=True)) and sr.meta["estimate"].startswith("average")
