@@ -4,6 +4,7 @@ and across worker processes (on synthetic images, so no evaluation data is neede
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -435,3 +436,22 @@ def test_a_second_run_on_the_same_results_file_is_refused(tmp_path):
     assert other.returncode != 0 and "another run is writing" in other.stderr and str(target) in other.stderr
     free = subprocess.run([sys.executable, "-c", code.replace("quality.json", "other.json")], cwd=REPO)
     assert free.returncode == 0
+
+
+def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_path, monkeypatch):
+    import skimage.data
+
+    from benchmarks import lownoise
+    from restore.io import write_image
+
+    train = tmp_path / "data" / "BSD432-train"
+    for name, img in (("a.png", skimage.data.astronaut()[100:196, 150:246]), ("b.png", skimage.data.coffee()[:96, :96])):
+        write_image(train / name, img.astype(np.float32) / 255)
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
+    out = tmp_path / "low.json"
+    lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "--solvers", "pmrf", "--samples", "2",
+                   "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["sigma_255"] == 5 and row["D(y)"] > row["input"] + 2
+    assert row["pmrf"] == pytest.approx(row["D(y)"], abs=0.3)  # PMRF's denoising estimate is its D(y) stage
+    assert "pmrf flow average" in row
