@@ -172,6 +172,9 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true",
                     help="keep the results in the output file written with the same pairs, crop and samples (methods "
                          "whose settings changed, and results whose provenance no longer holds, are rerun)")
+    ap.add_argument("--rerun", action="store_true",
+                    help="with --resume: rerun the --methods named even where their settings and provenance hold "
+                         "(a code change provenance cannot see); the other methods' results are kept")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     from benchmarks.quality import intern_provenance, previous_results
@@ -194,6 +197,11 @@ def main(argv=None):
         prev = previous_results(path, {**settings, "methods": chosen},
                                 carry=[m for m in defined if m not in chosen] if args.methods else ())
         per_image, spent, provenances = prev.kept, prev.seconds, prev.provenances
+        if args.rerun:
+            if not args.methods:
+                raise SystemExit("--rerun needs --methods (which methods to rerun)")
+            per_image = [r for r in per_image if r["method"] not in chosen]
+            print(f"rerunning {', '.join(chosen)}: --rerun", flush=True)
         in_file = {m: c for m, c in defined.items() if m in chosen or m in prev.carried}
         print(f"resuming: {len(per_image)} results kept"
               + (f"; rerunning {', '.join(prev.changed)} (settings changed)" if prev.changed else ""), flush=True)

@@ -58,13 +58,13 @@ def _against_tv(data: dict) -> str:
 
 def _realnoise(data: dict) -> str:
     cols = ["set", "method", "psnr", "ssim", "coverage_90", "std_error_spearman", "mean_std", "sigma_estimated_255",
-            "sigma_true_255", "seconds", "note"]
+            "sigma_used_255", "sigma_true_255", "seconds", "note"]
     sets = ", ".join(f"{n} {s}" for s, n in Counter(p.split("/")[0] for p in data["pairs"]).items())
     return (f"**Real camera noise** ({sets} noisy/clean pairs, {data['crop']}x{data['crop']} centre crops, "
             f"{data['samples']} samples, every method at its default settings; ScoreDVI on `denoise:real`, the "
-            "Gaussian solvers at ScoreDVI's noise estimate (`sigma estimated`, column `sigma_estimated_255`) or at the "
-            "true residual std (`oracle sigma`, column `sigma_true_255`, a number no user has); both on the /255 "
-            "scale)"
+            "Gaussian solvers at the product's noise estimate (`sigma estimated`: `sigma=auto`, restore.noise, column "
+            "`sigma_used_255`) or at the true residual std (`oracle sigma`, column `sigma_true_255`, a number no user "
+            "has); `sigma_estimated_255` is ScoreDVI's own estimate; all on the /255 scale)"
             + _partial(data) + "\n\n" + table(data["rows"], cols))
 
 
@@ -180,6 +180,8 @@ def _priors(data: dict) -> str:
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
           "quality_vble_paper_quick": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise,
+          "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "
+                              "defaults against the noisy input and the plain denoiser D(y), PSNR in dB"),
           "uncertainty_pmrf": _uncertainty, "uncertainty_vble": _uncertainty, "uncertainty_reddiff": _uncertainty,
           "uncertainty_langevin": _uncertainty, "uncertainty_aps": _uncertainty,
           "uncertainty_scoredvi": _uncertainty, "uncertainty": _uncertainty,

@@ -114,3 +114,21 @@ def test_inpainting_runs_its_own_short_count_and_the_paper_preset_restores_400(c
     assert default.cost(task, 8) == pytest.approx(40 * 0.73)  # too short for early stopping to cut
     assert paper.cost(task, 8) == pytest.approx(400 * 0.73)
     assert default.cost(parse("sr:x2"), 8) == pytest.approx(300 * 0.73 * 0.35)
+
+
+def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb):
+    """VBLE with the q2 CAE fell below a lightly noisy input on held-out crops (benchmarks.lownoise): say so."""
+    import warnings
+
+    from restore import Restorer
+
+    r = Restorer("vble", iterations=5)
+    y, _ = parse("denoise:gaussian:sigma=0.01").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="expected to be below this noisy input"):
+        post = r(y, "denoise:gaussian:sigma=0.01", samples=2)
+    assert "cae-natural-q2" in post.meta["settings_warning"]
+    y, _ = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # heavy noise: no such warning
+        post = r(y, "denoise:gaussian:sigma=0.1", samples=2)
+    assert "settings_warning" not in post.meta

@@ -98,6 +98,12 @@ class Solver:
                              f"than 1 dB short of the defaults' ({scan}): expect a poorer image")
         return "; ".join(notes) or None
 
+    def run_warning(self, y: torch.Tensor, physics, prior) -> str | None:
+        """Why this run's result is expected to be poorer than its observation itself (a limit of the solver with
+        this prior on this input, known from measurements), or None. Warned about and kept, with any settings
+        warning, in ``Posterior.meta['settings_warning']`` (the CLI's and the app's uncertainty line show it)."""
+        return None
+
     def bf16(self, device) -> bool:
         """Whether this run's networks go under bf16 autocast: the config's ``precision`` ("auto" | "bf16" | "float")
         resolved for ``device`` (restore.precision); a bad value is a SolverError naming this solver."""
@@ -134,6 +140,8 @@ class Solver:
                               f"{prior.name!r} is a {prior.kind} prior")
         if generator is None:
             generator = torch.Generator(device=y.device).manual_seed(0)
+        if note := self.run_warning(y, physics, prior):
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         report = progress or (lambda f, m: None)
         t0 = time.perf_counter()
         with provenance.recording() as used:
@@ -152,8 +160,9 @@ class Solver:
             "versions": versions(),
             "provenance": used.as_dict(),
         })
-        if self.settings_warning():
-            post.meta["settings_warning"] = self.settings_warning()
+        notes = [n for n in (self.settings_warning(), self.run_warning(y, physics, prior)) if n]
+        if notes:
+            post.meta["settings_warning"] = "; ".join(notes)
         return post
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress) -> Posterior:  # pragma: no cover
