@@ -116,12 +116,13 @@ def test_inpainting_runs_its_own_short_count_and_the_paper_preset_restores_400(c
     assert default.cost(parse("sr:x2"), 8) == pytest.approx(300 * 0.73 * 0.35)
 
 
-def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb):
+def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb, monkeypatch):
     """VBLE with the q2 CAE fell below a lightly noisy input on held-out crops (benchmarks.lownoise): say so."""
     import warnings
 
     from restore import Restorer
 
+    monkeypatch.delenv("RESTORE_MODELS", raising=False)  # the tiny_cae fixture points it elsewhere
     r = Restorer("vble", iterations=5)
     y, _ = parse("denoise:gaussian:sigma=0.01").simulate(clean_rgb, torch.Generator().manual_seed(0))
     with pytest.warns(RuntimeWarning, match="expected to be below this noisy input"):
