@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import data_root, table, write_results
 
-SOLVERS = ("pmrf", "langevin", "reddiff", "vble")
+SOLVERS = ("pmrf", "langevin", "reddiff", "vble", "aps")
 
 
 def main(argv=None):

@@ -214,7 +214,6 @@ OLDER_THAN_THE_CODE = {
     "speed_quick": "scaled from 10 % of the iterations at the defaults of 2026-12-01; the full runs at today's "
                    "defaults are the targets table above",
     "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
-    "quality_vble_paper_quick": "VBLE of 2026-11-23, before the CAE fine-tunes and the membrane fill",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned (+0.15 dB on CBSD68)",
 }
 

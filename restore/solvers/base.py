@@ -69,6 +69,9 @@ class Solver:
     # accuracy floors: option -> (the smallest value measured within 1 dB of the defaults' PSNR on every task of a
     # held-out scan, that scan's command); an explicit value below it runs, with a warning (``settings_warning``)
     work_floor: ClassVar[dict[str, tuple[int, str]]] = {}
+    # where the prior caps the result: ((card section, key) of the PSNR at which it reconstructs clean held-out photos,
+    # the margin in dB above it from which a denoising input gets run_warning, what the number is, what to use instead)
+    ceiling: ClassVar[tuple[tuple[str, str], float, str, str] | None] = None
 
     def __init__(self, config=None, preset: str | None = None, **overrides):
         base = config if config is not None else self.config_cls()
@@ -99,10 +102,23 @@ class Solver:
         return "; ".join(notes) or None
 
     def run_warning(self, y: torch.Tensor, physics, prior) -> str | None:
-        """Why this run's result is expected to be poorer than its observation itself (a limit of the solver with
-        this prior on this input, known from measurements), or None. Warned about and kept, with any settings
-        warning, in ``Posterior.meta['settings_warning']`` (the CLI's and the app's uncertainty line show it)."""
-        return None
+        """Why this run's result is expected to be poorer than its observation itself, or None: on denoising, a
+        noisy input already :attr:`ceiling`'s margin above the PSNR at which the prior reconstructs clean held-out
+        photos (its card). Warned about and kept, with any settings warning, in ``Posterior.meta['settings_warning']``
+        (the CLI's and the app's uncertainty line show it)."""
+        if self.ceiling is None or type(physics).__name__ != "Denoising":
+            return None
+        (section, key), margin, what, instead = self.ceiling
+        ceiling = ((getattr(prior, "card", None) or {}).get(section) or {}).get(key)
+        if ceiling is None:
+            return None
+        sigma = noise_sigma(physics, y)
+        input_psnr = -20 * math.log10(max(sigma, 1e-6))
+        if input_psnr < ceiling + margin:
+            return None
+        return (f"{self.name} with {prior.name} (which {what} {ceiling:.1f} dB) is expected to be below this noisy "
+                f"input itself ({input_psnr:.1f} dB at noise {255 * sigma:.2g}/255; benchmarks.lownoise). Use "
+                f"{instead}")
 
     def bf16(self, device) -> bool:
         """Whether this run's networks go under bf16 autocast: the config's ``precision`` ("auto" | "bf16" | "float")

@@ -107,9 +107,6 @@ def _likelihoods(net, z, h, scales, means):
     return lik_z, lik_h
 
 
-# a denoising input this many dB above the CAE's held-out coding PSNR gets run_warning: q2 (25.8 dB) warns at noise
-# up to 10/255, where VBLE was level with the input (benchmarks/results/lownoise.json)
-LIGHT_NOISE_MARGIN = 2.5
 
 
 class VBLESolver(Solver):
@@ -122,23 +119,11 @@ class VBLESolver(Solver):
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
     presets = {"paper": {"early_stop": None, "inpaint_iterations": None}}
-
-    def run_warning(self, y, physics, prior) -> str | None:
-        """On denoising, VBLE's estimate cannot be much better than its CAE can code a clean photo: on held-out crops
-        (``python -m benchmarks.lownoise``) the q2 CAE's VBLE gave 28.3-29.1 dB at noise 2.55-10/255, below or level
-        with the noisy input (40.1 / 34.3 / 30.7 / 28.3 dB at 2.55 / 5 / 7.5 / 10), while the CAE codes those files at 25.8 dB (its card). So a noisy
-        photo already above the card's held-out PSNR + LIGHT_NOISE_MARGIN dB gets a warning."""
-        coded = (getattr(prior, "card", None) or {}).get("rate_distortion_held_out", {}).get("psnr")
-        if type(physics).__name__ != "Denoising" or coded is None:
-            return None
-        sigma = noise_sigma(physics, y)
-        input_psnr = -20 * math.log10(max(sigma, 1e-6))
-        if input_psnr < coded + LIGHT_NOISE_MARGIN:
-            return None
-        return (f"vble with {prior.name} (which codes clean held-out photos at {coded:.1f} dB) is expected to be "
-                f"below this noisy input itself ({input_psnr:.1f} dB at noise {255 * sigma:.2g}/255): on held-out "
-                "crops it fell below the input at noise 7.5/255 and less and was level with it at 10/255. Use a higher-rate prior "
-                "(cae-natural-q6) or another solver (pmrf)")
+    # on denoising VBLE cannot do much better than its CAE codes a clean photo: held out (benchmarks.lownoise) the q2
+    # CAE's VBLE gave 28.3-29.1 dB at noise 2.55-10/255, below or level with the noisy input (40.1 / 34.3 / 30.7 / 28.3
+    # dB at 2.55 / 5 / 7.5 / 10), where the CAE codes those files at 25.8 dB (its card): warn 2.5 dB above that
+    ceiling = (("rate_distortion_held_out", "psnr"), 2.5, "codes clean held-out photos at",
+               "a higher-rate prior (cae-natural-q6) or another solver (pmrf)")
 
     def cost(self, task, samples: int, prior=None) -> float:
         # measured (benchmarks/results/speed_quick.json, 256 px): one iteration (decoder forward + backward of the

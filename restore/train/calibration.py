@@ -34,7 +34,7 @@ S = 1 / 255
 DEBLUR_KERNELS = ("gaussian:sigma=1", "gaussian:sigma=2", "gaussian:sigma=3", "motion:size=19,seed={i}")
 # family -> (noise levels, spec of crop i at noise n)
 GRID = {
-    "denoise": ((5 * S, 15 * S, 25 * S, 50 * S), lambda i, n: f"denoise:gaussian:sigma={n:.6f}"),
+    "denoise": ((2.55 * S, 5 * S, 15 * S, 25 * S, 50 * S), lambda i, n: f"denoise:gaussian:sigma={n:.6f}"),
     "deblur": ((0.01, 0.03), lambda i, n: f"deblur:{DEBLUR_KERNELS[i % 4].format(i=i)},noise={n:.6f}"),
     "sr2": ((0.01,), lambda i, n: f"sr:bicubic:factor=2,noise={n:.6f}"),
     "sr4": ((0.01,), lambda i, n: f"sr:bicubic:factor=4,noise={n:.6f}"),
