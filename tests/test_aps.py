@@ -133,3 +133,23 @@ def test_precision_setting(clean_rgb, tokens):
     assert post.meta["precision"] == "bf16" and post.samples.dtype == torch.float32
     assert _run("sr:x4", clean_rgb, tokens, precision="float").meta["precision"] == "float32"
     assert base.get("aps", preset="paper").config.precision == "float"
+
+
+def test_light_noise_warns_that_the_tokenizer_caps_the_result():
+    """APS stayed near its tokenizer's 27 dB whatever the noise (benchmarks.lownoise): a cleaner input gets a warning."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from restore.solvers import base
+    from restore.tasks import parse
+
+    solver = base.get("aps")
+    prior = SimpleNamespace(name="tokens-natural", card={"held_out_64px": {"tokenizer_psnr": 26.977}})
+    y = torch.zeros(1, 3, 16, 16)
+    light = parse("denoise:gaussian:sigma=0.02").physics((1, 3, 16, 16))
+    assert "below this noisy input itself (34.0 dB" in solver.run_warning(y, light, prior)
+    heavy = parse("denoise:gaussian:sigma=0.1").physics((1, 3, 16, 16))
+    assert solver.run_warning(y, heavy, prior) is None
+    blur = parse("deblur:gaussian:sigma=1,noise=0.001").physics((1, 3, 16, 16))
+    assert solver.run_warning(y, blur, prior) is None  # denoising only: elsewhere the input's PSNR is not known

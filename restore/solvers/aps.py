@@ -97,6 +97,11 @@ class APSSolver(Solver):
     name = "aps"
     config_cls = APSConfig
     presets = {"paper": PAPER}
+    # on denoising APS cannot beat what its tokenizer reconstructs: held out (benchmarks.lownoise, 6 crops) it gave
+    # 27.5 / 27.4 / 27.4 / 27.3 / 27.0 dB at noise 2.55 / 5 / 7.5 / 10 / 15/255 (input 40.1 / 34.3 / 30.7 / 28.3 /
+    # 24.8), the tokenizer's card 27.0: warn where the input is 0.5 dB above that, about 10.7/255 and less
+    ceiling = (("held_out_64px", "tokenizer_psnr"), 0.5, "reconstructs clean held-out crops through its tokenizer at",
+               "another solver (pmrf)")
     prior_kinds = ("tokens",)
     default_prior = "tokens-natural"
     needs_prior_gradients = True  # through the tokenizer's decoder
