@@ -171,15 +171,12 @@ class Task:
         return task, {"param": key, "sigma": sigma, "sigma_255": round(255 * sigma, 3),
                       "method": est.method}
 
-    def _known(self) -> None:
-        if self.auto:
-            raise TaskError(f"{self} has its noise level still 'auto': resolve it against the observation first "
-                            "(Task.resolved(y); restore.Restorer does this)")
-
     @property
     def noise_sigma(self) -> float | None:
         """Gaussian noise std on the [0, 1] scale (None for unknown real noise)."""
-        self._known()
+        if self.auto:
+            raise TaskError(f"{self} has its noise level still 'auto': resolve it against the observation first "
+                            "(Task.resolved(y); restore.Restorer does this)")
         p = self.p
         if self.kind == "denoise":
             return p.get("sigma", 0.0) if self.variant != "real" else None

@@ -156,8 +156,9 @@ class Solver:
                               f"{prior.name!r} is a {prior.kind} prior")
         if generator is None:
             generator = torch.Generator(device=y.device).manual_seed(0)
-        if note := self.run_warning(y, physics, prior):
-            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        run_note = self.run_warning(y, physics, prior)
+        if run_note:
+            warnings.warn(run_note, RuntimeWarning, stacklevel=2)
         report = progress or (lambda f, m: None)
         t0 = time.perf_counter()
         with provenance.recording() as used:
@@ -176,7 +177,7 @@ class Solver:
             "versions": versions(),
             "provenance": used.as_dict(),
         })
-        notes = [n for n in (self.settings_warning(), self.run_warning(y, physics, prior)) if n]
+        notes = [n for n in (self.settings_warning(), run_note) if n]
         if notes:
             post.meta["settings_warning"] = "; ".join(notes)
         return post
