@@ -46,10 +46,11 @@ def main(argv=None):
     rows, t0 = [], time.time()
     for level in args.levels:
         spec = f"denoise:gaussian:sigma={level / 255:.6f}"
+        task = parse(spec)
         psnr: dict[str, list[float]] = {}
         for i in range(len(crops)):
             x = crops[i:i + 1]
-            y, _ = parse(spec).simulate(x, torch.Generator().manual_seed(i))
+            y, _ = task.simulate(x, torch.Generator().manual_seed(i))
             psnr.setdefault("input", []).append(float(metrics.psnr(y, x)))
             with torch.no_grad():
                 psnr.setdefault("D(y)", []).append(float(metrics.psnr(den.module(y, level / 255).clamp(0, 1), x)))

@@ -136,7 +136,8 @@ def test_precision_setting(clean_rgb, tokens):
 
 
 def test_light_noise_warns_that_the_tokenizer_caps_the_result():
-    """APS stayed near its tokenizer's 27 dB whatever the noise (benchmarks.lownoise): a cleaner input gets a warning."""
+    """APS stayed near its tokenizer's 27 dB whatever the noise (benchmarks.lownoise): a cleaner input gets a
+    warning."""
     from types import SimpleNamespace
 
     import torch

@@ -445,7 +445,8 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     from restore.io import write_image
 
     train = tmp_path / "data" / "BSD432-train"
-    for name, img in (("a.png", skimage.data.astronaut()[100:196, 150:246]), ("b.png", skimage.data.coffee()[:96, :96])):
+    photos = (("a.png", skimage.data.astronaut()[100:196, 150:246]), ("b.png", skimage.data.coffee()[:96, :96]))
+    for name, img in photos:
         write_image(train / name, img.astype(np.float32) / 255)
     monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
     out = tmp_path / "low.json"

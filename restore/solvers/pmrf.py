@@ -23,9 +23,9 @@ MMSE estimator), the estimate is that posterior mean itself and the flow outputs
 first stage a RED-Diff run, not an MMSE estimate) it is the average of the flow outputs, which measured better there
 (held-out Gaussian deblurring 30.19 against RED-Diff's 29.78 dB). The flow trades distortion for realism, and on
 denoising it costs a lot where the noise is light: on 6 held-out 128 px BSD432 crops (``python -m
-benchmarks.lownoise``, ``benchmarks/results/lownoise.json``) the flow average had 37.59 / 35.61 / 34.06 / 32.86 / 31.14 dB at noise
-2.55 / 5 / 7.5 / 10 / 15 /255 against D(y)'s 44.20 / 39.44 / 36.71 / 34.87 / 32.48, and at 2.55/255 it was 2.5 dB
-below the noisy input (40.08). ``meta["estimate"]`` says which the run reports.
+benchmarks.lownoise``, ``benchmarks/results/lownoise.json``) the flow average had 37.59 / 35.61 / 34.06 / 32.86 /
+31.14 dB at noise 2.55 / 5 / 7.5 / 10 / 15 /255 against D(y)'s 44.20 / 39.44 / 36.71 / 34.87 / 32.48, and at
+2.55/255 it was 2.5 dB below the noisy input (40.08). ``meta["estimate"]`` says which the run reports.
 """
 
 from __future__ import annotations

@@ -107,8 +107,6 @@ def _likelihoods(net, z, h, scales, means):
     return lik_z, lik_h
 
 
-
-
 class VBLESolver(Solver):
     name = "vble"
     config_cls = VBLEConfig
