@@ -2,6 +2,7 @@
 
     python -m benchmarks.lownoise                       # 6 held-out BSD432 crops, 128 px, 2.55-25 /255
     python -m benchmarks.lownoise --images 3 --levels 2.55 10
+    python -m benchmarks.lownoise --solvers scoredvi --add    # one more column on the same rows
 
 A restored photo must not be worse than the photo: at light noise a method that trades distortion for realism (PMRF's
 flow) can fall below its input. The crops are the priors' held-out training files (the last ``--images`` of
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 import warnings
 
 import torch
 
 from benchmarks.common import data_root, table, write_results
 
-SOLVERS = ("pmrf", "langevin", "reddiff", "vble", "aps")
+SOLVERS = ("pmrf", "langevin", "reddiff", "vble", "aps", "scoredvi")
 
 
 def main(argv=None):
@@ -32,6 +34,9 @@ def main(argv=None):
     ap.add_argument("--solvers", nargs="*", default=list(SOLVERS))
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--add", action="store_true",
+                    help="add these solvers' columns to the rows already in the results file (same files, crop, "
+                         "samples and levels), so one solver can be measured without rerunning the others")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     from restore import Restorer, metrics
@@ -63,10 +68,34 @@ def main(argv=None):
         rows.append({"sigma_255": level, **{k: sum(v) / len(v) for k, v in psnr.items()}})
         print(f"[{time.time() - t0:5.0f}s] sigma {level}/255: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items()
                                                                          if k != "sigma_255"), flush=True)
+    seconds = time.time() - t0
+    if args.add:
+        rows, seconds = merged_rows(rows, files, args, seconds)
     print(table(rows, list(rows[0])))
     out = write_results("lownoise", {"files": [f.name for f in files], "crop": args.crop, "samples": args.samples,
-                                     "rows": rows, "seconds": time.time() - t0}, args.out)
+                                     "rows": rows, "seconds": seconds}, args.out)
     print(f"wrote {out}")
+
+
+def merged_rows(rows: list[dict], files, args, seconds: float) -> tuple[list[dict], float]:
+    """``rows`` (this run's columns) joined onto the results file's rows at the same levels; the earlier file must have
+    measured the same files, crop and samples, else the columns would not compare and this refuses."""
+    import json
+
+    from benchmarks.common import RESULTS
+
+    path = Path(args.out) if args.out else RESULTS / "lownoise.json"
+    old = json.loads(path.read_text())
+    same = (old.get("files") == [f.name for f in files], old.get("crop") == args.crop,
+            old.get("samples") == args.samples)
+    if not all(same):
+        raise SystemExit(f"--add: {path} measured other files, crop or samples; rerun without --add")
+    by_level = {r["sigma_255"]: r for r in old["rows"]}
+    missing = [r["sigma_255"] for r in rows if r["sigma_255"] not in by_level]
+    if missing:
+        raise SystemExit(f"--add: {path} has no rows at noise {missing}; rerun without --add")
+    merged = [{**by_level[r["sigma_255"]], **r} for r in rows]
+    return merged, float(old.get("seconds", 0.0)) + seconds
 
 
 if __name__ == "__main__":

@@ -456,3 +456,11 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     assert row["sigma_255"] == 5 and row["D(y)"] > row["input"] + 2
     assert row["pmrf"] == pytest.approx(row["D(y)"], abs=0.3)  # PMRF's denoising estimate is its D(y) stage
     assert "pmrf flow average" in row
+    # --add joins another solver's column onto the same rows, and refuses rows measured on other crops
+    lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "--solvers", "vble", "--samples", "2",
+                   "--out", str(out), "--add"])
+    joined = json.loads(out.read_text())["rows"][0]
+    assert joined["pmrf"] == row["pmrf"] and joined["input"] == row["input"] and joined["vble"] > 20
+    with pytest.raises(SystemExit, match="other files, crop or samples"):
+        lownoise.main(["--images", "2", "--crop", "48", "--levels", "5", "--solvers", "vble", "--samples", "2",
+                       "--out", str(out), "--add"])

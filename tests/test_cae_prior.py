@@ -93,3 +93,29 @@ def test_float16_export_keeps_constants_float16_cannot_hold():
             net = registry.load(name).module
             assert float(net.gaussian_conditional.likelihood_lower_bound.bound) > 0
             assert float(net.entropy_bottleneck.likelihood_lower_bound.bound) > 0
+
+
+def test_colour_jitter_moves_hues_and_saturates_within_range():
+    from restore.train.common import colour_jitter, random_patches
+
+    g = torch.Generator().manual_seed(0)
+    # a muted patch: grey plus a small colour cast that varies across it
+    base = torch.full((3, 16, 16), 0.5)
+    base[0] += torch.linspace(-0.1, 0.1, 16)
+    base[2] -= 0.05
+    out = colour_jitter(base, g, max_saturation=2.5)
+    assert out.shape == base.shape and out.min() >= 0 and out.max() <= 1
+    # grey values are kept (up to clipping), chroma grows by a factor in [1, 2.5]
+    assert torch.allclose(out.mean(0), base.mean(0), atol=1e-5)
+    gain = (out - out.mean(0)).norm() / (base - base.mean(0)).norm()
+    assert 1.0 <= gain <= 2.5 + 1e-5
+    # over many draws the channels get permuted (the red-dominant ramp ends up in other channels)
+    dominant = {int((colour_jitter(base, g) - 0.5)[:, :, -1].mean((1,)).argmax()) for _ in range(30)}
+    assert len(dominant) >= 2
+    # in random_patches: fraction 0 leaves patches as cropped, fraction 1 changes them; same seed, same batch
+    imgs = [(torch.rand(3, 40, 40) * 255).to(torch.uint8)]
+    plain = random_patches(imgs, 4, 16, torch.Generator().manual_seed(1))
+    again = random_patches(imgs, 4, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, again)
+    jittered = random_patches(imgs, 4, 16, torch.Generator().manual_seed(1), colour_fraction=1.0)
+    assert jittered.shape == plain.shape and not torch.allclose(jittered, plain)

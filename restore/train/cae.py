@@ -72,6 +72,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--colour-aug", type=float, default=0.0,
+                    help="fraction of patches given a random channel permutation and saturation boost "
+                         "(restore.train.common.colour_jitter), so the CAE also codes saturated, rare colours")
     ap.add_argument("--export", action="store_true")
     ap.add_argument("--init-from", default=None,
                     help="with no checkpoint: start from this other trained CAE (.pt of the same --N/--M, e.g. "
@@ -134,6 +137,7 @@ def main(argv=None):
             "wall_time_hours": round(clock.total / 3600, 2), "command": command,
             "lr": args.lr if args.cosine_to is None else f"cosine {args.lr:g} -> {args.cosine_to:g} over {args.steps} steps",
             "rate_distortion_held_out": rd, "validation_log": log, "weights_dtype": "float16",
+            **({"colour_augmentation": args.colour_aug} if args.colour_aug else {}),
             **({"initialised_from": initialised} if initialised else {})},
             out.with_suffix(".json"))
         print(f"exported {out}.pt  {rd}", flush=True)
@@ -147,7 +151,7 @@ def main(argv=None):
         if args.cosine_to is not None:
             for g in opt.param_groups:
                 g["lr"] = args.cosine_to + (args.lr - args.cosine_to) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
+        x = random_patches(train_imgs, args.batch, args.patch, gen, colour_fraction=args.colour_aug).to(dev)
         out = net(x)
         loss = crit(out, x)["loss"]
         opt.zero_grad(set_to_none=True)
