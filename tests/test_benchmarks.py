@@ -464,3 +464,30 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     with pytest.raises(SystemExit, match="other files, crop or samples"):
         lownoise.main(["--images", "2", "--crop", "48", "--levels", "5", "--solvers", "vble", "--samples", "2",
                        "--out", str(out), "--add"])
+
+
+def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, monkeypatch):
+    import skimage.data
+
+    from benchmarks import saturated
+    from restore.io import write_image
+
+    train = tmp_path / "data" / "BSD432-train"
+    photos = (("a.png", skimage.data.astronaut()[100:196, 150:246]), ("b.png", skimage.data.coffee()[:96, :96]))
+    for name, img in photos:
+        write_image(train / name, img.astype(np.float32) / 255)
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4  # no clipping at x2
+    pushed = saturated.saturate(x, 0, 2.0)
+    grey = x.mean(1, keepdim=True)
+    assert torch.allclose(pushed.mean(1, keepdim=True), grey, atol=1e-5)  # grey kept, chroma doubled
+    assert float((pushed - grey).norm()) == pytest.approx(2 * float((x - grey).norm()), rel=1e-4)
+    assert not torch.equal(saturated.saturate(x, 0, 1.0), saturated.saturate(x, 1, 1.0))  # another permutation
+    out = tmp_path / "sat.json"
+    saturated.main(["--images", "1", "--crop", "64", "--tasks", "sr4", "--samples", "2", "--out", str(out)])
+    rows = {r["set"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"natural", "saturated"}
+    for row in rows.values():
+        assert 15 < row["sr4 vble"] < 45 and 0 <= row["sr4 vble cov90"] <= 1
+        assert row["cae-natural-q2 bpp"] > 0 and row["cae-natural-q2 psnr"] > 20
+    assert rows["saturated"]["sr4 input"] != rows["natural"]["sr4 input"]
