@@ -167,7 +167,9 @@ def summary_row(row: dict, results: list[dict], n: int, unit: str = "images") ->
     notes = [r["note"] for r in results if "note" in r]
     if notes:
         return {**row, "note": notes[0]}
-    keys = [k for k in results[0] if isinstance(results[0][k], float)]
+    # a metric some results lack (a run that fell back to its raw spread reports no separate raw coverage) is left
+    # out rather than averaged over a subset
+    keys = [k for k in results[0] if isinstance(results[0][k], float) and all(k in r for r in results)]
     row = {**row, **{k: sum(r[k] for r in results) / len(results) for k in keys}}
     if "psnr" in keys and len(results) >= 2:
         row["psnr_ci95"] = ci95_half_width([r["psnr"] for r in results])

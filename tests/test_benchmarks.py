@@ -491,3 +491,12 @@ def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, monkeypatc
         assert 15 < row["sr4 vble"] < 45 and 0 <= row["sr4 vble cov90"] <= 1
         assert row["cae-natural-q2 bpp"] > 0 and row["cae-natural-q2 psnr"] > 20
     assert rows["saturated"]["sr4 input"] != rows["natural"]["sr4 input"]
+
+
+def test_summary_row_averages_only_metrics_every_result_has():
+    from benchmarks.common import summary_row
+
+    results = [{"psnr": 30.0, "coverage_90": 0.9, "coverage_90_raw": 0.5}, {"psnr": 32.0, "coverage_90": 0.8}]
+    row = summary_row({"task": "t", "method": "m"}, results, n=3)
+    assert row["psnr"] == 31.0 and row["coverage_90"] == pytest.approx(0.85)
+    assert "coverage_90_raw" not in row and row["note"] == "2/3 images so far"
