@@ -207,14 +207,11 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
 # Results files that predate a change the numbers depend on, and what it is: shown above the table, so a reader
 # never takes an old number for today's (rerun the file's command and drop its line here).
 OLDER_THAN_THE_CODE = {
-    "quality_quick": "trimmed settings of 2026-11 (ScoreDVI 30 iterations, APS 4 x 6 steps, ...), not today's defaults, "
-                     "and inpainting from the former normalised-convolution start (today's membrane fill gains up to "
-                     "+1 dB on box inpainting); the current defaults are in the table above",
-    "calibration_quick": "computed from quality_quick (see there)",
     "speed_quick": "scaled from 10 % of the iterations at the defaults of 2026-12-01; the full runs at today's "
                    "defaults are the targets table above",
     "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
-    "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned (+0.15 dB on CBSD68)",
+    "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
+                   "colour augmentation on 2026-12-03)",
 }
 
 
