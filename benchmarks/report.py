@@ -210,6 +210,11 @@ OLDER_THAN_THE_CODE = {
     "speed_quick": "scaled from 10 % of the iterations at the defaults of 2026-12-01; the full runs at today's "
                    "defaults are the targets table above",
     "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
+    "realnoise_quick": "some rows predate solver default changes (the '(oracle sigma)' rows of RED-Diff, Langevin and "
+                       "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's "
+                       "noise_level option (2026-12-03) is not read on real noise, so its rows stand",
+    "uncertainty_vble": "VBLE with the q2 CAE before its colour fine-tune of 2026-12-03 (its table was refitted; a "
+                        "rerun of this file was not made in that session)",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
                    "colour augmentation on 2026-12-03)",
 }
