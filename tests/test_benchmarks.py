@@ -438,10 +438,11 @@ def test_a_second_run_on_the_same_results_file_is_refused(tmp_path):
     assert free.returncode == 0
 
 
-def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_path, monkeypatch):
+@pytest.fixture
+def held_out_photos(tmp_path, monkeypatch):
+    """$RESTORE_DATA pointing at a BSD432-train folder of two scikit-image crops (the benchmarks' held-out files)."""
     import skimage.data
 
-    from benchmarks import lownoise
     from restore.io import write_image
 
     train = tmp_path / "data" / "BSD432-train"
@@ -449,6 +450,12 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     for name, img in photos:
         write_image(train / name, img.astype(np.float32) / 255)
     monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
+    return train
+
+
+def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_path, held_out_photos):
+    from benchmarks import lownoise
+
     out = tmp_path / "low.json"
     lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "--solvers", "pmrf", "--samples", "2",
                    "--out", str(out)])
@@ -466,17 +473,9 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
                        "--out", str(out), "--add"])
 
 
-def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, monkeypatch):
-    import skimage.data
-
+def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, held_out_photos):
     from benchmarks import saturated
-    from restore.io import write_image
 
-    train = tmp_path / "data" / "BSD432-train"
-    photos = (("a.png", skimage.data.astronaut()[100:196, 150:246]), ("b.png", skimage.data.coffee()[:96, :96]))
-    for name, img in photos:
-        write_image(train / name, img.astype(np.float32) / 255)
-    monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "data"))
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4  # no clipping at x2
     pushed = saturated.saturate(x, 0, 2.0)
     grey = x.mean(1, keepdim=True)
