@@ -213,8 +213,8 @@ OLDER_THAN_THE_CODE = {
     "realnoise_quick": "some rows predate solver default changes (the '(oracle sigma)' rows of RED-Diff, Langevin and "
                        "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's "
                        "noise_level option (2026-12-03) is not read on real noise, so its rows stand",
-    "uncertainty_vble": "VBLE with the q2 CAE before its colour fine-tune of 2026-12-03 (its table was refitted; a "
-                        "rerun of this file was not made in that session)",
+    "uncertainty_vble": "its faces and off-grid rows were measured before the q2 colour fine-tune of 2026-12-03 (the "
+                        "CBSD68 rows were rerun with it)",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
                    "colour augmentation on 2026-12-03)",
 }
