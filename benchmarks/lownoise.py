@@ -94,7 +94,8 @@ def merged_rows(rows: list[dict], files, args, seconds: float) -> tuple[list[dic
     missing = [r["sigma_255"] for r in rows if r["sigma_255"] not in by_level]
     if missing:
         raise SystemExit(f"--add: {path} has no rows at noise {missing}; rerun without --add")
-    merged = [{**by_level[r["sigma_255"]], **r} for r in rows]
+    new = {r["sigma_255"]: r for r in rows}
+    merged = [{**r, **new.get(r["sigma_255"], {})} for r in old["rows"]]  # levels not run here keep their rows
     return merged, float(old.get("seconds", 0.0)) + seconds
 
 

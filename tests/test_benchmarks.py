@@ -457,7 +457,7 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     from benchmarks import lownoise
 
     out = tmp_path / "low.json"
-    lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "--solvers", "pmrf", "--samples", "2",
+    lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "50", "--solvers", "pmrf", "--samples", "2",
                    "--out", str(out)])
     row = json.loads(out.read_text())["rows"][0]
     assert row["sigma_255"] == 5 and row["D(y)"] > row["input"] + 2
@@ -466,7 +466,8 @@ def test_lownoise_compares_each_estimate_with_the_input_and_the_denoiser(tmp_pat
     # --add joins another solver's column onto the same rows, and refuses rows measured on other crops
     lownoise.main(["--images", "2", "--crop", "64", "--levels", "5", "--solvers", "vble", "--samples", "2",
                    "--out", str(out), "--add"])
-    joined = json.loads(out.read_text())["rows"][0]
+    joined, untouched = json.loads(out.read_text())["rows"]
+    assert untouched["sigma_255"] == 50 and "vble" not in untouched  # a level not run here keeps its row
     assert joined["pmrf"] == row["pmrf"] and joined["input"] == row["input"] and joined["vble"] > 20
     with pytest.raises(SystemExit, match="other files, crop or samples"):
         lownoise.main(["--images", "2", "--crop", "48", "--levels", "5", "--solvers", "vble", "--samples", "2",
