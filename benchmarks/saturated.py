@@ -32,9 +32,9 @@ PERMUTATIONS = [p for p in itertools.permutations(range(3)) if p != (0, 1, 2)]
 
 def saturate(x: torch.Tensor, index: int, saturation: float) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1] -> the same crop with permuted channels and chroma scaled by ``saturation``."""
-    p = x[:, list(PERMUTATIONS[index % len(PERMUTATIONS)])]
-    grey = p.mean(1, keepdim=True)
-    return (grey + saturation * (p - grey)).clamp(0.0, 1.0)
+    from restore.train.common import push_colours
+
+    return push_colours(x, list(PERMUTATIONS[index % len(PERMUTATIONS)]), saturation)
 
 
 def input_psnr(y: torch.Tensor, x: torch.Tensor) -> float:

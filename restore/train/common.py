@@ -72,10 +72,17 @@ def colour_jitter(patch: torch.Tensor, gen: torch.Generator, max_saturation: flo
     scaling the chroma about the pixel's grey value, then clipping, makes the saturated, clipped colours of flower
     close-ups and signs that BSD's landscapes rarely have.
     """
-    p = patch[torch.randperm(3, generator=gen)]
+    order = torch.randperm(3, generator=gen).tolist()
     s = 1.0 + (max_saturation - 1.0) * torch.rand(1, generator=gen).item()
-    grey = p.mean(0, keepdim=True)
-    return (grey + s * (p - grey)).clamp(0.0, 1.0)
+    return push_colours(patch, order, s)
+
+
+def push_colours(x: torch.Tensor, order: list[int], saturation: float) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] with its channels taken in ``order`` and its chroma scaled by ``saturation`` about
+    each pixel's grey value, clipped to [0, 1]."""
+    p = x[..., order, :, :]
+    grey = p.mean(-3, keepdim=True)
+    return (grey + saturation * (p - grey)).clamp(0.0, 1.0)
 
 
 def centre_crops(images: list[torch.Tensor], size: int) -> torch.Tensor:
