@@ -90,8 +90,8 @@ def merged_rows(rows: list[dict], files, args, seconds: float) -> tuple[list[dic
             old.get("samples") == args.samples)
     if not all(same):
         raise SystemExit(f"--add: {path} measured other files, crop or samples; rerun without --add")
-    by_level = {r["sigma_255"]: r for r in old["rows"]}
-    missing = [r["sigma_255"] for r in rows if r["sigma_255"] not in by_level]
+    measured = {r["sigma_255"] for r in old["rows"]}
+    missing = [r["sigma_255"] for r in rows if r["sigma_255"] not in measured]
     if missing:
         raise SystemExit(f"--add: {path} has no rows at noise {missing}; rerun without --add")
     new = {r["sigma_255"]: r for r in rows}
