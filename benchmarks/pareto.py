@@ -97,6 +97,30 @@ def rerun_unit(result: dict, tasks_to_rerun, solvers) -> bool:
     return result["task"] in tasks_to_rerun and (not solvers or solver in solvers)
 
 
+def plan(quality: dict, per_image: list[dict], task_specs: dict, images: list, solvers=None) -> tuple[list, list]:
+    """(points, todo): a point per (solver, setting) that has or will get results, and the (task, spec, method,
+    config, image index) units still to run. ``solvers`` limits what runs; the others keep their points when the
+    quality file or the kept ``per_image`` results hold them. Pure."""
+    points, todo = [], []
+    for solver, settings in SETTINGS.items():
+        runs_here = not solvers or solver in solvers
+        for label, setting in settings:
+            cfg = method_config(solver.split(" ")[0], setting)
+            mname = f"{solver}: {label}"
+            source, results = from_quality_file(quality, cfg)
+            if source is None:
+                results = [r for r in per_image if r["method"] == mname]
+                if not runs_here and not results:
+                    continue
+                done = {(r["task"], r["image"]) for r in results}
+                if runs_here:
+                    todo += [(t, spec, mname, cfg, i) for t, spec in task_specs.items()
+                             for i, (n, _) in enumerate(images) if (t, n) not in done]
+            points.append({"solver": solver, "setting": label, "method": mname, "cfg": cfg,
+                           "source": f"quality_paper_quick.json: {source}" if source else "run here"})
+    return points, todo
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=1)
@@ -119,21 +143,7 @@ def main(argv=None):
     hold_results_lock(target)
     previous = json.loads(target.read_text()) if args.resume and target.exists() else {}
     per_image = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
-    points, todo = [], []
-    for solver, settings in SETTINGS.items():
-        if args.solvers and solver not in args.solvers:
-            continue
-        for label, setting in settings:
-            cfg = method_config(solver.split(" ")[0], setting)
-            mname = f"{solver}: {label}"
-            source, results = from_quality_file(quality, cfg)
-            if source is None:
-                results = [r for r in per_image if r["method"] == mname]
-                done = {(r["task"], r["image"]) for r in results}
-                todo += [(t, spec, mname, cfg, i) for t, spec in task_specs.items()
-                         for i, (n, _) in enumerate(images) if (t, n) not in done]
-            points.append({"solver": solver, "setting": label, "method": mname, "cfg": cfg,
-                           "source": f"quality_paper_quick.json: {source}" if source else "run here"})
+    points, todo = plan(quality, per_image, task_specs, images, args.solvers)
     print(f"{len(todo)} units to run", flush=True)
 
     def finished(result):

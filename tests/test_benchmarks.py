@@ -421,6 +421,24 @@ def test_pareto_rerun_drops_only_the_named_tasks_of_the_named_solvers():
     assert not rerun_unit({**unit, "method": "diffpir (deepinv): 8 steps"}, ["inpaint_box"], ["diffpir"])
 
 
+def test_pareto_for_some_solvers_keeps_the_other_solvers_rows():
+    """`--solvers pmrf` reruns PMRF's settings only; the other solvers' kept results still make their rows (a run
+    once dropped them all from pareto.json and its plot)."""
+    from benchmarks import pareto
+
+    quality = {"methods": {}, "per_image": []}
+    specs = {"sr4": "sr:bicubic:factor=4,noise=0.01"}
+    images = [("a.png", None), ("b.png", None)]
+    kept = [{"method": "vble: paper", "task": "sr4", "image": "a.png", "psnr": 24.0}]
+    points, todo = pareto.plan(quality, kept, specs, images, ["pmrf"])
+    assert "vble: paper" in [p["method"] for p in points]
+    assert "vble: default (early stop)" not in [p["method"] for p in points]  # no results kept, not run: no row
+    assert {u[2].split(":")[0] for u in todo} == {"pmrf"} and len(todo) == 2 * len(pareto.SETTINGS["pmrf"])
+    everything = pareto.plan(quality, kept, specs, images)[1]
+    assert ("sr4", specs["sr4"], "vble: paper", pareto.method_config("vble", {"options": {"preset": "paper"}}), 1) \
+        in everything and all(u[2] != "vble: paper" or u[4] == 1 for u in everything)
+
+
 def test_a_second_run_on_the_same_results_file_is_refused(tmp_path):
     """Two runs rewriting one results file would each drop the other's finished units: the second is refused."""
     import subprocess
