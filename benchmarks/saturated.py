@@ -2,6 +2,7 @@
 
     python -m benchmarks.saturated                 # 8 held-out BSD432 crops, 128 px
     python -m benchmarks.saturated --images 4 --tasks sr4
+    python -m benchmarks.saturated --prior cae-natural-q4 --out benchmarks/results/saturated_q4.json
 
 Issue #22 measured VBLE breaking down on a saturated-colour flower close-up (x4 SR 13.7 dB from a 23.2 dB bicubic
 input): a CAE trained on BSD's landscapes had not seen such colours, and VBLE's latent optimisation then finds no code
@@ -43,6 +44,7 @@ def main(argv=None):
     ap.add_argument("--saturation", type=float, default=2.0)
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--prior", default=None, help="VBLE's CAE (default: VBLE's default, cae-natural-q2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -58,7 +60,7 @@ def main(argv=None):
     sets = {"natural": natural,
             "saturated": torch.cat([saturate(natural[i:i + 1], i, args.saturation) for i in range(len(natural))])}
     caes = [n for n in registry.available("cae") if registry.PRIORS[n].file]
-    vble = Restorer("vble")
+    vble = Restorer("vble", args.prior)
     rows, t0 = [], time.time()
     for set_name, crops in sets.items():
         row: dict = {"set": set_name}
@@ -81,6 +83,8 @@ def main(argv=None):
                 post = vble(y, spec, samples=args.samples, seed=i)
                 acc.setdefault("vble", []).append(float(metrics.psnr(post.mean, x)))
                 acc.setdefault("vble cov90", []).append(float(metrics.coverage(post, x, 0.9)))
+                # the coverage is the calibrated one only where a table covers the run (a candidate CAE has none)
+                acc.setdefault("vble calibrated", []).append(float(post.calibrated))
             for k, v in acc.items():
                 row[f"{task_name} {k}"] = sum(v) / len(v)
             print(f"[{time.time() - t0:5.0f}s] {set_name} {task_name}: "
@@ -90,6 +94,7 @@ def main(argv=None):
     cards = {n: {k: registry.read_card(n).get(k) for k in ("steps", "colour_augmentation")} for n in caes}
     out = write_results("saturated", {"files": [f.name for f in files], "crop": args.crop,
                                       "saturation": args.saturation, "samples": args.samples,
+                                      "vble_prior": vble.prior().name,
                                       "models": str(registry.models_dir()), "cards": cards, "rows": rows,
                                       "seconds": time.time() - t0}, args.out)
     print(f"wrote {out}")

@@ -502,11 +502,15 @@ def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, held_out_p
     assert float((pushed - grey).norm()) == pytest.approx(2 * float((x - grey).norm()), rel=1e-4)
     assert not torch.equal(saturated.saturate(x, 0, 1.0), saturated.saturate(x, 1, 1.0))  # another permutation
     out = tmp_path / "sat.json"
-    saturated.main(["--images", "1", "--crop", "64", "--tasks", "sr4", "--samples", "2", "--out", str(out)])
-    rows = {r["set"]: r for r in json.loads(out.read_text())["rows"]}
+    saturated.main(["--images", "1", "--crop", "64", "--tasks", "sr4", "--samples", "2", "--prior", "cae-natural-q4",
+                    "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["vble_prior"] == "cae-natural-q4"
+    rows = {r["set"]: r for r in result["rows"]}
     assert set(rows) == {"natural", "saturated"}
     for row in rows.values():
         assert 15 < row["sr4 vble"] < 45 and 0 <= row["sr4 vble cov90"] <= 1
+        assert row["sr4 vble calibrated"] == 1.0  # the shipped q4 has its table
         assert row["cae-natural-q2 bpp"] > 0 and row["cae-natural-q2 psnr"] > 20
     assert rows["saturated"]["sr4 input"] != rows["natural"]["sr4 input"]
 
