@@ -24,7 +24,7 @@ LIMITS = {
                      "last 2 000 steps)",
     "cae-natural-q2": "capacity and compute: N=64 / M=96 (compressai's low rates use N=128 / M=192) and 41 k steps "
                       "of 128-256 px crops (compressai trains ~2 M steps on Vimeo-90k); still rising at the end",
-    "cae-natural-q4": "as q2: fine-tuned 29 k CPU steps from q2's weights, the last 10 k with a cosine decay",
+    "cae-natural-q4": "as q2: fine-tuned 41 k CPU steps from q2's weights (10 k with a cosine decay, then 12 k with colour augmentation); level at the end",
     "cae-natural-q6": "capacity above all: M=96 latent channels for a rate where compressai uses M=320; fine-tuned "
                       "15 k CPU steps from q4, flat at the end",
     "flow-natural": "compute: 15 k steps (12 k on a lent GPU) against hundreds of thousands in the PMRF paper; it "
