@@ -354,3 +354,21 @@ def test_every_shipped_table_applies_at_its_solvers_defaults(solver):
     table = registry.calibration_table(solver, prior)
     assert table is not None, f"no shipped table for {solver} with {prior}"
     assert calibration.table_mismatch(table, prior, dataclasses.asdict(cls.config_cls())) is None
+
+
+def test_every_shipped_table_matches_its_prior_and_solver():
+    """Not only the default priors' tables: a retrained non-default prior (e.g. cae-natural-q4) must come with its
+    refitted table, or users who pick it are silently left with the raw spread."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.solvers import base
+
+    files = sorted((registry.models_dir() / "calibration").glob("*.json"))
+    assert len(files) >= 6
+    for f in files:
+        table = json.loads(f.read_text())
+        table["file"] = f.name
+        defaults = dataclasses.asdict(base.solver_class(table["solver"]).config_cls())
+        assert calibration.table_mismatch(table, table["prior"], defaults) is None, f.name
