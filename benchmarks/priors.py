@@ -26,7 +26,7 @@ LIMITS = {
                       "of 128-256 px crops (compressai trains ~2 M steps on Vimeo-90k); still rising at the end",
     "cae-natural-q4": "as q2: fine-tuned 41 k CPU steps from q2's weights (10 k with a cosine decay, then 12 k with colour augmentation); level at the end",
     "cae-natural-q6": "capacity above all: M=96 latent channels for a rate where compressai uses M=320; fine-tuned "
-                      "15 k CPU steps from q4, flat at the end",
+                      "15 k CPU steps from q4 (flat at the end), then 12 k with colour augmentation",
     "flow-natural": "compute: 15 k steps (12 k on a lent GPU) against hundreds of thousands in the PMRF paper; it "
                     "does not land on clean images, so the default runs 2-4 Euler steps, not the paper's 25",
     "tokens-natural": "compute and data: 29 k GPU steps at 64 px; the transformer barely beats a uniform prior "
@@ -43,7 +43,7 @@ CONTINUE = {  # resumable; without runs/ checkpoints they warm-start from the sh
                       "--cosine-to 1e-6",
     "cae-natural-q6": "python -m restore.train.cae --data ../shared/data/BSD432-train --N 64 --M 96 --lmbda 0.0483 "
                       "--init-from models/cae-natural-q6.pt --out models/cae-natural-q6 --ckpt runs/cae-q6/last.pt "
-                      "--cosine-to 1e-6",
+                      "--colour-aug 0.4 --lr 3e-5 --cosine-to 1e-6",
     "flow-natural": "python -m restore.train.flow --denoiser score-natural --out models/flow-natural "
                     "--ckpt runs/flow/last.pt",
     "tokens-natural": "python -m restore.train.tokens --out models/tokens-natural --ckpt runs/tokens/last.pt",

@@ -200,6 +200,7 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
                                "pushed (channels permuted, chroma x2); each CAE's coded bpp / PSNR, and VBLE at its "
                                "default prior (q2) against the input and TV, PSNR in dB"),
           "saturated_q4": _single("Saturated colours, VBLE with cae-natural-q4 (same crops and columns)"),
+          "saturated_q6": _single("Saturated colours, VBLE with cae-natural-q6 (same crops and columns)"),
           "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),
           "quant": _single("Quantised backbones (ratios against float in the same run)"),
           "quant_quick": _single("Quantised backbones, quick (ratios against float in the same run)"),

@@ -373,3 +373,61 @@ def test_every_shipped_table_matches_its_prior_and_solver():
         assert (table["solver"], table["prior"]) == (solver, prior), f.name
         defaults = dataclasses.asdict(base.solver_class(solver).config_cls())
         assert calibration.table_mismatch(table, table["prior"], defaults) is None, f.name
+
+
+def test_wiener_error_orders_operators_by_how_hard_they_make_the_problem():
+    """The deblurring cells' per-image signal: the RMS error a Wiener filter would make on a 1/f^2 image. It grows
+    with the blur width and with the noise, and a 19 px motion kernel (which keeps most of the spectrum) sits below
+    Gaussian sigma 1; the feature is that number's log at every pixel."""
+    from restore.tasks import parse
+
+    shape = (1, 3, 64, 64)
+    hard = {spec: cal.wiener_rmse(parse(spec).physics(shape), shape) for spec in
+            ("denoise:gaussian:sigma=0.01", "deblur:motion:size=19,seed=3,noise=0.01",
+             "deblur:gaussian:sigma=1,noise=0.01", "deblur:gaussian:sigma=3,noise=0.01",
+             "deblur:gaussian:sigma=3,noise=0.03")}
+    values = list(hard.values())
+    assert values == sorted(values) and len(set(values)) == len(values), hard
+    assert values[0] < 0.011  # no blur: at most the noise itself
+    physics = parse("deblur:gaussian:sigma=3,noise=0.01").physics(shape)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    feat = cal.features(x, 0.1 * x, physics(x), physics, ["bias", "log_wiener"])
+    assert torch.allclose(feat[1], torch.full_like(x[0], math.log(values[3])))
+
+
+def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
+    """The shipped PMRF table's deblurring cells add ``log_wiener`` to the table's features (a per-cell list, used
+    when the table is applied), with a positive weight: the harder the kernel, the wider the calibrated interval. The
+    same image blurred with sigma 3 gets a wider interval than with sigma 1, relative to the error scale without the
+    signal."""
+    import dataclasses
+
+    from restore.priors import registry
+    from restore.solvers import base
+    from restore.tasks import parse
+
+    table = registry.calibration_table("pmrf", "flow-natural")
+    deblur = [c for c in table["cells"] if c["family"] == "deblur"]
+    assert deblur and all(cal.cell_features(table, c) == [*table["features"], "log_wiener"] for c in deblur)
+    assert all(c["weights"][-1] > 0 for c in deblur)
+    others = [c for c in table["cells"] if c["family"] != "deblur"]
+    assert all(cal.cell_features(table, c) == table["features"] for c in others)
+    defaults = dataclasses.asdict(base.get("pmrf").config)
+    assert cal.table_mismatch(table, "flow-natural", defaults) is None
+    cut = {**table, "cells": [{**deblur[0], "weights": deblur[0]["weights"][:-1]}]}  # one weight short of its list
+    assert "is damaged" in cal.table_mismatch(cut, "flow-natural", defaults)
+    # between the two noise levels the blend keeps the cells' own feature list
+    cell, status, _ = cal.find_cell(table, "deblur", 0.02)
+    assert status == "approximate" and cal.cell_features(table, cell)[-1] == "log_wiener"
+    shape = (1, 3, 64, 64)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    ratios = []
+    for spec in ("deblur:gaussian:sigma=1,noise=0.01", "deblur:gaussian:sigma=3,noise=0.01"):
+        physics = parse(spec).physics(shape)
+        y = physics(x)
+        with_it = cal.scale_map(deblur[0]["weights"], cal.features(x, 0.02 + 0 * x, y, physics,
+                                                                   cal.cell_features(table, deblur[0])))
+        without = cal.scale_map(deblur[0]["weights"][:-1], cal.features(x, 0.02 + 0 * x, y, physics,
+                                                                        table["features"]))
+        ratios.append(float((with_it / without).mean()))
+    assert ratios[1] > 1.2 * ratios[0]

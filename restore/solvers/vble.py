@@ -121,7 +121,7 @@ class VBLESolver(Solver):
     # CAE's VBLE gave 28.3-29.1 dB at noise 2.55-10/255, below or level with the noisy input (40.1 / 34.3 / 30.7 / 28.3
     # dB at 2.55 / 5 / 7.5 / 10), where the CAE codes those files at 25.8 dB (its card): warn 2.5 dB above that
     ceiling = (("rate_distortion_held_out", "psnr"), 2.5, "codes clean held-out photos at",
-               "a higher-rate prior (cae-natural-q6) or another solver (pmrf)")
+               "another solver (pmrf), or a higher-rate CAE if this is not the highest (cae-natural-q2 < -q4 < -q6)")
 
     def cost(self, task, samples: int, prior=None) -> float:
         # measured (benchmarks/results/speed_quick.json, 256 px): one iteration (decoder forward + backward of the
