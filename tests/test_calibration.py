@@ -431,3 +431,20 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
                                                                         table["features"]))
         ratios.append(float((with_it / without).mean()))
     assert ratios[1] > 1.2 * ratios[0]
+
+
+def test_fit_only_reads_the_planned_runs_for_their_planned_images(tmp_path):
+    """A refit from the cache uses exactly the planned (role, index) runs, each for the image the plan draws: another
+    --fit / --cal count draws other files under the same names, and a stale run would mix images into the wrong
+    role (a calibration crop of a fit image). Missing or mismatched runs stop the refit with the file named."""
+    from restore.train import calibration as train
+
+    folder = tmp_path / "deblur-0.01000"
+    folder.mkdir()
+    torch.save({"role": "fit", "index": 0, "file": "a.png", "mean": torch.zeros(1)}, folder / "fit-000.pt")
+    assert train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None)])[0]["file"] == "a.png"
+    with pytest.raises(SystemExit, match="fit-000.pt: cached for a.png, planned for b.png"):
+        train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "b.png", None)])
+    with pytest.raises(SystemExit, match="cal-008.pt: missing"):
+        train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None), ("cal", 8, "c.png", None)])
+    assert len(train.cached_cell(tmp_path, "deblur", 0.01)) == 1  # no plan: every cached run

@@ -78,8 +78,10 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
             if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
                 fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
                 settings, priors = solver_settings(fresh["solvers"]), fresh["priors"]
-            # a unit cached before runs recorded their priors' digests is judged by the solver settings alone
-            if solver_settings(unit.get("solvers")) == settings and unit.get("priors", priors) == priors:
+            # a unit cached before runs recorded their priors' digests is judged by the solver settings alone; one
+            # cached for another image (other --fit / --cal / --seed draw other files) is rerun
+            if (solver_settings(unit.get("solvers")) == settings and unit.get("priors", priors) == priors
+                    and unit.get("file", name) == name):
                 results.append(unit)
                 continue
             print(f"{path}: cached with other solver settings or prior weights, rerun", flush=True)
@@ -207,8 +209,21 @@ def supported_families(solver) -> list[str]:
     return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
 
 
-def cached_cell(cache: Path, fam: str, sigma: float) -> list[dict]:
-    return [torch.load(p, weights_only=True) for p in sorted((cache / f"{fam}-{sigma:.5f}").glob("*.pt"))]
+def cached_cell(cache: Path, fam: str, sigma: float, units: list | None = None) -> list[dict]:
+    """The cached runs of one cell: those of ``units`` ((role, index, file, crop), the fit's plan) when given, each
+    for its planned file (a missing or mismatched one is an error: run without --fit-only), else every cached run."""
+    folder = cache / f"{fam}-{sigma:.5f}"
+    if units is None:
+        return [torch.load(p, weights_only=True) for p in sorted(folder.glob("*.pt"))]
+    out = []
+    for role, i, name, _ in units:
+        path = folder / f"{role}-{i:03d}.pt"
+        unit = torch.load(path, weights_only=True) if path.exists() else None
+        if unit is None or unit.get("file", name) != name:
+            raise SystemExit(f"{path}: {'missing' if unit is None else 'cached for ' + unit['file']}, planned for "
+                             f"{name}; run without --fit-only")
+        out.append(unit)
+    return out
 
 
 def main(argv=None):
@@ -264,7 +279,7 @@ def main(argv=None):
     cells, seconds = [], []
     for fam in families:
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
-            done = (cached_cell(cache, fam, sigma) if args.fit_only
+            done = (cached_cell(cache, fam, sigma, units) if args.fit_only
                     else run_cell(restorer, fam, sigma, units, args.samples, cache))
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
