@@ -410,6 +410,10 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
     deblur = [c for c in table["cells"] if c["family"] == "deblur"]
     assert deblur and all(cal.cell_features(table, c) == [*table["features"], "log_wiener"] for c in deblur)
     assert all(c["weights"][-1] > 0 for c in deblur)
+    # the per-image weight rests on 8 extra fit crops of files no other role of the table uses
+    used = set(table["images"]["fit"]) | set(table["images"]["cal"]) | set(table["images"]["prior_held_out"])
+    assert all(c["n_fit"] == 16 and len(set(c["extra_fit_images"])) == 8 and not used & set(c["extra_fit_images"])
+               for c in deblur)
     others = [c for c in table["cells"] if c["family"] != "deblur"]
     assert all(cal.cell_features(table, c) == table["features"] for c in others)
     defaults = dataclasses.asdict(base.get("pmrf").config)
