@@ -451,4 +451,3 @@ def test_fit_only_reads_the_planned_runs_for_their_planned_images(tmp_path):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "b.png", None)])
     with pytest.raises(SystemExit, match="cal-008.pt: missing"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None), ("cal", 8, "c.png", None)])
-    assert len(train.cached_cell(tmp_path, "deblur", 0.01)) == 1  # no plan: every cached run

@@ -53,7 +53,7 @@ CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("
 # how hard the kernel and noise make the problem (docs/calibration.md)
 EXTRA_FEATURES = {"deblur": ("log_wiener",)}
 # more fit crops for a family whose cells carry a per-image signal: its weight rests on the fit images alone, and with
-# 8 (2 per deblurring kernel) it came out noisy (PMRF at noise 0.01: 1.93 on 8 crops, 1.05 on 16). Drawn from the
+# 8 (2 per deblurring kernel) it came out noisy (PMRF at noise 0.01: 1.93 on 8 crops, 1.09 on 16). Drawn from the
 # files the base plan left (their own seed, so the base fit / cal crops stay what they were), run indices 2000+.
 EXTRA_FIT = {"deblur": 8}
 PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
@@ -89,7 +89,7 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
                     and unit.get("file", name) == name):
                 results.append(unit)
                 continue
-            print(f"{path}: cached with other solver settings or prior weights, rerun", flush=True)
+            print(f"{path}: cached with other solver settings, prior weights or image, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
         if settings is None:
             settings, priors = solver_settings(unit["solvers"]), unit["priors"]
@@ -214,12 +214,10 @@ def supported_families(solver) -> list[str]:
     return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
 
 
-def cached_cell(cache: Path, fam: str, sigma: float, units: list | None = None) -> list[dict]:
-    """The cached runs of one cell: those of ``units`` ((role, index, file, crop), the fit's plan) when given, each
-    for its planned file (a missing or mismatched one is an error: run without --fit-only), else every cached run."""
+def cached_cell(cache: Path, fam: str, sigma: float, units: list) -> list[dict]:
+    """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file
+    (a missing or mismatched one is an error: run without --fit-only)."""
     folder = cache / f"{fam}-{sigma:.5f}"
-    if units is None:
-        return [torch.load(p, weights_only=True) for p in sorted(folder.glob("*.pt"))]
     out = []
     for role, i, name, _ in units:
         path = folder / f"{role}-{i:03d}.pt"
