@@ -346,8 +346,8 @@ def table_mismatch(table: dict, prior: str, config: dict) -> str | None:
     from restore import provenance
     from restore.priors import registry
 
-    listed = list(table.get("features") or ["(none listed)"])
-    listed += [n for c in table.get("cells", []) for n in c.get("features", ()) if n not in listed]
+    listed = dict.fromkeys([*(table.get("features") or ["(none listed)"]),
+                            *(n for c in table.get("cells", []) for n in c.get("features", ()))])
     unknown = [n for n in listed if not known_feature(n)]
     if unknown:
         return (f"{table['file']} was fitted on per-pixel features this version does not compute "

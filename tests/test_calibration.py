@@ -308,6 +308,10 @@ def test_table_mismatch_names_what_changed():
                                                                        "flow-natural", defaults)
     odd = calibration.table_mismatch({**table, "features": ["bias", "log_sharpness_3"]}, "flow-natural", defaults)
     assert "does not compute (log_sharpness_3)" in odd and table["file"] in odd
+    # a feature only some cells list is checked too, and named once however many cells list it
+    cells = [{**c, "features": [*table["features"], "log_sharpness_3"]} for c in table["cells"][:2]]
+    odd = calibration.table_mismatch({**table, "cells": cells}, "flow-natural", defaults)
+    assert odd.count("log_sharpness_3") == 1 and "does not compute (log_sharpness_3)" in odd
     cut = {**table, "cells": [{**table["cells"][0], "weights": table["cells"][0]["weights"][:-1]}]}
     assert "is damaged" in calibration.table_mismatch(cut, "flow-natural", defaults)
 
