@@ -455,3 +455,20 @@ def test_fit_only_reads_the_planned_runs_for_their_planned_images(tmp_path):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "b.png", None)])
     with pytest.raises(SystemExit, match="cal-008.pt: missing"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None), ("cal", 8, "c.png", None)])
+
+
+def test_more_calibration_images_append_to_the_plan():
+    """A larger --cal keeps every fit and calibration file of a smaller one (their cached runs stay valid) and the
+    extra fit files never overlap them; asking for more files than there are is refused."""
+    from pathlib import Path
+
+    from restore.train import calibration as train
+
+    files = [Path(f"img{i:03d}.png") for i in range(100)]
+    small, extra_small = train.plan_files(files, 36, 8, seed=0)
+    large, extra_large = train.plan_files(files, 68, 8, seed=0)
+    assert large[:36] == small and extra_large == extra_small
+    assert len(set(large) | set(extra_large)) == 68 + 8
+    assert train.plan_files(files, 36, 8, seed=1)[0] != small
+    with pytest.raises(SystemExit, match="more than the 100 files"):
+        train.plan_files(files, 95, 8, seed=0)

@@ -99,7 +99,7 @@ def test_observation_may_exceed_range_by_noise():
         io.to_tensor(y)
     t = io.to_tensor(y, observation=True)
     assert float(t.min()) < 0 or float(t.max()) > 1  # kept, not clipped
-    with pytest.raises(ImageError, match=r"\[-1, 2\] for a noisy observation"):
+    with pytest.raises(ImageError, match=r"\[-2, 3\] for a noisy observation"):
         io.to_tensor(y * 10, observation=True)
 
 
