@@ -101,9 +101,9 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
     """The per-pixel signals behind the error scale, (len(names), C, H, W) for a (1, C, H, W) mean, in the order of
     ``names`` (default :data:`FEATURES`; a table passes its own list): the spread and the mean's local contrast (per
     channel and channel-averaged) and the data-fit residual A^T(y - A mean) at a few window sizes, how much of the
-    neighbourhood the operator observes, the brightness, and one per-image number, the log of the operator's Wiener
-    error (:func:`wiener_rmse`, ``log_wiener``). A name is ``log_<signal>_<window>``, "bias", "brightness" or
-    "log_wiener".
+    neighbourhood the operator observes, the brightness, and two per-image numbers: the log of the operator's Wiener
+    error (:func:`wiener_rmse`, ``log_wiener``) and of its blur's elongation (:func:`kernel_anisotropy`,
+    ``log_anisotropy``). A name is ``log_<signal>_<window>``, "bias", "brightness", "log_wiener" or "log_anisotropy".
 
     mean, spread: the solver's estimate and its samples' std, [0, 1] units; y: the observation; physics: its
     deepinv operator (noiseless ``A`` / ``A_adjoint`` are used)."""
@@ -127,6 +127,8 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
                 return torch.ones_like(mean)
             if name == "log_wiener":
                 return torch.full_like(mean, math.log(wiener_rmse(physics, tuple(mean.shape))))
+            if name == "log_anisotropy":
+                return torch.full_like(mean, kernel_anisotropy(physics, tuple(mean.shape)))
             if name == "brightness":
                 return mean
             kind, _, size = name.rpartition("_")
@@ -170,10 +172,33 @@ def wiener_rmse(physics, shape: tuple[int, ...]) -> float:
         return math.sqrt(float((power * var / (gain * power + var)).mean()))
 
 
+def kernel_anisotropy(physics, shape: tuple[int, ...]) -> float:
+    """How elongated the operator's blur is, as one number: the log ratio of the two principal second moments (in
+    px^2, each + 0.25) of its impulse response at the image centre (first channel). 0 for any isotropic blur
+    (Gaussian, identity, decimation), 0.5-3 for camera-shake and motion kernels. With :func:`wiener_rmse` it separates
+    kernels the Wiener error alone ranks together: a learned solver's error on a motion kernel is larger, relative to
+    its Wiener error, than on a Gaussian one."""
+    with torch.no_grad():
+        _, c, h, w = shape
+        delta = torch.zeros((1, c, h, w))
+        delta[:, :, h // 2, w // 2] = 1
+        k = physics.A(delta)[0, 0].abs().double()
+        if k.shape != (h, w):  # an operator that changes the size (SR): isotropic by construction
+            return 0.0
+        k = k / k.sum().clamp_min(1e-12)
+        yy, xx = torch.meshgrid(torch.arange(h, dtype=k.dtype), torch.arange(w, dtype=k.dtype), indexing="ij")
+        dy, dx = yy - (k * yy).sum(), xx - (k * xx).sum()
+        cov = torch.stack([torch.stack([(k * dy * dy).sum(), (k * dy * dx).sum()]),
+                           torch.stack([(k * dy * dx).sum(), (k * dx * dx).sum()])])
+        low, high = torch.linalg.eigvalsh(cov).tolist()
+        return math.log((high + 0.25) / (max(low, 0.0) + 0.25))
+
+
 def known_feature(name: str) -> bool:
     """Whether :func:`features` computes ``name`` (a table naming another one needs a newer restore)."""
     kind, _, size = name.rpartition("_")
-    return name in ("bias", "brightness", "log_wiener") or (kind in WINDOWED and size.isdigit() and int(size) % 2 == 1)
+    return (name in ("bias", "brightness", "log_wiener", "log_anisotropy")
+            or (kind in WINDOWED and size.isdigit() and int(size) % 2 == 1))
 
 
 def scale_map(weights, feats: torch.Tensor) -> torch.Tensor:

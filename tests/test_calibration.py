@@ -275,7 +275,8 @@ def test_cached_runs_are_rerun_when_the_prior_weights_change(tmp_path, monkeypat
 
     def fake_run_unit(restorer, fam, sigma, samples, i, name, x, role):
         calls.append((role, i))
-        return {"role": role, "index": i, "seconds": 0.0, "x": x, "mean": x + 0.01,
+        return {"role": role, "index": i, "seconds": 0.0, "x": x, "mean": x + 0.01, "file": name,
+                "spec": cal.planned_spec(fam, sigma, i),
                 "solvers": [{"name": "vble", "config": {"lr": 0.1}}], "priors": {"cae-natural-q2": digest["value"]}}
 
     monkeypatch.setattr(cal, "run_unit", fake_run_unit)
@@ -289,6 +290,12 @@ def test_cached_runs_are_rerun_when_the_prior_weights_change(tmp_path, monkeypat
     digest["value"] = "bbbb"
     out = cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)
     assert len(calls) == 1 + 3 and all(u["priors"] == {"cae-natural-q2": "bbbb"} for u in out)
+    # a run cached for another task (the family's mix changed what crop i gets) is rerun too
+    calls.clear()
+    stale = torch.load(tmp_path / "denoise-0.10000" / "cal-001.pt", weights_only=True)
+    torch.save({**stale, "spec": "denoise:gaussian:sigma=0.2"}, tmp_path / "denoise-0.10000" / "cal-001.pt")
+    cal.run_cell(None, "denoise", 0.1, units, 2, tmp_path)
+    assert calls == [("cal", 0), ("cal", 1)]
 
 
 def test_table_mismatch_names_what_changed():
@@ -399,11 +406,41 @@ def test_wiener_error_orders_operators_by_how_hard_they_make_the_problem():
     assert torch.allclose(feat[1], torch.full_like(x[0], math.log(values[3])))
 
 
+def test_kernel_anisotropy_tells_motion_kernels_from_isotropic_operators():
+    """The deblurring cells' second per-image signal: 0 for every isotropic operator (Gaussian blur of any width,
+    identity, decimation, a masked centre pixel), clearly positive for motion kernels, and larger for a line than for
+    a wobbly path; the feature is that number at every pixel."""
+    from restore.tasks import parse
+
+    shape = (1, 3, 64, 64)
+    for spec in ("denoise:gaussian:sigma=0.1", "deblur:gaussian:sigma=1,noise=0.01",
+                 "deblur:gaussian:sigma=3,noise=0.01", "sr:bicubic:factor=4,noise=0.01",
+                 "inpaint:random:missing=0.5,seed=0,noise=0.01"):
+        assert abs(cal.kernel_anisotropy(parse(spec).physics(shape), shape)) < 1e-6, spec
+    motion = [cal.kernel_anisotropy(parse(f"deblur:motion:size={n},seed={s},noise=0.01").physics(shape), shape)
+              for n, s in ((9, 1), (15, 2), (19, 3), (25, 4))]
+    assert min(motion) > 0.3, motion
+    line = torch.zeros(1, 1, 15, 15)
+    line[..., 7, :] = 1 / 15
+    ring = torch.zeros(1, 1, 15, 15)
+    ring[..., 3:12, 3:12] = 1
+    ring[..., 4:11, 4:11] = 0
+    from deepinv.physics import BlurFFT
+
+    aniso = [cal.kernel_anisotropy(BlurFFT(img_size=shape[1:], filter=k.expand(1, 3, 15, 15)), shape)
+             for k in (line, ring / ring.sum())]
+    assert aniso[0] > 3 and abs(aniso[1]) < 1e-3, aniso
+    physics = parse("deblur:motion:size=19,seed=3,noise=0.01").physics(shape)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    feat = cal.features(x, 0.1 * x, physics(x), physics, ["log_anisotropy"])
+    assert torch.allclose(feat[0], torch.full_like(x[0], motion[2]))
+
+
 def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
-    """The shipped PMRF table's deblurring cells add ``log_wiener`` to the table's features (a per-cell list, used
-    when the table is applied), with a positive weight: the harder the kernel, the wider the calibrated interval. The
-    same image blurred with sigma 3 gets a wider interval than with sigma 1, relative to the error scale without the
-    signal."""
+    """The shipped PMRF table's deblurring cells add ``log_wiener`` and ``log_anisotropy`` to the table's features (a
+    per-cell list, used when the table is applied), both with positive weights: the harder the kernel, and a motion
+    kernel against a Gaussian one, the wider the calibrated interval. The same image blurred with sigma 3 gets a
+    wider interval than with sigma 1, relative to the error scale without the signals."""
     import dataclasses
 
     from restore.priors import registry
@@ -412,11 +449,12 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
 
     table = registry.calibration_table("pmrf", "flow-natural")
     deblur = [c for c in table["cells"] if c["family"] == "deblur"]
-    assert deblur and all(cal.cell_features(table, c) == [*table["features"], "log_wiener"] for c in deblur)
-    assert all(c["weights"][-1] > 0 for c in deblur)
-    # the per-image weight rests on 8 extra fit crops of files no other role of the table uses
+    assert deblur and all(cal.cell_features(table, c) == [*table["features"], "log_wiener", "log_anisotropy"]
+                          for c in deblur)
+    assert all(c["weights"][-2] > 0 and c["weights"][-1] > 0 for c in deblur)
+    # the per-image weights rest on 24 extra fit crops of files no other role of the table uses (4 a kernel)
     used = set(table["images"]["fit"]) | set(table["images"]["cal"]) | set(table["images"]["prior_held_out"])
-    assert all(c["n_fit"] == 16 and len(set(c["extra_fit_images"])) == 8 and not used & set(c["extra_fit_images"])
+    assert all(c["n_fit"] == 32 and len(set(c["extra_fit_images"])) == 24 and not used & set(c["extra_fit_images"])
                for c in deblur)
     others = [c for c in table["cells"] if c["family"] != "deblur"]
     assert all(cal.cell_features(table, c) == table["features"] for c in others)
@@ -426,7 +464,7 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
     assert "is damaged" in cal.table_mismatch(cut, "flow-natural", defaults)
     # between the two noise levels the blend keeps the cells' own feature list
     cell, status, _ = cal.find_cell(table, "deblur", 0.02)
-    assert status == "approximate" and cal.cell_features(table, cell)[-1] == "log_wiener"
+    assert status == "approximate" and cal.cell_features(table, cell)[-2:] == ["log_wiener", "log_anisotropy"]
     shape = (1, 3, 64, 64)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     ratios = []
@@ -435,7 +473,7 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
         y = physics(x)
         with_it = cal.scale_map(deblur[0]["weights"], cal.features(x, 0.02 + 0 * x, y, physics,
                                                                    cal.cell_features(table, deblur[0])))
-        without = cal.scale_map(deblur[0]["weights"][:-1], cal.features(x, 0.02 + 0 * x, y, physics,
+        without = cal.scale_map(deblur[0]["weights"][:-2], cal.features(x, 0.02 + 0 * x, y, physics,
                                                                         table["features"]))
         ratios.append(float((with_it / without).mean()))
     assert ratios[1] > 1.2 * ratios[0]
@@ -449,10 +487,15 @@ def test_fit_only_reads_the_planned_runs_for_their_planned_images(tmp_path):
 
     folder = tmp_path / "deblur-0.01000"
     folder.mkdir()
-    torch.save({"role": "fit", "index": 0, "file": "a.png", "mean": torch.zeros(1)}, folder / "fit-000.pt")
+    spec = train.planned_spec("deblur", 0.01, 0)
+    torch.save({"role": "fit", "index": 0, "file": "a.png", "spec": spec, "mean": torch.zeros(1)}, folder / "fit-000.pt")
     assert train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None)])[0]["file"] == "a.png"
-    with pytest.raises(SystemExit, match="fit-000.pt: cached for a.png, planned for b.png"):
+    with pytest.raises(SystemExit, match=r"fit-000.pt: cached for a.png \(.*\), planned for b.png"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "b.png", None)])
+    # the same image under another kernel (a run cached before the deblurring mix changed) is refused too
+    torch.save({"role": "fit", "index": 1, "file": "a.png", "spec": spec, "mean": torch.zeros(1)}, folder / "fit-001.pt")
+    with pytest.raises(SystemExit, match="fit-001.pt: cached for a.png .*motion"):
+        train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 1, "a.png", None)])
     with pytest.raises(SystemExit, match="cal-008.pt: missing"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None), ("cal", 8, "c.png", None)])
 

@@ -32,11 +32,16 @@ from restore.files import save_atomic, write_json_atomic
 from restore.provenance import canonical
 
 S = 1 / 255
-DEBLUR_KERNELS = ("gaussian:sigma=1", "gaussian:sigma=2", "gaussian:sigma=3", "motion:size=19,seed={i}")
+# the deblurring mix, crop i gets DEBLUR_KERNELS[i % 8]: Gaussian and motion kernels of four sizes each, so the
+# per-image signals' weights (EXTRA_FEATURES) are fitted across kernels of both shapes (with 4 kernels, 2026-12-03/04,
+# the scale could not follow shape and width at once: Gaussian sigma 1 over-covered, docs/calibration.md)
+DEBLUR_KERNELS = ("gaussian:sigma=1", "motion:size=9,seed={i}", "gaussian:sigma=1.5", "motion:size=15,seed={i}",
+                  "gaussian:sigma=2", "motion:size=19,seed={i}", "gaussian:sigma=3", "motion:size=25,seed={i}")
 # family -> (noise levels, spec of crop i at noise n)
 GRID = {
     "denoise": ((2.55 * S, 5 * S, 15 * S, 25 * S, 50 * S), lambda i, n: f"denoise:gaussian:sigma={n:.6f}"),
-    "deblur": ((0.01, 0.03), lambda i, n: f"deblur:{DEBLUR_KERNELS[i % 4].format(i=i)},noise={n:.6f}"),
+    "deblur": ((0.01, 0.03), lambda i, n: f"deblur:{DEBLUR_KERNELS[i % len(DEBLUR_KERNELS)].format(i=i)},"
+               f"noise={n:.6f}"),
     "sr2": ((0.01,), lambda i, n: f"sr:bicubic:factor=2,noise={n:.6f}"),
     "sr4": ((0.01,), lambda i, n: f"sr:bicubic:factor=4,noise={n:.6f}"),
     "inpaint-random": ((0.01,), lambda i, n: f"inpaint:random:missing={(0.3, 0.5, 0.7)[i % 3]},seed={i},noise={n:.6f}"),
@@ -50,12 +55,14 @@ CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("
 # per-image signals a family's cells add to cal.FEATURES. The deblurring mix pools kernels that erase very different
 # shares of the spectrum: with one pooled scale PMRF's 90 % interval covered 0.97 on mild kernels and 0.88 on strong
 # ones, and 0.85 on CBSD68's camera-shake kernel; the operator's Wiener error (cal.wiener_rmse) lets the scale follow
-# how hard the kernel and noise make the problem (docs/calibration.md)
-EXTRA_FEATURES = {"deblur": ("log_wiener",)}
-# more fit crops for a family whose cells carry a per-image signal: its weight rests on the fit images alone, and with
-# 8 (2 per deblurring kernel) it came out noisy (PMRF at noise 0.01: 1.93 on 8 crops, 1.09 on 16). Taken from the
-# end of the shuffled file order (no fit or calibration image's file), run indices 2000+.
-EXTRA_FIT = {"deblur": 8}
+# how hard the kernel and noise make the problem, and its elongation (cal.kernel_anisotropy) tells motion kernels,
+# whose learned-solver error runs higher for their Wiener error, from Gaussian ones (docs/calibration.md)
+EXTRA_FEATURES = {"deblur": ("log_wiener", "log_anisotropy")}
+# more fit crops for a family whose cells carry per-image signals: their weights rest on the fit images alone, and
+# with 2 crops a kernel the Wiener weight came out noisy (PMRF at noise 0.01: 1.93 on 8 crops, 1.09 on 16); 24 more
+# give 4 a kernel. Taken from the end of the shuffled file order (no fit or calibration image's file), run indices
+# 2000+.
+EXTRA_FIT = {"deblur": 24}
 PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
 FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for len(FEATURES) weights)
 
@@ -98,10 +105,10 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
             # a unit cached before runs recorded their priors' digests is judged by the solver settings alone; one
             # cached for another image (other --fit / --cal / --seed draw other files) is rerun
             if (solver_settings(unit.get("solvers")) == settings and unit.get("priors", priors) == priors
-                    and unit.get("file", name) == name):
+                    and unit.get("file", name) == name and unit.get("spec") == planned_spec(fam, sigma, i)):
                 results.append(unit)
                 continue
-            print(f"{path}: cached with other solver settings, prior weights or image, rerun", flush=True)
+            print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
         if settings is None:
             settings, priors = solver_settings(unit["solvers"]), unit["priors"]
@@ -110,6 +117,13 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
         results.append(unit)
     return results
+
+
+def planned_spec(fam: str, sigma: float, i: int) -> str:
+    """The task spec crop ``i`` of a cell runs (as the task prints it, the form a cached run records)."""
+    from restore.tasks import parse
+
+    return str(parse(GRID[fam][1](i, sigma)))
 
 
 def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, x, role: str) -> dict:
@@ -227,16 +241,17 @@ def supported_families(solver) -> list[str]:
 
 
 def cached_cell(cache: Path, fam: str, sigma: float, units: list) -> list[dict]:
-    """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file
+    """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file and task
     (a missing or mismatched one is an error: run without --fit-only)."""
     folder = cache / f"{fam}-{sigma:.5f}"
     out = []
     for role, i, name, _ in units:
         path = folder / f"{role}-{i:03d}.pt"
         unit = torch.load(path, weights_only=True) if path.exists() else None
-        if unit is None or unit.get("file", name) != name:
-            raise SystemExit(f"{path}: {'missing' if unit is None else 'cached for ' + unit['file']}, planned for "
-                             f"{name}; run without --fit-only")
+        spec = planned_spec(fam, sigma, i)
+        if unit is None or unit.get("file", name) != name or unit.get("spec") != spec:
+            found = ("missing" if unit is None else f"cached for {unit.get('file', name)} ({unit.get('spec')})")
+            raise SystemExit(f"{path}: {found}, planned for {name} ({spec}); run without --fit-only")
         out.append(unit)
     return out
 
@@ -327,7 +342,7 @@ def main(argv=None):
                    "fit_and_cal": "random crops of files the priors trained on (not their 8 held-out files)",
                    "fit": [u[2] for u in units if u[0] == "fit"], "cal": [u[2] for u in units if u[0] == "cal"],
                    "prior_held_out": [u[2] for u in units if u[0] == "heldout"]},
-        "family_examples": {f: [GRID[f][1](i, GRID[f][0][0]) for i in range(4)] for f in GRID},
+        "family_examples": {f: [GRID[f][1](i, GRID[f][0][0]) for i in range(len(DEBLUR_KERNELS))] for f in GRID},
         "camera_noise_mix": [list(m) for m in CAMERA_MIX],  # the real-noise family's crop i: CAMERA_MIX[i % 6]
         "mean_seconds_per_run": round(float(np.mean(seconds)), 2) if seconds else old.get("mean_seconds_per_run"),
         "cells": keep + cells}, out)
