@@ -153,6 +153,13 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
 NATURAL_SPECTRUM = 1e-3
 
 
+def centre_impulse(shape: tuple[int, ...]) -> torch.Tensor:
+    """A unit impulse at the centre pixel of every channel, (1, C, H, W) zeros elsewhere: probes an operator's kernel."""
+    delta = torch.zeros((1, *shape[1:]))
+    delta[:, :, shape[2] // 2, shape[3] // 2] = 1
+    return delta
+
+
 def wiener_rmse(physics, shape: tuple[int, ...]) -> float:
     """How hard the operator makes the problem, as one number: the RMS error of the linear MMSE (Wiener) estimate
     of an image with natural images' 1 / f^2 power spectrum, from A (its impulse response at the image centre,
@@ -160,10 +167,9 @@ def wiener_rmse(physics, shape: tuple[int, ...]) -> float:
     erases below the noise and with the noise, whatever the kernel's shape: Gaussian blur sigma 1 / 3 at noise 0.01
     give 0.058 / 0.095 at 96 px, 19 px motion kernels 0.039-0.044."""
     with torch.no_grad():
-        _, c, h, w = shape
-        delta = torch.zeros((1, c, h, w))
-        delta[:, :, h // 2, w // 2] = 1
-        gain = torch.fft.fft2(torch.fft.ifftshift(physics.A_adjoint(physics.A(delta))[0, 0])).abs()  # |K(f)|^2
+        _, _, h, w = shape
+        # |K(f)|^2, from A^T A's impulse response
+        gain = torch.fft.fft2(torch.fft.ifftshift(physics.A_adjoint(physics.A(centre_impulse(shape)))[0, 0])).abs()
         fy, fx = torch.fft.fftfreq(h), torch.fft.fftfreq(w)
         f2 = (fy[:, None] ** 2 + fx[None, :] ** 2).clamp_min(1.0 / (h * w))
         power = NATURAL_SPECTRUM / f2
@@ -179,10 +185,8 @@ def kernel_anisotropy(physics, shape: tuple[int, ...]) -> float:
     kernels the Wiener error alone ranks together: a learned solver's error on a motion kernel is larger, relative to
     its Wiener error, than on a Gaussian one."""
     with torch.no_grad():
-        _, c, h, w = shape
-        delta = torch.zeros((1, c, h, w))
-        delta[:, :, h // 2, w // 2] = 1
-        k = physics.A(delta)[0, 0].abs().double()
+        _, _, h, w = shape
+        k = physics.A(centre_impulse(shape))[0, 0].abs().double()
         if k.shape != (h, w):  # an operator that changes the size (SR): isotropic by construction
             return 0.0
         k = k / k.sum().clamp_min(1e-12)
