@@ -241,8 +241,8 @@ def supported_families(solver) -> list[str]:
 
 
 def cached_cell(cache: Path, fam: str, sigma: float, units: list) -> list[dict]:
-    """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file and task
-    (a missing or mismatched one is an error: run without --fit-only)."""
+    """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file
+    and task (a missing or mismatched one is an error: run without --fit-only)."""
     folder = cache / f"{fam}-{sigma:.5f}"
     out = []
     for role, i, name, _ in units:
