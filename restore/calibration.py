@@ -154,7 +154,7 @@ NATURAL_SPECTRUM = 1e-3
 
 
 def centre_impulse(shape: tuple[int, ...]) -> torch.Tensor:
-    """A unit impulse at the centre pixel of every channel, (1, C, H, W) zeros elsewhere: probes an operator's kernel."""
+    """A unit impulse at the centre pixel of every channel, (1, C, H, W), zeros elsewhere: probes an operator."""
     delta = torch.zeros((1, *shape[1:]))
     delta[:, :, shape[2] // 2, shape[3] // 2] = 1
     return delta

@@ -488,12 +488,14 @@ def test_fit_only_reads_the_planned_runs_for_their_planned_images(tmp_path):
     folder = tmp_path / "deblur-0.01000"
     folder.mkdir()
     spec = train.planned_spec("deblur", 0.01, 0)
-    torch.save({"role": "fit", "index": 0, "file": "a.png", "spec": spec, "mean": torch.zeros(1)}, folder / "fit-000.pt")
+    torch.save({"role": "fit", "index": 0, "file": "a.png", "spec": spec, "mean": torch.zeros(1)},
+               folder / "fit-000.pt")
     assert train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "a.png", None)])[0]["file"] == "a.png"
     with pytest.raises(SystemExit, match=r"fit-000.pt: cached for a.png \(.*\), planned for b.png"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 0, "b.png", None)])
     # the same image under another kernel (a run cached before the deblurring mix changed) is refused too
-    torch.save({"role": "fit", "index": 1, "file": "a.png", "spec": spec, "mean": torch.zeros(1)}, folder / "fit-001.pt")
+    torch.save({"role": "fit", "index": 1, "file": "a.png", "spec": spec, "mean": torch.zeros(1)},
+               folder / "fit-001.pt")
     with pytest.raises(SystemExit, match="fit-001.pt: cached for a.png .*motion"):
         train.cached_cell(tmp_path, "deblur", 0.01, [("fit", 1, "a.png", None)])
     with pytest.raises(SystemExit, match="cal-008.pt: missing"):
