@@ -408,8 +408,8 @@ def test_wiener_error_orders_operators_by_how_hard_they_make_the_problem():
 
 def test_kernel_anisotropy_tells_motion_kernels_from_isotropic_operators():
     """The deblurring cells' second per-image signal: 0 for every isotropic operator (Gaussian blur of any width,
-    identity, decimation, a masked centre pixel), clearly positive for motion kernels, and larger for a line than for
-    a wobbly path; the feature is that number at every pixel."""
+    identity, decimation, a masked centre pixel), clearly positive for motion kernels, large for a straight line and
+    about 0 for a ring (isotropic whatever its shape); the feature is that number at every pixel."""
     from restore.tasks import parse
 
     shape = (1, 3, 64, 64)
