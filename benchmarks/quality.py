@@ -121,6 +121,16 @@ def _default_scheme(cfg: dict) -> str | None:
         return None
 
 
+def _kind(spec: str) -> str | None:
+    """The task kind ('denoise', 'sr', ...) of a benchmark task spec, None for one that does not parse."""
+    from restore.tasks import TaskError, parse
+
+    try:
+        return parse(spec).kind
+    except TaskError:
+        return None
+
+
 def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     """Per-image results (and seconds spent) of an earlier run written to ``path`` with the same images, crop,
     samples and tasks, kept for the methods whose settings are unchanged. A result that recorded its provenance is
@@ -128,8 +138,8 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     card changed since); results from before provenance was recorded are kept as they are. Methods named in
     ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched; the results
     of the tasks in ``rerun`` are dropped for the methods being run (a code change provenance cannot see)."""
-    from restore import stale
     from restore.priors import registry
+    from restore.stale import reasons as stale_reasons
 
     path = Path(path)
     if not path.exists():
@@ -146,7 +156,13 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
-    reasons = {key: stale.reasons(prov) for key, prov in table_.items()}
+    kinds = {name: _kind(spec) for name, spec in settings.get("tasks", {}).items()}
+    reasons = {}  # (provenance key, task kind) -> why stale; a per-family default only touches its own kind
+
+    def why_stale(key, task):
+        if (key, kinds.get(task)) not in reasons:
+            reasons[key, kinds.get(task)] = stale_reasons(table_[key], kinds.get(task)) if key in table_ else []
+        return reasons[key, kinds.get(task)]
     schemes = {m: _default_scheme(cfg) for m, cfg in settings["methods"].items()}
     carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}
@@ -159,7 +175,7 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
         if r.get("task") in rerun:
             stale.setdefault(r["method"], [f"--rerun {' '.join(rerun)}"])
             continue
-        why = list(reasons.get(r.get("provenance"), []))
+        why = list(why_stale(r.get("provenance"), r.get("task")))
         ran = {registry.split_name(n)[1] for n in table_.get(r.get("provenance"), {}).get("priors", {})}
         if r.get("provenance") in table_ and schemes.get(r["method"]) not in ran:  # e.g. RED-Diff's int8 default
             why.append(f"the solver now runs its prior as {schemes[r['method']] or 'float'}")

@@ -11,17 +11,32 @@ from restore.provenance import canonical
 from restore.solvers import base
 
 
-def reasons(provenance: dict) -> list[str]:
+def for_kind(config: dict, options: dict, kind: str | None) -> dict:
+    """The settings a solver with this (canonical) ``config`` runs a task of ``kind`` with: a ``per_family`` table
+    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time. ``kind`` None, or
+    a config without such a table: the config as it is."""
+    families = config.get("per_family")
+    if kind is None or "per_family" not in config:
+        return config
+    out = {k: v for k, v in config.items() if k != "per_family"}
+    out.update({k: v for k, v in ((families or {}).get(kind) or {}).items() if k not in options})
+    return out
+
+
+def reasons(provenance: dict, kind: str | None = None) -> list[str]:
     """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
-    configs and the priors' files tell): a solver's resolved config changed, or a prior's files did."""
+    configs and the priors' files tell): a solver's resolved config changed, or a prior's files did. With the task's
+    ``kind`` ('denoise', 'sr', ...) a per-family default changed for another kind does not count."""
     found = []
     for s in provenance.get("solvers", []):
+        options = s.get("options", {})
         try:
-            now = canonical(dataclasses.asdict(base.get(s["name"], **s.get("options", {})).config))
+            now = canonical(dataclasses.asdict(base.get(s["name"], **options).config))
         except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
             found.append(f"solver {s['name']}: {exc}")
             continue
-        changed = sorted(k for k in set(now) | set(s["config"]) if now.get(k) != s["config"].get(k))
+        now, then = for_kind(now, options, kind), for_kind(s["config"], options, kind)
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         if changed:
             found.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
     for name, digest in provenance.get("priors", {}).items():

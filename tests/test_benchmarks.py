@@ -130,6 +130,15 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     assert stale.reasons(old_default) == ["solver reddiff defaults changed: lr"]
     retrained = {**now, "priors": {"score-natural@int8": "0" * 16}}
     assert stale.reasons(retrained) == ["prior score-natural: files changed"]
+    # a per-family default changed for SR leaves denoising results valid (what they ran is unchanged) but not SR's;
+    # an explicit option (steps=3 here) still wins over the family's
+    cfg = now["solvers"][0]["config"]
+    old_sr = {**now, "solvers": [{**now["solvers"][0], "config": {
+        **cfg, "per_family": {"sr": {**cfg["per_family"]["sr"], "lambda_": 9.0, "steps": 77}}}}]}
+    assert stale.reasons(old_sr, "denoise") == [] and stale.reasons(old_sr, "deblur") == []
+    assert stale.reasons(old_sr, "sr") == ["solver reddiff defaults changed: lambda_"]
+    assert stale.reasons(old_sr) == ["solver reddiff defaults changed: per_family"]
+    assert quality._kind("sr:bicubic:factor=4,noise=0.01") == "sr" and quality._kind("blur:oops") is None
 
     table_ = {}
     rows = [quality.intern_provenance({"task": "t", "method": m, "image": "1", "psnr": 20.0, "provenance": p},

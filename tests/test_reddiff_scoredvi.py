@@ -182,6 +182,12 @@ def test_reddiff_per_family_settings_yield_to_explicit_options(clean_rgb, score)
     assert post.meta["sigma_schedule"][0] > 0.9
     _, post = _run("reddiff", "sr:x2", clean_rgb, score, n=1, steps=3)
     assert post.meta["steps"] == 3
+    # over SR's whole noise range the lr stays constant and the prior weighs more; explicit options still win
+    cfg, family = base.get("reddiff").settings_for("sr")
+    assert (cfg.lambda_, cfg.lr_final, family["lambda_"]) == (0.4, None, 0.4)
+    assert base.get("reddiff").settings_for("deblur")[0].lr_final == 0.01
+    cfg, _ = base.get("reddiff", lambda_=0.2, lr_final=0.02).settings_for("sr")
+    assert (cfg.lambda_, cfg.lr_final, cfg.steps) == (0.2, 0.02, 50)
     _, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1)
     assert post.meta["steps"] == 30 and post.meta["sigma_schedule"][0] <= 0.15
 

@@ -61,6 +61,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stop-after", type=float, default=None, help="stop this run after N minutes (still resumable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tf-lr", type=float, default=3e-4, help="the transformer's learning rate")
+    ap.add_argument("--tf-cosine-to", type=float, default=None,
+                    help="decay the transformer's lr along a cosine from --tf-lr, at the step this run (or the "
+                         "checkpoint it resumes) started from, to this value at the last step (default: constant)")
     ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     args = ap.parse_args(argv)
     dev = training_device(args.device, args.threads)
@@ -74,22 +78,32 @@ def main(argv=None):
     prior = TokenPrior({"ch": args.ch}, {"dim": args.dim, "depth": args.depth, "heads": args.heads,
                                          "grid": args.patch // 4}).to(dev)
     opt_tok = torch.optim.Adam(prior.tokenizer.parameters(), lr=1e-3)
-    opt_tf = torch.optim.AdamW(prior.transformer.parameters(), lr=3e-4, weight_decay=0.05)
+    opt_tf = torch.optim.AdamW(prior.transformer.parameters(), lr=args.tf_lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     step, prev = 0, 0.0
     command = training_command("restore.train.tokens", argv)
     ckpt = Checkpointer(args.ckpt, model=prior, opt_tok=opt_tok, opt_tf=opt_tf, rng=gen)
+    decay_from = None
     if (ck := ckpt.resume(dev)) is not None:
         step, prev, command = ck["step"], ck["seconds"], ck.get("command", command)
+        decay_from = ck.get("decay_from")
     elif not args.from_scratch and (card := warm_start(args.out, prior)) is not None:
         steps = card.get("steps", {})
         step = int(steps.get("tokenizer", 0)) + int(steps.get("transformer", 0))
         prev, command = 3600 * float(card.get("wall_time_hours", 0)), card.get("command", command)
     clock = Clock(prev)
     total = args.tokenizer_steps + args.transformer_steps
+    if decay_from is None:
+        decay_from = max(step, args.tokenizer_steps)
 
     def checkpoint():
-        ckpt.save(step=step, seconds=clock.total, command=command)
+        ckpt.save(step=step, seconds=clock.total, command=command, decay_from=decay_from)
+
+    def transformer_lr(s: int) -> float:
+        if args.tf_cosine_to is None or total <= decay_from:
+            return args.tf_lr
+        frac = min(1.0, max(0.0, (s - decay_from) / (total - decay_from)))
+        return args.tf_cosine_to + (args.tf_lr - args.tf_cosine_to) * 0.5 * (1 + math.cos(math.pi * frac))
 
     prior.train()
     while step < total:
@@ -106,6 +120,8 @@ def main(argv=None):
             loss.backward()
             opt_tok.step()
         else:
+            for g in opt_tf.param_groups:
+                g["lr"] = transformer_lr(step)
             with torch.no_grad():
                 tokens = prior.tokenizer.encode(x)
             r = torch.rand(args.batch, 1, 1, generator=gen)
@@ -137,6 +153,8 @@ def main(argv=None):
                        "steps": {"tokenizer": min(step, args.tokenizer_steps),
                                  "transformer": max(0, step - args.tokenizer_steps)},
                        "batch": args.batch, "hardware": args.device,
+                       "transformer_lr": args.tf_lr if args.tf_cosine_to is None else
+                       f"cosine {args.tf_lr:g} -> {args.tf_cosine_to:g} from step {decay_from} to {total}",
                        "wall_time_hours": round(clock.total / 3600, 2), "command": command,
                        "held_out_64px": quality, "weights_dtype": "float16"}, out.with_suffix(".json"))
     print(f"exported {out}.pt {quality}", flush=True)
