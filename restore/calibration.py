@@ -369,9 +369,12 @@ def cell_features(table: dict, cell: dict) -> list[str]:
     return list(cell.get("features") or table["features"])
 
 
-def table_mismatch(table: dict, prior: str, config: dict) -> str | None:
+def table_mismatch(table: dict, prior: str, config: dict, kind: str | None = None,
+                   options: dict | None = None) -> str | None:
     """Why ``table`` does not apply to a run of ``prior`` with solver ``config`` (its features, the prior's weights or
-    the solver's settings differ from what it was fitted on), or None when it applies."""
+    the solver's settings differ from what it was fitted on), or None when it applies. With the task's ``kind`` and
+    the run's explicit ``options``, settings are compared as that kind runs them (a per-family default changed for
+    another kind, e.g. RED-Diff's SR settings, leaves a deblurring cell valid)."""
     from restore import provenance
     from restore.priors import registry
 
@@ -388,9 +391,10 @@ def table_mismatch(table: dict, prior: str, config: dict) -> str | None:
                 "they list; refit it (python -m restore.train.calibration)")
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
-    config = provenance.canonical(config)
-    changed = sorted(k for k in set(config) | set(table["solver_config"])
-                     if config.get(k) != table["solver_config"].get(k))
+    opts = provenance.canonical(options or {})
+    config = provenance.for_kind(provenance.canonical(config), opts, kind)
+    fitted = provenance.for_kind(table["solver_config"], opts, kind)
+    changed = sorted(k for k in set(config) | set(fitted) if config.get(k) != fitted.get(k))
     if changed:
         return f"solver settings differ from the calibrated ones ({', '.join(changed)})"
     return None
@@ -410,7 +414,9 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     fam, why = family(task)
     if fam is None:
         return fallback(why)
-    if (reason := table_mismatch(table, prior, post.meta.get("config", {}))) is not None:
+    ran = post.meta.get("provenance", {}).get("solvers", [])
+    top_options = ran[0].get("options", {}) if ran else {}
+    if (reason := table_mismatch(table, prior, post.meta.get("config", {}), task.kind, top_options)) is not None:
         return fallback(reason)
     sigma = task.noise_sigma
     if fam == REAL_FAMILY:  # the cell is pooled over noise levels; the self-check needs the solver's estimate
@@ -424,10 +430,18 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         cell, status, note = find_cell(table, fam, float(sigma or 0.0))
     if cell is None:
         return fallback(note)
-    ran = [[s["name"], s["config"]] for s in post.meta.get("provenance", {}).get("solvers", [])]
-    if cell.get("solvers") is not None and ran and ran != cell["solvers"]:
-        differ = sorted({name for name, conf in ran if [name, conf] not in cell["solvers"]}
-                        | {name for name, conf in cell["solvers"] if [name, conf] not in ran})
+    if cell.get("solvers") is not None and ran:
+        from restore.provenance import for_kind
+
+        # as this task's kind runs them: a per-family default changed for another kind does not count
+        opts = {s["name"]: s.get("options", {}) for s in ran}
+        now = [[s["name"], for_kind(s["config"], s.get("options", {}), task.kind)] for s in ran]
+        then = [[name, for_kind(conf, opts.get(name, {}), task.kind)] for name, conf in cell["solvers"]]
+        differ = sorted({name for name, conf in now if [name, conf] not in then}
+                        | {name for name, conf in then if [name, conf] not in now})
+    else:
+        differ = []
+    if differ:
         return fallback(f"the solvers behind this run ({', '.join(differ)}) ran with other settings than the "
                         f"calibrated ones; refit {table['file']} (python -m restore.train.calibration)")
     if post.n_samples != table["n_samples"]:

@@ -59,3 +59,15 @@ def note_solver(name: str, options: dict, config: dict) -> None:
 def note_prior(name: str, digest: str | None) -> None:
     for record in _ACTIVE:
         record.priors.setdefault(name, digest)
+
+
+def for_kind(config: dict, options: dict, kind: str | None) -> dict:
+    """The settings a solver with this (canonical) ``config`` runs a task of ``kind`` with: a ``per_family`` table
+    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time. ``kind`` None, or
+    a config without such a table: the config as it is."""
+    families = config.get("per_family")
+    if kind is None or "per_family" not in config:
+        return config
+    out = {k: v for k, v in config.items() if k != "per_family"}
+    out.update({k: v for k, v in ((families or {}).get(kind) or {}).items() if k not in options})
+    return out

@@ -7,20 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from restore.priors import registry
-from restore.provenance import canonical
+from restore.provenance import canonical, for_kind
 from restore.solvers import base
-
-
-def for_kind(config: dict, options: dict, kind: str | None) -> dict:
-    """The settings a solver with this (canonical) ``config`` runs a task of ``kind`` with: a ``per_family`` table
-    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time. ``kind`` None, or
-    a config without such a table: the config as it is."""
-    families = config.get("per_family")
-    if kind is None or "per_family" not in config:
-        return config
-    out = {k: v for k, v in config.items() if k != "per_family"}
-    out.update({k: v for k, v in ((families or {}).get(kind) or {}).items() if k not in options})
-    return out
 
 
 def reasons(provenance: dict, kind: str | None = None) -> list[str]:

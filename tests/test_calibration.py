@@ -323,6 +323,30 @@ def test_table_mismatch_names_what_changed():
     assert "is damaged" in calibration.table_mismatch(cut, "flow-natural", defaults)
 
 
+def test_a_per_family_default_changed_for_one_kind_leaves_the_other_kinds_calibrated():
+    """RED-Diff's per-family settings: a table fitted when SR ran otherwise still applies to deblurring (what that
+    kind runs is unchanged) but not to SR, and an explicit option is compared as given, not as the family's."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.solvers import base
+
+    table = registry.calibration_table("reddiff", "score-natural@int8")
+    now = dataclasses.asdict(base.get("reddiff").config)
+    assert calibration.table_mismatch(table, table["prior"], now, "sr") is None
+    fitted = table["solver_config"]
+    old_sr = {**table, "solver_config": {**fitted, "per_family": {"sr": {**fitted["per_family"]["sr"],
+                                                                           "lambda_": 0.1}}}}
+    assert calibration.table_mismatch(old_sr, table["prior"], now, "deblur") is None
+    assert "(lambda_)" in calibration.table_mismatch(old_sr, table["prior"], now, "sr")
+    assert "(per_family)" in calibration.table_mismatch(old_sr, table["prior"], now)  # no kind: the whole config
+    # an explicit lambda_ on SR is what ran: compared against the table's SR setting, it differs
+    given = dataclasses.asdict(base.get("reddiff", lambda_=0.2).config)
+    assert "(lambda_)" in calibration.table_mismatch(table, table["prior"], given, "sr", {"lambda_": 0.2})
+    assert calibration.table_mismatch(table, table["prior"], now, "sr", {}) is None
+
+
 def test_a_table_is_applied_with_the_features_it_was_fitted_on():
     """Tables list their per-pixel signals by name and are applied with exactly those: one fitted before a signal was
     added (the 14 of 2026-12-02) gets its own 14, each the same map as in today's full set. The unsmoothed signals
