@@ -32,7 +32,8 @@ that the bicubic start lacks needs the high-noise steps, so SR runs 50 steps ove
 range the short run's lr decay and weak prior weight no longer suit: for SR the lr stays constant (as in the paper)
 and lambda is 0.4 (2026-12-04, 8 held-out BSD432 crops of 128 px, 8 samples: x2 SR 27.64 -> 27.85 dB, x4 SR 24.22
 -> 24.39, higher on every crop, same time; ``python -m restore.train.tune --solver reddiff --tasks sr4 --images 8
---crop 128 --grid lambda_=0.15,0.25,0.4,0.6,0.9 lr=0.05,0.1 lr_final=0.01,0.03,none``: a plateau from 0.4 to 0.9). (6) The denoiser runs as real int8 by default
+--crop 128 --grid lambda_=0.15,0.25,0.4 lr=0.05,0.1 lr_final=0.01,none`` and ``--grid lambda_=0.4,0.6,0.9 lr=0.05,0.1
+lr_final=0.03,none`` with 2 samples: a plateau from 0.4 to 0.9). (6) The denoiser runs as real int8 by default
 (``default_quant``; ``restore.quant``): RED-Diff never back-propagates through it, the int8 graphs are ~3x faster per
 pass and cost 0.05 dB on the quantisation benchmark; ``quant="none"`` (``--quant none``) or the paper preset run it in
 float. As the paper's Dirac
