@@ -154,3 +154,28 @@ def test_light_noise_warns_that_the_tokenizer_caps_the_result():
     assert solver.run_warning(y, heavy, prior) is None
     blur = parse("deblur:gaussian:sigma=1,noise=0.001").physics((1, 3, 16, 16))
     assert solver.run_warning(y, blur, prior) is None  # denoising only: elsewhere the input's PSNR is not known
+
+
+def test_transformer_fine_tune_decays_its_lr_from_where_it_resumed(tmp_path):
+    """--tf-cosine-to: a resumed run decays the transformer's lr along a cosine from the step it resumed at (kept in
+    the checkpoint, so a later resume continues the same curve) to the last step, and the card says so."""
+    import json
+    import math
+
+    from restore.train import tokens as train
+
+    make_image_folder(tmp_path / "data", 3, 70, 80)
+    common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "models" / "tokens-natural"), "--ckpt",
+              str(tmp_path / "ck.pt"), "--tokenizer-steps", "3", "--batch", "2", "--patch", "32", "--ch", "16",
+              "--dim", "32", "--depth", "1", "--heads", "2", "--val-images", "1", "--ckpt-every", "1",
+              "--threads", "1"]
+    train.main([*common, "--transformer-steps", "2"])
+    train.main([*common, "--transformer-steps", "4", "--tf-lr", "1e-3", "--tf-cosine-to", "1e-5"])
+    card = json.loads((tmp_path / "models" / "tokens-natural.json").read_text())
+    assert card["steps"] == {"tokenizer": 3, "transformer": 4}
+    assert card["transformer_lr"] == "cosine 0.001 -> 1e-05 from step 5 to 7"
+    ck = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert ck["decay_from"] == 5 and ck["step"] == 7
+    # the last step taken (step 6) ran at the curve's midpoint
+    lr = ck["opt_tf"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))

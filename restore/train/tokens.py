@@ -63,8 +63,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tf-lr", type=float, default=3e-4, help="the transformer's learning rate")
     ap.add_argument("--tf-cosine-to", type=float, default=None,
-                    help="decay the transformer's lr along a cosine from --tf-lr, at the step this run (or the "
-                         "checkpoint it resumes) started from, to this value at the last step (default: constant)")
+                    help="decay the transformer's lr along a cosine from --tf-lr, at the step this decay started "
+                         "(this run's first, or the decaying run this one resumes), to this value at the last step "
+                         "(default: constant)")
     ap.add_argument("--from-scratch", action="store_true", help="ignore shipped weights when no checkpoint exists")
     args = ap.parse_args(argv)
     dev = training_device(args.device, args.threads)
@@ -97,7 +98,10 @@ def main(argv=None):
         decay_from = max(step, args.tokenizer_steps)
 
     def checkpoint():
-        ckpt.save(step=step, seconds=clock.total, command=command, decay_from=decay_from)
+        # the decay's start travels with the checkpoint only while a decay runs: a constant-lr run resumed with
+        # --tf-cosine-to starts its decay where it resumes
+        ckpt.save(step=step, seconds=clock.total, command=command,
+                  decay_from=decay_from if args.tf_cosine_to is not None else None)
 
     def transformer_lr(s: int) -> float:
         if args.tf_cosine_to is None or total <= decay_from:
