@@ -160,9 +160,10 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     reasons = {}  # (provenance key, task kind) -> why stale; a per-family default only touches its own kind
 
     def why_stale(key, task):
-        if (key, kinds.get(task)) not in reasons:
-            reasons[key, kinds.get(task)] = stale_reasons(table_[key], kinds.get(task)) if key in table_ else []
-        return reasons[key, kinds.get(task)]
+        at = (key, kinds.get(task))
+        if at not in reasons:
+            reasons[at] = stale_reasons(table_[key], at[1]) if key in table_ else []
+        return reasons[at]
     schemes = {m: _default_scheme(cfg) for m, cfg in settings["methods"].items()}
     carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}

@@ -63,8 +63,8 @@ def note_prior(name: str, digest: str | None) -> None:
 
 def for_kind(config: dict, options: dict, kind: str | None) -> dict:
     """The settings a solver with this (canonical) ``config`` runs a task of ``kind`` with: a ``per_family`` table
-    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time. ``kind`` None, or
-    a config without such a table: the config as it is."""
+    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time (the dict form of
+    ``RedDiffSolver.settings_for``). ``kind`` None, or a config without such a table: the config as it is."""
     families = config.get("per_family")
     if kind is None or "per_family" not in config:
         return config
