@@ -347,6 +347,32 @@ def test_a_per_family_default_changed_for_one_kind_leaves_the_other_kinds_calibr
     assert calibration.table_mismatch(table, table["prior"], now, "sr", {}) is None
 
 
+def test_a_partial_refit_keeps_the_cells_whose_kind_runs_unchanged():
+    """PMRF's deblurring mean source changed (per_family): refitting the deblur cells keeps the other families'
+    cells, since those kinds run as before; a changed setting every kind sees, other weights or another sample count
+    drop them all."""
+    import dataclasses
+
+    from restore.provenance import canonical
+    from restore.solvers import base
+    from restore.train.calibration import family_kind, kept_cells
+
+    assert [family_kind(f) for f in ("denoise", "deblur", "sr4", "inpaint-region", "denoise-real")] == \
+        ["denoise", "deblur", "sr", "inpaint", "denoise"]
+    now = canonical(dataclasses.asdict(base.get("pmrf").config))
+    before = {k: v for k, v in now.items() if k != "per_family"}  # deblurring's mean came from RED-Diff then
+    cells = [{"family": f} for f in ("denoise", "deblur", "sr4", "inpaint-random")]
+    old = {"features": list(cal.FEATURES), "prior_digest": "d1", "n_samples": 8, "solver_config": before,
+           "cells": cells}
+    assert [c["family"] for c in kept_cells(old, ["deblur"], now, {}, "d1", 8)] == ["denoise", "sr4",
+                                                                                     "inpaint-random"]
+    # without refitting deblur, its old cell goes too (its kind now runs otherwise)
+    assert [c["family"] for c in kept_cells(old, ["sr4"], now, {}, "d1", 8)] == ["denoise", "inpaint-random"]
+    assert kept_cells(old, ["deblur"], {**now, "sigma_s": 0.05}, {}, "d1", 8) == []
+    assert kept_cells(old, ["deblur"], now, {}, "d2", 8) == []
+    assert kept_cells(old, ["deblur"], now, {}, "d1", 4) == []
+
+
 def test_a_table_is_applied_with_the_features_it_was_fitted_on():
     """Tables list their per-pixel signals by name and are applied with exactly those: one fitted before a signal was
     added (the 14 of 2026-12-02) gets its own 14, each the same map as in today's full set. The unsmoothed signals

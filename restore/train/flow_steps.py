@@ -13,8 +13,9 @@ K's that come as close (within ``TOLERANCE`` of the mean's own gap). A flow that
 gets the paper's K (the largest candidate) back.
 
 Data: the last ``--val-images`` files of the training folder, which ``restore.train.flow`` holds out of training
-(never an evaluation set), centre-cropped. Means: PMRF's own default sources (the denoiser for denoising,
-RED-Diff at its default settings otherwise). The card gets ``euler_steps`` {family: K} and the whole scan.
+(never an evaluation set), centre-cropped. Means: PMRF's own default sources (the denoiser for denoising, HQS on
+the denoiser for deblurring, RED-Diff at its default settings otherwise). The card gets ``euler_steps`` {family: K}
+and the whole scan.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def scan(flow, images: torch.Tensor, family_tasks: dict[str, list[str]], candida
     from restore.tasks import parse
 
     sigma_s = float(flow.card.get("sigma_s", 0.025))
-    solver = base.get("pmrf", mean_options=mean_options)
+    solver = base.get("pmrf", **({"mean_options": mean_options} if mean_options is not None else {}))
     out = {}
     for family, specs in family_tasks.items():
         clean, means = [], []
