@@ -104,3 +104,12 @@ def test_an_explicit_mean_source_does_not_inherit_the_familys_hqs_options():
     assert cfg.mean_source == "reddiff" and cfg.mean_options is None
     cfg, _ = PMRFSolver(mean_source="hqs", mean_options={"steps": 4}).settings_for("deblur")
     assert cfg.mean_options == {"steps": 4}
+
+
+def test_the_time_estimate_counts_the_conjugate_gradient_steps_by_kernel_size():
+    small = parse("deblur:gaussian:sigma=1,noise=0.01")
+    large = parse("deblur:motion:size=25,seed=1,noise=0.01")
+    s = hqs.HQSSettings()
+    assert s.steps < hqs.cost(s, small) < hqs.cost(s, large)
+    assert hqs.cost(hqs.HQSSettings(cg_iters=60), small) > hqs.cost(s, small)
+    assert hqs.cost(s, parse("denoise:gaussian:sigma=0.1")) == pytest.approx(s.steps * (1 + s.cg_iters * 0.010))

@@ -163,7 +163,7 @@ class PMRFSolver(Solver):
         if source == "denoiser":
             mean = 1.0
         elif source == "hqs":
-            mean = float(hqs.HQSSettings.from_options(cfg.mean_options).steps)
+            mean = hqs.cost(hqs.HQSSettings.from_options(cfg.mean_options), task)
         else:
             mean = base.get(source, **(cfg.mean_options or {})).cost(task, 1) or 0.0
         fast = precision.estimate_bf16(self.config.precision)
