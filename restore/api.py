@@ -19,9 +19,9 @@ DEFAULT_SOLVER = "pmrf"
 # --images 3 --crop 128 --samples 4`: every solver at its defaults, all calibrated) and confirmed on the CBSD68 quick
 # crops (quality_paper_quick.json):
 # - PMRF for denoising and deblurring: best of the fast solvers on denoising (held-out 30.46 dB, its estimate there
-#   being its D(y) stage; RED-Diff 27.86) and Gaussian / motion blur (30.19 / 26.21 vs RED-Diff 29.78 / 26.15,
-#   Langevin 29.72 / 25.01), a few seconds at 256 px; at light noise it is the only one above the input by 4 dB
-#   (benchmarks/results/lownoise.json).
+#   being its D(y) stage; RED-Diff 27.86) and Gaussian / motion blur (31.21 / 27.72 with its plug-and-play HQS
+#   deblurring mean since 2026-12-04, 30.19 / 26.21 before; RED-Diff 29.78 / 26.15, Langevin 29.72 / 25.01), a few
+#   seconds at 256 px; at light noise it is the only one above the input by 4 dB (benchmarks/results/lownoise.json).
 # - RED-Diff for inpainting and super-resolution: +0.70 / +0.40 dB over PMRF on random / box inpainting and +0.10 on
 #   x4 SR held out (CBSD68 quick: +0.79 / +0.54 / +0.23, and above TV least squares on SR where PMRF is not), at
 #   about 30 s for 8 samples at 256 px (denoising; x4 SR runs 50 steps instead of 30) against PMRF's 2.5-5.6 s.
