@@ -1,8 +1,8 @@
 """Plug-and-play half-quadratic splitting (HQS) with a noise-conditional denoiser: a fast posterior-mean estimate.
 
 Not a solver on its own (it returns one point estimate, no samples): PMRF uses it as its first stage, the posterior
-mean that its flow then transports (``PMRFConfig.per_family``), where it beats RED-Diff on deblurring by ~0.8-0.9 dB
-in a quarter of the time (module docstring of ``restore.solvers.pmrf``).
+mean that its flow then transports (``PMRFConfig.per_family``), where it beats RED-Diff on deblurring by 0.7-1.4 dB
+in about half the time (module docstring of ``restore.solvers.pmrf``).
 
 The iteration is DPIR's (Zhang, Li, Zuo, Zhang, Van Gool, Timofte, "Plug-and-Play Image Restoration with Deep
 Denoiser Prior", TPAMI 2021): from a cheap start x (``initial_estimate``), for sigma_k log-spaced from ``sigma_max``

@@ -19,11 +19,13 @@ The posterior mean comes from a configurable source: ``mean_source="denoiser"`` 
 otherwise: deblurring takes HQS. The paper trains a dedicated MMSE network for each task; we have one denoiser for all
 tasks, and which approximation of the posterior mean serves best is measured per family. On deblurring HQS beat
 RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and
-Levin camera-shake / noise 7.65 tasks: PMRF 29.76 / 25.64 dB with RED-Diff's mean, the HQS stage 30.63 / 27.13 at
-8 steps, every crop higher, in a third of the time; the settings' scan is in ``restore.solvers.hqs``); on x4 SR
-RED-Diff stayed ahead (23.72 against 23.67 at 24 HQS steps on 4 crops), and on inpainting far ahead. PMRF approximates a deterministic transport
-of the mean, so the samples differ little (sigma_s is small): read the std as sensitivity to the source noise, not a
-calibrated posterior std. The flow runs forward-only, so a quantised backbone is allowed here.
+Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 / 27.13 with
+HQS's, in 4.7 s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1
+deblur_motion --images 8 --crop 128 --samples 8 --grid mean_source=reddiff,hqs``; HQS's settings' scan is in
+``restore.solvers.hqs``); on x4 SR RED-Diff stayed ahead (23.72 against 23.67 at 24 HQS steps on 4 crops), and on
+inpainting far ahead. PMRF approximates a deterministic transport of the mean, so the samples differ little (sigma_s
+is small): read the std as sensitivity to the source noise, not a calibrated posterior std. The flow runs
+forward-only, so a quantised backbone is allowed here.
 
 What ``Posterior.mean`` holds (ours): where the first stage is a posterior-mean estimate in its own right (the
 denoiser D(y, sigma_y) on denoising, HQS on deblurring), the estimate is that first stage and the flow outputs are
@@ -62,8 +64,8 @@ class PMRFConfig:
     mean_options: dict | None = None  # config overrides for the mean-source solver, e.g. {"steps": 30} for reddiff
     precision: str = "auto"  # the flow (and the denoiser mean) under bf16 autocast where the CPU has native bf16
     # task families whose posterior mean comes from elsewhere (unless given explicitly): deblurring from plug-and-play
-    # HQS on the denoiser (restore.solvers.hqs), ~0.8-0.9 dB above RED-Diff there on held-out crops in a quarter of
-    # the time (module docstring)
+    # HQS on the denoiser (restore.solvers.hqs), +0.7 / +1.4 dB over RED-Diff's mean on held-out Gaussian / camera-shake
+    # blur in about half the time (module docstring)
     per_family: dict | None = field(default_factory=lambda: {"deblur": {
         "mean_source": "hqs", "mean_options": {"steps": 8, "lambda_": 0.5, "sigma_max": 1.0}}})
 
@@ -153,11 +155,9 @@ class PMRFSolver(Solver):
         return PAPER_STEPS, "paper"
 
     def cost(self, task, samples: int, prior=None) -> float:
-        from restore.solvers import base
+        from restore.solvers import base, hqs
 
         steps, _ = self.steps_for(task.kind, prior.card if prior is not None else {})
-        from restore.solvers import hqs
-
         cfg, _ = self.settings_for(task.kind)
         source = self.mean_source_for(task.kind)
         if source == "denoiser":
