@@ -113,3 +113,24 @@ def test_the_time_estimate_counts_the_conjugate_gradient_steps_by_kernel_size():
     assert s.steps < hqs.cost(s, small) < hqs.cost(s, large)
     assert hqs.cost(hqs.HQSSettings(cg_iters=60), small) > hqs.cost(s, small)
     assert hqs.cost(s, parse("denoise:gaussian:sigma=0.1")) == pytest.approx(s.steps * (1 + s.cg_iters * 0.010))
+
+
+def test_past_its_noise_range_pmrf_hands_deblurring_to_red_diff(clean_rgb):
+    """Heavy noise makes HQS's data steps amplify more than its denoiser removes: PMRF takes RED-Diff's mean there
+    (at its own defaults, not HQS's options), and says so."""
+    from restore.solvers.pmrf import PMRFSolver
+
+    limit = hqs.HQSSettings().max_noise
+    solver = PMRFSolver()
+    assert solver.mean_source_for("deblur", limit) == "hqs"
+    assert solver.mean_source_for("deblur", 2 * limit) == "reddiff"
+    assert solver.mean_source_for("deblur") == "hqs"  # noise not known yet
+    heavy, light = (parse(f"deblur:gaussian:sigma=1,noise={n}") for n in (2 * limit, 0.01))
+    assert solver.cost(heavy, 8) > solver.cost(light, 8)  # RED-Diff's 30 steps against HQS's 8 passes
+    assert solver.cost(parse("deblur:gaussian:sigma=1,noise=auto"), 8) > 0
+    y, physics = _blurred(clean_rgb, f"deblur:gaussian:sigma=1,noise={2 * limit}")
+    flow = registry.load("flow-natural")
+    post = base.get("pmrf", flow_steps=1)(y, physics, flow, n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert post.meta["mean_source"] == "reddiff" and post.meta["estimate"] == "average of the flow samples"
+    ran = post.meta["provenance"]["solvers"]
+    assert [s["name"] for s in ran] == ["pmrf", "reddiff"] and ran[1]["options"] == {}

@@ -34,6 +34,10 @@ class HQSSettings:
     sigma_max: float = 1.0  # first denoiser level (DPIR: 49/255); the last is the observation's noise level
     cg_iters: int = 30  # conjugate-gradient iterations of a data step without a closed form
     cg_tol: float = 1e-5
+    # above this observation noise (std on [0, 1]) HQS's data steps amplify more noise than its denoiser removes: as
+    # PMRF's deblurring first stage it was level with RED-Diff at 0.05 and 0.5-1.6 dB below it at 0.07-0.1 (4 held-out
+    # crops, Gaussian sigma 2 and 19 px motion), so PMRF takes RED-Diff's mean there
+    max_noise: float = 0.05
 
     @classmethod
     def from_options(cls, options: dict | None) -> "HQSSettings":

@@ -16,7 +16,8 @@ The posterior mean comes from a configurable source: ``mean_source="denoiser"`` 
 ``mean_denoiser``; denoising only), ``"hqs"`` (plug-and-play half-quadratic splitting on that denoiser,
 ``restore.solvers.hqs``) or any registered solver name (``reddiff``) run once, taking its ``Posterior.mean``.
 ``"auto"`` (default) takes the denoiser on denoising and RED-Diff elsewhere, except where ``per_family`` says
-otherwise: deblurring takes HQS. The paper trains a dedicated MMSE network for each task; we have one denoiser for all
+otherwise: deblurring takes HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS
+by 0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one denoiser for all
 tasks, and which approximation of the posterior mean serves best is measured per family. On deblurring HQS beat
 RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and
 Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 / 27.13 with
@@ -100,7 +101,7 @@ class PMRFSolver(Solver):
         kind = kind_of(physics)
         cfg, _ = self.settings_for(kind)
         den_name = cfg.mean_prior or prior.card.get("mean_denoiser", "score-natural")
-        source = self.mean_source_for(kind)
+        source = self.mean_source_for(kind, noise_sigma(physics, y))
         den = registry.load(den_name, y.device)
         if source == "denoiser":
             if type(physics).__name__ != "Denoising":
@@ -119,17 +120,25 @@ class PMRFSolver(Solver):
                                progress=lambda i, k: progress(0.5 * i / k, f"posterior mean (hqs): step {i}/{k}"))
         if source == self.name:
             raise SolverError("pmrf cannot take its own output as the posterior mean")
-        solver = base.get(source, **(cfg.mean_options or {}))
+        # HQS's options are not RED-Diff's: a run past HQS's noise range takes RED-Diff at its defaults
+        options = {} if self.settings_for(kind)[0].mean_source == "hqs" else (cfg.mean_options or {})
+        solver = base.get(source, **options)
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
         # the mean solver runs as a user running it would: under its own preferred scheme (RED-Diff: int8)
         return solver(y, physics, _mean_prior(den, solver.preferred_quant()), n_samples=1, generator=generator,
                       progress=cb).mean
 
-    def mean_source_for(self, kind: str | None) -> str:
-        """Where the posterior mean comes from for a task kind: the config's source (after the family's settings),
-        or for 'auto' the denoiser on denoising and RED-Diff otherwise; 'hqs' is plug-and-play HQS on the denoiser
-        (restore.solvers.hqs)."""
+    def mean_source_for(self, kind: str | None, sigma_y: float | None = None) -> str:
+        """Where the posterior mean comes from for a task kind and observation noise std ``sigma_y`` (None: not
+        known yet): the config's source (after the family's settings), or for 'auto' the denoiser on denoising and
+        RED-Diff otherwise; 'hqs' is plug-and-play HQS on the denoiser (restore.solvers.hqs), which hands over to
+        RED-Diff above its ``max_noise``."""
+        from restore.solvers import hqs
+
         cfg, _ = self.settings_for(kind)
+        if cfg.mean_source == "hqs" and sigma_y is not None:
+            if sigma_y > hqs.HQSSettings.from_options(cfg.mean_options).max_noise:
+                return "reddiff"
         if cfg.mean_source != "auto":
             return cfg.mean_source
         return "denoiser" if kind == "denoise" else "reddiff"
@@ -159,13 +168,14 @@ class PMRFSolver(Solver):
 
         steps, _ = self.steps_for(task.kind, prior.card if prior is not None else {})
         cfg, _ = self.settings_for(task.kind)
-        source = self.mean_source_for(task.kind)
+        source = self.mean_source_for(task.kind, None if task.auto else task.noise_sigma)
         if source == "denoiser":
             mean = 1.0
         elif source == "hqs":
             mean = hqs.cost(hqs.HQSSettings.from_options(cfg.mean_options), task)
         else:
-            mean = base.get(source, **(cfg.mean_options or {})).cost(task, 1) or 0.0
+            options = {} if cfg.mean_source == "hqs" else (cfg.mean_options or {})
+            mean = base.get(source, **options).cost(task, 1) or 0.0
         fast = precision.estimate_bf16(self.config.precision)
         # the flow network is the denoiser's size; bf16 autocast halves it (restore.precision)
         return mean + steps * samples * (0.5 if fast else 1.0)
@@ -189,7 +199,7 @@ class PMRFSolver(Solver):
         # denoiser or HQS on it (the flow, which trades distortion for realism, lost 1.3-6.6 dB to D(y) on light
         # noise, and 0.3 dB to HQS on held-out Gaussian deblurring), the flow average otherwise (RED-Diff's output
         # is a mode-seeking variational fit, and the flow average measured better than it)
-        source = self.mean_source_for(kind_of(physics))
+        source = self.mean_source_for(kind_of(physics), noise_sigma(physics, y))
         first_stage = source in ("denoiser", "hqs")
         return Posterior(mean=mean if first_stage else average, samples=samples,
                          meta={"sigma_s": sigma_s, "flow_steps": steps, "flow_steps_from": steps_from,
