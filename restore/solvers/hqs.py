@@ -80,7 +80,7 @@ def cost(settings: HQSSettings, task) -> float:
     data steps, whose convolutions cost ~0.010 + 9e-5 x (kernel area) forwards per iteration (fitted 2026-12-04 at
     256 px, 2 threads: 1.4 s of CG for the 11 x 11 Gaussian kernel and 3.0 s for Levin's 19 x 19 camera shake, beside
     2.2 s of denoiser passes)."""
-    kernel = task.kernel() if getattr(task, "kind", None) == "deblur" else None
+    kernel = task.kernel()  # None except for deblurring
     area = float(kernel.shape[-1] * kernel.shape[-2]) if kernel is not None else 0.0
     return float(settings.steps) * (1.0 + float(settings.cg_iters) * (0.010 + 9e-5 * area))
 

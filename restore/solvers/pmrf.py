@@ -17,9 +17,9 @@ The posterior mean comes from a configurable source: ``mean_source="denoiser"`` 
 ``restore.solvers.hqs``) or any registered solver name (``reddiff``) run once, taking its ``Posterior.mean``.
 ``"auto"`` (default) takes the denoiser on denoising and RED-Diff elsewhere, except where ``per_family`` says
 otherwise: deblurring takes HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS
-by 0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one denoiser for all
-tasks, and which approximation of the posterior mean serves best is measured per family. On deblurring HQS beat
-RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and
+by 0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one
+denoiser for all tasks, and which approximation of the posterior mean serves best is measured per family. On
+deblurring HQS beat RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and
 Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 / 27.13 with
 HQS's, in 4.7 s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1
 deblur_motion --images 8 --crop 128 --samples 8 --grid mean_source=reddiff,hqs``; HQS's settings' scan is in
@@ -50,6 +50,7 @@ import torch
 from restore import precision
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
+from restore.solvers.hqs import HQSSettings
 from restore.tasks import kind_of
 
 
@@ -66,9 +67,9 @@ class PMRFConfig:
     precision: str = "auto"  # the flow (and the denoiser mean) under bf16 autocast where the CPU has native bf16
     # task families whose posterior mean comes from elsewhere (unless given explicitly): deblurring from plug-and-play
     # HQS on the denoiser (restore.solvers.hqs), +0.7 / +1.4 dB over RED-Diff's mean on held-out Gaussian / camera-shake
-    # blur in about half the time (module docstring)
+    # blur in about half the time (module docstring); HQS's own defaults, written out so that provenance sees a change
     per_family: dict | None = field(default_factory=lambda: {"deblur": {
-        "mean_source": "hqs", "mean_options": {"steps": 8, "lambda_": 0.5, "sigma_max": 1.0}}})
+        "mean_source": "hqs", "mean_options": {k: getattr(HQSSettings, k) for k in ("steps", "lambda_", "sigma_max")}}})
 
 
 class PMRFSolver(Solver):
@@ -101,7 +102,7 @@ class PMRFSolver(Solver):
         kind = kind_of(physics)
         cfg, _ = self.settings_for(kind)
         den_name = cfg.mean_prior or prior.card.get("mean_denoiser", "score-natural")
-        source = self.mean_source_for(kind, noise_sigma(physics, y))
+        source, options = self.mean_plan(kind, noise_sigma(physics, y))
         den = registry.load(den_name, y.device)
         if source == "denoiser":
             if type(physics).__name__ != "Denoising":
@@ -109,7 +110,7 @@ class PMRFSolver(Solver):
             with torch.no_grad(), precision.autocast(self._bf16(y), y.device):
                 return den.module(y, noise_sigma(physics, y)).float().clamp(0, 1)
         if source == "hqs":
-            settings = hqs.HQSSettings.from_options(cfg.mean_options)
+            settings = hqs.HQSSettings.from_options(options)
             bf16 = self._bf16(y)
 
             def denoise(x, sigma):
@@ -120,28 +121,32 @@ class PMRFSolver(Solver):
                                progress=lambda i, k: progress(0.5 * i / k, f"posterior mean (hqs): step {i}/{k}"))
         if source == self.name:
             raise SolverError("pmrf cannot take its own output as the posterior mean")
-        # HQS's options are not RED-Diff's: a run past HQS's noise range takes RED-Diff at its defaults
-        options = {} if self.settings_for(kind)[0].mean_source == "hqs" else (cfg.mean_options or {})
         solver = base.get(source, **options)
         cb = lambda f, m: progress(0.5 * f, f"posterior mean ({source}): {m}")  # noqa: E731
         # the mean solver runs as a user running it would: under its own preferred scheme (RED-Diff: int8)
         return solver(y, physics, _mean_prior(den, solver.preferred_quant()), n_samples=1, generator=generator,
                       progress=cb).mean
 
-    def mean_source_for(self, kind: str | None, sigma_y: float | None = None) -> str:
-        """Where the posterior mean comes from for a task kind and observation noise std ``sigma_y`` (None: not
-        known yet): the config's source (after the family's settings), or for 'auto' the denoiser on denoising and
-        RED-Diff otherwise; 'hqs' is plug-and-play HQS on the denoiser (restore.solvers.hqs), which hands over to
-        RED-Diff above its ``max_noise``."""
+    def mean_plan(self, kind: str | None, sigma_y: float | None = None) -> tuple[str, dict]:
+        """(where the posterior mean comes from, the options it runs with) for a task kind and observation noise std
+        ``sigma_y`` (None: not known yet): the config's source and ``mean_options`` (after the family's settings),
+        or for 'auto' the denoiser on denoising and RED-Diff otherwise; 'hqs' is plug-and-play HQS on the denoiser
+        (restore.solvers.hqs), which hands over to RED-Diff at its defaults above its ``max_noise`` (HQS's options
+        are not RED-Diff's)."""
         from restore.solvers import hqs
 
         cfg, _ = self.settings_for(kind)
+        options = dict(cfg.mean_options or {})
         if cfg.mean_source == "hqs" and sigma_y is not None:
-            if sigma_y > hqs.HQSSettings.from_options(cfg.mean_options).max_noise:
-                return "reddiff"
+            if sigma_y > hqs.HQSSettings.from_options(options).max_noise:
+                return "reddiff", {}
         if cfg.mean_source != "auto":
-            return cfg.mean_source
-        return "denoiser" if kind == "denoise" else "reddiff"
+            return cfg.mean_source, options
+        return ("denoiser" if kind == "denoise" else "reddiff"), options
+
+    def mean_source_for(self, kind: str | None, sigma_y: float | None = None) -> str:
+        """Where the posterior mean comes from (:meth:`mean_plan`'s source)."""
+        return self.mean_plan(kind, sigma_y)[0]
 
     def flow_steps(self, physics, prior) -> tuple[int, str]:
         """(K, where it came from) for this task: the config's, the card's for the task family, or the paper's."""
@@ -167,14 +172,12 @@ class PMRFSolver(Solver):
         from restore.solvers import base, hqs
 
         steps, _ = self.steps_for(task.kind, prior.card if prior is not None else {})
-        cfg, _ = self.settings_for(task.kind)
-        source = self.mean_source_for(task.kind, None if task.auto else task.noise_sigma)
+        source, options = self.mean_plan(task.kind, None if task.auto else task.noise_sigma)
         if source == "denoiser":
             mean = 1.0
         elif source == "hqs":
-            mean = hqs.cost(hqs.HQSSettings.from_options(cfg.mean_options), task)
+            mean = hqs.cost(hqs.HQSSettings.from_options(options), task)
         else:
-            options = {} if cfg.mean_source == "hqs" else (cfg.mean_options or {})
             mean = base.get(source, **options).cost(task, 1) or 0.0
         fast = precision.estimate_bf16(self.config.precision)
         # the flow network is the denoiser's size; bf16 autocast halves it (restore.precision)
