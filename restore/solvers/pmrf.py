@@ -16,12 +16,12 @@ The posterior mean comes from a configurable source: ``mean_source="denoiser"`` 
 ``mean_denoiser``; denoising only), ``"hqs"`` (plug-and-play half-quadratic splitting on that denoiser,
 ``restore.solvers.hqs``) or any registered solver name (``reddiff``) run once, taking its ``Posterior.mean``.
 ``"auto"`` (default) takes the denoiser on denoising and RED-Diff elsewhere, except where ``per_family`` says
-otherwise: deblurring takes HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS
-by 0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one
+otherwise: deblurring takes HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS by
+0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one
 denoiser for all tasks, and which approximation of the posterior mean serves best is measured per family. On
-deblurring HQS beat RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and
-Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 / 27.13 with
-HQS's, in 4.7 s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1
+deblurring HQS beat RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1
+/ noise 2.55 and Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 /
+27.13 with HQS's, in 4.7 s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1
 deblur_motion --images 8 --crop 128 --samples 8 --grid mean_source=reddiff,hqs``; HQS's settings' scan is in
 ``restore.solvers.hqs``); on x4 SR RED-Diff stayed ahead (23.72 against 23.67 at 24 HQS steps on 4 crops), and on
 inpainting far ahead. PMRF approximates a deterministic transport of the mean, so the samples differ little (sigma_s
