@@ -121,12 +121,13 @@ def _default_scheme(cfg: dict) -> str | None:
         return None
 
 
-def _kind(spec: str) -> str | None:
-    """The task kind ('denoise', 'sr', ...) of a benchmark task spec, None for one that does not parse."""
+def _family(spec: str) -> str | None:
+    """The settings family ('denoise', 'sr', 'inpaint-region', ...: ``Task.family``) of a benchmark task spec, None
+    for one that does not parse."""
     from restore.tasks import TaskError, parse
 
     try:
-        return parse(spec).kind
+        return parse(spec).family
     except TaskError:
         return None
 
@@ -156,11 +157,11 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
-    kinds = {name: _kind(spec) for name, spec in settings.get("tasks", {}).items()}
-    reasons = {}  # (provenance key, task kind) -> why stale; a per-family default only touches its own kind
+    families = {name: _family(spec) for name, spec in settings.get("tasks", {}).items()}
+    reasons = {}  # (provenance key, task family) -> why stale; a per-family default only touches its own family
 
     def why_stale(key, task):
-        at = (key, kinds.get(task))
+        at = (key, families.get(task))
         if at not in reasons:
             reasons[at] = stale_reasons(table_[key], at[1]) if key in table_ else []
         return reasons[at]

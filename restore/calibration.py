@@ -68,10 +68,11 @@ class UncalibratedWarning(UserWarning):
 
 # ---- cells -----------------------------------------------------------------------------------------------------
 
-def family(task) -> tuple[str | None, str]:
+def family(task, physics=None) -> tuple[str | None, str]:
     """(calibration family of a task or None, why none). Families pool what one table can stand for: every blur
     kernel is 'deblur' (calibrated on a mix of Gaussian and motion kernels), each SR factor its own, random-pixel and
-    region inpainting apart (user masks count as regions)."""
+    region inpainting apart. Inpainting's split is the mask's geometry when the run's ``physics`` is given (as the
+    solvers read it: ``restore.tasks.family_of``), else the spec's (``Task.family``: user masks count as regions)."""
     if task.kind == "denoise":
         if task.variant in ("gaussian", "real"):
             return ("denoise" if task.variant == "gaussian" else REAL_FAMILY), ""
@@ -81,7 +82,9 @@ def family(task) -> tuple[str | None, str]:
     if task.kind == "sr":
         return f"sr{task.scale}", ""
     if task.kind == "inpaint":
-        return ("inpaint-random" if task.variant == "random" else "inpaint-region"), ""
+        from restore.tasks import family_of
+
+        return (family_of(physics) if physics is not None else task.family), ""
     return None, f"task kind {task.kind} is not calibrated"
 
 
@@ -369,12 +372,13 @@ def cell_features(table: dict, cell: dict) -> list[str]:
     return list(cell.get("features") or table["features"])
 
 
-def table_mismatch(table: dict, prior: str, config: dict, kind: str | None = None,
+def table_mismatch(table: dict, prior: str, config: dict, task_family: str | None = None,
                    options: dict | None = None) -> str | None:
     """Why ``table`` does not apply to a run of ``prior`` with solver ``config`` (its features, the prior's weights or
-    the solver's settings differ from what it was fitted on), or None when it applies. With the task's ``kind`` and
-    the run's explicit ``options``, settings are compared as that kind runs them (a per-family default changed for
-    another kind, e.g. RED-Diff's SR settings, leaves a deblurring cell valid)."""
+    the solver's settings differ from what it was fitted on), or None when it applies. With the ``task_family``
+    (a kind or a calibration family: ``restore.tasks.family_entry``) and the run's explicit ``options``, settings
+    are compared as that family runs them (a per-family default changed for another family, e.g. RED-Diff's SR
+    settings, leaves a deblurring cell valid)."""
     from restore import provenance
     from restore.priors import registry
 
@@ -392,8 +396,8 @@ def table_mismatch(table: dict, prior: str, config: dict, kind: str | None = Non
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
     opts = provenance.canonical(options or {})
-    config = provenance.for_kind(provenance.canonical(config), opts, kind)
-    fitted = provenance.for_kind(table["solver_config"], opts, kind)
+    config = provenance.for_family(provenance.canonical(config), opts, task_family)
+    fitted = provenance.for_family(table["solver_config"], opts, task_family)
     changed = sorted(k for k in set(config) | set(fitted) if config.get(k) != fitted.get(k))
     if changed:
         return f"solver settings differ from the calibrated ones ({', '.join(changed)})"
@@ -411,12 +415,12 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     fallback = lambda reason: _uncalibrated(post, reason, y, physics, task)  # noqa: E731
     if table is None:
         return fallback(f"no calibration table for solver {solver} with prior {prior}")
-    fam, why = family(task)
+    fam, why = family(task, physics)
     if fam is None:
         return fallback(why)
     ran = post.meta.get("provenance", {}).get("solvers", [])
     top_options = ran[0].get("options", {}) if ran else {}
-    if (reason := table_mismatch(table, prior, post.meta.get("config", {}), task.kind, top_options)) is not None:
+    if (reason := table_mismatch(table, prior, post.meta.get("config", {}), fam, top_options)) is not None:
         return fallback(reason)
     sigma = task.noise_sigma
     if fam == REAL_FAMILY:  # the cell is pooled over noise levels; the self-check needs the solver's estimate
@@ -431,12 +435,12 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     if cell is None:
         return fallback(note)
     if cell.get("solvers") is not None and ran:
-        from restore.provenance import for_kind
+        from restore.provenance import for_family
 
-        # as this task's kind runs them: a per-family default changed for another kind does not count
+        # as this task's family runs them: a per-family default changed for another family does not count
         opts = {s["name"]: s.get("options", {}) for s in ran}
-        now = [[s["name"], for_kind(s["config"], s.get("options", {}), task.kind)] for s in ran]
-        then = [[name, for_kind(conf, opts.get(name, {}), task.kind)] for name, conf in cell["solvers"]]
+        now = [[s["name"], for_family(s["config"], s.get("options", {}), fam)] for s in ran]
+        then = [[name, for_family(conf, opts.get(name, {}), fam)] for name, conf in cell["solvers"]]
         differ = sorted({name for name, conf in now if [name, conf] not in then}
                         | {name for name, conf in then if [name, conf] not in now})
     else:

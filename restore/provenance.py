@@ -61,13 +61,15 @@ def note_prior(name: str, digest: str | None) -> None:
         record.priors.setdefault(name, digest)
 
 
-def for_kind(config: dict, options: dict, kind: str | None) -> dict:
-    """The settings a solver with this (canonical) ``config`` runs a task of ``kind`` with: a ``per_family`` table
-    (RED-Diff's) resolved for that kind, options given explicitly winning over it as at run time (the dict form of
-    ``RedDiffSolver.settings_for``). ``kind`` None, or a config without such a table: the config as it is."""
-    families = config.get("per_family")
-    if kind is None or "per_family" not in config:
+def for_family(config: dict, options: dict, family: str | None) -> dict:
+    """The settings a solver with this (canonical) ``config`` runs a task of ``family`` with (a task kind, or a
+    family such as 'inpaint-region' or 'sr4': ``restore.tasks.family_entry``): a ``per_family`` table (RED-Diff's,
+    PMRF's) resolved for it, options given explicitly winning over it as at run time (the dict form of
+    ``RedDiffSolver.settings_for``). ``family`` None, or a config without such a table: the config as it is."""
+    from restore.tasks import family_entry
+
+    if family is None or "per_family" not in config:
         return config
     out = {k: v for k, v in config.items() if k != "per_family"}
-    out.update({k: v for k, v in ((families or {}).get(kind) or {}).items() if k not in options})
+    out.update({k: v for k, v in family_entry(config.get("per_family"), family).items() if k not in options})
     return out

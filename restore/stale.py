@@ -7,14 +7,15 @@ from __future__ import annotations
 import dataclasses
 
 from restore.priors import registry
-from restore.provenance import canonical, for_kind
+from restore.provenance import canonical, for_family
 from restore.solvers import base
 
 
-def reasons(provenance: dict, kind: str | None = None) -> list[str]:
+def reasons(provenance: dict, family: str | None = None) -> list[str]:
     """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
     configs and the priors' files tell): a solver's resolved config changed, or a prior's files did. With the task's
-    ``kind`` ('denoise', 'sr', ...) a per-family default changed for another kind does not count."""
+    ``family`` ('denoise', 'sr', 'inpaint-region', ...: ``Task.family``) a per-family default changed for another
+    family does not count."""
     found = []
     for s in provenance.get("solvers", []):
         options = s.get("options", {})
@@ -23,7 +24,7 @@ def reasons(provenance: dict, kind: str | None = None) -> list[str]:
         except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
             found.append(f"solver {s['name']}: {exc}")
             continue
-        now, then = for_kind(now, options, kind), for_kind(s["config"], options, kind)
+        now, then = for_family(now, options, family), for_family(s["config"], options, family)
         changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         if changed:
             found.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")

@@ -347,18 +347,16 @@ def test_a_per_family_default_changed_for_one_kind_leaves_the_other_kinds_calibr
     assert calibration.table_mismatch(table, table["prior"], now, "sr", {}) is None
 
 
-def test_a_partial_refit_keeps_the_cells_whose_kind_runs_unchanged():
+def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
     """PMRF's deblurring mean source changed (per_family): refitting the deblur cells keeps the other families'
-    cells, since those kinds run as before; a changed setting every kind sees, other weights or another sample count
-    drop them all."""
+    cells, since those run as before; a changed setting every family sees, other weights or another sample count
+    drop them all. RED-Diff's region-inpainting schedule leaves its random-inpainting cells valid."""
     import dataclasses
 
     from restore.provenance import canonical
     from restore.solvers import base
-    from restore.train.calibration import family_kind, kept_cells
+    from restore.train.calibration import kept_cells
 
-    assert [family_kind(f) for f in ("denoise", "deblur", "sr4", "inpaint-region", "denoise-real")] == \
-        ["denoise", "deblur", "sr", "inpaint", "denoise"]
     now = canonical(dataclasses.asdict(base.get("pmrf").config))
     before = {k: v for k, v in now.items() if k != "per_family"}  # deblurring's mean came from RED-Diff then
     cells = [{"family": f} for f in ("denoise", "deblur", "sr4", "inpaint-random")]
@@ -371,6 +369,11 @@ def test_a_partial_refit_keeps_the_cells_whose_kind_runs_unchanged():
     assert kept_cells(old, ["deblur"], {**now, "sigma_s": 0.05}, {}, "d1", 8) == []
     assert kept_cells(old, ["deblur"], now, {}, "d2", 8) == []
     assert kept_cells(old, ["deblur"], now, {}, "d1", 4) == []
+    red = canonical(dataclasses.asdict(base.get("reddiff").config))
+    red_before = {**red, "per_family": {k: v for k, v in red["per_family"].items() if k != "inpaint-region"}}
+    cells = [{"family": f} for f in ("denoise", "sr4", "inpaint-random", "inpaint-region")]
+    old = {**old, "solver_config": red_before, "cells": cells}
+    assert [c["family"] for c in kept_cells(old, ["sr4"], red, {}, "d1", 8)] == ["denoise", "inpaint-random"]
 
 
 def test_a_table_is_applied_with_the_features_it_was_fitted_on():
@@ -567,3 +570,18 @@ def test_more_calibration_images_append_to_the_plan():
     assert train.plan_files(files, 36, 8, seed=1)[0] != small
     with pytest.raises(SystemExit, match="more than the 100 files"):
         train.plan_files(files, 95, 8, seed=0)
+
+
+def test_inpainting_cells_follow_the_mask_geometry_the_solver_sees():
+    """The calibration family of an inpainting run is the one its solver picked settings for: the mask's geometry
+    when the physics is at hand (a 10 % box on 128 px is scattered-pixel-like), the spec's otherwise."""
+    from restore.tasks import parse
+
+    small_box, big_box = parse("inpaint:box:size=0.1,noise=0.01"), parse("inpaint:box:size=0.3,noise=0.01")
+    shape = (1, 3, 128, 128)
+    assert cal.family(small_box) == ("inpaint-region", "")
+    assert cal.family(small_box, small_box.physics(shape)) == ("inpaint-random", "")
+    assert cal.family(big_box, big_box.physics(shape)) == ("inpaint-region", "")
+    random = parse("inpaint:random:missing=0.7,noise=0.01")
+    assert cal.family(random, random.physics(shape)) == ("inpaint-random", "")
+    assert cal.family(parse("sr:x4"))[0] == "sr4" and cal.family(parse("denoise:poisson:gain=0.05"))[0] is None

@@ -163,3 +163,30 @@ def test_auto_noise_level_is_estimated_from_the_observation():
     for bad in ("sr:bicubic:factor=4,noise=auto", "inpaint:random:noise=auto", "deblur:gaussian:sigma=auto"):
         with pytest.raises(TaskError, match="'auto' is for the noise level"):
             parse(bad)
+
+
+def test_inpainting_family_follows_the_mask_geometry():
+    """Scattered missing pixels are 'inpaint-random', holes wider than REGION_RADIUS 'inpaint-region'; the spec's
+    family agrees with the mask's for random masks up to 95 % missing and boxes of 0.2 and more at 128-512 px."""
+    from restore.tasks import REGION_RADIUS, family_entry, family_of, hole_radius
+
+    m = torch.ones(1, 1, 40, 40)
+    assert hole_radius(m) == 0
+    m[..., 10:15, 20:29] = 0  # 5 rows deep: its middle row is 3 px from an observed pixel
+    assert hole_radius(m) == 3
+    assert hole_radius(torch.zeros(1, 1, 8, 8), cap=5) == 5
+    for size in (128, 256, 512):
+        shape = (1, 3, size, size)
+        for spec in ("inpaint:random:missing=0.5", "inpaint:random:missing=0.95", "inpaint:box:size=0.2",
+                     "inpaint:box:size=0.3"):
+            task = parse(spec)
+            assert family_of(task.physics(shape)) == task.family, (spec, size)
+    assert hole_radius(parse("inpaint:random:missing=0.95").mask((1, 3, 256, 256))) <= REGION_RADIUS
+    assert [parse(s).family for s in ("denoise:gaussian:sigma=0.1", "sr:x4", "deblur:gaussian:sigma=2")] == \
+        ["denoise", "sr", "deblur"]
+    assert family_of(parse("sr:x2").physics((1, 3, 32, 32))) == "sr"
+    # a family's own settings, else its kind's
+    table = {"sr": {"steps": 50}, "inpaint-region": {"sigma_max": 0.5}}
+    assert family_entry(table, "sr4") == {"steps": 50} and family_entry(table, "inpaint-region") == {"sigma_max": 0.5}
+    assert family_entry(table, "inpaint-random") == {} and family_entry(table, "denoise-real") == {}
+    assert family_entry({"denoise": {"a": 1}}, "denoise-real") == {"a": 1} and family_entry(None, "sr") == {}

@@ -51,7 +51,7 @@ from restore import precision
 from restore.posterior import Posterior
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
 from restore.solvers.hqs import HQSSettings
-from restore.tasks import kind_of
+from restore.tasks import family_entry, kind_of
 
 
 PAPER_STEPS = 25  # K in the paper's inference.sh
@@ -89,7 +89,7 @@ class PMRFSolver(Solver):
         """The config a task of this kind runs with (the family's settings where no explicit option overrides them),
         and those family settings. A mean source and its options go together: either given explicitly keeps the
         family's pair out (options meant for RED-Diff must not reach HQS, nor HQS's RED-Diff)."""
-        family = dict((self.config.per_family or {}).get(kind) or {})
+        family = family_entry(self.config.per_family, kind)
         given = set(self.options)
         if "mean_source" in given or self.options.get("mean_options") is not None:
             given |= {"mean_source", "mean_options"}

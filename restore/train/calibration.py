@@ -29,7 +29,7 @@ import torch
 
 from restore import calibration as cal
 from restore.files import save_atomic, write_json_atomic
-from restore.provenance import canonical, for_kind
+from restore.provenance import canonical, for_family
 
 S = 1 / 255
 # the deblurring mix, crop i gets DEBLUR_KERNELS[i % 8]: Gaussian and motion kernels of four sizes each, so the
@@ -233,20 +233,12 @@ def _rank_corr(a, b) -> float | None:
     return round(spearman(torch.tensor(a), torch.tensor(b)), 4) if len(a) >= 3 else None
 
 
-def family_kind(fam: str) -> str:
-    """The task kind ('denoise', 'deblur', 'sr', 'inpaint') of a calibration family of :data:`GRID`."""
-    from restore.tasks import parse
-
-    sigmas, example = GRID[fam]
-    return parse(example(0, sigmas[0])).kind
-
-
 def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prior_digest: str | None,
                samples: int) -> list[dict]:
     """The cells of the ``old`` table that a partial refit of the ``refitted`` families keeps: those of other families
-    fitted on the same features, prior weights and sample count, with solver settings that run their family's kind
-    the same way as ``config`` does (a per-family default changed for another kind, e.g. PMRF's deblurring mean
-    source, leaves them valid). Anything else is dropped, and a table with nothing kept is replaced as a whole."""
+    fitted on the same features, prior weights and sample count, with solver settings that run their family the same
+    way as ``config`` does (a per-family default changed for another family, e.g. PMRF's deblurring mean source or
+    RED-Diff's region-inpainting schedule, leaves them valid). Anything else is dropped, and a table with nothing kept is replaced as a whole."""
     if (old.get("features") != list(cal.FEATURES) or old.get("prior_digest") != prior_digest
             or old.get("n_samples") != samples or "solver_config" not in old):
         return []
@@ -254,8 +246,7 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
     for c in old.get("cells", []):
         if c["family"] in refitted or c["family"] not in GRID:
             continue
-        kind = family_kind(c["family"])
-        if for_kind(old["solver_config"], options, kind) == for_kind(config, options, kind):
+        if for_family(old["solver_config"], options, c["family"]) == for_family(config, options, c["family"]):
             keep.append(c)
     return keep
 
