@@ -68,11 +68,10 @@ class UncalibratedWarning(UserWarning):
 
 # ---- cells -----------------------------------------------------------------------------------------------------
 
-def family(task, physics=None) -> tuple[str | None, str]:
+def family(task) -> tuple[str | None, str]:
     """(calibration family of a task or None, why none). Families pool what one table can stand for: every blur
     kernel is 'deblur' (calibrated on a mix of Gaussian and motion kernels), each SR factor its own, random-pixel and
-    region inpainting apart. Inpainting's split is the mask's geometry when the run's ``physics`` is given (as the
-    solvers read it: ``restore.tasks.family_of``), else the spec's (``Task.family``: user masks count as regions)."""
+    region inpainting apart (``Task.family``: user masks count as regions)."""
     if task.kind == "denoise":
         if task.variant in ("gaussian", "real"):
             return ("denoise" if task.variant == "gaussian" else REAL_FAMILY), ""
@@ -82,9 +81,7 @@ def family(task, physics=None) -> tuple[str | None, str]:
     if task.kind == "sr":
         return f"sr{task.scale}", ""
     if task.kind == "inpaint":
-        from restore.tasks import family_of
-
-        return (family_of(physics) if physics is not None else task.family), ""
+        return task.family, ""
     return None, f"task kind {task.kind} is not calibrated"
 
 
@@ -376,7 +373,7 @@ def table_mismatch(table: dict, prior: str, config: dict, task_family: str | Non
                    options: dict | None = None) -> str | None:
     """Why ``table`` does not apply to a run of ``prior`` with solver ``config`` (its features, the prior's weights or
     the solver's settings differ from what it was fitted on), or None when it applies. With the ``task_family``
-    (a kind or a calibration family: ``restore.tasks.family_entry``) and the run's explicit ``options``, settings
+    (a kind or a calibration family: ``restore.provenance.family_entry``) and the run's explicit ``options``, settings
     are compared as that family runs them (a per-family default changed for another family, e.g. RED-Diff's SR
     settings, leaves a deblurring cell valid)."""
     from restore import provenance
@@ -415,7 +412,7 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     fallback = lambda reason: _uncalibrated(post, reason, y, physics, task)  # noqa: E731
     if table is None:
         return fallback(f"no calibration table for solver {solver} with prior {prior}")
-    fam, why = family(task, physics)
+    fam, why = family(task)
     if fam is None:
         return fallback(why)
     ran = post.meta.get("provenance", {}).get("solvers", [])

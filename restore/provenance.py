@@ -61,13 +61,22 @@ def note_prior(name: str, digest: str | None) -> None:
         record.priors.setdefault(name, digest)
 
 
+def family_entry(per_family: dict | None, family: str | None) -> dict:
+    """A solver's ``per_family`` settings for ``family``: its own entry, else its kind's ('inpaint-region' ->
+    'inpaint', 'sr4' -> 'sr', 'denoise-real' -> 'denoise'); {} when neither has one."""
+    if not per_family or family is None:
+        return {}
+    if family in per_family:
+        return dict(per_family[family] or {})
+    kind = family.split("-")[0].rstrip("0123456789")
+    return dict(per_family.get(kind) or {})
+
+
 def for_family(config: dict, options: dict, family: str | None) -> dict:
     """The settings a solver with this (canonical) ``config`` runs a task of ``family`` with (a task kind, or a
-    family such as 'inpaint-region' or 'sr4': ``restore.tasks.family_entry``): a ``per_family`` table (RED-Diff's,
+    family such as 'inpaint-region' or 'sr4': :func:`family_entry`): a ``per_family`` table (RED-Diff's,
     PMRF's) resolved for it, options given explicitly winning over it as at run time (the dict form of
     ``RedDiffSolver.settings_for``). ``family`` None, or a config without such a table: the config as it is."""
-    from restore.tasks import family_entry
-
     if family is None or "per_family" not in config:
         return config
     out = {k: v for k, v in config.items() if k != "per_family"}

@@ -48,7 +48,8 @@ def kind_of(physics) -> str | None:
 # Inpainting splits by the mask's geometry: scattered missing pixels ('inpaint-random': each within this many pixels
 # of an observed one; 50-95 % random masks measure 2-8 px at 128-512 px) against holes wider than that
 # ('inpaint-region': a 30 % box is 19-77 px deep at 128-512 px), which need the solver to build structure a
-# neighbourhood cannot give. Solvers' per-family settings and the calibration tables use the same split.
+# neighbourhood cannot give. A solver's per-family settings may differ between the two (none do today: a longer
+# RED-Diff schedule on regions was tried and not kept, docs/solvers.md); the calibration tables split by the spec.
 REGION_RADIUS = 8
 
 
@@ -75,17 +76,6 @@ def family_of(physics) -> str | None:
     if kind == "inpaint":
         return "inpaint-region" if hole_radius(physics.mask) > REGION_RADIUS else "inpaint-random"
     return kind
-
-
-def family_entry(per_family: dict | None, family: str | None) -> dict:
-    """A solver's ``per_family`` settings for ``family``: its own entry, else its kind's ('inpaint-region' ->
-    'inpaint', 'sr4' -> 'sr', 'denoise-real' -> 'denoise'); {} when neither has one."""
-    if not per_family or family is None:
-        return {}
-    if family in per_family:
-        return dict(per_family[family] or {})
-    kind = family.split("-")[0].rstrip("0123456789")
-    return dict(per_family.get(kind) or {})
 
 
 # Parameters each variant accepts, with defaults (None = required).
@@ -257,8 +247,9 @@ class Task:
     @property
     def family(self) -> str:
         """The settings family (:func:`family_of`) of this spec: its kind, with inpainting 'inpaint-random' for
-        random masks and 'inpaint-region' for boxes and user masks (the mask's geometry decides at run time; the
-        two agree for random masks up to 95 % missing and boxes of at least 0.2 at 128-512 px)."""
+        random masks and 'inpaint-region' for boxes and user masks (the calibration family; a solver reads the mask's
+        geometry instead, and the two agree for random masks up to 95 % missing and boxes of at least 0.2 at 128-512
+        px)."""
         if self.kind == "inpaint":
             return "inpaint-random" if self.variant == "random" else "inpaint-region"
         return self.kind

@@ -138,7 +138,9 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     assert stale.reasons(old_sr, "denoise") == [] and stale.reasons(old_sr, "deblur") == []
     assert stale.reasons(old_sr, "sr") == ["solver reddiff defaults changed: lambda_"]
     assert stale.reasons(old_sr) == ["solver reddiff defaults changed: per_family"]
-    assert quality._kind("sr:bicubic:factor=4,noise=0.01") == "sr" and quality._kind("blur:oops") is None
+    assert stale.reasons(old_sr, "inpaint-region") == [] and stale.reasons(old_sr, "sr4") != []
+    assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr" and quality._family("blur:oops") is None
+    assert quality._family("inpaint:box:size=0.3") == "inpaint-region"
 
     table_ = {}
     rows = [quality.intern_provenance({"task": "t", "method": m, "image": "1", "psnr": 20.0, "provenance": p},

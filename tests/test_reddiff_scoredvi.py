@@ -190,12 +190,14 @@ def test_reddiff_per_family_settings_yield_to_explicit_options(clean_rgb, score)
     assert (cfg.lambda_, cfg.lr_final, cfg.steps) == (0.2, 0.02, 50)
     _, post = _run("reddiff", "denoise:gaussian:sigma=0.1", clean_rgb, score, n=1)
     assert post.meta["steps"] == 30 and post.meta["sigma_schedule"][0] <= 0.15
-    # a hole wider than a neighbourhood runs up to sigma 0.5; scattered missing pixels keep the short schedule
-    _, post = _run("reddiff", "inpaint:box:size=0.5,noise=0.01", clean_rgb, score, n=1, steps=4)
+    # a family finer than the kind: a hole wider than 8 px is 'inpaint-region', scattered missing pixels are not
+    regions = {"inpaint-region": {"sigma_max": 0.5}}
+    _, post = _run("reddiff", "inpaint:box:size=0.5,noise=0.01", clean_rgb, score, n=1, steps=4, per_family=regions)
     assert post.meta["family_settings"] == {"sigma_max": 0.5} and 0.4 < post.meta["sigma_schedule"][0] <= 0.5
-    _, post = _run("reddiff", "inpaint:random:missing=0.5,noise=0.01", clean_rgb, score, n=1, steps=4)
+    _, post = _run("reddiff", "inpaint:random:missing=0.5,noise=0.01", clean_rgb, score, n=1, steps=4,
+                   per_family=regions)
     assert post.meta["family_settings"] == {} and post.meta["sigma_schedule"][0] <= 0.15
-    assert base.get("reddiff", sigma_max=0.2).settings_for("inpaint-region")[0].sigma_max == 0.2
+    assert base.get("reddiff", per_family={"inpaint": {"steps": 9}}).settings_for("inpaint-region")[0].steps == 9
 
 
 def test_scoredvi_warm_start_default_and_paper_preset(clean_rgb, score):

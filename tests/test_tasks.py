@@ -168,7 +168,8 @@ def test_auto_noise_level_is_estimated_from_the_observation():
 def test_inpainting_family_follows_the_mask_geometry():
     """Scattered missing pixels are 'inpaint-random', holes wider than REGION_RADIUS 'inpaint-region'; the spec's
     family agrees with the mask's for random masks up to 95 % missing and boxes of 0.2 and more at 128-512 px."""
-    from restore.tasks import REGION_RADIUS, family_entry, family_of, hole_radius
+    from restore.provenance import family_entry
+    from restore.tasks import REGION_RADIUS, family_of, hole_radius
 
     m = torch.ones(1, 1, 40, 40)
     assert hole_radius(m) == 0

@@ -49,10 +49,10 @@ import torch
 
 from restore import precision
 from restore.posterior import Posterior
+from restore.provenance import family_entry
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
 from restore.solvers.hqs import HQSSettings
-from restore.tasks import family_entry, kind_of
-
+from restore.tasks import kind_of
 
 PAPER_STEPS = 25  # K in the paper's inference.sh
 

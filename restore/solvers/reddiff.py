@@ -33,13 +33,10 @@ range the short run's lr decay and weak prior weight no longer suit: for SR the 
 and lambda is 0.4 (2026-12-04, 8 held-out BSD432 crops of 128 px, 8 samples: x2 SR 27.64 -> 27.85 dB, x4 SR 24.22
 -> 24.39, higher on every crop, same time; ``python -m restore.train.tune --solver reddiff --tasks sr4 --images 8
 --crop 128 --grid lambda_=0.15,0.25,0.4 lr=0.05,0.1 lr_final=0.01,none`` and ``--grid lambda_=0.4,0.6,0.9 lr=0.05,0.1
-lr_final=0.03,none`` with 2 samples: a plateau from 0.4 to 0.9). Inpainting with holes wider than a neighbourhood
-(``restore.tasks.family_of``: a box, a user's region; not scattered pixels) is the other exception: the warm start
-there is a smooth membrane across the hole, and steps up to sigma_t 0.5 give the denoiser room to put structure into
-it (2026-12-04, 8 held-out BSD432 crops of 160 px, a 30 % box, 4 samples: 28.70 dB at sigma_max 0.15, 28.68 / 28.80
-/ 29.02 / 28.97 / 28.80 at 0.3 / 0.4 / 0.5 / 0.7 / 1.0, lambda 0.15-0.4 level at 0.5; on random inpainting 0.5
-loses 1.2 dB, so it stays at 0.15 there; ``python -m restore.train.tune --solver reddiff --tasks inpaint_box
---images 8 --crop 160 --samples 4 --grid sigma_max=0.3,0.5,1.0``). (6) The denoiser runs as real int8 by default
+lr_final=0.03,none`` with 2 samples: a plateau from 0.4 to 0.9). Box inpainting keeps the short schedule: raising
+its top to 0.5 for holes wider than 8 px (a per-family entry 'inpaint-region') gained +0.01 / +0.32 / +0.12 dB on
+held-out crops of 128 / 160 / 256 px but changed single images by -1.6 to +3.8 dB, and lost 0.24 dB over 10 CBSD68
+images at 256 px (docs/solvers.md, 2026-12-04). (6) The denoiser runs as real int8 by default
 (``default_quant``; ``restore.quant``): RED-Diff never back-propagates through it, the int8 graphs are ~3x faster per
 pass and cost 0.05 dB on the quantisation benchmark; ``quant="none"`` (``--quant none``) or the paper preset run it in
 float. As the paper's Dirac
@@ -55,8 +52,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from restore.posterior import Posterior
+from restore.provenance import family_entry
 from restore.solvers.base import Solver, initial_estimate, noise_sigma, randn
-from restore.tasks import family_entry, family_of
+from restore.tasks import family_of
 
 
 @dataclass
@@ -79,12 +77,10 @@ class RedDiffConfig:
     # task families where the fast setting loses more than ~0.3 dB get these instead (unless given explicitly):
     # x4 SR needs the high-noise steps to make detail the bicubic start lacks (24.2 dB at 30 steps below 0.15,
     # 24.7 at 50 over the whole range, 25.0 with the paper's 100); over the whole range the paper's constant lr and a
-    # stronger prior weight suit it better than the short run's decay (2026-12-04, 8 held-out crops: module docstring);
-    # inpainting holes wider than a neighbourhood ('inpaint-region': restore.tasks.family_of) need higher-noise steps
-    # to build structure across them than scattered missing pixels do (module docstring, point 5)
+    # stronger prior weight suit it better than the short run's decay (2026-12-04, 8 held-out crops: module docstring).
+    # Keys are task kinds or finer families (restore.provenance.family_entry: 'inpaint-region' for holes wider than 8 px)
     per_family: dict | None = field(default_factory=lambda: {"sr": {"steps": 50, "sigma_max": 1.0, "lambda_": 0.4,
-                                                                    "lr_final": None},
-                                                             "inpaint-region": {"sigma_max": 0.5}})
+                                                                    "lr_final": None}})
     beta_start: float = 1e-4
     beta_end: float = 0.02
     train_steps: int = 1000
@@ -117,7 +113,7 @@ class RedDiffSolver(Solver):
     default_quant = "int8"
 
     def settings_for(self, family: str | None) -> tuple[RedDiffConfig, dict]:
-        """The config a task of this family (a kind, or 'inpaint-region' etc.: ``restore.tasks.family_entry``) runs
+        """The config a task of this family (a kind, or 'inpaint-region' etc.: ``restore.provenance.family_entry``) runs
         with (the family's settings where no explicit option overrides them), and those family settings."""
         family = family_entry(self.config.per_family, family)
         return replace(self.config, **{k: v for k, v in family.items() if k not in self.options}), family

@@ -237,8 +237,9 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
                samples: int) -> list[dict]:
     """The cells of the ``old`` table that a partial refit of the ``refitted`` families keeps: those of other families
     fitted on the same features, prior weights and sample count, with solver settings that run their family the same
-    way as ``config`` does (a per-family default changed for another family, e.g. PMRF's deblurring mean source or
-    RED-Diff's region-inpainting schedule, leaves them valid). Anything else is dropped, and a table with nothing kept is replaced as a whole."""
+    way as ``config`` does (a per-family default changed for another family, e.g. PMRF's deblurring mean source,
+    leaves them valid; a family such as 'inpaint-region' counts apart from its kind's other families). Anything else
+    is dropped, and a table with nothing kept is replaced as a whole."""
     if (old.get("features") != list(cal.FEATURES) or old.get("prior_digest") != prior_digest
             or old.get("n_samples") != samples or "solver_config" not in old):
         return []
