@@ -350,7 +350,8 @@ def test_a_per_family_default_changed_for_one_kind_leaves_the_other_kinds_calibr
 def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
     """PMRF's deblurring mean source changed (per_family): refitting the deblur cells keeps the other families'
     cells, since those run as before; a changed setting every family sees, other weights or another sample count
-    drop them all. RED-Diff's region-inpainting schedule leaves its random-inpainting cells valid."""
+    drop them all. An entry for region inpainting alone (RED-Diff's longer schedule, tried and not kept) leaves the
+    random-inpainting cells valid."""
     import dataclasses
 
     from restore.provenance import canonical
@@ -570,4 +571,3 @@ def test_more_calibration_images_append_to_the_plan():
     assert train.plan_files(files, 36, 8, seed=1)[0] != small
     with pytest.raises(SystemExit, match="more than the 100 files"):
         train.plan_files(files, 95, 8, seed=0)
-

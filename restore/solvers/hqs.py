@@ -83,4 +83,3 @@ def cost(settings: HQSSettings, task) -> float:
     kernel = task.kernel()  # None except for deblurring
     area = float(kernel.shape[-1] * kernel.shape[-2]) if kernel is not None else 0.0
     return float(settings.steps) * (1.0 + float(settings.cg_iters) * (0.010 + 9e-5 * area))
-

@@ -78,7 +78,7 @@ class RedDiffConfig:
     # x4 SR needs the high-noise steps to make detail the bicubic start lacks (24.2 dB at 30 steps below 0.15,
     # 24.7 at 50 over the whole range, 25.0 with the paper's 100); over the whole range the paper's constant lr and a
     # stronger prior weight suit it better than the short run's decay (2026-12-04, 8 held-out crops: module docstring).
-    # Keys are task kinds or finer families (restore.provenance.family_entry: 'inpaint-region' for holes wider than 8 px)
+    # Keys are task kinds or finer families (restore.provenance.family_entry; 'inpaint-region': holes wider than 8 px)
     per_family: dict | None = field(default_factory=lambda: {"sr": {"steps": 50, "sigma_max": 1.0, "lambda_": 0.4,
                                                                     "lr_final": None}})
     beta_start: float = 1e-4
