@@ -392,10 +392,12 @@ def table_mismatch(table: dict, prior: str, config: dict, task_family: str | Non
                 "they list; refit it (python -m restore.train.calibration)")
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
+    from restore.stale import default_config
+
     opts = provenance.canonical(options or {})
     config = provenance.for_family(provenance.canonical(config), opts, task_family)
     fitted = provenance.for_family(table["solver_config"], opts, task_family)
-    changed = sorted(k for k in set(config) | set(fitted) if config.get(k) != fitted.get(k))
+    changed = provenance.changed(config, fitted, default_config(table.get("solver", "")))
     if changed:
         return f"solver settings differ from the calibrated ones ({', '.join(changed)})"
     return None
@@ -432,14 +434,15 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     if cell is None:
         return fallback(note)
     if cell.get("solvers") is not None and ran:
-        from restore.provenance import for_family
+        from restore.provenance import changed, for_family
+        from restore.stale import default_config
 
         # as this task's family runs them: a per-family default changed for another family does not count
         opts = {s["name"]: s.get("options", {}) for s in ran}
-        now = [[s["name"], for_family(s["config"], s.get("options", {}), fam)] for s in ran]
-        then = [[name, for_family(conf, opts.get(name, {}), fam)] for name, conf in cell["solvers"]]
-        differ = sorted({name for name, conf in now if [name, conf] not in then}
-                        | {name for name, conf in then if [name, conf] not in now})
+        now = {s["name"]: for_family(s["config"], s.get("options", {}), fam) for s in ran}
+        then = {name: for_family(conf, opts.get(name, {}), fam) for name, conf in cell["solvers"]}
+        differ = sorted(n for n in set(now) | set(then)
+                        if n not in now or n not in then or changed(now[n], then[n], default_config(n)))
     else:
         differ = []
     if differ:

@@ -82,3 +82,14 @@ def for_family(config: dict, options: dict, family: str | None) -> dict:
     out = {k: v for k, v in config.items() if k != "per_family"}
     out.update({k: v for k, v in family_entry(config.get("per_family"), family).items() if k not in options})
     return out
+
+
+def changed(now: dict, then: dict, defaults: dict | None = None) -> list[str]:
+    """The settings that differ between two resolved configs (:func:`for_family`'s output), sorted. A setting only
+    ``now`` has is an option added since ``then`` was recorded: with the solver's canonical top-level ``defaults`` it
+    counts only where its value now is not its default, since a new option's default keeps the old behaviour (a
+    per-family value that departs from the default still counts; so does a ``per_family`` table itself)."""
+    defaults = defaults or {}
+    return sorted(k for k in set(now) | set(then)
+                  if now.get(k) != then.get(k)
+                  and not (k not in then and k != "per_family" and k in defaults and now[k] == defaults[k]))

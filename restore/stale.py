@@ -7,8 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 from restore.priors import registry
-from restore.provenance import canonical, for_family
+from restore.provenance import canonical, changed, for_family
 from restore.solvers import base
+
+
+def default_config(solver: str) -> dict:
+    """The canonical top-level defaults of solver ``solver``'s config (:func:`restore.provenance.changed`'s
+    ``defaults``); {} for a solver this version does not have."""
+    try:
+        return canonical(dataclasses.asdict(base.get(solver).config_cls()))
+    except (ValueError, KeyError):
+        return {}
 
 
 def reasons(provenance: dict, family: str | None = None) -> list[str]:
@@ -20,14 +29,15 @@ def reasons(provenance: dict, family: str | None = None) -> list[str]:
     for s in provenance.get("solvers", []):
         options = s.get("options", {})
         try:
-            now = canonical(dataclasses.asdict(base.get(s["name"], **options).config))
+            solver = base.get(s["name"], **options)
         except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
             found.append(f"solver {s['name']}: {exc}")
             continue
-        now, then = for_family(now, options, family), for_family(s["config"], options, family)
-        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
-        if changed:
-            found.append(f"solver {s['name']} defaults changed: {', '.join(changed)}")
+        now, then = for_family(canonical(dataclasses.asdict(solver.config)), options, family), \
+            for_family(s["config"], options, family)
+        differ = changed(now, then, default_config(s["name"]))
+        if differ:
+            found.append(f"solver {s['name']} defaults changed: {', '.join(differ)}")
     for name, digest in provenance.get("priors", {}).items():
         base_name = registry.split_name(name)[0]  # a quantised prior is named NAME@SCHEME
         # digest None: a prior made outside the registry, nothing to compare

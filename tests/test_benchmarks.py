@@ -139,6 +139,18 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     assert stale.reasons(old_sr, "sr") == ["solver reddiff defaults changed: lambda_"]
     assert stale.reasons(old_sr) == ["solver reddiff defaults changed: per_family"]
     assert stale.reasons(old_sr, "inpaint-region") == [] and stale.reasons(old_sr, "sr4") != []
+    # an option added since a result was recorded (absent from its config) keeps it valid at the option's default,
+    # not where a family's setting departs from it (Langevin's init, 'hqs' for deblurring), nor a new per_family
+    from restore.provenance import canonical
+
+    lang = canonical(asdict(base.get("langevin").config))  # as a results file holds it
+    added = ("init", "init_options", "per_family")
+    before = {"solvers": [{"name": "langevin", "options": {},
+                           "config": {k: v for k, v in lang.items() if k not in added}}], "priors": {}}
+    assert stale.reasons(before, "denoise") == [] and stale.reasons(before, "inpaint-region") == []
+    assert stale.reasons(before, "deblur") == ["solver langevin defaults changed: init"]
+    assert stale.reasons(before, "inpaint-random") == ["solver langevin defaults changed: init, init_options"]
+    assert stale.reasons(before) == ["solver langevin defaults changed: per_family"]
     assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr" and quality._family("blur:oops") is None
     assert quality._family("inpaint:box:size=0.3") == "inpaint-region"
 

@@ -375,6 +375,61 @@ def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
     cells = [{"family": f} for f in ("denoise", "sr4", "inpaint-random", "inpaint-region")]
     old = {**old, "solver_config": red_before, "cells": cells}
     assert [c["family"] for c in kept_cells(old, ["sr4"], red, {}, "d1", 8)] == ["denoise", "inpaint-random"]
+    # a table fitted before Langevin had its init options: the families that run at their defaults keep their cells,
+    # those that now start from HQS (deblurring, random inpainting) do not
+    lang = canonical(dataclasses.asdict(base.get("langevin").config))
+    cells = [{"family": f} for f in ("denoise", "deblur", "sr4", "inpaint-random")]
+    old = {**old, "solver": "langevin", "cells": cells,
+           "solver_config": {k: v for k, v in lang.items() if k not in ("init", "init_options", "per_family")}}
+    assert [c["family"] for c in kept_cells(old, ["inpaint-region"], lang, {}, "d1", 8)] == ["denoise", "sr4"]
+
+
+def test_dropping_the_cells_of_changed_families_keeps_the_rest_valid():
+    """``--drop``: a default changed for some families before their refit removes just their cells and records the
+    new config, so those families fall back to the raw spread while the others stay calibrated; a kept cell whose
+    family runs otherwise too is refused."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.provenance import canonical
+    from restore.solvers import base
+    from restore.train.calibration import dropped
+
+    lang = canonical(dataclasses.asdict(base.get("langevin").config))
+    before = {k: v for k, v in lang.items() if k not in ("init", "init_options", "per_family")}
+    table = registry.calibration_table("langevin", "score-natural@int8")
+    old = {**table, "solver_config": before}
+    assert "(init)" in calibration.table_mismatch(old, table["prior"], lang, "deblur")
+    new = dropped(old, ["deblur", "inpaint-random"], lang, {}, "cmd")
+    assert {c["family"] for c in new["cells"]} == {c["family"] for c in table["cells"]} - {"deblur", "inpaint-random"}
+    assert new["dropped"]["families"] == ["deblur", "inpaint-random"]
+    assert calibration.table_mismatch(new, table["prior"], lang) is None
+    assert calibration.find_cell(new, "deblur", 0.01)[0] is None and calibration.find_cell(new, "sr4", 0.01)[0]
+    with pytest.raises(SystemExit, match="inpaint-random cells were fitted with other settings"):
+        dropped(old, ["deblur"], lang, {}, "cmd")
+
+
+def test_cached_calibration_runs_are_reused_where_their_family_runs_unchanged():
+    """A refit reads back cached runs whose solvers ran the cell's family as the code does now: a per-family setting
+    added for another family, or an option added since at its default, keeps them; a change for their own family,
+    another solver or other options reruns them."""
+    import dataclasses
+
+    from restore.provenance import canonical
+    from restore.solvers import base
+    from restore.train.calibration import same_settings
+
+    lang = canonical(dataclasses.asdict(base.get("langevin").config))
+    now = [{"name": "langevin", "options": {}, "config": lang}]
+    deblur_only = {k: v for k, v in lang.items() if k != "init_options"}
+    deblur_only["per_family"] = {"deblur": lang["per_family"]["deblur"]}
+    cached = [{"name": "langevin", "options": {}, "config": deblur_only}]
+    assert same_settings(cached, now, "deblur") and same_settings(cached, now, "sr4")
+    assert not same_settings(cached, now, "inpaint-random")  # its warm start is new
+    assert not same_settings([{**cached[0], "options": {"iterations": 50}}], now, "deblur")
+    assert not same_settings([{**cached[0], "name": "reddiff"}], now, "deblur")
+    assert not same_settings(None, now, "deblur")
 
 
 def test_a_table_is_applied_with_the_features_it_was_fitted_on():

@@ -29,7 +29,8 @@ import torch
 
 from restore import calibration as cal
 from restore.files import save_atomic, write_json_atomic
-from restore.provenance import canonical, for_family
+from restore.provenance import canonical, changed, for_family
+from restore.stale import default_config
 
 S = 1 / 255
 # the deblurring mix, crop i gets DEBLUR_KERNELS[i % 8]: Gaussian and motion kernels of four sizes each, so the
@@ -101,17 +102,17 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
             unit = torch.load(path, weights_only=True)
             if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
                 fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-                settings, priors = solver_settings(fresh["solvers"]), fresh["priors"]
+                settings, priors = fresh["solvers"], fresh["priors"]
             # a unit cached before runs recorded their priors' digests is judged by the solver settings alone; one
             # cached for another image (other --fit / --cal / --seed draw other files) is rerun
-            if (solver_settings(unit.get("solvers")) == settings and unit.get("priors", priors) == priors
+            if (same_settings(unit.get("solvers"), settings, fam) and unit.get("priors", priors) == priors
                     and unit.get("file", name) == name and unit.get("spec") == planned_spec(fam, sigma, i)):
                 results.append(unit)
                 continue
             print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
         if settings is None:
-            settings, priors = solver_settings(unit["solvers"]), unit["priors"]
+            settings, priors = unit["solvers"], unit["priors"]
         save_atomic(unit, path)
         print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
@@ -152,6 +153,18 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
 def solver_settings(solvers: list[dict] | None) -> list | None:
     """(name, config) of every solver a run used (the top one, then e.g. PMRF's posterior-mean solver)."""
     return None if solvers is None else [[s["name"], s["config"]] for s in solvers]
+
+
+def same_settings(cached: list[dict] | None, now: list[dict], family: str) -> bool:
+    """Whether a cached run's solvers (its provenance list: name, options, config) ran this ``family``'s task as the
+    code now does: the same solvers in order, each config resolved for the family (``provenance.for_family``: a
+    per-family setting changed for another family does not count) and an option added since counting only off its
+    default (``provenance.changed``)."""
+    if cached is None or [s["name"] for s in cached] != [s["name"] for s in now]:
+        return False
+    return not any(changed(for_family(b["config"], b.get("options", {}), family),
+                           for_family(a["config"], a.get("options", {}), family), default_config(a["name"]))
+                   or a.get("options", {}) != b.get("options", {}) for a, b in zip(cached, now))
 
 
 def unit_signals(unit: dict, names=cal.FEATURES) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -243,13 +256,32 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
     if (old.get("features") != list(cal.FEATURES) or old.get("prior_digest") != prior_digest
             or old.get("n_samples") != samples or "solver_config" not in old):
         return []
+    defaults = default_config(old.get("solver", ""))  # an option added since keeps the cells at its default
     keep = []
     for c in old.get("cells", []):
         if c["family"] in refitted or c["family"] not in GRID:
             continue
-        if for_family(old["solver_config"], options, c["family"]) == for_family(config, options, c["family"]):
+        then, now = for_family(old["solver_config"], options, c["family"]), for_family(config, options, c["family"])
+        if not changed(now, then, defaults):
             keep.append(c)
     return keep
+
+
+def dropped(old: dict, families: list[str], config: dict, options: dict, command: str) -> dict:
+    """Table ``old`` without the cells of ``families``, its solver config now ``config``: for a default changed on
+    those families before their cells are refitted (their runs then fall back to the raw spread, with a warning,
+    rather than use cells fitted on other settings). Every cell kept must run its family the same way under
+    ``config`` as under the old one, or nothing is written (SystemExit naming them)."""
+    defaults = default_config(old.get("solver", ""))
+    keep = [c for c in old.get("cells", []) if c["family"] not in families]
+    moved = sorted({c["family"] for c in keep if changed(for_family(config, options, c["family"]),
+                                                         for_family(old["solver_config"], options, c["family"]),
+                                                         defaults)})
+    if moved:
+        raise SystemExit(f"the {', '.join(moved)} cells were fitted with other settings too: drop or refit them")
+    gone = sorted({c["family"] for c in old.get("cells", []) if c["family"] in families})
+    return {**old, "solver_config": config, "cells": keep,
+            "dropped": {"families": gone, "command": command, "date": datetime.date.today().isoformat()}}
 
 
 def supported_families(solver) -> list[str]:
@@ -297,6 +329,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json)")
     ap.add_argument("--quant", default=None, help="quantisation scheme (default: the solver's own, e.g. RED-Diff's "
                     "int8; 'none' = float): the table is fitted for, and applies to, runs with that scheme")
+    ap.add_argument("--drop", action="store_true", help="remove the --families' cells instead of fitting them (their "
+                    "defaults changed and no refit ran yet: runs there get the raw spread, with a warning)")
     ap.add_argument("--fit-only", action="store_true", help="write the table from the cached runs, run nothing")
     ap.add_argument("--options", nargs="*", default=[], help="name=value solver options (the table then applies "
                     "only to runs with them; default: the solver's defaults)")
@@ -315,6 +349,13 @@ def main(argv=None):
     unknown = set(families) - set(GRID)
     if unknown:
         raise SystemExit(f"unknown families {', '.join(sorted(unknown))}; known: {', '.join(GRID)}")
+    if args.drop:
+        out = Path(args.out) if args.out else registry.models_dir() / "calibration" / f"{args.solver}.{prior}.json"
+        config = canonical(dataclasses.asdict(restorer.solver.config))
+        write_json_atomic(dropped(json.loads(out.read_text()), families, config,
+                                  canonical(restorer.solver.options), training_command("restore.train.calibration",
+                                                                                       argv)), out)
+        return print(f"wrote {out} without its {', '.join(families)} cells")
     files = list_images(args.data)
     trained_on, held_out = files[:-PRIOR_HELD_OUT], files[-PRIOR_HELD_OUT:]
     need = max((EXTRA_FIT.get(f, 0) for f in families), default=0)
