@@ -110,10 +110,15 @@ class Previous(NamedTuple):
 
 
 def _default_scheme(cfg: dict) -> str | None:
-    """The quantisation scheme a method's Restorer applies now (``Solver.preferred_quant``; methods name none)."""
+    """The quantisation scheme a method's Restorer applies now (``Solver.preferred_quant``; methods name none): None
+    for a weight-free prior (wavelet, tv), which has no quantised form and runs in float."""
+    from restore.priors import registry
     from restore.solvers import base
 
     if "solver" not in cfg:
+        return None
+    spec = registry.PRIORS.get(cfg.get("prior") or "")
+    if spec is not None and spec.file is None:
         return None
     try:
         return base.get(cfg["solver"], **cfg.get("options", {})).preferred_quant()

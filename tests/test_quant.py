@@ -166,6 +166,10 @@ def test_solver_default_scheme_and_its_fallbacks(clean_rgb, monkeypatch):
     assert Restorer("langevin").quant == "int8" and Restorer("langevin", preset="paper").quant is None
     assert Restorer("pmrf").quant is None and Restorer("vble").quant is None
     assert Restorer("reddiff", prior="wavelet").prior().name == "wavelet"  # nothing to quantise: float, no error
+    from benchmarks.quality import _default_scheme  # what --resume expects a kept result to have run with
+
+    assert _default_scheme({"solver": "langevin", "prior": "wavelet", "options": {}}) is None
+    assert _default_scheme({"solver": "langevin", "prior": None, "options": {}}) == "int8"
     with pytest.raises(QuantError, match="cannot be quantised"):
         Restorer("reddiff", prior="wavelet", quant="int8").prior()  # named by the user: refused as before
     y = clean_rgb[..., :32, :32]
