@@ -33,8 +33,8 @@ def reasons(provenance: dict, family: str | None = None) -> list[str]:
         except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
             found.append(f"solver {s['name']}: {exc}")
             continue
-        now, then = for_family(canonical(dataclasses.asdict(solver.config)), options, family), \
-            for_family(s["config"], options, family)
+        now = for_family(canonical(dataclasses.asdict(solver.config)), options, family)
+        then = for_family(s["config"], options, family)
         differ = changed(now, then, default_config(s["name"]))
         if differ:
             found.append(f"solver {s['name']} defaults changed: {', '.join(differ)}")
