@@ -392,12 +392,10 @@ def table_mismatch(table: dict, prior: str, config: dict, task_family: str | Non
                 "they list; refit it (python -m restore.train.calibration)")
     if table.get("prior_digest") and (prior_digest := registry.digest(prior)) != table["prior_digest"]:
         return f"prior {prior} changed since {table['file']} was fitted ({prior_digest} vs {table['prior_digest']})"
-    from restore.stale import default_config
+    from restore.stale import settings_changed
 
-    opts = provenance.canonical(options or {})
-    config = provenance.for_family(provenance.canonical(config), opts, task_family)
-    fitted = provenance.for_family(table["solver_config"], opts, task_family)
-    changed = provenance.changed(config, fitted, default_config(table.get("solver", "")))
+    changed = settings_changed(table.get("solver", ""), provenance.canonical(config), table["solver_config"],
+                               provenance.canonical(options or {}), task_family)
     if changed:
         return f"solver settings differ from the calibrated ones ({', '.join(changed)})"
     return None
@@ -434,15 +432,13 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     if cell is None:
         return fallback(note)
     if cell.get("solvers") is not None and ran:
-        from restore.provenance import changed, for_family
-        from restore.stale import default_config
+        from restore.stale import settings_changed
 
         # as this task's family runs them: a per-family default changed for another family does not count
-        opts = {s["name"]: s.get("options", {}) for s in ran}
-        now = {s["name"]: for_family(s["config"], s.get("options", {}), fam) for s in ran}
-        then = {name: for_family(conf, opts.get(name, {}), fam) for name, conf in cell["solvers"]}
-        differ = sorted(n for n in set(now) | set(then)
-                        if n not in now or n not in then or changed(now[n], then[n], default_config(n)))
+        now = {s["name"]: s for s in ran}
+        then = dict(cell["solvers"])
+        differ = sorted(n for n in set(now) | set(then) if n not in now or n not in then
+                        or settings_changed(n, now[n]["config"], then[n], now[n].get("options", {}), fam))
     else:
         differ = []
     if differ:

@@ -20,6 +20,14 @@ def default_config(solver: str) -> dict:
         return {}
 
 
+def settings_changed(solver: str, now: dict, then: dict, options: dict, family: str | None) -> list[str]:
+    """The settings in which solver ``solver`` runs a task of ``family`` differently under canonical config ``now``
+    than under the recorded ``then`` (both resolved for the family with the explicit ``options``:
+    :func:`restore.provenance.for_family`; an option added since counts only off its default:
+    :func:`restore.provenance.changed`), sorted; empty when it runs the same."""
+    return changed(for_family(now, options, family), for_family(then, options, family), default_config(solver))
+
+
 def reasons(provenance: dict, family: str | None = None) -> list[str]:
     """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
     configs and the priors' files tell): a solver's resolved config changed, or a prior's files did. With the task's
@@ -33,9 +41,8 @@ def reasons(provenance: dict, family: str | None = None) -> list[str]:
         except (ValueError, KeyError) as exc:  # the solver or one of its options is gone
             found.append(f"solver {s['name']}: {exc}")
             continue
-        now = for_family(canonical(dataclasses.asdict(solver.config)), options, family)
-        then = for_family(s["config"], options, family)
-        differ = changed(now, then, default_config(s["name"]))
+        differ = settings_changed(s["name"], canonical(dataclasses.asdict(solver.config)), s["config"], options,
+                                  family)
         if differ:
             found.append(f"solver {s['name']} defaults changed: {', '.join(differ)}")
     for name, digest in provenance.get("priors", {}).items():

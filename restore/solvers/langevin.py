@@ -34,6 +34,7 @@ import torch
 
 from restore.posterior import Posterior
 from restore.provenance import family_entry
+from restore.solvers import hqs
 from restore.solvers.base import Solver, initial_estimate, noise_sigma, operator_norm_sq, randn
 from restore.tasks import family_of, kind_of
 
@@ -97,40 +98,37 @@ class LangevinSolver(Solver):
         return min(int(cfg.chains), samples)
 
     @staticmethod
-    def warm_start(cfg: LangevinConfig, kind: str, sigma_y: float | None, prior=None) -> bool:
-        """Whether chains under ``cfg`` start from HQS on a task of this kind at observation noise std ``sigma_y``
-        (None: not known yet) with ``prior`` (None: not known yet): ``init='hqs'``, not denoising (y is already the
-        start), noise within HQS's range, and a trained denoiser: HQS runs it from noise 1.0 down, where a weight-free
-        threshold (wavelet) wipes the image out (a 48 px Gaussian deblurring at 20 iterations: 22.7 dB from HQS
-        against 23.5 from the observation)."""
-        from restore.solvers import hqs
-
+    def warm_start(cfg: LangevinConfig, kind: str, sigma_y: float | None, prior=None):
+        """The HQS settings (``restore.solvers.hqs.HQSSettings``) the chains under ``cfg`` start from on a task of
+        this kind at observation noise std ``sigma_y`` (None: not known yet) with ``prior`` (None: not known yet), or
+        None where they start from the estimate. HQS needs ``init='hqs'``, a task other than denoising (y is already
+        the start), noise within HQS's range, and a trained denoiser: HQS runs it from noise 1.0 down, where a
+        weight-free threshold (wavelet) wipes the image out (a 48 px Gaussian deblurring at 20 iterations: 22.7 dB
+        from HQS against 23.5 from the observation)."""
         if cfg.init not in ("estimate", "hqs"):
             raise ValueError(f"init must be 'estimate' or 'hqs'; got {cfg.init!r}")
+        settings = hqs.HQSSettings.from_options(cfg.init_options)
         trained = prior is None or bool((getattr(prior, "card", None) or {}).get("steps"))
-        return (cfg.init == "hqs" and kind != "denoise" and trained
-                and (sigma_y is None or sigma_y <= hqs.HQSSettings.from_options(cfg.init_options).max_noise))
+        warm = (cfg.init == "hqs" and kind != "denoise" and trained
+                and (sigma_y is None or sigma_y <= settings.max_noise))
+        return settings if warm else None
 
     def cost(self, task, samples: int, prior=None) -> float:
-        from restore.solvers import hqs
-
         cfg, _ = self.settings_for(task.family)
         passes = cfg.iterations * self.n_chains(samples, cfg)  # one prior-score pass per iteration and chain
         warm = self.warm_start(cfg, task.kind, None if task.auto else task.noise_sigma, prior)
-        return passes + (hqs.cost(hqs.HQSSettings.from_options(cfg.init_options), task) if warm else 0.0)
+        return passes + (hqs.cost(warm, task) if warm is not None else 0.0)
 
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         import deepinv as dinv
-
-        from restore.solvers import hqs
 
         cfg, family = self.settings_for(family_of(physics))
         if cfg.iterations < 2 or not 0 <= cfg.burnin < 1:
             raise ValueError("iterations must be >= 2 and burnin in [0, 1)")
         sigma_y = noise_sigma(physics, y)
         warm = self.warm_start(cfg, kind_of(physics), sigma_y, prior)
-        if warm:
-            x0 = hqs.pnp_hqs(y, physics, prior.module, hqs.HQSSettings.from_options(cfg.init_options),
+        if warm is not None:
+            x0 = hqs.pnp_hqs(y, physics, prior.module, warm,
                              progress=lambda i, k: progress(0.0, f"warm start (hqs): step {i}/{k}"))
         else:
             x0 = initial_estimate(y, physics)
@@ -170,7 +168,7 @@ class LangevinSolver(Solver):
         samples = torch.cat(kept_states)[:n_samples]
         return Posterior(mean=mean.float().clamp(0, 1), samples=samples.clamp(0, 1), std=var.sqrt().float(),
                          meta={"step_size": eta, "sigma_y": sigma_y, "norm_A": norm_a, "states_pooled": kept,
-                               "chains": n_chains, "start": "hqs" if warm else "estimate",
+                               "chains": n_chains, "start": "estimate" if warm is None else "hqs",
                                "family_settings": family})
 
 

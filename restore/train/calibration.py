@@ -29,8 +29,8 @@ import torch
 
 from restore import calibration as cal
 from restore.files import save_atomic, write_json_atomic
-from restore.provenance import canonical, changed, for_family
-from restore.stale import default_config
+from restore.provenance import canonical
+from restore.stale import settings_changed
 
 S = 1 / 255
 # the deblurring mix, crop i gets DEBLUR_KERNELS[i % 8]: Gaussian and motion kernels of four sizes each, so the
@@ -162,9 +162,9 @@ def same_settings(cached: list[dict] | None, now: list[dict], family: str) -> bo
     default (``provenance.changed``)."""
     if cached is None or [s["name"] for s in cached] != [s["name"] for s in now]:
         return False
-    return not any(changed(for_family(b["config"], b.get("options", {}), family),
-                           for_family(a["config"], a.get("options", {}), family), default_config(a["name"]))
-                   or a.get("options", {}) != b.get("options", {}) for a, b in zip(cached, now))
+    return not any(a.get("options", {}) != b.get("options", {})
+                   or settings_changed(b["name"], b["config"], a["config"], b.get("options", {}), family)
+                   for a, b in zip(cached, now))
 
 
 def unit_signals(unit: dict, names=cal.FEATURES) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -256,15 +256,14 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
     if (old.get("features") != list(cal.FEATURES) or old.get("prior_digest") != prior_digest
             or old.get("n_samples") != samples or "solver_config" not in old):
         return []
-    defaults = default_config(old.get("solver", ""))  # an option added since keeps the cells at its default
-    keep = []
-    for c in old.get("cells", []):
-        if c["family"] in refitted or c["family"] not in GRID:
-            continue
-        then, now = for_family(old["solver_config"], options, c["family"]), for_family(config, options, c["family"])
-        if not changed(now, then, defaults):
-            keep.append(c)
-    return keep
+    return [c for c in old.get("cells", []) if c["family"] not in refitted and c["family"] in GRID
+            and not runs_otherwise(old, config, options, c["family"])]
+
+
+def runs_otherwise(old: dict, config: dict, options: dict, family: str) -> list[str]:
+    """The settings in which the solver under ``config`` runs ``family`` differently than table ``old`` was fitted
+    with (``restore.stale.settings_changed``: an option added since counts only off its default)."""
+    return settings_changed(old.get("solver", ""), config, old["solver_config"], options, family)
 
 
 def dropped(old: dict, families: list[str], config: dict, options: dict, command: str) -> dict:
@@ -272,11 +271,8 @@ def dropped(old: dict, families: list[str], config: dict, options: dict, command
     those families before their cells are refitted (their runs then fall back to the raw spread, with a warning,
     rather than use cells fitted on other settings). Every cell kept must run its family the same way under
     ``config`` as under the old one, or nothing is written (SystemExit naming them)."""
-    defaults = default_config(old.get("solver", ""))
     keep = [c for c in old.get("cells", []) if c["family"] not in families]
-    moved = sorted({c["family"] for c in keep if changed(for_family(config, options, c["family"]),
-                                                         for_family(old["solver_config"], options, c["family"]),
-                                                         defaults)})
+    moved = sorted({c["family"] for c in keep if runs_otherwise(old, config, options, c["family"])})
     if moved:
         raise SystemExit(f"the {', '.join(moved)} cells were fitted with other settings too: drop or refit them")
     gone = sorted({c["family"] for c in old.get("cells", []) if c["family"] in families})
