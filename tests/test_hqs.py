@@ -115,6 +115,14 @@ def test_the_time_estimate_counts_the_conjugate_gradient_steps_by_kernel_size():
     assert hqs.cost(s, parse("denoise:gaussian:sigma=0.1")) == pytest.approx(s.steps * (1 + s.cg_iters * 0.010))
 
 
+def test_hqs_is_the_start_up_to_its_noise_limit():
+    """One rule for PMRF's deblurring mean and Langevin's warm start: HQS up to max_noise, and while the noise is
+    not known yet."""
+    s = hqs.HQSSettings()
+    assert s.handles(None) and s.handles(s.max_noise) and not s.handles(1.01 * s.max_noise)
+    assert hqs.HQSSettings(max_noise=0.1).handles(0.07) and not s.handles(0.07)
+
+
 def test_past_its_noise_range_pmrf_hands_deblurring_to_red_diff(clean_rgb):
     """Heavy noise makes HQS's data steps amplify more than its denoiser removes: PMRF takes RED-Diff's mean there
     (at its own defaults, not HQS's options), and says so."""

@@ -52,6 +52,11 @@ class HQSSettings:
             raise SolverError(f"hqs needs steps >= 1, lambda_ > 0, sigma_max > 0 and cg_iters >= 1; got {s}")
         return s
 
+    def handles(self, sigma_y: float | None) -> bool:
+        """Whether HQS is the better start at observation noise std ``sigma_y`` (on [0, 1]; None: not known yet,
+        taken as yes): at most :attr:`max_noise`. PMRF's deblurring mean and Langevin's warm start both ask."""
+        return sigma_y is None or sigma_y <= self.max_noise
+
 
 def sigma_schedule(settings: HQSSettings, sigma_y: float) -> list[float]:
     """The denoiser levels, log-spaced from ``sigma_max`` down to ``sigma_y`` (both on [0, 1])."""

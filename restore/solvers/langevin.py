@@ -109,8 +109,7 @@ class LangevinSolver(Solver):
             raise ValueError(f"init must be 'estimate' or 'hqs'; got {cfg.init!r}")
         settings = hqs.HQSSettings.from_options(cfg.init_options)
         trained = prior is None or bool((getattr(prior, "card", None) or {}).get("steps"))
-        warm = (cfg.init == "hqs" and kind != "denoise" and trained
-                and (sigma_y is None or sigma_y <= settings.max_noise))
+        warm = cfg.init == "hqs" and kind != "denoise" and trained and settings.handles(sigma_y)
         return settings if warm else None
 
     def cost(self, task, samples: int, prior=None) -> float:

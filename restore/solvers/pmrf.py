@@ -137,9 +137,8 @@ class PMRFSolver(Solver):
 
         cfg, _ = self.settings_for(kind)
         options = dict(cfg.mean_options or {})
-        if cfg.mean_source == "hqs" and sigma_y is not None:
-            if sigma_y > hqs.HQSSettings.from_options(options).max_noise:
-                return "reddiff", {}
+        if cfg.mean_source == "hqs" and not hqs.HQSSettings.from_options(options).handles(sigma_y):
+            return "reddiff", {}
         if cfg.mean_source != "auto":
             return cfg.mean_source, options
         return ("denoiser" if kind == "denoise" else "reddiff"), options
