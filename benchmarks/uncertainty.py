@@ -9,7 +9,8 @@ Each calibrated solver (a table in ``models/calibration/``) runs at its defaults
 - ``CBSD68 off-grid``: noise levels between the grid points (denoising 35/255, Gaussian deblurring at 0.02), where
   the tables interpolate and claim only an approximate guarantee.
 Per task: PSNR, coverage of the 50/90/95 % intervals raw (the samples' spread) and calibrated, the fraction of
-images below 90 - 3 % coverage, mean 90 % interval width, std-|error| Spearman raw and calibrated beside its
+images below 90 - 3 % coverage, the 90 % coverage inside inpainting's holes (the pixels the solver invents), mean
+90 % interval width, std-|error| Spearman raw and calibrated beside its
 ceiling (the same rank correlation for the true error's own local RMS in a 5x5 window: no smooth std map can do
 much better; a per-pixel signal such as the inpainting mask can), how well the predicted PSNR ranks the actual PSNR
 across images, and how often the self-check flags a result. A reliability diagram (nominal vs empirical coverage, raw and calibrated) goes beside the JSON.
@@ -58,8 +59,9 @@ def oracle_spearman(mean: torch.Tensor, truth: torch.Tensor) -> float:
 def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) -> dict:
     import warnings
 
-    from restore.calibration import UncalibratedWarning
+    from restore.calibration import UncalibratedWarning, missing_pixels
     from restore.metrics import coverage, psnr
+    from restore.tasks import parse
 
     y = restorer.simulate(truth, spec, seed=seed)
     with warnings.catch_warnings():
@@ -70,6 +72,12 @@ def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) 
            "status": u["status"], "seconds": post.meta["timings"]["total_s"],
            "spearman_ceiling": oracle_spearman(post.mean, truth)}
     row["reliability_raw"] = [coverage(post, truth, lv, method="raw") for lv in LEVELS]
+    # inpainting: how the intervals hold inside the holes, where the solver invents what it shows
+    missing = missing_pixels(parse(spec).physics(tuple(truth.shape)), truth)
+    if missing is not None:
+        row["coverage_90_missing_raw"] = coverage(post, truth, 0.9, method="raw", where=missing)
+        if post.calibrated:
+            row["coverage_90_missing"] = coverage(post, truth, 0.9, where=missing)
     if post.calibrated:
         row.update({k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "coverage_50_raw",
                                       "coverage_90_raw", "coverage_95_raw", "interval_width_90",
@@ -97,7 +105,8 @@ def summarise(units: list[dict]) -> list[dict]:
                "status": "/".join(sorted({u["status"] for u in us}))}
         for k in ("psnr", "coverage_50_raw", "coverage_50", "coverage_90_raw", "coverage_90", "coverage_95_raw",
                   "coverage_95", "interval_width_90_raw", "interval_width_90", "std_error_spearman_raw",
-                  "std_error_spearman", "spearman_ceiling", "predicted_psnr"):
+                  "std_error_spearman", "spearman_ceiling", "predicted_psnr", "coverage_90_missing_raw",
+                  "coverage_90_missing"):
             vals = [u[k] for u in us if u.get(k) is not None]
             row[k] = float(np.mean(vals)) if vals else None
         cov = [u["coverage_90"] for u in us if "coverage_90" in u]
@@ -110,6 +119,7 @@ def summarise(units: list[dict]) -> list[dict]:
 
 
 COLUMNS = ["set", "solver", "task", "images", "status", "psnr", "coverage_90_raw", "coverage_90", "below_87",
+           "coverage_90_missing_raw", "coverage_90_missing",
            "coverage_50_raw", "coverage_50", "coverage_95", "interval_width_90_raw", "interval_width_90",
            "std_error_spearman_raw", "std_error_spearman", "spearman_ceiling", "psnr_rank_corr", "flagged"]
 

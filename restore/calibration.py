@@ -17,6 +17,12 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
    - ``guarantee="rcps"`` (risk-controlling prediction set, Hoeffding-Bentkus bound): with probability >= 1 - delta
      over the calibration draw, a new image's expected fraction of pixels outside is at most alpha.
    Both assume the new image is exchangeable with the calibration images of its cell.
+   **Groups.** Where the operator leaves pixels unobserved (inpainting), the observed and the missing pixels are
+   calibrated apart (group-conditional, "Mondrian" conformal risk control): each group keeps its own score curves
+   and multiplier, so the guarantee holds for the fraction of a new image's *missing* pixels outside, and for its
+   observed ones, not only for their mix. Pooled, the few hole pixels (9 % of a box inpainting) sat far outside
+   their intervals while the many observed ones over-covered (PMRF box inpainting, 6 held-out crops: 0.58 inside the
+   hole, 0.95 outside, 0.92 overall).
    The calibrated **std** is the half-width of the calibrated 68.27 % interval (what a Gaussian's std would be).
 4. **Self-check**: chi2 ratio ||y - A mean||^2 / (m sigma^2) of the mean against the observation, compared with the
    range the calibration images gave (:func:`self_check`). Above it, the mean does not explain y: the result says
@@ -220,6 +226,29 @@ def chi2_ratio(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float) -> fl
         return float((r[observed] ** 2).sum() / (max(m, 1) * sigma**2))
 
 
+GROUPS = ("observed", "missing")  # the pixel groups of an operator that leaves pixels unobserved
+
+
+def missing_pixels(physics, like: torch.Tensor) -> torch.Tensor | None:
+    """Where the operator observes nothing, (1, C, H, W) bool like ``like``, or None when it observes every pixel
+    (denoising, blur, SR: A^T A 1 > 0 everywhere) or none. Inpainting's holes and dropped pixels."""
+    with torch.no_grad():
+        seen = physics.A_adjoint(physics.A(torch.ones_like(like)))
+        if seen.shape != like.shape:
+            return None
+        missing = seen.abs() <= 1e-6 * float(seen.abs().amax().clamp_min(1e-12))
+        return missing if bool(missing.any()) and not bool(missing.all()) else None
+
+
+def group_curves(score: torch.Tensor, missing: torch.Tensor | None) -> dict[str, list] | None:
+    """Each pixel group's score quantile function (at :data:`SCORE_PROBS`) of one image's normalised scores
+    (1, C, H, W), or None when ``missing`` is None."""
+    if missing is None:
+        return None
+    return {g: np.quantile(score[m].flatten().numpy(), SCORE_PROBS).tolist()
+            for g, m in (("observed", ~missing), ("missing", missing))}
+
+
 # ---- risk bounds -----------------------------------------------------------------------------------------------
 
 def _miss_fractions(curves: np.ndarray, lam: float) -> np.ndarray:
@@ -274,6 +303,7 @@ GUARANTEES = {
     "rcps": "risk-controlling prediction set (Hoeffding-Bentkus): with probability >= {c:g} % over the calibration "
             "draw, a new image's expected fraction of pixels outside the {p:g} % interval is <= {a:g} %",
 }
+GROUPED = "; for the observed and the missing pixels separately (each group calibrated apart)"
 
 
 # ---- tables ----------------------------------------------------------------------------------------------------
@@ -299,6 +329,9 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
             blend = {"family": fam, "sigma": sigma, **({"features": a["features"]} if "features" in a else {}),
                      "weights": ((1 - t) * np.asarray(a["weights"]) + t * np.asarray(b["weights"])).tolist(),
                      "scores": ((1 - t) * np.asarray(a["scores"]) + t * np.asarray(b["scores"])).tolist(),
+                     **({"group_scores": {g: ((1 - t) * np.asarray(a["group_scores"][g])
+                                              + t * np.asarray(b["group_scores"][g])).tolist() for g in GROUPS}}
+                        if "group_scores" in a and "group_scores" in b else {}),
                      "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"], "solvers": a.get("solvers"),
                      "predicted_psnr_range": [min(c.get("predicted_psnr_range", [-math.inf])[0] for c in (a, b))],
                      "chi2_range": [min(a["chi2_range"][0], b["chi2_range"][0]),
@@ -324,22 +357,42 @@ class Calibration:
     mse_scale: float
     widening: float = 1.0
     data_fit: torch.Tensor | None = None  # data_fit_map of the run, (1, 1, h, w) on the observation's grid
+    # pixels the operator did not observe, (1, C, H, W) bool, and each group's score curves (n, len(SCORE_PROBS)):
+    # set together for a cell calibrated by groups (inpainting), else None and the pooled ``scores`` apply everywhere
+    missing: torch.Tensor | None = None
+    group_scores: dict | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def interval_multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1) -> float:
-        key = (round(level, 6), guarantee, delta)
+    @property
+    def grouped(self) -> bool:
+        return self.missing is not None and self.group_scores is not None
+
+    def interval_multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1,
+                            group: str | None = None) -> float:
+        """l at ``level`` from the pooled score curves, or from those of pixel ``group`` ('observed' / 'missing')."""
+        key = (round(level, 6), guarantee, delta, group)
         if key not in self._cache:
-            self._cache[key] = calibrated_lambda(self.scores, level, guarantee, delta)
+            curves = self.scores if group is None else self.group_scores[group]
+            self._cache[key] = calibrated_lambda(curves, level, guarantee, delta)
         return self._cache[key]
 
+    def multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1) -> float | torch.Tensor:
+        """l per pixel: a (1, C, H, W) map of each group's multiplier for a grouped cell, else the pooled number."""
+        if not self.grouped:
+            return self.interval_multiplier(level, guarantee, delta)
+        observed, missing = (self.interval_multiplier(level, guarantee, delta, g) for g in GROUPS)
+        return torch.where(self.missing, torch.tensor(missing, dtype=self.scale.dtype),
+                           torch.tensor(observed, dtype=self.scale.dtype))
+
     def interval(self, mean: torch.Tensor, level: float, guarantee: str = "crc", delta: float = 0.1):
-        lam = self.interval_multiplier(level, guarantee, delta)
-        if math.isinf(lam):
+        lam = self.multiplier(level, guarantee, delta)
+        if not torch.is_tensor(lam) and math.isinf(lam):
             return torch.zeros_like(mean), torch.ones_like(mean)
+        # a group its calibration images cannot certify gets all of [0, 1] (inf * scale clamps there)
         return (mean - lam * self.scale).clamp(0, 1), (mean + lam * self.scale).clamp(0, 1)
 
     def std(self) -> torch.Tensor:
-        return self.interval_multiplier(GAUSS_STD_LEVEL) * self.scale
+        return self.multiplier(GAUSS_STD_LEVEL) * self.scale
 
     def predicted_rmse(self) -> float:
         """Root of the predicted mean squared error, mse_scale * mean(s_hat^2); mse_scale is the geometric mean of the
@@ -348,7 +401,7 @@ class Calibration:
 
     def guarantee(self, level: float = 0.9, guarantee: str = "crc", delta: float = 0.1) -> str:
         text = GUARANTEES[guarantee].format(p=100 * level, a=100 * (1 - level), c=100 * (1 - delta),
-                                            n=len(self.scores))
+                                            n=len(self.scores)) + (GROUPED if self.grouped else "")
         return text if self.status == "calibrated" else f"approximately ({self.note}): {text}"
 
 
@@ -449,8 +502,11 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
     scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics, cell_features(table, cell)))
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
+    missing = missing_pixels(physics, post.mean) if cell.get("group_scores") else None
     cal = Calibration(scale * widening, np.asarray(cell["scores"]), status, table["file"], note,
-                      float(cell["mse_scale"]), widening, data_fit_map(post.mean, y, physics, float(sigma)))
+                      float(cell["mse_scale"]), widening, data_fit_map(post.mean, y, physics, float(sigma)),
+                      missing, ({g: np.asarray(c) for g, c in cell["group_scores"].items()}
+                                if missing is not None else None))
     post.calibration = cal
     post.std = cal.std()
     rmse = cal.predicted_rmse()
@@ -460,6 +516,10 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         "std": "calibrated: half-width of the calibrated 68.27 % interval (raw spread in posterior.spread)",
         "self_check": check, "widening": round(widening, 4),
         "predicted_rmse": round(rmse, 6), "predicted_psnr": round(predicted_psnr, 3)}
+    if cal.grouped:
+        post.meta["uncertainty"]["groups"] = {
+            "missing_fraction": round(float(missing.float().mean()), 4),
+            "multiplier_90": {g: round(cal.interval_multiplier(0.9, group=g), 4) for g in GROUPS}}
     lowest = cell.get("predicted_psnr_range", [-math.inf])[0]
     if predicted_psnr < lowest:  # harder than every calibration image: the exchangeability behind the guarantee is
         # doubtful (an unusual image for this prior, e.g. colours it never saw); say so

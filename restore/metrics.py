@@ -68,10 +68,14 @@ def lpips(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor | None:
         return _LPIPS(x.float().clamp(0, 1) * 2 - 1, ref.float() * 2 - 1).flatten()
 
 
-def coverage(posterior, truth: torch.Tensor, level: float = 0.9, method: str = "auto") -> float:
-    """Fraction of pixel values of ``truth`` (1, C, H, W) inside the central ``level`` credible interval."""
+def coverage(posterior, truth: torch.Tensor, level: float = 0.9, method: str = "auto",
+             where: torch.Tensor | None = None) -> float:
+    """Fraction of pixel values of ``truth`` (1, C, H, W) inside the central ``level`` credible interval; over the
+    pixels where the bool mask ``where`` (broadcastable to ``truth``) is True when given, e.g. inpainting's holes."""
     lo, hi = posterior.interval(level, method=method)
     inside = (truth >= lo) & (truth <= hi)
+    if where is not None:
+        inside = inside[where.expand_as(inside)]
     return float(inside.float().mean())
 
 

@@ -626,3 +626,118 @@ def test_more_calibration_images_append_to_the_plan():
     assert train.plan_files(files, 36, 8, seed=1)[0] != small
     with pytest.raises(SystemExit, match="more than the 100 files"):
         train.plan_files(files, 95, 8, seed=0)
+
+
+def test_fit_only_refuses_runs_cached_with_other_settings(tmp_path, monkeypatch):
+    """A cache can hold runs of a setting tried and not kept (e.g. RED-Diff's longer schedule on inpainting holes):
+    a refit from it would fit today's table on another solver's errors. Given the restorer, --fit-only learns
+    today's settings from one fresh run and refuses the others."""
+    from restore.train import calibration as train
+
+    folder = tmp_path / "deblur-0.01000"
+    folder.mkdir()
+    spec = train.planned_spec("deblur", 0.01, 0)
+    solvers = [{"name": "reddiff", "options": {}, "config": {"steps": 30}}]
+    torch.save({"role": "fit", "index": 0, "file": "a.png", "spec": spec, "solvers": solvers, "priors": {"p": "1"}},
+               folder / "fit-000.pt")
+    fresh = {"solvers": solvers, "priors": {"p": "1"}}
+    monkeypatch.setattr(train, "run_unit", lambda *a, **k: fresh)
+    units = [("fit", 0, "a.png", None)]
+    assert train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())[0]["file"] == "a.png"
+    fresh["solvers"] = [{"name": "reddiff", "options": {}, "config": {"steps": 50}}]
+    with pytest.raises(SystemExit, match="fit-000.pt: cached with other solver settings"):
+        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())
+    fresh.update(solvers=solvers, priors={"p": "2"})  # retrained weights
+    with pytest.raises(SystemExit, match="prior weights"):
+        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())
+
+
+def test_missing_pixels_are_those_the_operator_never_sees(clean_rgb):
+    from restore.tasks import parse
+
+    shape = tuple(clean_rgb.shape)
+    box = parse("inpaint:box:size=0.5,noise=0.01")
+    missing = cal.missing_pixels(box.physics(shape), clean_rgb)
+    assert missing.shape == clean_rgb.shape and torch.equal(missing, box.physics(shape).mask.expand(shape) == 0)
+    for spec in ("denoise:gaussian:sigma=0.1", "deblur:gaussian:sigma=2", "sr:bicubic:factor=2"):
+        assert cal.missing_pixels(parse(spec).physics(shape), clean_rgb) is None, spec
+
+
+def test_grouped_calibration_covers_the_holes_where_pooled_scores_do_not():
+    """Synthetic inpainting whose hole errors are 4x larger than the scale predicts: the pooled multiplier, dominated
+    by the 90 % observed pixels, leaves most hole pixels outside; calibrating each group apart covers both, the
+    union still at the level, with a wider interval only in the hole."""
+    n, h = 40, 32
+    rng = np.random.default_rng(0)
+    missing = torch.zeros(1, 1, h, h, dtype=torch.bool)
+    missing[..., 12:22, 12:22] = True  # 10 % of the pixels
+
+    def image(seed):
+        r = np.random.default_rng(seed)
+        score = np.abs(r.normal(0, 1, (1, 1, h, h)))
+        score[missing.numpy()] *= 4
+        return torch.from_numpy(score)
+
+    scores = [image(i) for i in range(n)]
+    pooled = np.stack([np.quantile(s.flatten().numpy(), cal.SCORE_PROBS) for s in scores])
+    grouped = [cal.group_curves(s, missing) for s in scores]
+    group_scores = {g: np.asarray([c[g] for c in grouped]) for g in cal.GROUPS}
+    mean, scale = torch.full((1, 1, h, h), 0.5), torch.full((1, 1, h, h), 0.01)
+    plain = cal.Calibration(scale, pooled, "calibrated", "t.json", "", 1.0)
+    split = cal.Calibration(scale, pooled, "calibrated", "t.json", "", 1.0, missing=missing,
+                            group_scores=group_scores)
+    assert not plain.grouped and split.grouped
+    lam = split.multiplier(0.9)
+    assert torch.is_tensor(lam) and float(lam[missing].min()) > 3 * float(lam[~missing].max())
+    assert "separately" in split.guarantee(0.9) and "separately" not in plain.guarantee(0.9)
+    assert float(split.std()[missing].mean()) > 3 * float(split.std()[~missing].mean())
+    hole, rest = [], []
+    for seed in range(100, 140):  # new images: truth = mean + score * scale, either sign
+        truth = mean + image(seed) * scale * torch.from_numpy(rng.choice([-1.0, 1.0], (1, 1, h, h)))
+        for c, out in ((plain, "plain"), (split, "split")):
+            lo, hi = c.interval(mean, 0.9)
+            inside = (truth >= lo) & (truth <= hi)
+            (hole if out == "split" else rest).append((inside[missing].float().mean().item(),
+                                                       inside.float().mean().item()))
+    split_hole, split_all = np.mean(hole, 0)
+    plain_hole, plain_all = np.mean(rest, 0)
+    assert plain_hole < 0.6 and plain_all >= 0.88
+    assert 0.88 <= split_hole <= 0.97 and 0.88 <= split_all <= 0.97
+
+
+def test_a_blend_between_noise_levels_keeps_the_groups():
+    curves = _curves(12).tolist()
+    cell = lambda s, k: {"family": "inpaint-random", "sigma": s, "weights": [0.0] * len(cal.FEATURES),  # noqa: E731
+                         "scores": curves, "mse_scale": 1.0, "chi2_range": [0.5, 2.0],
+                         "group_scores": {"observed": curves, "missing": (k * np.asarray(curves)).tolist()}}
+    table = {"file": "t.json", "cells": [cell(0.01, 2.0), cell(0.04, 4.0)]}
+    blend, status, _ = cal.find_cell(table, "inpaint-random", 0.02)
+    assert status == "approximate" and set(blend["group_scores"]) == set(cal.GROUPS)
+    assert np.allclose(blend["group_scores"]["missing"], 3.0 * np.asarray(curves))  # halfway in log sigma
+
+
+def test_an_inpainting_cell_stores_each_pixel_group(clean_rgb):
+    """fit_cell keeps score curves per pixel group for an operator with holes (and says how the held-out crops
+    fare in each, with their own and with the pooled multiplier); a denoising cell has none."""
+    from restore.tasks import parse
+    from restore.train import calibration as train
+
+    def units(fam):
+        out = []
+        for role, i in [("fit", 0), ("fit", 1)] + [("cal", 8 + j) for j in range(12)] + [("heldout", 1000)]:
+            spec = train.planned_spec(fam, 0.01, i)
+            g = torch.Generator().manual_seed(i)
+            x = clean_rgb[..., :48, :48]
+            y, physics = parse(spec).simulate(x, g)
+            missing = cal.missing_pixels(physics, x)
+            err = 0.01 * torch.randn(x.shape, generator=g) * (1 + 4 * missing.float() if missing is not None else 1)
+            out.append({"role": role, "index": i, "spec": spec, "x": x, "y": y, "mean": (x + err).clamp(0, 1),
+                        "spread": torch.full_like(x, 0.01), "solvers": None})
+        return out
+
+    cell = train.fit_cell(units("inpaint-region"), 0.01)
+    assert set(cell["group_scores"]) == set(cal.GROUPS)
+    assert all(len(cell["group_scores"][g]) == 12 for g in cal.GROUPS)
+    held = cell["prior_held_out_images"]
+    assert {"coverage_90_missing", "coverage_90_missing_pooled", "coverage_90_observed"} <= set(held)
+    assert "group_scores" not in train.fit_cell(units("denoise"), 0.01)

@@ -40,6 +40,18 @@ def test_calibrated_posterior_has_nominal_coverage():
     assert metrics.coverage(overconfident, truth, 0.9) < 0.4
 
 
+def test_coverage_over_a_mask_counts_only_its_pixels():
+    truth = torch.zeros(1, 3, 8, 8)
+    mean = truth.clone()
+    mean[..., :, :2] = 1.0  # the first two columns far off, inside any interval of a zero-spread posterior
+    post = Posterior(mean=mean, samples=mean.expand(4, 3, 8, 8).clone())
+    left = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    left[..., :, :2] = True
+    assert metrics.coverage(post, truth, 0.9, method="quantile") == pytest.approx(0.75)
+    assert metrics.coverage(post, truth, 0.9, method="quantile", where=left) == 0.0
+    assert metrics.coverage(post, truth, 0.9, method="quantile", where=~left) == 1.0
+
+
 def test_std_error_correlation_detects_informative_std():
     truth = torch.zeros(1, 1, 32, 32)
     scale = torch.linspace(0.01, 0.3, 32).view(1, 1, 1, 32).expand(1, 1, 32, 32)

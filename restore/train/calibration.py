@@ -199,12 +199,17 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES)
                                         for (u, _, err, _), scale in zip(signals, scales)
                                         if u["role"] in ("fit", "cal")])))
 
+    groups = {g: {"cal": [], "heldout": []} for g in cal.GROUPS}  # each pixel group's curves, for inpainting
+
     def evaluate(role):
         curves, chi2, rho, rmse_pred, rmse = [], [], [], [], []
         for (u, _, err, physics), scale in zip(signals, scales):
             if u["role"] != role:
                 continue
             curves.append(np.quantile((err / scale).flatten().numpy(), cal.SCORE_PROBS))
+            by_group = cal.group_curves(err / scale, cal.missing_pixels(physics, u["mean"]))
+            for g, c in (by_group or {}).items():
+                groups[g][role].append(c)
             chi2.append(cal.chi2_ratio(u["mean"], u["y"], physics, u.get("sigma_used", sigma)))
             rho.append(spearman(scale.mean(1), err.mean(1)))
             rmse_pred.append(math.sqrt(mse_scale * float((scale**2).mean())))
@@ -223,6 +228,10 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES)
            "calibration_images": {"std_error_spearman": round(float(np.mean(rho)), 4),
                                   "mean_psnr": round(float(np.mean([-20 * math.log10(r) for r in rmse])), 3),
                                   "psnr_rank_correlation": _rank_corr(rmse_pred, rmse)}}
+    # calibrate the observed and the missing pixels apart when every calibration image has both (inpainting)
+    grouped = all(len(groups[g]["cal"]) == len(curves) for g in cal.GROUPS)
+    if grouped:
+        out["group_scores"] = {g: [[float(f"{v:.5g}") for v in c] for c in groups[g]["cal"]] for g in cal.GROUPS}
     if any(u["role"] == "heldout" for u in units):
         h_curves, h_chi2, h_rho, h_pred, h_rmse = evaluate("heldout")
         lam = {lv: cal.calibrated_lambda(curves, lv) for lv in (0.5, 0.9, 0.95)}
@@ -237,6 +246,14 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES)
         out["calibration_images"].update(
             {f"coverage_{int(100 * lv)}": round(float(1 - cal._miss_fractions(curves, lam[lv]).mean()), 4)
              for lv in lam})
+        if grouped and all(groups[g]["heldout"] for g in cal.GROUPS):
+            # per group, with each group's own multiplier, and what the pooled one gave there
+            for g in cal.GROUPS:
+                lam_g = cal.calibrated_lambda(groups[g]["cal"], 0.9)
+                out["prior_held_out_images"][f"coverage_90_{g}"] = round(
+                    float(1 - cal._miss_fractions(groups[g]["heldout"], lam_g).mean()), 4)
+                out["prior_held_out_images"][f"coverage_90_{g}_pooled"] = round(
+                    float(1 - cal._miss_fractions(groups[g]["heldout"], lam[0.9]).mean()), 4)
     return out
 
 
@@ -287,18 +304,27 @@ def supported_families(solver) -> list[str]:
     return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
 
 
-def cached_cell(cache: Path, fam: str, sigma: float, units: list) -> list[dict]:
+def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None, samples: int = 8) -> list[dict]:
     """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file
-    and task (a missing or mismatched one is an error: run without --fit-only)."""
+    and task, and, given the ``restorer``, run by today's solver settings and prior weights (learnt from one fresh run
+    of the first unit, not kept): a missing or mismatched run is an error (run without --fit-only), since a cache
+    can hold runs of a setting tried and not kept."""
     folder = cache / f"{fam}-{sigma:.5f}"
-    out = []
-    for role, i, name, _ in units:
+    out, now = [], None
+    for role, i, name, x in units:
         path = folder / f"{role}-{i:03d}.pt"
         unit = torch.load(path, weights_only=True) if path.exists() else None
         spec = planned_spec(fam, sigma, i)
         if unit is None or unit.get("file", name) != name or unit.get("spec") != spec:
             found = ("missing" if unit is None else f"cached for {unit.get('file', name)} ({unit.get('spec')})")
             raise SystemExit(f"{path}: {found}, planned for {name} ({spec}); run without --fit-only")
+        if restorer is not None:
+            if now is None:
+                now = run_unit(restorer, fam, sigma, samples, i, name, x, role)
+            if not same_settings(unit.get("solvers"), now["solvers"], fam) or unit.get("priors",
+                                                                                      now["priors"]) != now["priors"]:
+                raise SystemExit(f"{path}: cached with other solver settings or prior weights than today's; run "
+                                 "without --fit-only")
         out.append(unit)
     return out
 
@@ -370,7 +396,7 @@ def main(argv=None):
         more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
                 enumerate(zip(extra_files[:EXTRA_FIT.get(fam, 0)], extra_crops))]
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
-            done = (cached_cell(cache, fam, sigma, units + more) if args.fit_only
+            done = (cached_cell(cache, fam, sigma, units + more, restorer, args.samples) if args.fit_only
                     else run_cell(restorer, fam, sigma, units + more, args.samples, cache))
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
