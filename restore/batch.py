@@ -138,6 +138,10 @@ def describe_uncertainty(meta: dict) -> str:
     line = (f"uncertainty: {u['status']} by {u['table']} ({u['cell']}); predicted PSNR {u['predicted_psnr']:.1f} dB; "
             f"self-check {check['verdict']} (chi2 ratio {check['chi2_ratio']:.3g}, calibration images "
             f"{check['expected_range'][0]:.3g}-{check['expected_range'][1]:.3g})")
+    if "groups" in u:  # inpainting: the unobserved pixels got their own multiplier (restore.calibration)
+        g = u["groups"]
+        line += (f"; the {100 * g['missing_fraction']:.0f} % unobserved pixels calibrated apart (90 % multiplier "
+                 f"{g['multiplier_90']['missing']:.2f} there, {g['multiplier_90']['observed']:.2f} elsewhere)")
     if check["verdict"] == "poor fit":
         line += (f"; WARNING: the restored image does not explain the observation, intervals widened "
                  f"x{u['widening']:.2f}")

@@ -545,3 +545,20 @@ def test_summary_row_averages_only_metrics_every_result_has():
     row = summary_row({"task": "t", "method": "m"}, results, n=3)
     assert row["psnr"] == 31.0 and row["coverage_90"] == pytest.approx(0.85)
     assert "coverage_90_raw" not in row and row["note"] == "2/3 images so far"
+
+
+def test_user_masks_are_seeded_and_shaped_as_documented(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from benchmarks import masks
+    from restore.tasks import REGION_RADIUS, hole_radius
+
+    monkeypatch.setattr(masks, "FOLDER", tmp_path)
+    for kind, (low, high) in {"strokes": (0.05, 0.3), "ellipses": (0.03, 0.1)}.items():
+        path = masks.mask_file(kind, 128)
+        m = np.array(Image.open(path)) > 0
+        assert m.shape == (128, 128) and low < 1 - m.mean() < high, kind
+        assert np.array_equal(masks.KINDS[kind](128) > 0, m)  # the same pixels from the seed
+        assert not np.array_equal(masks.KINDS[kind](128, seed=1) > 0, m)
+    # strokes are thin: every missing pixel within a few px of an observed one, unlike a box
+    assert hole_radius(torch.from_numpy(masks.strokes(128)).float()) <= REGION_RADIUS

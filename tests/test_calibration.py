@@ -741,3 +741,16 @@ def test_an_inpainting_cell_stores_each_pixel_group(clean_rgb):
     held = cell["prior_held_out_images"]
     assert {"coverage_90_missing", "coverage_90_missing_pooled", "coverage_90_observed"} <= set(held)
     assert "group_scores" not in train.fit_cell(units("denoise"), 0.01)
+
+
+def test_the_summary_line_says_when_the_holes_were_calibrated_apart():
+    from restore.batch import describe_uncertainty
+
+    u = {"status": "calibrated", "table": "calibration/pmrf.flow-natural.json", "cell": "inpaint-region at 0.01",
+         "predicted_psnr": 30.0, "self_check": {"verdict": "consistent", "chi2_ratio": 1.0,
+                                                "expected_range": [0.8, 1.3]},
+         "groups": {"missing_fraction": 0.09, "multiplier_90": {"observed": 2.1, "missing": 5.3}}}
+    line = describe_uncertainty({"uncertainty": u})
+    assert "the 9 % unobserved pixels calibrated apart (90 % multiplier 5.30 there, 2.10 elsewhere)" in line
+    del u["groups"]
+    assert "unobserved" not in describe_uncertainty({"uncertainty": u})
