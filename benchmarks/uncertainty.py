@@ -85,6 +85,11 @@ def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) 
         row["coverage_90_missing_raw"] = coverage(post, truth, 0.9, method="raw", where=missing)
         if post.calibrated:
             row["coverage_90_missing"] = coverage(post, truth, 0.9, where=missing)
+        if post.calibrated and post.calibration.grouped:  # what one multiplier for all pixels would have given there
+            c, lam = post.calibration, post.calibration.interval_multiplier(0.9)
+            lo, hi = (post.mean - lam * c.scale).clamp(0, 1), (post.mean + lam * c.scale).clamp(0, 1)
+            row["coverage_90_missing_pooled"] = float(((truth >= lo) & (truth <= hi))[missing.expand_as(truth)]
+                                                      .float().mean())
     if post.calibrated:
         row.update({k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "coverage_50_raw",
                                       "coverage_90_raw", "coverage_95_raw", "interval_width_90",
@@ -113,7 +118,7 @@ def summarise(units: list[dict]) -> list[dict]:
         for k in ("psnr", "coverage_50_raw", "coverage_50", "coverage_90_raw", "coverage_90", "coverage_95_raw",
                   "coverage_95", "interval_width_90_raw", "interval_width_90", "std_error_spearman_raw",
                   "std_error_spearman", "spearman_ceiling", "predicted_psnr", "coverage_90_missing_raw",
-                  "coverage_90_missing"):
+                  "coverage_90_missing", "coverage_90_missing_pooled"):
             vals = [u[k] for u in us if u.get(k) is not None]
             row[k] = float(np.mean(vals)) if vals else None
         cov = [u["coverage_90"] for u in us if "coverage_90" in u]

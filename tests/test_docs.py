@@ -4,6 +4,7 @@ runs."""
 
 import ast
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -151,12 +152,48 @@ def test_report_markers_live_in_docs_benchmarks():
 def test_report_rewrites_only_the_block(tmp_path):
     from benchmarks import report
 
-    page = tmp_path / "page.md"
+    page, readme = tmp_path / "page.md", tmp_path / "README.md"
     page.write_text(f"# hand-written\n\n{report.BEGIN}\nstale\n{report.END}\n\ntail\n")
-    report.main(["--page", str(page)])
+    readme.write_text(f"# intro\n\n{report.VS_TV_BEGIN}\nold table\n{report.VS_TV_END}\n\nmore\n")
+    report.main(["--page", str(page), "--readme", str(readme)])
     text = page.read_text()
     assert "stale" not in text and text.startswith("# hand-written\n\n") and text.endswith(f"{report.END}\n\ntail\n")
     assert report.render() in text
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# intro\n\n") and text.endswith(f"{report.VS_TV_END}\n\nmore\n")
+    assert "| TV least squares itself (PSNR) |" in text
+
+
+def test_readme_table_against_tv_is_the_generated_one():
+    """README's table against TV least squares is what benchmarks.report makes of quality.json, so its numbers
+    cannot drift from the run; each cell reads from the paired rows, the default solver's in bold."""
+    from benchmarks import report
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(report.VS_TV_BEGIN) == 1 and readme.count(report.VS_TV_END) == 1
+    data = json.loads((report.RESULTS / "quality.json").read_text())
+    assert report.against_tv_matrix(data) in readme
+    toy = {"tasks": {"denoise25": "denoise:gaussian:sigma=0.1", "sr4": "sr:bicubic:factor=4,noise=0.01"},
+           "rows": [{"task": "denoise25", "method": "tv least squares", "psnr": 26.5},
+                    {"task": "denoise25", "method": "pmrf", "psnr": 30.6, "coverage_90": 0.93}],
+           "against_tv": [{"task": "denoise25", "method": "pmrf", "psnr_difference": 4.126, "ci95": 0.3, "wins": 24,
+                           "images": 24},
+                          {"task": "sr4", "method": "pmrf", "psnr_difference": -0.104, "ci95": 0.12, "wins": 6,
+                           "images": 24}],
+           "per_image": [], "command": "python -m benchmarks.quality --resume --methods pmrf vble --jobs 2",
+           "environment": {"date": "2026-12-05 01:00:00"}}
+    lines = report.against_tv_matrix(toy).splitlines()
+    assert lines[2] == "| TV least squares itself (PSNR) | 26.50 | - |"
+    assert lines[3] == "| PMRF | **+4.13 ± 0.30 (24/24)** | -0.10 ± 0.12 (6/24) |"  # RED-Diff runs x4 SR
+    assert lines[4] == "| recommended solver's 90 % coverage | 0.93 | - |"
+    assert lines[-1] == "`python -m benchmarks.quality --resume` (last rows 2026-12-05)"
+    # a result whose provenance the code no longer matches (here: an option the solver no longer has) is marked
+    toy["per_image"] = [{"task": "sr4", "method": "pmrf", "image": "a.png", "provenance": "k1"}]
+    toy["provenances"] = {"k1": {"solvers": [{"name": "pmrf", "options": {"no_such_option": 1}, "config": {}}],
+                                 "priors": {}}}
+    assert report.stale_cells(toy) == {("sr4", "pmrf")}
+    text = report.against_tv_matrix(toy)
+    assert "| -0.10 ± 0.12 (6/24) † |" in text and "† measured before a later change" in text
 
 
 def test_results_older_than_the_code_are_labelled_as_such():
