@@ -21,6 +21,7 @@ across images, and how often the self-check flags a result. A reliability diagra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -67,7 +68,7 @@ def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) 
     import warnings
 
     from restore.calibration import UncalibratedWarning, missing_pixels
-    from restore.metrics import coverage, psnr
+    from restore.metrics import coverage, fraction_inside, psnr
     from restore.tasks import parse
 
     y = restorer.simulate(truth, spec, seed=seed)
@@ -86,10 +87,8 @@ def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) 
         if post.calibrated:
             row["coverage_90_missing"] = coverage(post, truth, 0.9, where=missing)
         if post.calibrated and post.calibration.grouped:  # what one multiplier for all pixels would have given there
-            c, lam = post.calibration, post.calibration.interval_multiplier(0.9)
-            lo, hi = (post.mean - lam * c.scale).clamp(0, 1), (post.mean + lam * c.scale).clamp(0, 1)
-            row["coverage_90_missing_pooled"] = float(((truth >= lo) & (truth <= hi))[missing.expand_as(truth)]
-                                                      .float().mean())
+            pooled = dataclasses.replace(post.calibration, missing=None, _cache={})
+            row["coverage_90_missing_pooled"] = fraction_inside(truth, *pooled.interval(post.mean, 0.9), missing)
     if post.calibrated:
         row.update({k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "coverage_50_raw",
                                       "coverage_90_raw", "coverage_95_raw", "interval_width_90",

@@ -72,7 +72,12 @@ def coverage(posterior, truth: torch.Tensor, level: float = 0.9, method: str = "
              where: torch.Tensor | None = None) -> float:
     """Fraction of pixel values of ``truth`` (1, C, H, W) inside the central ``level`` credible interval; over the
     pixels where the bool mask ``where`` (broadcastable to ``truth``) is True when given, e.g. inpainting's holes."""
-    lo, hi = posterior.interval(level, method=method)
+    return fraction_inside(truth, *posterior.interval(level, method=method), where)
+
+
+def fraction_inside(truth: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    """Fraction of the values of ``truth`` within [lo, hi] (same shapes), over the pixels where ``where`` is True
+    when given (a bool mask broadcastable to ``truth``)."""
     inside = (truth >= lo) & (truth <= hi)
     if where is not None:
         inside = inside[where.expand_as(inside)]

@@ -103,9 +103,9 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
             if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
                 fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
                 settings, priors = fresh["solvers"], fresh["priors"]
-            # a unit cached before runs recorded their priors' digests is judged by the solver settings alone; one
-            # cached for another image (other --fit / --cal / --seed draw other files) is rerun
-            if (same_settings(unit.get("solvers"), settings, fam) and unit.get("priors", priors) == priors
+            # one cached with other settings or weights, or for another image (other --fit / --cal / --seed draw
+            # other files), is rerun
+            if (ran_as_today(unit, settings, priors, fam)
                     and unit.get("file", name) == name and unit.get("spec") == planned_spec(fam, sigma, i)):
                 results.append(unit)
                 continue
@@ -165,6 +165,12 @@ def same_settings(cached: list[dict] | None, now: list[dict], family: str) -> bo
     return not any(a.get("options", {}) != b.get("options", {})
                    or settings_changed(b["name"], b["config"], a["config"], b.get("options", {}), family)
                    for a, b in zip(cached, now))
+
+
+def ran_as_today(unit: dict, settings: list[dict], priors: dict, family: str) -> bool:
+    """Whether a cached run was made as a fresh one is now: its solvers' settings (:func:`same_settings`) and its
+    priors' digests (a run cached before runs recorded them is judged by the settings alone)."""
+    return same_settings(unit.get("solvers"), settings, family) and unit.get("priors", priors) == priors
 
 
 def unit_signals(unit: dict, names=cal.FEATURES) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -321,8 +327,7 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
         if restorer is not None:
             if now is None:
                 now = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-            if not same_settings(unit.get("solvers"), now["solvers"], fam) or unit.get("priors",
-                                                                                      now["priors"]) != now["priors"]:
+            if not ran_as_today(unit, now["solvers"], now["priors"], fam):
                 raise SystemExit(f"{path}: cached with other solver settings or prior weights than today's; run "
                                  "without --fit-only")
         out.append(unit)
