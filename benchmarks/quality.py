@@ -126,6 +126,24 @@ def _default_scheme(cfg: dict) -> str | None:
         return None
 
 
+def stale_checker(provenances: dict, tasks: dict):
+    """``why_stale(provenance key, task name)``: why a stored result would come out differently now
+    (``restore.stale.reasons`` for its recorded provenance and the task's family; empty when it would not or the key
+    is unknown), memoised per (provenance, family): a per-family default only touches its own family.
+    provenances: a result file's provenance table; tasks: its task name -> spec."""
+    from restore.stale import reasons as stale_reasons
+
+    families = {name: _family(spec) for name, spec in tasks.items()}
+    memo = {}
+
+    def why_stale(key, task) -> list[str]:
+        at = (key, families.get(task))
+        if at not in memo:
+            memo[at] = stale_reasons(provenances[key], at[1]) if isinstance(key, str) and key in provenances else []
+        return memo[at]
+    return why_stale
+
+
 def _family(spec: str) -> str | None:
     """The settings family ('denoise', 'sr', 'inpaint-region', ...: ``Task.family``) of a benchmark task spec, None
     for one that does not parse."""
@@ -145,7 +163,6 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     ``carry`` (not being run now: ``--methods`` picked others) keep their results and settings untouched; the results
     of the tasks in ``rerun`` are dropped for the methods being run (a code change provenance cannot see)."""
     from restore.priors import registry
-    from restore.stale import reasons as stale_reasons
 
     path = Path(path)
     if not path.exists():
@@ -162,14 +179,7 @@ def previous_results(path, settings: dict, carry=(), rerun=()) -> Previous:
     changed = sorted(m for m, cfg in settings["methods"].items() if m in old_methods and
                      json.dumps(old_methods[m], sort_keys=True) != json.dumps(cfg, sort_keys=True))
     table_ = old.get("provenances", {})
-    families = {name: _family(spec) for name, spec in settings.get("tasks", {}).items()}
-    reasons = {}  # (provenance key, task family) -> why stale; a per-family default only touches its own family
-
-    def why_stale(key, task):
-        at = (key, families.get(task))
-        if at not in reasons:
-            reasons[at] = stale_reasons(table_[key], at[1]) if key in table_ else []
-        return reasons[at]
+    why_stale = stale_checker(table_, settings.get("tasks", {}))
     schemes = {m: _default_scheme(cfg) for m, cfg in settings["methods"].items()}
     carried = {m: old_methods[m] for m in carry if m in old_methods and m not in settings["methods"]}
     kept, stale = [], {}

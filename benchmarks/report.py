@@ -107,20 +107,10 @@ def against_tv_matrix(data: dict) -> str:
 def stale_cells(data: dict) -> set[tuple[str, str]]:
     """The (task, method) pairs of a quality run with a result whose recorded provenance the code no longer matches
     (``restore.stale.reasons``, for the task's family), as ``benchmarks.quality --resume`` would rerun them."""
-    from benchmarks.quality import _family
-    from restore.stale import reasons
+    from benchmarks.quality import stale_checker
 
-    provenances, seen, out = data.get("provenances", {}), {}, set()
-    for r in data.get("per_image", []):
-        key = r.get("provenance")
-        if not isinstance(key, str) or key not in provenances:
-            continue
-        at = (key, _family(data["tasks"].get(r["task"], "")))
-        if at not in seen:
-            seen[at] = bool(reasons(provenances[key], at[1]))
-        if seen[at]:
-            out.add((r["task"], r["method"]))
-    return out
+    why_stale = stale_checker(data.get("provenances", {}), data.get("tasks", {}))
+    return {(r["task"], r["method"]) for r in data.get("per_image", []) if why_stale(r.get("provenance"), r["task"])}
 
 
 def replace_block(text: str, begin: str, end: str, body: str) -> str:

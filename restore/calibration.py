@@ -123,8 +123,7 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
             return cache[key]
 
         def observed():
-            o = physics.A_adjoint(physics.A(torch.ones_like(mean)))
-            return o / o.amax().clamp_min(1e-12)
+            return observed_weight(physics, mean)
 
         def signal(name: str) -> torch.Tensor:
             if not known_feature(name):
@@ -229,15 +228,22 @@ def chi2_ratio(mean: torch.Tensor, y: torch.Tensor, physics, sigma: float) -> fl
 GROUPS = ("observed", "missing")  # the pixel groups of an operator that leaves pixels unobserved
 
 
+def observed_weight(physics, like: torch.Tensor) -> torch.Tensor:
+    """How much of each pixel the operator observes: A^T A 1 scaled to a maximum of 1, shaped like A^T's output
+    (``like``'s shape for every task here). 0 in inpainting's holes."""
+    with torch.no_grad():
+        seen = physics.A_adjoint(physics.A(torch.ones_like(like)))
+        return seen / seen.abs().amax().clamp_min(1e-12)
+
+
 def missing_pixels(physics, like: torch.Tensor) -> torch.Tensor | None:
     """Where the operator observes nothing, (1, C, H, W) bool like ``like``, or None when it observes every pixel
     (denoising, blur, SR: A^T A 1 > 0 everywhere) or none. Inpainting's holes and dropped pixels."""
-    with torch.no_grad():
-        seen = physics.A_adjoint(physics.A(torch.ones_like(like)))
-        if seen.shape != like.shape:
-            return None
-        missing = seen.abs() <= 1e-6 * float(seen.abs().amax().clamp_min(1e-12))
-        return missing if bool(missing.any()) and not bool(missing.all()) else None
+    seen = observed_weight(physics, like)
+    if seen.shape != like.shape:
+        return None
+    missing = seen.abs() <= 1e-6
+    return missing if bool(missing.any()) and not bool(missing.all()) else None
 
 
 def group_curves(score: torch.Tensor, missing: torch.Tensor | None) -> dict[str, list] | None:
