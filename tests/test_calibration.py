@@ -99,6 +99,36 @@ def test_fitted_table_has_provenance(fitted_models):
     assert "coverage_90" in cell["prior_held_out_images"]
 
 
+def test_priors_trained_on_reads_the_cards():
+    from restore.train.calibration import priors_trained_on
+
+    assert {"score-natural", "flow-natural", "cae-natural-q2"} <= set(priors_trained_on("../x/BSD432-train"))
+    assert priors_trained_on("train_data/CQ100") == []
+
+
+def test_a_fit_on_two_folders_pools_their_calibration_crops(fitted_models, tmp_path):
+    """A second folder adds its own fit, calibration and check crops; the first folder's cached runs are reused."""
+    from restore.train import calibration as train
+
+    root = fitted_models.parent
+    other = _crop_folder(tmp_path / "photos")
+    out = tmp_path / "pmrf.json"
+    argv = ["--solver", "pmrf", "--families", "denoise", "--sigmas", "0.05", "--data", f"{root / 'data'},{other}",
+            "--fit", "3", "--cal", "12", "--heldout", "1", "--crop", "48", "--samples", "4",
+            "--runs", str(root / "runs"), "--out", str(out)]
+    train.main(argv)
+    table = json.loads(out.read_text())
+    assert [i["source"] for i in table["images"]] == ["data", "photos"]
+    assert all(len(i["cal"]) == 12 for i in table["images"])
+    cell = table["cells"][0]
+    assert len(cell["scores"]) == 24 and cell["prior_held_out_images"]["n"] == 2
+    assert cell["images"] == [{"source": "data", "priors_trained_on_it": False},
+                              {"source": "photos", "priors_trained_on_it": False}]
+    assert (root / "runs" / "pmrf.flow-natural" / "photos" / "denoise-0.05000").is_dir()
+    train.main(argv + ["--fit-only"])  # both folders' runs are cached now
+    assert json.loads(out.read_text())["cells"][0]["scores"] == cell["scores"]
+
+
 def test_calibrated_intervals_cover_better_than_the_raw_spread(fitted_models, clean_rgb, monkeypatch, tmp_path):
     monkeypatch.setenv("RESTORE_MODELS", str(fitted_models))
     from restore.api import Restorer

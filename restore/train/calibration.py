@@ -8,7 +8,9 @@ on random crops of the training images (BSD432-train minus the 8 files the prior
 ``--fit`` of them (plus ``EXTRA_FIT``'s more for deblurring) fit the error-scale weights (least squares of log|error|
 on the features), ``--cal`` others give the conformal score curves and the self-check's chi2 range, and
 ``--heldout`` crops of the priors' 8 held-out files measure the gap between images the priors trained on and
-images they never saw (reported in the table, not used).
+images they never saw (reported in the table, not used). ``--data`` may name a folder of photos no prior trained on
+(``train_data/CQ100``, made by ``scripts/get_cq100.py``): its crops are then unseen images like a user's, and the
+table says so (``images.fit_and_cal``).
 Families pool task parameters the way users vary them (blur kernels, missing fractions, box sizes), so each cell's
 guarantee is marginal over that mix. Each run is cached under ``--runs`` (the solver's outputs for one crop), so a
 rerun only does what is missing; the table goes to ``models/calibration/SOLVER.PRIOR.json``.
@@ -91,6 +93,16 @@ def plan_files(files: list[Path], n: int, extra: int, seed: int) -> tuple[list[P
                          f"{len(files)} files there are")
     order = [files[j] for j in np.random.default_rng(seed).permutation(len(files))]
     return order[:n], order[len(order) - extra:][::-1]
+
+
+def priors_trained_on(folder: str | Path) -> list[str]:
+    """The shipped priors whose model card names ``folder``'s name in its training data (BSD432-train: all of
+    them; a folder of other photos, e.g. CQ100: none)."""
+    from restore.priors import registry
+
+    name = Path(folder).name
+    return [n for n, p in registry.PRIORS.items()
+            if p.file and name in str(registry.read_card(p.file).get("training_data", ""))]
 
 
 def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
@@ -334,13 +346,45 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
     return out
 
 
+@dataclasses.dataclass
+class FolderPlan:
+    """One image folder's share of a fit: its (role, index, file, crop) units, the extra fit files and crops
+    (deblurring), where its runs are cached, and whether the priors trained on it."""
+    name: str
+    trained: bool
+    units: list
+    extra_files: list
+    extra_crops: list
+    cache: Path
+
+
+def plan_folder(folder: str, args, need: int, cache: Path) -> FolderPlan:
+    """``args.fit`` fit, ``args.cal`` calibration and ``args.heldout`` check crops of one folder's images. In the
+    priors' training folder the last 8 files are the ones they held out; in another folder (photos no prior saw,
+    e.g. CQ100) its last 8 files play that part, and the check crops then measure no train/held-out gap."""
+    from restore.train.common import list_images
+
+    files = list_images(folder)
+    trained_on, held_out = files[:-PRIOR_HELD_OUT], files[-PRIOR_HELD_OUT:]
+    picked, extra_files = plan_files(trained_on, args.fit + args.cal, need, args.seed)
+    held = held_out[:args.heldout]
+    images = crops(picked + held, args.crop, args.seed)
+    units = ([("fit", i, picked[i].name, images[i]) for i in range(args.fit)]
+             + [("cal", i, picked[i].name, images[i]) for i in range(args.fit, args.fit + args.cal)]
+             + [("heldout", i, f.name, images[args.fit + args.cal + j]) for j, (i, f) in
+                enumerate(zip(range(1000, 1000 + len(held)), held))])
+    return FolderPlan(Path(folder).name, bool(priors_trained_on(folder)), units, extra_files,
+                      crops(extra_files, args.crop, args.seed + 1), cache)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solver", required=True)
     ap.add_argument("--prior", default=None, help="default: the solver's default prior")
     ap.add_argument("--families", default="all", help=f"comma-separated, of {', '.join(GRID)}; or 'all' (those "
                     "the solver supports)")
-    ap.add_argument("--data", default="../shared/data/BSD432-train")
+    ap.add_argument("--data", default="../shared/data/BSD432-train", help="image folder, or comma-separated "
+                    "folders (each gives --fit, --cal and --heldout crops; the cells calibrate on all of them)")
     ap.add_argument("--fit", type=int, default=8)
     # conformal risk control certifies n/(n+1) R_n + 1/(n+1) <= alpha, so with n images it aims above the level:
     # at 90 % the calibration images' mean coverage is 0.932 with 28 images, 0.915 with 60 (docs/calibration.md)
@@ -368,7 +412,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from restore.api import Restorer
     from restore.priors import registry
-    from restore.train.common import list_images, training_command
+    from restore.train.common import training_command
 
     restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant, **options)
     prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
@@ -383,33 +427,31 @@ def main(argv=None):
                                   canonical(restorer.solver.options), training_command("restore.train.calibration",
                                                                                        argv)), out)
         return print(f"wrote {out} without its {', '.join(families)} cells")
-    files = list_images(args.data)
-    trained_on, held_out = files[:-PRIOR_HELD_OUT], files[-PRIOR_HELD_OUT:]
     need = max((EXTRA_FIT.get(f, 0) for f in families), default=0)
-    picked, extra_files = plan_files(trained_on, args.fit + args.cal, need, args.seed)
-    held = held_out[:args.heldout]
-    images = crops(picked + held, args.crop, args.seed)
-    units = ([("fit", i, picked[i].name, images[i]) for i in range(args.fit)]
-             + [("cal", i, picked[i].name, images[i]) for i in range(args.fit, args.fit + args.cal)]
-             + [("heldout", i, f.name, images[args.fit + args.cal + j]) for j, (i, f) in
-                enumerate(zip(range(1000, 1000 + len(held)), held))])
-    extra_crops = crops(extra_files, args.crop, args.seed + 1)
-    cache = Path(args.runs) / f"{args.solver}.{prior}"
+    base_cache = Path(args.runs) / f"{args.solver}.{prior}"
+    # the first folder's runs cache where a one-folder fit always did; a further folder's in a subfolder of its name
+    plans = [plan_folder(folder, args, need, base_cache if k == 0 else base_cache / Path(folder).name)
+             for k, folder in enumerate(args.data.split(","))]
     out = Path(args.out) if args.out else registry.models_dir() / "calibration" / f"{args.solver}.{prior}.json"
     cells, seconds = [], []
     for fam in families:
-        more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
-                enumerate(zip(extra_files[:EXTRA_FIT.get(fam, 0)], extra_crops))]
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
-            done = (cached_cell(cache, fam, sigma, units + more, restorer, args.samples) if args.fit_only
-                    else run_cell(restorer, fam, sigma, units + more, args.samples, cache))
+            done, extra_fit = [], []
+            for plan in plans:
+                more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
+                        enumerate(zip(plan.extra_files[:EXTRA_FIT.get(fam, 0)], plan.extra_crops))]
+                done += (cached_cell(plan.cache, fam, sigma, plan.units + more, restorer, args.samples)
+                         if args.fit_only else run_cell(restorer, fam, sigma, plan.units + more, args.samples,
+                                                        plan.cache))
+                extra_fit += [u[2] for u in more]
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
             extra = {"features": names} if names != list(cal.FEATURES) else {}
-            if more:
-                extra["extra_fit_images"] = [u[2] for u in more]
+            if extra_fit:
+                extra["extra_fit_images"] = extra_fit
             cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names),
-                          # the table's command is the last run's; a cell keeps the one that fitted it
+                          # the table's command and images are the last run's; a cell keeps its own
+                          "images": [{"source": p.name, "priors_trained_on_it": p.trained} for p in plans],
                           "fitted": datetime.date.today().isoformat(),
                           "command": training_command("restore.train.calibration", argv)})
             print(f"fitted {fam} sigma {sigma:.4f}: {cells[-1]['calibration_images']} "
@@ -418,15 +460,17 @@ def main(argv=None):
     old = json.loads(out.read_text()) if out.exists() else {}
     keep = kept_cells(old, families, config, canonical(restorer.solver.options), registry.digest(prior),
                       args.samples)
+    images = [{"source": p.name, "crop": args.crop,
+               "fit_and_cal": ("random crops of files the priors trained on (not their 8 held-out files)"
+                               if p.trained else "random crops of photos no prior trained on"),
+               "fit": [u[2] for u in p.units if u[0] == "fit"], "cal": [u[2] for u in p.units if u[0] == "cal"],
+               "prior_held_out": [u[2] for u in p.units if u[0] == "heldout"]} for p in plans]
     write_json_atomic({
         "solver": args.solver, "prior": prior, "prior_digest": registry.digest(prior),
         "solver_config": config, "n_samples": args.samples,
         "features": list(cal.FEATURES), "score_probs": "restore.calibration.SCORE_PROBS",
         "fitted": datetime.date.today().isoformat(), "command": training_command("restore.train.calibration", argv),
-        "images": {"source": Path(args.data).name, "crop": args.crop,
-                   "fit_and_cal": "random crops of files the priors trained on (not their 8 held-out files)",
-                   "fit": [u[2] for u in units if u[0] == "fit"], "cal": [u[2] for u in units if u[0] == "cal"],
-                   "prior_held_out": [u[2] for u in units if u[0] == "heldout"]},
+        "images": images[0] if len(images) == 1 else images,
         "family_examples": {f: [GRID[f][1](i, GRID[f][0][0]) for i in range(len(DEBLUR_KERNELS))] for f in GRID},
         "camera_noise_mix": [list(m) for m in CAMERA_MIX],  # the real-noise family's crop i: CAMERA_MIX[i % 6]
         "mean_seconds_per_run": round(float(np.mean(seconds)), 2) if seconds else old.get("mean_seconds_per_run"),
