@@ -103,7 +103,7 @@ def test_priors_trained_on_reads_the_cards():
     from restore.train.calibration import priors_trained_on
 
     assert {"score-natural", "flow-natural", "cae-natural-q2"} <= set(priors_trained_on("../x/BSD432-train"))
-    assert priors_trained_on("train_data/CQ100") == []
+    assert priors_trained_on("train_data/CQ100") == [] and priors_trained_on("x/train") == []
 
 
 def test_a_fit_on_two_folders_pools_their_calibration_crops(fitted_models, tmp_path):

@@ -10,7 +10,7 @@ on the features), ``--cal`` others give the conformal score curves and the self-
 ``--heldout`` crops of the priors' 8 held-out files measure the gap between images the priors trained on and
 images they never saw (reported in the table, not used). ``--data`` may name a folder of photos no prior trained on
 (``train_data/CQ100``, made by ``scripts/get_cq100.py``): its crops are then unseen images like a user's, and the
-table says so (``images.fit_and_cal``).
+table and each cell say so (``images``).
 Families pool task parameters the way users vary them (blur kernels, missing fractions, box sizes), so each cell's
 guarantee is marginal over that mix. Each run is cached under ``--runs`` (the solver's outputs for one crop), so a
 rerun only does what is missing; the table goes to ``models/calibration/SOLVER.PRIOR.json``.
@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -100,9 +101,9 @@ def priors_trained_on(folder: str | Path) -> list[str]:
     them; a folder of other photos, e.g. CQ100: none)."""
     from restore.priors import registry
 
-    name = Path(folder).name
+    named = re.compile(rf"(?<![\w-]){re.escape(Path(folder).name)}(?![\w-])")  # the whole name, not "train"
     return [n for n, p in registry.PRIORS.items()
-            if p.file and name in str(registry.read_card(p.file).get("training_data", ""))]
+            if p.file and named.search(str(registry.read_card(p.file).get("training_data", "")))]
 
 
 def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
