@@ -106,8 +106,9 @@ def test_priors_trained_on_reads_the_cards():
     assert priors_trained_on("train_data/CQ100") == [] and priors_trained_on("x/train") == []
 
 
-def test_a_fit_on_two_folders_pools_their_calibration_crops(fitted_models, tmp_path):
-    """A second folder adds its own fit, calibration and check crops; the first folder's cached runs are reused."""
+def test_a_fit_on_two_folders_pools_their_calibration_crops(fitted_models, tmp_path, monkeypatch):
+    """A second folder adds its own fit, calibration and check crops; the first folder's cached runs are reused,
+    and a refit from the cache probes today's settings with one fresh run for both folders."""
     from restore.train import calibration as train
 
     root = fitted_models.parent
@@ -125,7 +126,11 @@ def test_a_fit_on_two_folders_pools_their_calibration_crops(fitted_models, tmp_p
     assert cell["images"] == [{"source": "data", "priors_trained_on_it": False},
                               {"source": "photos", "priors_trained_on_it": False}]
     assert (root / "runs" / "pmrf.flow-natural" / "photos" / "denoise-0.05000").is_dir()
+    probes = []
+    run_unit = train.run_unit
+    monkeypatch.setattr(train, "run_unit", lambda *a, **k: probes.append(a[6]) or run_unit(*a, **k))
     train.main(argv + ["--fit-only"])  # both folders' runs are cached now
+    assert len(probes) == 1
     assert json.loads(out.read_text())["cells"][0]["scores"] == cell["scores"]
 
 

@@ -106,26 +106,29 @@ def priors_trained_on(folder: str | Path) -> list[str]:
             if p.file and named.search(str(registry.read_card(p.file).get("training_data", "")))]
 
 
-def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path) -> list[dict]:
-    """Run (or read back) the solver on every (role, index, file, crop) unit of one cell."""
-    results, settings, priors = [], None, None
+def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path,
+             today: dict | None = None) -> list[dict]:
+    """Run (or read back) the solver on every (role, index, file, crop) unit of one cell. ``today`` (filled here
+    when empty: the solvers' settings and priors' digests of a fresh run) may be shared by the calls of one cell, so
+    the folders of a several-folder fit need one probe run between them."""
+    results, today = [], {} if today is None else today
     for role, i, name, x in units:
         path = cache / f"{fam}-{sigma:.5f}" / f"{role}-{i:03d}.pt"
         if path.exists():
             unit = torch.load(path, weights_only=True)
-            if settings is None:  # what this code runs now (every nested solver's config), from one fresh run
+            if not today:  # what this code runs now (every nested solver's config), from one fresh run
                 fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-                settings, priors = fresh["solvers"], fresh["priors"]
+                today.update(solvers=fresh["solvers"], priors=fresh["priors"])
             # one cached with other settings or weights, or for another image (other --fit / --cal / --seed draw
             # other files), is rerun
-            if (ran_as_today(unit, settings, priors, fam)
+            if (ran_as_today(unit, today["solvers"], today["priors"], fam)
                     and unit.get("file", name) == name and unit.get("spec") == planned_spec(fam, sigma, i)):
                 results.append(unit)
                 continue
             print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-        if settings is None:
-            settings, priors = unit["solvers"], unit["priors"]
+        if not today:
+            today.update(solvers=unit["solvers"], priors=unit["priors"])
         save_atomic(unit, path)
         print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
@@ -323,13 +326,14 @@ def supported_families(solver) -> list[str]:
     return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
 
 
-def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None, samples: int = 8) -> list[dict]:
+def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None, samples: int = 8,
+                today: dict | None = None) -> list[dict]:
     """The cached runs of one cell's ``units`` ((role, index, file, crop), the fit's plan), each for its planned file
     and task, and, given the ``restorer``, run by today's solver settings and prior weights (learnt from one fresh run
-    of the first unit, not kept): a missing or mismatched run is an error (run without --fit-only), since a cache
-    can hold runs of a setting tried and not kept."""
+    of the first unit, not kept; ``today`` as in :func:`run_cell`): a missing or mismatched run is an error (run
+    without --fit-only), since a cache can hold runs of a setting tried and not kept."""
     folder = cache / f"{fam}-{sigma:.5f}"
-    out, now = [], None
+    out, now = [], {} if today is None else today
     for role, i, name, x in units:
         path = folder / f"{role}-{i:03d}.pt"
         unit = torch.load(path, weights_only=True) if path.exists() else None
@@ -338,8 +342,9 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
             found = ("missing" if unit is None else f"cached for {unit.get('file', name)} ({unit.get('spec')})")
             raise SystemExit(f"{path}: {found}, planned for {name} ({spec}); run without --fit-only")
         if restorer is not None:
-            if now is None:
-                now = run_unit(restorer, fam, sigma, samples, i, name, x, role)
+            if not now:
+                fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
+                now.update(solvers=fresh["solvers"], priors=fresh["priors"])
             if not ran_as_today(unit, now["solvers"], now["priors"], fam):
                 raise SystemExit(f"{path}: cached with other solver settings or prior weights than today's; run "
                                  "without --fit-only")
@@ -437,13 +442,13 @@ def main(argv=None):
     cells, seconds = [], []
     for fam in families:
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
-            done, extra_fit = [], []
+            done, extra_fit, today = [], [], {}  # today: one probe of the current settings for all folders
             for plan in plans:
                 more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
                         enumerate(zip(plan.extra_files[:EXTRA_FIT.get(fam, 0)], plan.extra_crops))]
-                done += (cached_cell(plan.cache, fam, sigma, plan.units + more, restorer, args.samples)
+                done += (cached_cell(plan.cache, fam, sigma, plan.units + more, restorer, args.samples, today)
                          if args.fit_only else run_cell(restorer, fam, sigma, plan.units + more, args.samples,
-                                                        plan.cache))
+                                                        plan.cache, today))
                 extra_fit += [u[2] for u in more]
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
