@@ -145,6 +145,10 @@ def describe_uncertainty(meta: dict) -> str:
     if check["verdict"] == "poor fit":
         line += (f"; WARNING: the restored image does not explain the observation, intervals widened "
                  f"x{u['widening']:.2f}")
+    elif check["verdict"] == "fits the noise":  # y is cleaner than its stated noise, or the solver copied the noise
+        line += ("; NOTE: the observation is explained far better than its noise level predicts: it may be less "
+                 "noisy than stated (then the result is over-smoothed and the intervals too wide); check the noise "
+                 "level (sigma=auto estimates it)")
     if "warning" in u:
         line += f"; WARNING: {u['warning']}"
     return line + settings

@@ -14,6 +14,7 @@ import io as _io
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -344,6 +345,8 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="benchmark: d
 def main(argv: Optional[list[str]] = None):
     """Entry point: ``restore IMAGE ...`` is shorthand for ``restore run IMAGE ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # a user reads "warning: <why>", not the Python source line that raised it
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
     app(args=argv, prog_name="restore")

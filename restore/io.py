@@ -101,7 +101,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
         try:
             arr = iio.imread(path)
         except Exception as exc:  # imageio raises many types for undecodable data
-            raise ImageError(f"cannot read {path} as an image: {type(exc).__name__}: {exc}") from None
+            # imageio's own message ends in plugin install hints that do not help here: keep its first line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ImageError(f"cannot read {path} as an image: damaged, or not a PNG, JPEG, TIFF, BMP, WebP or GIF "
+                             f"file ({reason})") from None
     if arr.ndim == 4:  # animated GIF / multi-page TIFF: first frame
         warnings.warn(f"{path} holds {arr.shape[0]} frames; using the first", stacklevel=2)
         arr = arr[0]

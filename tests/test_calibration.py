@@ -789,3 +789,16 @@ def test_the_summary_line_says_when_the_holes_were_calibrated_apart():
     assert "the 9 % unobserved pixels calibrated apart (90 % multiplier 5.30 there, 2.10 elsewhere)" in line
     del u["groups"]
     assert "unobserved" not in describe_uncertainty({"uncertainty": u})
+
+
+def test_the_summary_line_suggests_checking_the_noise_level_when_the_fit_is_too_good():
+    from restore.batch import describe_uncertainty
+
+    u = {"status": "calibrated", "table": "calibration/pmrf.flow-natural.json", "cell": "denoise at 0.1",
+         "predicted_psnr": 30.0, "self_check": {"verdict": "consistent", "chi2_ratio": 0.9,
+                                                "expected_range": [0.8, 1.0]}}
+    assert "less noisy than stated" not in describe_uncertainty({"uncertainty": u})
+    u["self_check"] = {"verdict": "fits the noise", "chi2_ratio": 0.27, "expected_range": [0.8, 1.0]}
+    line = describe_uncertainty({"uncertainty": u})
+    assert "self-check fits the noise (chi2 ratio 0.27" in line and "less noisy than stated" in line
+    assert "sigma=auto" in line
