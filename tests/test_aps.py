@@ -179,3 +179,31 @@ def test_transformer_fine_tune_decays_its_lr_from_where_it_resumed(tmp_path):
     # the last step taken (step 6) ran at the curve's midpoint
     lr = ck["opt_tf"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_decoder_fine_tune_keeps_the_tokens_and_resumes(tokens, tmp_path):
+    """restore.train.token_decoder trains the decoder only: the exported prior encodes every image to the same
+    tokens (the transformer stays valid), its decoder moved, its card logs the stage; a resumed run continues."""
+    import json
+    import os
+    from pathlib import Path
+
+    from restore.train import token_decoder
+
+    make_image_folder(tmp_path / "data", 3, 70, 80)
+    source = Path(os.environ["RESTORE_MODELS"]) / "tokens-natural"  # where the fixture trained it
+    args = ["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "out" / "tok"),
+            "--ckpt", str(tmp_path / "ck.pt"), "--batch", "2", "--patch", "32", "--val-images", "1",
+            "--val-sizes", "32", "--val-every", "2", "--ckpt-every", "1", "--lr", "1e-2"]
+    token_decoder.main([*args, "--steps", "2"])
+    token_decoder.main([*args, "--steps", "4"])
+    card = json.loads((tmp_path / "out" / "tok.json").read_text())
+    stage = card["decoder_finetune"]
+    assert stage["steps"] == 4 and [e["step"] for e in stage["validation_log"]] == [0, 2, 4]
+    assert card["steps"] == tokens.card["steps"]  # the shipped prior's own training record stays
+    new = torch.load(tmp_path / "out" / "tok.pt", weights_only=True)["state_dict"]
+    old = tokens.module.state_dict()
+    for k, v in new.items():
+        same = torch.equal(v.float(), old[k].half().float())
+        assert same != k.startswith("tokenizer.dec."), k
+    assert torch.load(tmp_path / "ck.pt", weights_only=False)["step"] == 4

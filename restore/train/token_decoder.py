@@ -63,6 +63,7 @@ def main(argv=None):
     ap.add_argument("--lr-end", type=float, default=1e-6)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--val-images", type=int, default=8, help="last N training files held out (as the tokenizer's)")
+    ap.add_argument("--val-sizes", default="64,128", help="held-out centre-crop sizes (px) the log reports")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
@@ -87,7 +88,7 @@ def main(argv=None):
     files = list_images(args.data)
     train_imgs = load_uint8_images(files[:-args.val_images])
     held_out = load_uint8_images(files[-args.val_images:])
-    val = {"64": centre_crops(held_out, 64).to(dev), "128": centre_crops(held_out, 128).to(dev)}
+    val = {size: centre_crops(held_out, int(size)).to(dev) for size in args.val_sizes.split(",")}
 
     opt = torch.optim.Adam(prior.tokenizer.dec.parameters(), lr=args.lr)
     ema = EMA(prior.tokenizer.dec, args.ema)
@@ -143,7 +144,8 @@ def export(prior: TokenPrior, ema: EMA, card: dict, log: list, args, step: int, 
         "lr": f"cosine {args.lr:g} -> {args.lr_end:g} over {args.steps}", "ema": args.ema,
         "hardware": f"{args.device}, {args.threads} thread(s)", "wall_time_hours": round(seconds / 3600, 2),
         "command": command, "validation_log": log}
-    new_card["held_out_64px"] = dict(card.get("held_out_64px", {}), tokenizer_psnr=log[-1]["val_psnr"]["64"])
+    if "64" in log[-1]["val_psnr"]:
+        new_card["held_out_64px"] = dict(card.get("held_out_64px", {}), tokenizer_psnr=log[-1]["val_psnr"]["64"])
     write_json_atomic(new_card, out.with_suffix(".json"))
     print(f"exported {out}.pt: held-out tokenizer PSNR {log[0]['val_psnr']} -> {log[-1]['val_psnr']}", flush=True)
 
