@@ -21,7 +21,6 @@ across images, and how often the self-check flags a result. A reliability diagra
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -87,7 +86,7 @@ def evaluate(restorer, spec: str, truth: torch.Tensor, seed: int, samples: int) 
         if post.calibrated:
             row["coverage_90_missing"] = coverage(post, truth, 0.9, where=missing)
         if post.calibrated and post.calibration.grouped:  # what one multiplier for all pixels would have given there
-            pooled = dataclasses.replace(post.calibration, missing=None, _cache={})
+            pooled = post.calibration.pooled()
             row["coverage_90_missing_pooled"] = fraction_inside(truth, *pooled.interval(post.mean, 0.9), missing)
     if post.calibrated:
         row.update({k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "coverage_50_raw",

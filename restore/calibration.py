@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -381,6 +381,11 @@ class Calibration:
             curves = self.scores if group is None else self.group_scores[group]
             self._cache[key] = calibrated_lambda(curves, level, guarantee, delta)
         return self._cache[key]
+
+    def pooled(self) -> "Calibration":
+        """The same calibration with one multiplier for all pixels (the pooled score curves): what a cell not
+        calibrated by groups would give; a new object with its own multiplier cache."""
+        return replace(self, missing=None, group_scores=None, _cache={})
 
     def multiplier(self, level: float, guarantee: str = "crc", delta: float = 0.1) -> float | torch.Tensor:
         """l per pixel: a (1, C, H, W) map of each group's multiplier for a grouped cell, else the pooled number."""

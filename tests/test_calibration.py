@@ -722,6 +722,8 @@ def test_grouped_calibration_covers_the_holes_where_pooled_scores_do_not():
     split = cal.Calibration(scale, pooled, "calibrated", "t.json", "", 1.0, missing=missing,
                             group_scores=group_scores)
     assert not plain.grouped and split.grouped
+    assert not split.pooled().grouped  # pooled(): one multiplier for all pixels, as plain's
+    assert split.pooled().multiplier(0.9) == plain.multiplier(0.9) and split.grouped
     lam = split.multiplier(0.9)
     assert torch.is_tensor(lam) and float(lam[missing].min()) > 3 * float(lam[~missing].max())
     assert "separately" in split.guarantee(0.9) and "separately" not in plain.guarantee(0.9)
