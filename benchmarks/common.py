@@ -45,8 +45,9 @@ def data_root() -> Path:
 
 
 def image_paths(name: str) -> list[Path]:
-    """Image files of the data set folder ``name`` under the data root, sorted by name."""
-    folder = data_root() / name
+    """Image files of the data set folder ``name`` under the data root, or of a folder of this checkout when ``name``
+    is one (``train_data/CQ100``, made by a script: data/README.md), sorted by name."""
+    folder = REPO / name if "/" in name and (REPO / name).is_dir() else data_root() / name
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
 
 

@@ -371,7 +371,11 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="*", default=None, help="subset of task names")
     ap.add_argument("--methods", nargs="*", default=None,
                     help="subset of method names; with --resume the other methods' results stay in the file")
-    ap.add_argument("--images", type=int, default=None, help="only the first N images of the set")
+    ap.add_argument("--images", type=int, default=None,
+                    help="only the first N images of CBSD68 (of another --set: N spread evenly over it)")
+    ap.add_argument("--set", default="CBSD68",
+                    help="image set: a folder of the data root, or of this checkout (train_data/CQ100: photos no "
+                         "prior saw, made by scripts/get_cq100.py)")
     ap.add_argument("--subset", choices=["quick", "all"], default=None,
                     help="which CBSD68 images: the 4 fixed quick ones or all 68 (default: quick with --quick)")
     ap.add_argument("--crop", type=int, default=None, help="centre-crop size in px (default 128 quick, 256 full)")
@@ -395,11 +399,15 @@ def main(argv=None):
 
     from restore.priors import registry
 
-    check_cards_exclude("CBSD68", [n for n in registry.available() if registry.PRIORS[n].file])
+    check_cards_exclude(args.set, [n for n in registry.available() if registry.PRIORS[n].file])
     crop = args.crop or (128 if args.quick else 256)
     args.samples = args.samples or (2 if args.quick else 8)
     subset = args.subset or ("quick" if args.quick else "all")
-    images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
+    if args.set == "CBSD68":
+        images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
+    else:  # spread over the set, as benchmarks.uncertainty picks its crops
+        images = load_set(args.set, crop=crop)
+        images = images[::max(1, len(images) // args.images)][:args.images] if args.images else images
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
     if set(args.rerun) - set(all_tasks):
         raise SystemExit(f"--rerun: unknown task(s) {', '.join(sorted(set(args.rerun) - set(all_tasks)))}; "
@@ -415,6 +423,8 @@ def main(argv=None):
                    if (k in args.methods if args.methods else not (trimmed and v.get("full_only")))}
     settings = {"images": [n for n, _ in images], "crop": crop, "samples": args.samples, "tasks": all_tasks,
                 "methods": all_methods}
+    if args.set != "CBSD68":  # (files written before --set existed are CBSD68's and resume as they are)
+        settings["set"] = args.set
     name = "quality_quick" if trimmed else ("quality_paper_quick" if args.quick else "quality")
     hold_results_lock(Path(args.out) if args.out else RESULTS / f"{name}.json")
     per_image, done = [], set()

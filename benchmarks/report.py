@@ -46,7 +46,9 @@ def _quality(data: dict) -> str:
             "quality": "every solver at its default (paper) settings"}.get(data.get("benchmark"), "")
     jobs = (f", {data['jobs']} processes of {data['threads_per_job']} thread each (seconds are per image in one "
             "process)") if data.get("jobs") else ""
-    return (f"**Solvers on CBSD68 crops{', ' + kind if kind else ''}** ({len(data['images'])} images, "
+    where = {"train_data/CQ100": "CQ100 photos (no prior or table saw them)"}.get(data.get("set"),
+                                                                                    data.get("set", "CBSD68"))
+    return (f"**Solvers on {where} crops{', ' + kind if kind else ''}** ({len(data['images'])} images, "
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval; psnr_ci95 = "
             "half-width of the 95 % confidence interval of the mean PSNR across images)"
@@ -243,7 +245,7 @@ def _priors(data: dict) -> str:
 
 
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
-RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality,
+RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality, "quality_cq100": _quality,
           "quality_vble_paper_quick": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise,
           "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "

@@ -9,7 +9,10 @@ Each calibrated solver (a table in ``models/calibration/``) runs at its defaults
 - ``CBSD68 off-grid``: noise levels between the grid points (denoising 35/255, Gaussian deblurring at 0.02), where
   the tables interpolate and claim only an approximate guarantee;
 - ``CBSD68 user masks``: inpainting with masks of shapes the tables never saw (``benchmarks.masks``: strokes and
-  ellipses), calibrated with the region cell as every user mask is.
+  ellipses), calibrated with the region cell as every user mask is;
+- ``CQ100 (photos no prior saw)``: 128 px centre crops of recent photos (``train_data/CQ100``, made by
+  ``scripts/get_cq100.py``; skipped when absent), the 6 tasks: how tables fitted on Berkeley's scans hold on the
+  photos users bring.
 Per task: PSNR, coverage of the 50/90/95 % intervals raw (the samples' spread) and calibrated, the fraction of
 images below 90 - 3 % coverage, the 90 % coverage inside inpainting's holes (the pixels the solver invents), mean
 90 % interval width, std-|error| Spearman raw and calibrated beside its
@@ -29,10 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, S, hold_results_lock, load_set, table, tasks, write_results
+from benchmarks.common import REPO, RESULTS, S, hold_results_lock, load_set, table, tasks, write_results
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 TARGET_GAP = 0.03  # the design's tolerance around the nominal level
+
+
+CQ100_SET, CQ100_FOLDER = "CQ100 (photos no prior saw)", "train_data/CQ100"
 
 
 def task_sets(crop: int = 128) -> dict[str, tuple[str, dict[str, str]]]:
@@ -51,6 +57,9 @@ def task_sets(crop: int = 128) -> dict[str, tuple[str, dict[str, str]]]:
         # masks of shapes calibration never saw: strokes (scratches, wires) and ellipses (objects removed)
         "CBSD68 user masks": ("CBSD68", {f"inpaint_{k}": f"inpaint:mask:path={mask_file(k, crop)},noise=0.010000"
                                          for k in ("strokes", "ellipses")}),
+        # photos of today (Wikimedia Commons, 2010s cameras) that no prior and no table saw: the shift from
+        # Berkeley's 1990s film scans to the photos users bring (python scripts/get_cq100.py makes the folder)
+        CQ100_SET: (CQ100_FOLDER, base),
     }
 
 
@@ -179,12 +188,15 @@ def main(argv=None):
     done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}
     sets = task_sets(args.crop)
     chosen = list(sets) if args.sets == "all" else args.sets.split(",")
+    if args.sets == "all" and not (REPO / CQ100_FOLDER).is_dir():
+        print(f"{CQ100_SET}: skipped ({CQ100_FOLDER} is missing; python scripts/get_cq100.py makes it)", flush=True)
+        chosen.remove(CQ100_SET)
     images = {}
     for name in chosen:
         folder, _ = sets[name]
         if folder not in images:
             all_imgs = load_set(folder, crop=args.crop)
-            n = args.images if folder == "CBSD68" else min(args.images, 8)
+            n = args.images if folder in ("CBSD68", CQ100_FOLDER) else min(args.images, 8)
             images[folder] = all_imgs[:: max(1, len(all_imgs) // n)][:n]
 
     def save():

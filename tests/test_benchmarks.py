@@ -267,6 +267,25 @@ def test_quality_run_answers_unrunnable_units_at_once_and_a_methods_rerun_keeps_
         quality.main(common + ["--methods", "no such method"])
 
 
+def test_quality_on_another_set_spreads_its_images_and_records_the_set(tmp_path, monkeypatch):
+    from benchmarks import report
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "Photos", 4, 40, 40)
+    monkeypatch.setenv("RESTORE_DATA", str(tmp_path))
+    out = tmp_path / "q.json"
+    common = ["--set", "Photos", "--images", "2", "--crop", "32", "--samples", "2", "--tasks", "denoise25",
+              "--methods", "input", "--out", str(out)]
+    quality.main(common)
+    data = json.loads(out.read_text())
+    files = sorted(p.name for p in (tmp_path / "Photos").iterdir())
+    assert data["set"] == "Photos" and data["images"] == [files[0], files[2]]
+    assert "Photos crops" in report._quality(data)
+    make_image_folder(tmp_path / "CBSD68", 2, 40, 40)
+    with pytest.raises(SystemExit, match="other settings"):  # a CBSD68 run cannot resume a file of another set
+        quality.main([a for a in common if a not in ("--set", "Photos")] + ["--subset", "all", "--resume"])
+
+
 def _real_pairs(root, clean: torch.Tensor, shift_noisy: bool = False):
     """A CC15-like folder of two noisy/clean pairs whose noise is spatially correlated (blurred), like camera noise."""
     from restore.io import write_image
