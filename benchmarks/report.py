@@ -46,9 +46,9 @@ def _quality(data: dict) -> str:
             "quality": "every solver at its default (paper) settings"}.get(data.get("benchmark"), "")
     jobs = (f", {data['jobs']} processes of {data['threads_per_job']} thread each (seconds are per image in one "
             "process)") if data.get("jobs") else ""
-    where = {"train_data/CQ100": "CQ100 photos (no prior or table saw them)"}.get(data.get("set"),
-                                                                                    data.get("set", "CBSD68"))
-    return (f"**Solvers on {where} crops{', ' + kind if kind else ''}** ({len(data['images'])} images, "
+    where = {"train_data/CQ100": "crops of CQ100 photos no prior or table saw"}.get(
+        data.get("set"), f"{data.get('set', 'CBSD68')} crops")
+    return (f"**Solvers on {where}{', ' + kind if kind else ''}** ({len(data['images'])} images, "
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval; psnr_ci95 = "
             "half-width of the 95 % confidence interval of the mean PSNR across images)"
