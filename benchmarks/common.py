@@ -72,6 +72,11 @@ def load_set(name: str, crop: int | None = None, files: tuple[str, ...] | None =
     return [(p.name, centre_crop(read_image(p), crop)) for p in paths]
 
 
+def spread(items: list, n: int | None) -> list:
+    """``n`` of ``items`` spread evenly over them (every len/n-th, from the first); all of them when n is None."""
+    return items if not n else items[::max(1, len(items) // n)][:n]
+
+
 def check_cards_exclude(eval_set: str, prior_names: list[str]):
     """Refuse to benchmark a prior whose model card says it saw ``eval_set`` in training."""
     from restore.priors import registry

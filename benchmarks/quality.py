@@ -28,7 +28,8 @@ import torch
 
 from benchmarks import classical
 from benchmarks.common import (PAIRED_COLUMNS, QUICK_CBSD68, RESULTS, check_cards_exclude, hold_results_lock,
-                               in_processes, load_set, paired_against, summary_row, table, tasks, write_results)
+                               in_processes, load_set, paired_against, spread, summary_row, table, tasks,
+                               write_results)
 
 
 
@@ -406,8 +407,7 @@ def main(argv=None):
     if args.set == "CBSD68":
         images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     else:  # spread over the set, as benchmarks.uncertainty picks its crops
-        images = load_set(args.set, crop=crop)
-        images = images[::max(1, len(images) // args.images)][:args.images] if args.images else images
+        images = spread(load_set(args.set, crop=crop), args.images)
     all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
     if set(args.rerun) - set(all_tasks):
         raise SystemExit(f"--rerun: unknown task(s) {', '.join(sorted(set(args.rerun) - set(all_tasks)))}; "

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import REPO, RESULTS, S, hold_results_lock, load_set, table, tasks, write_results
+from benchmarks.common import REPO, RESULTS, S, hold_results_lock, load_set, spread, table, tasks, write_results
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 TARGET_GAP = 0.03  # the design's tolerance around the nominal level
@@ -195,9 +195,8 @@ def main(argv=None):
     for name in chosen:
         folder, _ = sets[name]
         if folder not in images:
-            all_imgs = load_set(folder, crop=args.crop)
             n = args.images if folder in ("CBSD68", CQ100_FOLDER) else min(args.images, 8)
-            images[folder] = all_imgs[:: max(1, len(all_imgs) // n)][:n]
+            images[folder] = spread(load_set(folder, crop=args.crop), n)
 
     def save():
         rows = summarise(units)

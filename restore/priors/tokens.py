@@ -79,16 +79,20 @@ class FSQTokenizer(nn.Module):
         digits = (codes.movedim(1, -1) * self.half_levels + self.half_levels).round().long()
         return (digits * self.basis).sum(-1)
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantised code embeddings (B, d, h, w) of images x (B, 3, H, W) in [0, 1]."""
+        return self.quantize(self.enc(x * 2 - 1))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Token indices (B, h, w) of images x."""
-        return self.codes_to_indices(self.quantize(self.enc(x * 2 - 1)))
+        return self.codes_to_indices(self.codes(x))
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) code embeddings -> images (B, 3, 4h, 4w), unclipped [0, 1] scale."""
         return self.dec(codes) * 0.5 + 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode_codes(self.quantize(self.enc(x * 2 - 1)))
+        return self.decode_codes(self.codes(x))
 
 
 class MaskedTokenTransformer(nn.Module):

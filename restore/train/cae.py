@@ -23,8 +23,9 @@ import torch
 
 from restore.files import save_atomic, write_json_atomic
 from restore.priors.cae import build
-from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, training_command, training_device, warm_start)
+from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, cosine_lr, half_state_dict,
+                                  list_images, load_uint8_images, random_patches, training_command, training_device,
+                                  warm_start)
 
 
 @torch.no_grad()
@@ -150,7 +151,7 @@ def main(argv=None):
     while step < args.steps:
         if args.cosine_to is not None:
             for g in opt.param_groups:
-                g["lr"] = args.cosine_to + (args.lr - args.cosine_to) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+                g["lr"] = cosine_lr(step, args.steps, args.lr, args.cosine_to)
         x = random_patches(train_imgs, args.batch, args.patch, gen, colour_fraction=args.colour_aug).to(dev)
         out = net(x)
         loss = crit(out, x)["loss"]

@@ -106,6 +106,13 @@ def priors_trained_on(folder: str | Path) -> list[str]:
             if p.file and named.search(str(registry.read_card(p.file).get("training_data", "")))]
 
 
+def remember_today(today: dict, unit: dict) -> None:
+    """Keep the solvers' settings and the priors' digests a fresh ``unit`` ran with in ``today``, unless it already
+    holds a probe's (the first fresh run of a cell stands for all its folders)."""
+    if not today:
+        today.update(solvers=unit["solvers"], priors=unit["priors"])
+
+
 def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache: Path,
              today: dict | None = None) -> list[dict]:
     """Run (or read back) the solver on every (role, index, file, crop) unit of one cell. ``today`` (filled here
@@ -117,8 +124,7 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
         if path.exists():
             unit = torch.load(path, weights_only=True)
             if not today:  # what this code runs now (every nested solver's config), from one fresh run
-                fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-                today.update(solvers=fresh["solvers"], priors=fresh["priors"])
+                remember_today(today, run_unit(restorer, fam, sigma, samples, i, name, x, role))
             # one cached with other settings or weights, or for another image (other --fit / --cal / --seed draw
             # other files), is rerun
             if (ran_as_today(unit, today["solvers"], today["priors"], fam)
@@ -127,8 +133,7 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
                 continue
             print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
         unit = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-        if not today:
-            today.update(solvers=unit["solvers"], priors=unit["priors"])
+        remember_today(today, unit)
         save_atomic(unit, path)
         print(f"{fam} sigma {sigma:.4f} {role} {i}: {unit['seconds']:.1f} s, "
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
@@ -343,8 +348,7 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
             raise SystemExit(f"{path}: {found}, planned for {name} ({spec}); run without --fit-only")
         if restorer is not None:
             if not now:
-                fresh = run_unit(restorer, fam, sigma, samples, i, name, x, role)
-                now.update(solvers=fresh["solvers"], priors=fresh["priors"])
+                remember_today(now, run_unit(restorer, fam, sigma, samples, i, name, x, role))
             if not ran_as_today(unit, now["solvers"], now["priors"], fam):
                 raise SystemExit(f"{path}: cached with other solver settings or prior weights than today's; run "
                                  "without --fit-only")

@@ -1,8 +1,10 @@
-"""Shared pieces of the training scripts: image loading, random patches, EMA, atomic resumable checkpoints."""
+"""Shared pieces of the training scripts: image loading, random patches, EMA, the cosine lr schedule, atomic
+resumable checkpoints."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -127,6 +129,12 @@ def half_state_dict(state: dict) -> dict:
         return h if fits else v
 
     return {k: to_half(v) for k, v in state.items()}
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_end: float) -> float:
+    """The learning rate at ``step`` of a cosine decay from ``lr`` (step 0) to ``lr_end`` (step ``total`` and after)."""
+    frac = min(1.0, max(0.0, step / max(total, 1)))
+    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 class Clock:

@@ -24,7 +24,7 @@ import torch
 
 from restore.files import save_atomic, write_json_atomic
 from restore.priors.denoiser import SIGMA_DATA, ScoreDenoiser, count_parameters
-from restore.train.common import (EMA, Checkpointer, Clock, centre_crops, half_state_dict, list_images,
+from restore.train.common import (EMA, Checkpointer, Clock, centre_crops, cosine_lr, half_state_dict, list_images,
                                   load_uint8_images, random_patches, training_command, training_device, warm_start)
 
 VAL_SIGMAS_255 = (15, 25, 50)
@@ -156,7 +156,7 @@ def main(argv=None):
     run_start = time.time()
     t_last, loss_acc = time.time(), 0.0
     while step < args.steps:
-        lr = 1e-6 + (args.lr - 1e-6) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        lr = cosine_lr(step, args.steps, args.lr, 1e-6)
         for g in opt.param_groups:
             g["lr"] = lr
         x = random_patches(train_imgs, args.batch, args.patch, gen, grey_fraction=args.grey_fraction)

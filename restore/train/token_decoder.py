@@ -14,40 +14,29 @@ with its validation log (PSNR of the EMA decoder on held-out crops, 64 px as the
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from restore.files import save_atomic, write_json_atomic
+from restore.metrics import psnr
 from restore.priors.tokens import TokenPrior
-from restore.train.common import (EMA, Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, training_command,
-                                  training_device)
+from restore.train.common import (EMA, Checkpointer, Clock, Deadline, centre_crops, cosine_lr, half_state_dict,
+                                  list_images, load_uint8_images, random_patches, training_command, training_device)
 
 
 @torch.no_grad()
 def decoder_psnr(prior: TokenPrior, decoder_state: dict | None, val: torch.Tensor, chunk: int = 8) -> float:
     """Mean PSNR (dB) of the tokenizer's reconstruction of ``val`` (N, 3, H, W) in [0, 1], with ``decoder_state`` (the
-    EMA weights) loaded into a copy of the decoder when given."""
-    dec = prior.tokenizer.dec
+    EMA weights) loaded into a copy of the tokenizer when given."""
+    tokenizer = prior.tokenizer
     if decoder_state is not None:
-        import copy
-        dec = copy.deepcopy(dec)
-        dec.load_state_dict(decoder_state)
-    dec.eval()
-    values = []
-    for i in range(0, len(val), chunk):
-        x = val[i:i + chunk]
-        rec = (dec(prior.tokenizer.quantize(prior.tokenizer.enc(x * 2 - 1))) * 0.5 + 0.5).clamp(0, 1)
-        values.append(10 * torch.log10(1 / ((rec - x) ** 2).flatten(1).mean(1)))
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.dec.load_state_dict(decoder_state)
+    values = [psnr(tokenizer(val[i:i + chunk]), val[i:i + chunk]) for i in range(0, len(val), chunk)]
     return round(float(torch.cat(values).mean()), 3)
-
-
-def cosine_lr(step: int, total: int, lr: float, lr_end: float) -> float:
-    frac = min(1.0, step / max(total, 1))
-    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def main(argv=None):
@@ -110,7 +99,7 @@ def main(argv=None):
     while step < args.steps and not deadline.passed:
         x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         with torch.no_grad():
-            codes = prior.tokenizer.quantize(prior.tokenizer.enc(x * 2 - 1))
+            codes = prior.tokenizer.codes(x)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, args.lr_end)
         loss = ((prior.tokenizer.decode_codes(codes) - x) ** 2).mean()

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from restore.files import save_atomic, write_json_atomic
 from restore.priors.tokens import TokenPrior
-from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, training_command, training_device, warm_start)
+from restore.train.common import (Checkpointer, Clock, Deadline, centre_crops, cosine_lr, half_state_dict,
+                                  list_images, load_uint8_images, random_patches, training_command, training_device,
+                                  warm_start)
 
 
 @torch.no_grad()
@@ -106,14 +107,13 @@ def main(argv=None):
     def transformer_lr(s: int) -> float:
         if args.tf_cosine_to is None or total <= decay_from:
             return args.tf_lr
-        frac = min(1.0, max(0.0, (s - decay_from) / (total - decay_from)))
-        return args.tf_cosine_to + (args.tf_lr - args.tf_cosine_to) * 0.5 * (1 + math.cos(math.pi * frac))
+        return cosine_lr(s - decay_from, total - decay_from, args.tf_lr, args.tf_cosine_to)
 
     prior.train()
     while step < total:
         x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         if step < args.tokenizer_steps:
-            lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / args.tokenizer_steps))
+            lr = cosine_lr(step, args.tokenizer_steps, 1e-3, 0.0)
             for g in opt_tok.param_groups:
                 g["lr"] = max(lr, 1e-5)
             rec = prior.tokenizer(x)
