@@ -28,12 +28,15 @@ inpainting far ahead. PMRF approximates a deterministic transport of the mean, s
 is small): read the std as sensitivity to the source noise, not a calibrated posterior std. The flow runs
 forward-only, so a quantised backbone is allowed here.
 
-What ``Posterior.mean`` holds (ours): where the first stage is a posterior-mean estimate in its own right (the
-denoiser D(y, sigma_y) on denoising, HQS on deblurring), the estimate is that first stage and the flow outputs are
-the samples; elsewhere (the first stage a RED-Diff run, a mode-seeking variational fit) it is the average of the
-flow outputs, which measured better there (held-out Gaussian deblurring 30.19 against RED-Diff's 29.78 dB; with the
-HQS mean the flow average at the card's 2 steps gave 30.26 / 26.49 against HQS's own 30.54 / 26.54 at
-lambda 0.5, sigma_max 49/255). The flow trades distortion for realism, and on
+What ``Posterior.mean`` holds (ours): the first stage, with the flow outputs as the samples, except on deblurring
+with a RED-Diff first stage (noise above HQS's ``max_noise``, or ``mean_source=reddiff``), where the average of the
+flow outputs measured level or better (held-out Gaussian deblurring at noise 0.01 30.19 against RED-Diff's 29.78 dB;
+at noise 0.07 on 8 held-out 128 px crops 23.66 / 23.67 Gaussian sigma 2 and 23.30 / 23.22 Levin motion, flow average
+/ first stage; ``runs``-style script in docs/solvers.md). Everywhere else the flow average lost to its own first stage
+on the held-out crops: with the HQS mean at the card's 2 steps 30.26 / 26.49 against HQS's 30.54 / 26.54 (Gaussian /
+motion deblurring); with RED-Diff's mean on x4 SR 24.11 against 24.29 dB (8 crops, 7 won by the first stage), on 50 %
+random inpainting 28.67 against 28.88 and on 30 % boxes 30.37 against 30.62 (4 crops; on 4 recent CQ100 photos 28.28
+/ 28.87 and 27.51 / 28.44: the unconditional flow moves the observed pixels of sharp photos, 2026-12-05). The flow trades distortion for realism, and on
 denoising it costs a lot where the noise is light: on 6 held-out 128 px BSD432 crops (``python -m
 benchmarks.lownoise``, ``benchmarks/results/lownoise.json``) the flow average had 37.59 / 35.61 / 34.06 / 32.86 /
 31.14 dB at noise 2.55 / 5 / 7.5 / 10 / 15 /255 against D(y)'s 44.20 / 39.44 / 36.71 / 34.87 / 32.48, and at
@@ -55,6 +58,7 @@ from restore.solvers.hqs import HQSSettings
 from restore.tasks import kind_of
 
 PAPER_STEPS = 25  # K in the paper's inference.sh
+ESTIMATES = ("auto", "first-stage", "flow-average")  # PMRFConfig.estimate
 
 
 @dataclass
@@ -65,6 +69,9 @@ class PMRFConfig:
     mean_prior: str | None = None  # None: the flow card's mean_denoiser
     mean_options: dict | None = None  # config overrides for the mean-source solver, e.g. {"steps": 30} for reddiff
     precision: str = "auto"  # the flow (and the denoiser mean) under bf16 autocast where the CPU has native bf16
+    # what Posterior.mean holds: "first-stage" (the posterior-mean stage), "flow-average" (the average of the flow
+    # samples, the paper's output averaged) or "auto": the first stage except deblurring from RED-Diff (docstring)
+    estimate: str = "auto"
     # task families whose posterior mean comes from elsewhere (unless given explicitly): deblurring from plug-and-play
     # HQS on the denoiser (restore.solvers.hqs), +0.7 / +1.4 dB over RED-Diff's mean on held-out Gaussian / camera-shake
     # blur in about half the time (module docstring); HQS's own defaults, written out so that provenance sees a change
@@ -80,7 +87,7 @@ class PMRFSolver(Solver):
     paper = "Ohayon, Michaeli, Elad, Posterior-Mean Rectified Flow, ICLR 2025"
     # the paper's K = 25, with the posterior mean from RED-Diff's paper settings (the default mean uses its fast ones)
     presets = {"paper": {"flow_steps": 25, "mean_options": {"preset": "paper"}, "precision": "float",
-                         "per_family": None}}
+                         "per_family": None, "estimate": "flow-average"}}
     # the flow runs forward-only, so int8 is allowed (`--quant int8`), but not the default: at 256 px it saved 1.7 s
     # on denoising and lost 0.25 dB there (benchmarks.speed --targets --solvers pmrf), where bf16 (precision="auto")
     # loses nothing
@@ -143,6 +150,17 @@ class PMRFSolver(Solver):
             return cfg.mean_source, options
         return ("denoiser" if kind == "denoise" else "reddiff"), options
 
+    def __init__(self, config=None, preset: str | None = None, **overrides):
+        super().__init__(config, preset, **overrides)
+        if self.config.estimate not in ESTIMATES:
+            raise SolverError(f"pmrf estimate must be one of {', '.join(ESTIMATES)}; got {self.config.estimate!r}")
+
+    def reports_first_stage(self, kind: str | None, source: str) -> bool:
+        """Whether ``Posterior.mean`` is the first stage (else the flow average) for a task kind and mean source."""
+        if self.config.estimate != "auto":
+            return self.config.estimate == "first-stage"
+        return not (kind == "deblur" and source not in ("denoiser", "hqs"))
+
     def mean_source_for(self, kind: str | None, sigma_y: float | None = None) -> str:
         """Where the posterior mean comes from (:meth:`mean_plan`'s source)."""
         return self.mean_plan(kind, sigma_y)[0]
@@ -197,12 +215,11 @@ class PMRFSolver(Solver):
                                  generator=generator,
                                  progress=lambda i, k: progress(0.5 + 0.5 * i / k, f"flow step {i}/{k}"))
         average = samples.mean(0, keepdim=True)
-        # the estimate: the first stage where it is a posterior-mean estimate in its own right, the learned MMSE
-        # denoiser or HQS on it (the flow, which trades distortion for realism, lost 1.3-6.6 dB to D(y) on light
-        # noise, and 0.3 dB to HQS on held-out Gaussian deblurring), the flow average otherwise (RED-Diff's output
-        # is a mode-seeking variational fit, and the flow average measured better than it)
+        # the estimate: the first stage, a posterior-mean approximation (the flow trades distortion for realism and
+        # lost 0.2-6.6 dB to it on held-out crops, module docstring), except a RED-Diff stage on deblurring, where
+        # the flow average measured level or better
         source = self.mean_source_for(kind_of(physics), noise_sigma(physics, y))
-        first_stage = source in ("denoiser", "hqs")
+        first_stage = self.reports_first_stage(kind_of(physics), source)
         return Posterior(mean=mean if first_stage else average, samples=samples,
                          meta={"sigma_s": sigma_s, "flow_steps": steps, "flow_steps_from": steps_from,
                                "precision": "bf16" if bf16 else "float32", "mean_source": source,
