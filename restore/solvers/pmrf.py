@@ -28,16 +28,18 @@ inpainting far ahead. PMRF approximates a deterministic transport of the mean, s
 is small): read the std as sensitivity to the source noise, not a calibrated posterior std. The flow runs
 forward-only, so a quantised backbone is allowed here.
 
-What ``Posterior.mean`` holds (ours): the first stage, with the flow outputs as the samples, except on deblurring
-with a RED-Diff first stage (noise above HQS's ``max_noise``, or ``mean_source=reddiff``), where the average of the
-flow outputs measured level or better (held-out Gaussian deblurring at noise 0.01 30.19 against RED-Diff's 29.78 dB;
-at noise 0.07 on 8 held-out 128 px crops 23.66 / 23.67 Gaussian sigma 2 and 23.30 / 23.22 Levin motion, flow average
-/ first stage; ``runs``-style script in docs/solvers.md). Everywhere else the flow average lost to its own first stage
-on the held-out crops: with the HQS mean at the card's 2 steps 30.26 / 26.49 against HQS's 30.54 / 26.54 (Gaussian /
-motion deblurring); with RED-Diff's mean on x4 SR 24.11 against 24.29 dB (8 crops, 7 won by the first stage), on 50 %
-random inpainting 28.67 against 28.88 and on 30 % boxes 30.37 against 30.62 (4 crops; on 4 recent CQ100 photos 28.28
-/ 28.87 and 27.51 / 28.44: the unconditional flow moves the observed pixels of sharp photos, 2026-12-05). The flow trades distortion for realism, and on
-denoising it costs a lot where the noise is light: on 6 held-out 128 px BSD432 crops (``python -m
+What ``Posterior.mean`` holds (ours, ``estimate="auto"``): the first stage, with the flow outputs as the samples,
+except on deblurring with a RED-Diff first stage (noise above HQS's ``max_noise``, or ``mean_source=reddiff``), where
+the average of the flow outputs measured level or better (held-out Gaussian deblurring at noise 0.01: 30.19 against
+RED-Diff's 29.78 dB; at noise 0.07, 8 held-out 128 px crops: Gaussian sigma 2 23.66 / 23.67, Levin motion 23.30 /
+23.22, flow average / first stage). Everywhere else the flow average lost to its own first stage: with HQS's mean at
+the card's 2 steps 30.26 / 26.49 against HQS's 30.54 / 26.54 (Gaussian / motion deblurring); with RED-Diff's mean
+on the 8 held-out 128 px crops x4 SR 24.11 / 24.29, 50 % random inpainting 28.09 / 28.23 and 30 % boxes 29.18 /
+29.33 (``python -m restore.train.tune --solver pmrf --tasks sr4 inpaint_random50 inpaint_box --images 8 --crop 128
+--samples 8 --grid estimate=first-stage,flow-average``, 2026-12-05), and more on recent photos (4 CQ100 crops:
+28.28 / 28.87 random, 27.51 / 28.44 box: the unconditional flow moves the observed pixels of sharp photos).
+``estimate="flow-average"`` (the paper preset) reports the average anyway. The flow trades distortion for realism,
+and on denoising it costs a lot where the noise is light: on 6 held-out 128 px BSD432 crops (``python -m
 benchmarks.lownoise``, ``benchmarks/results/lownoise.json``) the flow average had 37.59 / 35.61 / 34.06 / 32.86 /
 31.14 dB at noise 2.55 / 5 / 7.5 / 10 / 15 /255 against D(y)'s 44.20 / 39.44 / 36.71 / 34.87 / 32.48, and at
 2.55/255 it was 2.5 dB below the noisy input (40.08). ``meta["estimate"]`` says which the run reports.
