@@ -41,11 +41,12 @@ def test_schedule_and_settings_errors():
         hqs.HQSSettings.from_options({"steps": 0})
 
 
-def test_pmrf_takes_its_deblurring_mean_from_hqs_unless_told_otherwise():
+def test_pmrf_takes_its_deblurring_and_sr_mean_from_hqs_unless_told_otherwise():
     from restore.solvers.pmrf import PMRFSolver
 
     assert [PMRFSolver().mean_source_for(k) for k in ("denoise", "deblur", "sr", "inpaint")] == \
-        ["denoiser", "hqs", "reddiff", "reddiff"]
+        ["denoiser", "hqs", "hqs", "reddiff"]
+    assert PMRFSolver().settings_for("sr")[0].mean_options["steps"] == 16  # SR's own scan (pmrf docstring)
     assert PMRFSolver(mean_source="reddiff").mean_source_for("deblur") == "reddiff"
     # mean options given for the default source keep the family from switching it
     assert PMRFSolver(mean_options={"steps": 20}).mean_source_for("deblur") == "reddiff"
@@ -57,17 +58,18 @@ def test_pmrf_takes_its_deblurring_mean_from_hqs_unless_told_otherwise():
     assert PMRFSolver().cost(task, 8) < PMRFSolver(mean_source="reddiff").cost(task, 8)
 
 
-def test_a_result_from_before_the_change_is_stale_only_for_deblurring():
-    """Provenance compares settings per task kind: switching deblurring's mean source stales deblurring results,
+def test_a_result_from_before_the_change_is_stale_only_for_the_families_it_moved():
+    """Provenance compares settings per task kind: switching deblurring's and SR's mean source stales their results,
     not the other families' (whose settings did not change)."""
     from restore.provenance import canonical
 
     now = canonical(dataclasses.asdict(base.get("pmrf").config))
     then = {k: v for k, v in now.items() if k != "per_family"}  # the config as recorded before per_family existed
     prov = {"solvers": [{"name": "pmrf", "options": {}, "config": then}], "priors": {}}
-    assert stale.reasons(prov, "denoise") == [] and stale.reasons(prov, "sr") == []
-    reasons = stale.reasons(prov, "deblur")
-    assert len(reasons) == 1 and "mean_source" in reasons[0] and "mean_options" in reasons[0]
+    assert stale.reasons(prov, "denoise") == [] and stale.reasons(prov, "inpaint-region") == []
+    for family in ("deblur", "sr"):
+        reasons = stale.reasons(prov, family)
+        assert len(reasons) == 1 and "mean_source" in reasons[0] and "mean_options" in reasons[0]
 
 
 def test_pmrf_deblurring_reports_the_hqs_stage(clean_rgb, tmp_path, monkeypatch):

@@ -48,3 +48,14 @@ def test_camera_noise_is_signal_dependent_and_correlated():
     assert float(torch.corrcoef(torch.stack([n[0].flatten(), n[1].flatten()]))[0, 1]) > 0.3
     with pytest.raises(ValueError, match="unknown camera-noise level"):
         camera_noise.simulate(dark, "medium", g())
+
+
+def test_tuning_only_x2_sr_is_a_calibration_family_the_benchmarks_lack():
+    """``--tasks sr2`` scans x2 SR, which the calibration grid has (cell sr2) and the benchmark's six do not."""
+    from benchmarks.common import tasks as benchmark_tasks
+    from restore.calibration import family
+    from restore.tasks import parse
+
+    spec = parse(tune.EXTRA["sr2"])
+    assert dict(spec.params)["factor"] == 2 and family(spec)[0] == "sr2"
+    assert not set(tune.EXTRA) & set(benchmark_tasks())

@@ -14,19 +14,22 @@ paper's setting, and a card without ``euler_steps`` gets 25 too.
 
 The posterior mean comes from a configurable source: ``mean_source="denoiser"`` (D(y, sigma_y) from the flow card's
 ``mean_denoiser``; denoising only), ``"hqs"`` (plug-and-play half-quadratic splitting on that denoiser,
-``restore.solvers.hqs``) or any registered solver name (``reddiff``) run once, taking its ``Posterior.mean``.
-``"auto"`` (default) takes the denoiser on denoising and RED-Diff elsewhere, except where ``per_family`` says
-otherwise: deblurring takes HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS by
-0.5-1.6 dB at 0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one
-denoiser for all tasks, and which approximation of the posterior mean serves best is measured per family. On
-deblurring HQS beat RED-Diff clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1
-/ noise 2.55 and Levin camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 /
-27.13 with HQS's, in 4.7 s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1
-deblur_motion --images 8 --crop 128 --samples 8 --grid mean_source=reddiff,hqs``; HQS's settings' scan is in
-``restore.solvers.hqs``); on x4 SR RED-Diff stayed ahead (23.72 against 23.67 at 24 HQS steps on 4 crops), and on
-inpainting far ahead. PMRF approximates a deterministic transport of the mean, so the samples differ little (sigma_s
-is small): read the std as sensitivity to the source noise, not a calibrated posterior std. The flow runs
-forward-only, so a quantised backbone is allowed here.
+``restore.solvers.hqs``) or any registered solver name (``reddiff``) run once, taking its ``Posterior.mean``. ``"auto"``
+(default) takes the denoiser on denoising and RED-Diff elsewhere, except where ``per_family`` says otherwise: deblurring
+and SR take HQS up to observation noise 0.05 (HQS's ``max_noise``; above it RED-Diff, which led HQS by 0.5-1.6 dB at
+0.07-0.1 on held-out crops). The paper trains a dedicated MMSE network for each task; we have one denoiser for all
+tasks, and which approximation of the posterior mean serves best is measured per family. On deblurring HQS beat RED-Diff
+clearly (2026-12-04, 8 held-out BSD432 crops of 128 px, the benchmark's Gaussian sigma 1 / noise 2.55 and Levin
+camera-shake / noise 7.65 tasks, 8 samples: PMRF 29.88 / 25.69 dB with RED-Diff's mean, 30.62 / 27.13 with HQS's, in 4.7
+s a run instead of 8.8; ``python -m restore.train.tune --solver pmrf --tasks deblur_gauss1 deblur_motion --images 8
+--crop 128 --samples 8 --grid mean_source=reddiff,hqs``; HQS's settings' scan is in ``restore.solvers.hqs``). On SR HQS
+with 16 passes took over on 2026-12-05: against the one RED-Diff run PMRF's first stage had been, on the 8 held-out 128
+px crops, level at x4 (24.29 / 24.29 dB) and ahead at x2 (28.07 against 27.69), in 7.6 s a run instead of 16.6 (``python
+-m restore.train.tune --solver pmrf --tasks sr2 sr4 --images 8 --crop 128 --samples 8 --grid per_family=...``,
+``benchmarks/results/tune_pmrf_sr_mean.json``; 24 passes at lambda 0.3 gave 24.32 / 28.09 in 9.4 s). On inpainting
+RED-Diff stays far ahead. PMRF approximates a deterministic transport of the mean, so the samples differ little (sigma_s
+is small): read the std as sensitivity to the source noise, not a calibrated posterior std. The flow runs forward-only,
+so a quantised backbone is allowed here.
 
 What ``Posterior.mean`` holds (ours, ``estimate="auto"``): the first stage, with the flow outputs as the samples,
 except on deblurring with a RED-Diff first stage (noise above HQS's ``max_noise``, or ``mean_source=reddiff``), where
@@ -76,9 +79,12 @@ class PMRFConfig:
     estimate: str = "auto"
     # task families whose posterior mean comes from elsewhere (unless given explicitly): deblurring from plug-and-play
     # HQS on the denoiser (restore.solvers.hqs), +0.7 / +1.4 dB over RED-Diff's mean on held-out Gaussian / camera-shake
-    # blur in about half the time (module docstring); HQS's own defaults, written out so that provenance sees a change
-    per_family: dict | None = field(default_factory=lambda: {"deblur": {
-        "mean_source": "hqs", "mean_options": {k: getattr(HQSSettings, k) for k in ("steps", "lambda_", "sigma_max")}}})
+    # blur in about half the time (module docstring); HQS's own defaults, written out so that provenance sees a change.
+    # SR from HQS with 16 passes: level on x4 and +0.38 dB on x2 against one RED-Diff run, in half the time
+    per_family: dict | None = field(default_factory=lambda: {
+        "deblur": {"mean_source": "hqs",
+                   "mean_options": {k: getattr(HQSSettings, k) for k in ("steps", "lambda_", "sigma_max")}},
+        "sr": {"mean_source": "hqs", "mean_options": {"steps": 16, "lambda_": 0.5, "sigma_max": 1.0}}})
 
 
 class PMRFSolver(Solver):

@@ -8,7 +8,8 @@ tasks (``benchmarks.common.tasks``) over centre crops of the last ``--images`` f
 last 8 files are the ones every prior here held out of training), never an evaluation set. This is where solver
 defaults are chosen: the evaluation sets only measure them afterwards. ``--fixed name=value`` adds options to every
 setting (e.g. ``preset=paper``), ``--quant int8`` runs the prior quantised. ``--tasks camera_light camera_heavy``
-runs ``denoise:real`` on synthetic camera-like noise (``restore.train.camera_noise``), for ScoreDVI.
+runs ``denoise:real`` on synthetic camera-like noise (``restore.train.camera_noise``), for ScoreDVI; ``--tasks sr2``
+runs x2 SR (2.55/255), which the benchmarks do not.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def settings(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
+# tasks for tuning only, beside the benchmark's six: x2 SR (the calibration grid has it; the benchmarks run x4)
+EXTRA = {"sr2": f"sr:bicubic:factor=2,noise={2.55 / 255:.6f}"}
 CAMERA = {"camera_light": "light", "camera_heavy": "heavy", "camera_very_heavy": "very_heavy"}  # task name -> camera_noise level (spec denoise:real)
 
 
@@ -117,11 +120,11 @@ def main(argv=None):
     from benchmarks.common import tasks as benchmark_tasks
     from restore.train.common import centre_crops, list_images, load_uint8_images
 
-    all_tasks = {**benchmark_tasks(), **{name: "denoise:real" for name in CAMERA}}
+    all_tasks = {**benchmark_tasks(), **EXTRA, **{name: "denoise:real" for name in CAMERA}}
     unknown = set(args.tasks or []) - set(all_tasks)
     if unknown:
         raise SystemExit(f"unknown task(s) {', '.join(sorted(unknown))}; known: {', '.join(all_tasks)}")
-    tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k not in CAMERA)}
+    tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k in benchmark_tasks())}
     files = list_images(args.data)[-args.images:]
     images = centre_crops(load_uint8_images(files), args.crop)
     fixed = {k: v[0] for k, v in parse_grid(args.fixed).items()}
