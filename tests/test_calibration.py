@@ -383,7 +383,7 @@ def test_a_per_family_default_changed_for_one_kind_leaves_the_other_kinds_calibr
 
 
 def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
-    """PMRF's deblurring mean source changed (per_family): refitting the deblur cells keeps the other families'
+    """PMRF's deblurring and SR mean sources changed (per_family): refitting those cells keeps the other families'
     cells, since those run as before; a changed setting every family sees, other weights or another sample count
     drop them all. An entry for region inpainting alone (RED-Diff's longer schedule, tried and not kept) leaves the
     random-inpainting cells valid."""
@@ -398,9 +398,10 @@ def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
     cells = [{"family": f} for f in ("denoise", "deblur", "sr4", "inpaint-random")]
     old = {"features": list(cal.FEATURES), "prior_digest": "d1", "n_samples": 8, "solver_config": before,
            "cells": cells}
-    assert [c["family"] for c in kept_cells(old, ["deblur"], now, {}, "d1", 8)] == ["denoise", "sr4",
-                                                                                     "inpaint-random"]
-    # without refitting deblur, its old cell goes too (its kind now runs otherwise)
+    assert [c["family"] for c in kept_cells(old, ["deblur", "sr4"], now, {}, "d1", 8)] == ["denoise",
+                                                                                           "inpaint-random"]
+    # a family not refitted whose kind now runs otherwise goes too (SR's mean is HQS as well since 2026-12-05)
+    assert [c["family"] for c in kept_cells(old, ["deblur"], now, {}, "d1", 8)] == ["denoise", "inpaint-random"]
     assert [c["family"] for c in kept_cells(old, ["sr4"], now, {}, "d1", 8)] == ["denoise", "inpaint-random"]
     assert kept_cells(old, ["deblur"], {**now, "sigma_s": 0.05}, {}, "d1", 8) == []
     assert kept_cells(old, ["deblur"], now, {}, "d2", 8) == []

@@ -20,7 +20,9 @@ def test_work_counts_follow_the_settings():
     assert base.get("langevin", preset="paper").cost(denoise, 8) == 500 * 8
     assert base.get("pmrf", flow_steps=3, precision="float").cost(denoise, 8) == 1 + 3 * 8
     assert base.get("pmrf", flow_steps=3, precision="bf16").cost(denoise, 8) == 1 + 3 * 8 / 2  # bf16 flow
-    assert base.get("pmrf", flow_steps=3, precision="float").cost(sr, 8) == 50 + 1 + 3 * 8  # RED-Diff's mean, one run
+    # SR's mean: HQS, 16 denoiser passes with 30 CG iterations each (restore.solvers.hqs.cost); or one RED-Diff run
+    assert base.get("pmrf", flow_steps=3, precision="float").cost(sr, 8) == pytest.approx(16 * (1 + 30 * 0.010) + 3 * 8)
+    assert base.get("pmrf", flow_steps=3, precision="float", mean_source="reddiff").cost(sr, 8) == 50 + 1 + 3 * 8
     for name in base.names():
         assert base.get(name).cost(denoise, 4) > 0, name
 
