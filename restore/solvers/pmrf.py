@@ -100,6 +100,11 @@ class PMRFSolver(Solver):
     # on denoising and lost 0.25 dB there (benchmarks.speed --targets --solvers pmrf), where bf16 (precision="auto")
     # loses nothing
 
+    def __init__(self, config=None, preset: str | None = None, **overrides):
+        super().__init__(config, preset, **overrides)
+        if self.config.estimate not in ESTIMATES:
+            raise SolverError(f"pmrf estimate must be one of {', '.join(ESTIMATES)}; got {self.config.estimate!r}")
+
     def settings_for(self, kind: str | None) -> tuple[PMRFConfig, dict]:
         """The config a task of this kind runs with (the family's settings where no explicit option overrides them),
         and those family settings. A mean source and its options go together: either given explicitly keeps the
@@ -157,11 +162,6 @@ class PMRFSolver(Solver):
         if cfg.mean_source != "auto":
             return cfg.mean_source, options
         return ("denoiser" if kind == "denoise" else "reddiff"), options
-
-    def __init__(self, config=None, preset: str | None = None, **overrides):
-        super().__init__(config, preset, **overrides)
-        if self.config.estimate not in ESTIMATES:
-            raise SolverError(f"pmrf estimate must be one of {', '.join(ESTIMATES)}; got {self.config.estimate!r}")
 
     def reports_first_stage(self, kind: str | None, source: str) -> bool:
         """Whether ``Posterior.mean`` is the first stage (else the flow average) for a task kind and mean source."""
