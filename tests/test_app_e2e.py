@@ -79,7 +79,12 @@ def _shot(page, name):
 
 def _fast(page):
     page.get_by_text("Advanced solver options").click()
-    page.locator("#options textarea").fill('{"flow_steps": 2}')  # the preset PMRF, at its card's denoising steps
+    options = page.locator("#options textarea")
+    options.fill('{"flow_steps": 2}')  # the preset PMRF, at its card's denoising steps
+    # leave the box so that the app's state has the options before Run is clicked (a loaded machine once ran
+    # without them)
+    options.press("Tab")
+    playwright.expect(options).to_have_value('{"flow_steps": 2}')
 
 
 def test_upload_denoise_see_samples_and_std(page, sample):
