@@ -70,7 +70,7 @@ ESTIMATES = ("auto", "first-stage", "flow-average")  # PMRFConfig.estimate
 class PMRFConfig:
     flow_steps: int | None = None  # K; None: the flow card's euler_steps for the task family, else the paper's 25
     sigma_s: float | None = None  # None: the value the flow was trained with (its card)
-    mean_source: str = "auto"  # "auto": denoiser for denoising, reddiff otherwise; or "denoiser" / a solver name
+    mean_source: str = "auto"  # "auto": the denoiser on denoising, else per_family, else reddiff; or "hqs" / a solver
     mean_prior: str | None = None  # None: the flow card's mean_denoiser
     mean_options: dict | None = None  # config overrides for the mean-source solver, e.g. {"steps": 30} for reddiff
     precision: str = "auto"  # the flow (and the denoiser mean) under bf16 autocast where the CPU has native bf16
@@ -224,7 +224,7 @@ class PMRFSolver(Solver):
                                  progress=lambda i, k: progress(0.5 + 0.5 * i / k, f"flow step {i}/{k}"))
         average = samples.mean(0, keepdim=True)
         # the estimate: the first stage, a posterior-mean approximation (the flow trades distortion for realism and
-        # lost 0.2-6.6 dB to it on held-out crops, module docstring), except a RED-Diff stage on deblurring, where
+        # lost 0.1-6.6 dB to it on held-out crops, module docstring), except a RED-Diff stage on deblurring, where
         # the flow average measured level or better
         source = self.mean_source_for(kind_of(physics), noise_sigma(physics, y))
         first_stage = self.reports_first_stage(kind_of(physics), source)

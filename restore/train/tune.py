@@ -120,11 +120,12 @@ def main(argv=None):
     from benchmarks.common import tasks as benchmark_tasks
     from restore.train.common import centre_crops, list_images, load_uint8_images
 
-    all_tasks = {**benchmark_tasks(), **EXTRA, **{name: "denoise:real" for name in CAMERA}}
+    bench = benchmark_tasks()
+    all_tasks = {**bench, **EXTRA, **{name: "denoise:real" for name in CAMERA}}
     unknown = set(args.tasks or []) - set(all_tasks)
     if unknown:
         raise SystemExit(f"unknown task(s) {', '.join(sorted(unknown))}; known: {', '.join(all_tasks)}")
-    tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k in benchmark_tasks())}
+    tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k in bench)}
     files = list_images(args.data)[-args.images:]
     images = centre_crops(load_uint8_images(files), args.crop)
     fixed = {k: v[0] for k, v in parse_grid(args.fixed).items()}
