@@ -16,7 +16,8 @@ and Gaussian deblurring), the mean + 8 samples, run in full (no scaling), with i
 targets in ``TARGETS``; writes ``speed_targets.json``.
 
 ``--solvers A B`` re-measures only those solvers: the other solvers' rows of the results file are kept when it was
-written with the same task, sizes, fraction and threads (``kept_from`` records the commands that measured them).
+written with the same task, sizes, fraction and threads (``kept_from`` records the commands that measured them). A
+``--targets`` run without ``--solvers`` leaves ScoreDVI out (minutes a run) and keeps its earlier row the same way.
 """
 
 from __future__ import annotations
@@ -154,13 +155,14 @@ def main(argv=None):
         cols = ["solver", "task", "seconds", "forwards", "target_s", "target_forwards", "meets", "psnr", "peak_MiB"]
         print(table(result["rows"], cols))
         payload = {**result, "threads": torch.get_num_threads()}
-        if args.solvers:  # one solver re-measured: the others' rows stay (rows are "NAME" or "NAME (scheme)")
-            target = Path(args.out) if args.out else RESULTS / "speed_targets.json"
-            old = json.loads(target.read_text()) if target.exists() else None
-            rows, kept_from = merge_rows(old, payload["rows"], args.solvers,
-                                         {"size": payload["size"], "samples": payload["samples"],
-                                          "threads": payload["threads"]}, name=lambda r: r["solver"].split(" ")[0])
-            payload.update(rows=rows, **({"kept_from": kept_from} if kept_from else {}))
+        # the solvers not measured now (those not named, or ScoreDVI left out by default) keep their earlier rows
+        # (rows are "NAME" or "NAME (scheme)")
+        target = Path(args.out) if args.out else RESULTS / "speed_targets.json"
+        old = json.loads(target.read_text()) if target.exists() else None
+        rows, kept_from = merge_rows(old, payload["rows"], chosen,
+                                     {"size": payload["size"], "samples": payload["samples"],
+                                      "threads": payload["threads"]}, name=lambda r: r["solver"].split(" ")[0])
+        payload.update(rows=rows, **({"kept_from": kept_from} if kept_from else {}))
         path = write_results("speed_targets", payload, args.out)
         print(f"wrote {path}")
         return
