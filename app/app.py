@@ -762,14 +762,16 @@ def build_demo():
                                     elem_id="files")
 
             wire_inputs("", inp, simulate, tc, fc)
-            # the recommended solver per task (restore.api.RECOMMENDED): PMRF, RED-Diff for SR and inpainting
-            # the prior list changes in the same event as the solver, so that the estimate after it sends a prior that
-            # is in the list (Gradio refuses a value outside its dropdown's choices)
-            def preset_solver(kind_):
-                name = recommended_solver(task_spec(kind_, 2.55))
+            # the recommended solver per task (restore.api.RECOMMENDED): PMRF, RED-Diff for x4 SR and inpainting
+            # (PMRF at x2, so the SR factor presets it too); the prior list changes in the same event as the solver,
+            # so that the estimate after it sends a prior that is in the list (Gradio refuses a value outside its
+            # dropdown's choices)
+            def preset_solver(kind_, factor_):
+                name = recommended_solver(task_spec(kind_, 2.55, sr_factor=factor_))
                 return gr.Radio(value=name), priors_for(name)
 
-            kind_changed = tc.kind.change(preset_solver, tc.kind, [solver, prior], **private)
+            kind_changed = tc.kind.change(preset_solver, [tc.kind, tc.factor], [solver, prior], **private)
+            factor_changed = tc.factor.change(preset_solver, [tc.kind, tc.factor], [solver, prior], **private)
             solver_changed = solver.change(priors_for, solver, prior, **private)
             demo.load(priors_for, solver, prior, **private)
 
@@ -803,11 +805,11 @@ def build_demo():
                                      (x_, y_, w_, h_))
 
             eta_inputs = [inp, simulate, *tc.inputs, solver, prior, samples, options, quant, *fc.inputs]
-            for comp in (inp, simulate, tc.factor, prior, samples, options, quant, *fc.inputs):
+            for comp in (inp, simulate, prior, samples, options, quant, *fc.inputs):
                 comp.change(on_estimate, eta_inputs, eta, **private)
             # after the prior list has followed the solver: an estimate fired beside it would send the former solver's
             # prior against the new list, which Gradio refuses
-            for changed in (kind_changed, solver_changed):
+            for changed in (kind_changed, factor_changed, solver_changed):
                 changed.then(on_estimate, eta_inputs, eta, **private)
 
             run.click(on_run, [inp, simulate, *tc.inputs, solver, prior, samples, seed, truth, options, quant,

@@ -32,6 +32,14 @@ def tasks() -> dict[str, str]:
     }
 
 
+def extra_tasks() -> dict[str, str]:
+    """Tasks beside the shared six, run only when a benchmark's ``--tasks`` names them: x2 SR (2.55/255), which the
+    calibration grid has (its cell sr2) and the tuning scans (``restore.train.tune.EXTRA``)."""
+    from restore.train.tune import EXTRA
+
+    return dict(EXTRA)
+
+
 QUICK_CBSD68 = ("101085.png", "143090.png", "19021.png", "253055.png")
 
 

@@ -28,8 +28,8 @@ import torch
 
 from benchmarks import classical
 from benchmarks.common import (PAIRED_COLUMNS, QUICK_CBSD68, RESULTS, check_cards_exclude, hold_results_lock,
-                               in_processes, load_set, paired_against, spread, summary_row, table, tasks,
-                               write_results)
+                               extra_tasks, in_processes, load_set, paired_against, spread, summary_row, table,
+                               tasks, write_results)
 
 
 
@@ -369,7 +369,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--samples", type=int, default=None, help="posterior samples (default 2 quick, 8 full)")
-    ap.add_argument("--tasks", nargs="*", default=None, help="subset of task names")
+    ap.add_argument("--tasks", nargs="*", default=None,
+                    help="subset of task names; 'sr2' (x2 SR) runs only when named")
     ap.add_argument("--methods", nargs="*", default=None,
                     help="subset of method names; with --resume the other methods' results stay in the file")
     ap.add_argument("--images", type=int, default=None,
@@ -408,7 +409,11 @@ def main(argv=None):
         images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     else:  # spread over the set, as benchmarks.uncertainty picks its crops
         images = spread(load_set(args.set, crop=crop), args.images)
-    all_tasks = {k: v for k, v in tasks().items() if not args.tasks or k in args.tasks}
+    shared, known = tasks(), {**tasks(), **extra_tasks()}
+    if set(args.tasks or []) - set(known):
+        raise SystemExit(f"--tasks: unknown task(s) {', '.join(sorted(set(args.tasks) - set(known)))}; "
+                         f"known: {', '.join(known)}")
+    all_tasks = {k: v for k, v in known.items() if (k in args.tasks if args.tasks else k in shared)}
     if set(args.rerun) - set(all_tasks):
         raise SystemExit(f"--rerun: unknown task(s) {', '.join(sorted(set(args.rerun) - set(all_tasks)))}; "
                          f"known: {', '.join(all_tasks)}")

@@ -249,7 +249,8 @@ def list_all():
         for v in variants:
             params = ",".join(f"{k}={'<required>' if d is None else d}" for k, d in PARAMS[(kind, v)].items())
             spec = f"{kind}:{v}" + (f":{params}" if params else "")
-            typer.echo(f"  {spec:<48} recommended: {api.recommended_for(kind, v)}")
+            others = "".join(f" ({e})" for e in api.recommended_exceptions(kind))
+            typer.echo(f"  {spec:<48} recommended: {api.recommended_for(kind, v)}{others}")
     typer.echo("  a noise level may be 'auto' (denoise:gaussian:sigma=auto, deblur:...:noise=auto): estimated from the "
                "image (restore.noise), printed and kept in meta.json")
 

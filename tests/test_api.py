@@ -98,7 +98,8 @@ def test_unknown_prior_file_missing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("task, solver", [("denoise:gaussian:sigma=0.1", "pmrf"), ("deblur:motion:noise=0.01", "pmrf"),
                                           ("denoise:poisson:gain=0.1", "pmrf"), ("denoise:real", "scoredvi"),
-                                          ("sr:bicubic:factor=2", "reddiff"), ("inpaint:random:missing=0.5", "reddiff"),
+                                          ("sr:bicubic:factor=4", "reddiff"), ("sr:bicubic:factor=2", "pmrf"),
+                                          ("sr:bicubic", "reddiff"), ("inpaint:random:missing=0.5", "reddiff"),
                                           ("inpaint:box:size=0.3", "reddiff")])
 def test_recommended_solver_per_task(task, solver):
     from restore.api import recommended_solver

@@ -142,6 +142,22 @@ def test_draw_mask_and_inpaint(page, sample):
     _shot(page, "inpaint")
 
 
+def test_sr_factor_presets_the_recommended_solver(page, sample):
+    """The solver follows the task and the SR factor (restore.api.recommended_solver): RED-Diff at x4, PMRF at x2."""
+    expect = playwright.expect
+    page.locator("#inp input[type=file]").set_input_files(str(sample / "small.png"))
+    expect(page.locator("#inp img").first).to_be_visible()
+    page.locator("#task input").click()
+    page.get_by_role("option", name="super-resolution").click()
+    expect(page.locator("#solver input[value=reddiff]")).to_be_checked()
+    page.locator("#factor").get_by_text("2", exact=True).click()
+    expect(page.locator("#solver input[value=pmrf]")).to_be_checked()
+    expect(page.locator("#prior input")).to_have_value("flow-natural")  # the prior list followed the solver
+    page.locator("#factor").get_by_text("4", exact=True).click()
+    expect(page.locator("#solver input[value=reddiff]")).to_be_checked()
+    expect(page.locator("#eta")).to_contain_text("reddiff", timeout=30_000)  # the estimate follows the preset
+
+
 def test_compare_two_solvers(page, sample):
     """The Compare tab has the Restore tab's task controls (no spec syntax): a task picked there is the one run."""
     expect = playwright.expect
