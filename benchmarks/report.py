@@ -48,6 +48,10 @@ def _quality(data: dict) -> str:
             "process)") if data.get("jobs") else ""
     where = {"train_data/CQ100": "crops of CQ100 photos no prior or table saw"}.get(
         data.get("set"), f"{data.get('set', 'CBSD68')} crops")
+    from benchmarks.common import extra_tasks
+
+    extra = [t for t in data.get("tasks", {}) if t in extra_tasks()]  # tasks beside the shared six: x2 SR
+    kind += (", " if kind else "") + ", ".join(f"task {t} ({data['tasks'][t]})" for t in extra)
     return (f"**Solvers on {where}{', ' + kind if kind else ''}** ({len(data['images'])} images, "
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "
             f"{data['samples']} samples; coverage = fraction of true pixels inside the 90% interval; psnr_ci95 = "
@@ -246,7 +250,7 @@ def _priors(data: dict) -> str:
 
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality, "quality_cq100": _quality,
-          "quality_vble_paper_quick": _quality,
+          "quality_vble_paper_quick": _quality, "quality_sr2": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise,
           "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "
                               "defaults against the noisy input and the plain denoiser D(y), PSNR in dB"),
