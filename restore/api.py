@@ -10,52 +10,11 @@ import torch
 from restore import calibration, io, metrics, tiling
 from restore.posterior import Posterior
 from restore.priors import registry
+# the recommended solver per task (torch-free: the CLI's help reads it); re-exported as part of the API
+from restore.recommend import (DEFAULT_SOLVER, RECOMMENDED, RECOMMENDED_BY_PARAM,  # noqa: F401
+                               recommended_exceptions, recommended_for, recommended_solver, recommended_summary)
 from restore.solvers import base
 from restore.tasks import Task, TaskError, parse
-
-DEFAULT_SOLVER = "pmrf"
-# The best fast choice per task family when none is named (``recommended_solver``), chosen on the priors' held-out
-# BSD432 crops (benchmarks/results/recommended_heldout.json, from `python -m restore.train.tune --solver NAME
-# --images 3 --crop 128 --samples 4`: every solver at its defaults, all calibrated) and confirmed on the CBSD68 quick
-# crops (quality_paper_quick.json):
-# - PMRF for denoising and deblurring: best of the fast solvers on denoising (held-out 30.46 dB, its estimate there
-#   being its D(y) stage; RED-Diff 27.86) and Gaussian / motion blur (31.21 / 27.72 with its plug-and-play HQS
-#   deblurring mean since 2026-12-04, 30.19 / 26.21 before; RED-Diff 29.78 / 26.15, Langevin 29.72 / 25.01), a few
-#   seconds at 256 px; at light noise it is the only one above the input by 4 dB (benchmarks/results/lownoise.json).
-# - RED-Diff for inpainting and x4 super-resolution: +0.70 / +0.40 dB over PMRF on random / box inpainting held out
-#   (CBSD68 quick: +0.79 / +0.54) and +0.09 on x4 SR (8 held-out crops; CBSD68 24 images +0.29 over TV least squares
-#   against PMRF's +0.25), at 17-20 s for 8 samples at 256 px (denoising; x4 SR runs 50 steps instead of 30) against
-#   PMRF's 3.2-5.5 s (benchmarks/results/speed_targets.json).
-# - ScoreDVI for unknown real noise, which only it models.
-# - PMRF for x2 SR (RECOMMENDED_BY_PARAM): its plug-and-play HQS stage leads RED-Diff there, 28.06 against 27.83 dB on
-#   the 8 held-out crops (RED-Diff leads x4 by 0.09 on the same crops) and 27.27 against 27.09 on 8 CQ100 photos, at
-#   a third of the time (`python -m restore.train.tune --solver NAME --images 8 --crop 128 --samples 4 --tasks sr2 sr4`).
-# (kind, variant) entries win over (kind, None) ones; anything else gets DEFAULT_SOLVER. A RECOMMENDED_BY_PARAM entry
-# (kind, parameter, value) wins over both when the task has that parameter value.
-RECOMMENDED = {("denoise", "real"): "scoredvi", ("sr", None): "reddiff", ("inpaint", None): "reddiff"}
-RECOMMENDED_BY_PARAM = {("sr", "factor", 2): "pmrf"}
-
-
-def recommended_solver(task: str | Task) -> str:
-    """The solver used when none is named: :data:`RECOMMENDED` for the task's kind and variant, or for its kind, else
-    :data:`DEFAULT_SOLVER` (PMRF)."""
-    task = parse(task)
-    params = dict(task.params)
-    for (kind, key, value), name in RECOMMENDED_BY_PARAM.items():
-        if task.kind == kind and key in params and params[key] == value:
-            return name
-    return recommended_for(task.kind, task.variant)
-
-
-def recommended_for(kind: str, variant: str) -> str:
-    """:func:`recommended_solver` for a task kind and variant at parameters no RECOMMENDED_BY_PARAM entry names (no
-    parameters needed, e.g. for listings; :func:`recommended_exceptions` gives those entries)."""
-    return RECOMMENDED.get((kind, variant), RECOMMENDED.get((kind, None), DEFAULT_SOLVER))
-
-
-def recommended_exceptions(kind: str) -> list[str]:
-    """The RECOMMENDED_BY_PARAM entries for a task kind as 'SOLVER at KEY=VALUE' (e.g. for listings)."""
-    return [f"{name} at {key}={value}" for (k, key, value), name in RECOMMENDED_BY_PARAM.items() if k == kind]
 
 
 class Restorer:

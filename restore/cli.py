@@ -20,6 +20,8 @@ from typing import List, Optional
 
 import typer
 
+from restore import recommend
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian image restoration with uncertainty.")
 SUBCOMMANDS = ("run", "batch", "list", "bench", "ui")
 
@@ -50,7 +52,7 @@ def run(
     task: str = typer.Option(..., "-t", "--task", help="task spec, e.g. deblur:gaussian:sigma=2,noise=0.01; "
                              "denoise:gaussian:sigma=auto (or noise=auto when deblurring) estimates the level"),
     solver: str = typer.Option(None, "-s", "--solver", help="solver name (see `restore list`); default: the "
-                               "recommended one for the task (pmrf; vble for motion blur; scoredvi for real noise)"),
+                               f"recommended one for the task ({recommend.recommended_summary()})"),
     prior: Optional[str] = typer.Option(None, "-p", "--prior", help="prior name; default: the solver's"),
     samples: int = typer.Option(8, "-n", "--samples", help="posterior samples K"),
     seed: int = typer.Option(0, "--seed"),

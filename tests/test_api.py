@@ -109,6 +109,21 @@ def test_recommended_solver_per_task(task, solver):
     assert base.get(solver).supports(restore.tasks.parse(task)) is None  # it can run what it is recommended for
 
 
+def test_recommended_summary_is_the_table_and_loads_without_torch():
+    """The CLI's help names the recommended solvers from the same table, read without importing torch."""
+    import subprocess
+    import sys
+
+    from restore.recommend import RECOMMENDED, recommended_summary
+
+    line = recommended_summary()
+    assert line.startswith("pmrf;") and "pmrf at factor=2" in line
+    assert all(name in line for name in RECOMMENDED.values())
+    code = "import sys, restore.recommend as r; r.recommended_summary(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_restorer_resolves_an_auto_noise_level_and_says_so():
     import skimage.data
     import torch
