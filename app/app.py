@@ -538,6 +538,14 @@ def controls_spec(image, kind: str, noise255: float, blur_sigma: float = 2.0, mo
 ESTIMATE_WAIT_S = 20.0
 
 
+def recommended_note(spec: str) -> str:
+    """The Markdown line under the solver choice: which solver the task presets, and why (restore.recommend.WHY)."""
+    from restore.recommend import recommended_reason
+
+    name, _, why = recommended_reason(spec).partition(": ")
+    return f"Recommended for this task: **{name}**" + (f", {why}" if why else "")
+
+
 def estimate_text(image, simulate: bool, spec: str, solver: str, prior: str | None, samples: int, options: str = "",
                   quant: str = "auto", fit: str | None = None, region=None) -> str:
     """'Estimated time here: about 8 s (...)' for a run with these settings (restore.estimate), '' without an image
@@ -729,6 +737,7 @@ def build_demo():
                     tc = _task_controls(gr)
                     solver = gr.Radio(solver_names, value=DEFAULT_SOLVER, label="Solver (preset: the recommended one "
                                       "for the task)", elem_id="solver")
+                    solver_note = gr.Markdown(recommended_note(task_spec("denoise", 25)), elem_id="solver_note")
                     prior = gr.Dropdown(choices=registry.available(),
                                         value=kinds[DEFAULT_SOLVER].default_prior,
                                         label="Prior", elem_id="prior")
@@ -767,11 +776,13 @@ def build_demo():
             # so that the estimate after it sends a prior that is in the list (Gradio refuses a value outside its
             # dropdown's choices)
             def preset_solver(kind_, factor_):
-                name = recommended_solver(task_spec(kind_, 2.55, sr_factor=factor_))
-                return gr.Radio(value=name), priors_for(name)
+                spec = task_spec(kind_, 2.55, sr_factor=factor_)
+                name = recommended_solver(spec)
+                return gr.Radio(value=name), priors_for(name), recommended_note(spec)
 
-            kind_changed = tc.kind.change(preset_solver, [tc.kind, tc.factor], [solver, prior], **private)
-            factor_changed = tc.factor.change(preset_solver, [tc.kind, tc.factor], [solver, prior], **private)
+            preset_out = [solver, prior, solver_note]
+            kind_changed = tc.kind.change(preset_solver, [tc.kind, tc.factor], preset_out, **private)
+            factor_changed = tc.factor.change(preset_solver, [tc.kind, tc.factor], preset_out, **private)
             solver_changed = solver.change(priors_for, solver, prior, **private)
             demo.load(priors_for, solver, prior, **private)
 

@@ -12,7 +12,8 @@ from restore.posterior import Posterior
 from restore.priors import registry
 # the recommended solver per task (torch-free: the CLI's help reads it); re-exported as part of the API
 from restore.recommend import (DEFAULT_SOLVER, RECOMMENDED, RECOMMENDED_BY_PARAM,  # noqa: F401
-                               recommended_exceptions, recommended_for, recommended_solver, recommended_summary)
+                               recommended_exceptions, recommended_for, recommended_reason, recommended_solver,
+                               recommended_summary)
 from restore.solvers import base
 from restore.tasks import Task, TaskError, parse
 

@@ -26,6 +26,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian ima
 SUBCOMMANDS = ("run", "batch", "list", "bench", "ui")
 
 
+def _say_recommended(task: str) -> None:
+    """Print which solver runs when none is named, and why (restore.recommend.WHY); a bad task spec is left to the
+    caller's own error."""
+    try:
+        typer.echo(f"solver {recommend.recommended_reason(task)} (the recommended one; -s to choose another)")
+    except ValueError:
+        pass
+
+
 def _parse_options(options: list[str]) -> dict:
     """``--option key=value`` pairs -> solver config overrides (numbers parsed, true/false as booleans)."""
     out = {}
@@ -71,6 +80,8 @@ def run(
     from restore.batch import describe_uncertainty, restore_file
 
     try:
+        if solver is None:
+            _say_recommended(task)
         restorer = api.Restorer(solver or api.recommended_solver(task), prior, device, tile=tile, quant=quant,
                                 **_parse_options(option))
         t0 = time.time()
@@ -176,6 +187,8 @@ def batch(
     if engine not in ("local", "ray"):
         _fail(f"unknown engine {engine!r}; use local or ray")
     try:
+        if solver is None:
+            _say_recommended(task)
         settings = BatchSettings(str(_task(task)), solver or api.recommended_solver(task), prior, device, tile,
                                  tuple(sorted(_parse_options(option).items())), samples, simulate, bit_depth,
                                  std_format, quant)

@@ -26,20 +26,47 @@ DEFAULT_SOLVER = "pmrf"
 # (kind, parameter, value) wins over both when the task has that parameter value.
 RECOMMENDED = {("denoise", "real"): "scoredvi", ("sr", None): "reddiff", ("inpaint", None): "reddiff"}
 RECOMMENDED_BY_PARAM = {("sr", "factor", 2): "pmrf"}
+# Why, in one line for the app and the CLI, keyed as the two tables above (plus the DEFAULT_SOLVER kinds); held-out =
+# the priors' 8 (x2 / x4 SR) or 3 held-out BSD432 crops; against TV = 24 CBSD68 images at 256 px (quality.json,
+# quality_sr2.json)
+WHY = {
+    ("denoise", None): "best on held-out crops (30.5 dB at 25/255; next Langevin 28.5), +4.1 dB over TV least squares",
+    ("deblur", None): "best on held-out crops (Gaussian / motion blur 31.2 / 27.7 dB; next Langevin 30.5 / 27.3), "
+                      "+2.1 / +3.0 dB over TV least squares",
+    ("denoise", "real"): "the only solver that models unknown camera noise (it fits the noise to the image)",
+    ("sr", None): "best at x4 on held-out crops (24.38 dB; PMRF 24.29), +0.29 dB over TV least squares",
+    ("sr", "factor", 2): "best at x2 on held-out crops (28.06 dB; next Langevin 27.85, RED-Diff 27.83), +0.96 dB over "
+                         "TV least squares",
+    ("inpaint", None): "best on held-out crops for random pixels (29.2 dB; PMRF 28.6; level on boxes), +1.6 / +0.1 dB "
+                       "over TV least squares on random pixels / boxes",
+}
 
 
 def recommended_solver(task) -> str:
     """The solver used when none is named for ``task`` (a spec string or ``restore.tasks.Task``): a
     :data:`RECOMMENDED_BY_PARAM` entry the task's parameters match, else :data:`RECOMMENDED` for its kind and variant,
     or for its kind, else :data:`DEFAULT_SOLVER` (PMRF)."""
+    return _choice(task)[0]
+
+
+def recommended_reason(task) -> str:
+    """'SOLVER: why' for the solver :func:`recommended_solver` picks for ``task`` (from :data:`WHY`)."""
+    name, key = _choice(task)
+    why = WHY.get(key) or WHY.get(key[:1] + (None,))
+    return f"{name}: {why}" if why else name
+
+
+def _choice(task) -> tuple[str, tuple]:
+    """(solver, the key of the table entry that chose it) for a task spec or Task."""
     from restore.tasks import parse
 
     task = parse(task)
     params = dict(task.params)
     for (kind, key, value), name in RECOMMENDED_BY_PARAM.items():
         if task.kind == kind and key in params and params[key] == value:
-            return name
-    return recommended_for(task.kind, task.variant)
+            return name, (kind, key, value)
+    key = (task.kind, task.variant) if (task.kind, task.variant) in RECOMMENDED else (task.kind, None)
+    return recommended_for(task.kind, task.variant), key
 
 
 def recommended_for(kind: str, variant: str) -> str:

@@ -33,6 +33,14 @@ def test_task_specs_from_controls(tmp_path):
         webapp.task_spec("denoise", 0)
 
 
+def test_recommended_note_names_the_preset_and_why():
+    x2 = webapp.recommended_note(webapp.task_spec("super-resolution", 2.55, sr_factor=2))
+    x4 = webapp.recommended_note(webapp.task_spec("super-resolution", 2.55, sr_factor=4))
+    assert x2.startswith("Recommended for this task: **pmrf**, best at x2") and "over TV" in x2
+    assert "**reddiff**, best at x4" in x4
+    assert "models unknown camera noise" in webapp.recommended_note("denoise:real")
+
+
 def test_mask_from_editor(tmp_path):
     from restore.tasks import load_mask
 

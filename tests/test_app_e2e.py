@@ -152,6 +152,7 @@ def test_sr_factor_presets_the_recommended_solver(page, sample):
     expect(page.locator("#solver input[value=reddiff]")).to_be_checked()
     page.locator("#factor").get_by_text("2", exact=True).click()
     expect(page.locator("#solver input[value=pmrf]")).to_be_checked()
+    expect(page.locator("#solver_note")).to_contain_text("best at x2")  # and why
     expect(page.locator("#prior input")).to_have_value("flow-natural")  # the prior list followed the solver
     page.locator("#factor").get_by_text("4", exact=True).click()
     expect(page.locator("#solver input[value=reddiff]")).to_be_checked()

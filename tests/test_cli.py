@@ -34,6 +34,14 @@ def folder(tmp_path, clean_rgb, clean_grey):
     return d
 
 
+def test_no_solver_named_runs_the_recommended_one_and_says_why(tmp_path, folder):
+    out = tmp_path / "out"
+    r = invoke(folder / "a.png", "--simulate", "-t", "sr:bicubic:factor=2,noise=0.01", "-o", out, "-n", "2")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("solver pmrf: best at x2")  # x2 SR's own entry, not the SR family's (reddiff)
+    assert json.loads((out / "meta.json").read_text())["solver"] == "pmrf"
+
+
 def test_single_image_simulate(tmp_path, folder):
     out = tmp_path / "out"
     r = invoke(folder / "a.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST)
