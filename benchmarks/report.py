@@ -250,7 +250,7 @@ def _priors(data: dict) -> str:
 
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality, "quality_cq100": _quality,
-          "quality_vble_paper_quick": _quality, "quality_sr2": _quality,
+          "quality_vble_paper_quick": _quality, "quality_sr2": _quality, "quality_cq100_sr2": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise,
           "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "
                               "defaults against the noisy input and the plain denoiser D(y), PSNR in dB"),
