@@ -409,7 +409,8 @@ def main(argv=None):
         images = load_set("CBSD68", crop=crop, files=QUICK_CBSD68 if subset == "quick" else None)[:args.images]
     else:  # spread over the set, as benchmarks.uncertainty picks its crops
         images = spread(load_set(args.set, crop=crop), args.images)
-    shared, known = tasks(), {**tasks(), **extra_tasks()}
+    shared = tasks()
+    known = {**shared, **extra_tasks()}
     if set(args.tasks or []) - set(known):
         raise SystemExit(f"--tasks: unknown task(s) {', '.join(sorted(set(args.tasks) - set(known)))}; "
                          f"known: {', '.join(known)}")

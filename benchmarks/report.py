@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import PAIRED_COLUMNS, REPO, RESULTS, table
+from benchmarks.common import PAIRED_COLUMNS, REPO, RESULTS, extra_tasks, table
 
 PAGE = REPO / "docs" / "benchmarks.md"
 README = REPO / "README.md"
@@ -48,9 +48,8 @@ def _quality(data: dict) -> str:
             "process)") if data.get("jobs") else ""
     where = {"train_data/CQ100": "crops of CQ100 photos no prior or table saw"}.get(
         data.get("set"), f"{data.get('set', 'CBSD68')} crops")
-    from benchmarks.common import extra_tasks
-
-    extra = [t for t in data.get("tasks", {}) if t in extra_tasks()]  # tasks beside the shared six: x2 SR
+    beside_six = extra_tasks()  # x2 SR
+    extra = [t for t in data.get("tasks", {}) if t in beside_six]
     kind += (", " if kind else "") + ", ".join(f"task {t} ({data['tasks'][t]})" for t in extra)
     return (f"**Solvers on {where}{', ' + kind if kind else ''}** ({len(data['images'])} images, "
             f"{data['crop']}x{data['crop']} centre crops{jobs}, "

@@ -52,8 +52,7 @@ def recommended_solver(task) -> str:
 def recommended_reason(task) -> str:
     """'SOLVER: why' for the solver :func:`recommended_solver` picks for ``task`` (from :data:`WHY`)."""
     name, key = _choice(task)
-    why = WHY.get(key) or WHY.get(key[:1] + (None,))
-    return f"{name}: {why}" if why else name
+    return f"{name}: {WHY[key]}" if key in WHY else name
 
 
 def _choice(task) -> tuple[str, tuple]:
@@ -65,14 +64,20 @@ def _choice(task) -> tuple[str, tuple]:
     for (kind, key, value), name in RECOMMENDED_BY_PARAM.items():
         if task.kind == kind and key in params and params[key] == value:
             return name, (kind, key, value)
-    key = (task.kind, task.variant) if (task.kind, task.variant) in RECOMMENDED else (task.kind, None)
-    return recommended_for(task.kind, task.variant), key
+    key = _table_key(task.kind, task.variant)
+    return RECOMMENDED.get(key, DEFAULT_SOLVER), key
+
+
+def _table_key(kind: str, variant: str) -> tuple:
+    """The RECOMMENDED (and WHY) key for a kind and variant: (kind, variant) where the table names the variant, else
+    (kind, None)."""
+    return (kind, variant) if (kind, variant) in RECOMMENDED else (kind, None)
 
 
 def recommended_for(kind: str, variant: str) -> str:
     """:func:`recommended_solver` for a task kind and variant at parameters no RECOMMENDED_BY_PARAM entry names (no
     parameters needed, e.g. for listings; :func:`recommended_exceptions` gives those entries)."""
-    return RECOMMENDED.get((kind, variant), RECOMMENDED.get((kind, None), DEFAULT_SOLVER))
+    return RECOMMENDED.get(_table_key(kind, variant), DEFAULT_SOLVER)
 
 
 def recommended_summary() -> str:

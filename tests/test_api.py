@@ -116,6 +116,9 @@ def test_recommended_summary_is_the_table_and_loads_without_torch():
 
     from restore.recommend import RECOMMENDED, recommended_summary
 
+    from restore.recommend import RECOMMENDED_BY_PARAM, WHY
+
+    assert set(RECOMMENDED) | set(RECOMMENDED_BY_PARAM) <= set(WHY)  # every choice can say why
     line = recommended_summary()
     assert line.startswith("pmrf;") and "pmrf at factor=2" in line
     assert all(name in line for name in RECOMMENDED.values())
