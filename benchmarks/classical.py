@@ -23,12 +23,12 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
+from restore.solvers.wiener import WEIGHT as WIENER_WEIGHT
 from restore.tasks import kind_of
 
 # lambda / sigma^2 per task family, from python -m benchmarks.classical (results/classical.json)
-WEIGHTS = {"wiener": {"denoise": 30.0, "deblur": 30.0},
+WEIGHTS = {"wiener": {"denoise": WIENER_WEIGHT, "deblur": WIENER_WEIGHT},
            "tv": {"denoise": 10.0, "deblur": 10.0, "sr": 10.0, "inpaint": 30.0}}
 TV_ITERATIONS = 200
 def supports(method: str, kind: str) -> str | None:
@@ -39,23 +39,11 @@ def supports(method: str, kind: str) -> str | None:
 
 
 def wiener(y: torch.Tensor, physics, weight: float | None = None) -> torch.Tensor:
-    """Wiener-Hunt estimate (1, C, H, W) in [0, 1] of a denoising or deblurring observation y (1, C, H, W)."""
-    import deepinv as dinv
+    """Wiener-Hunt estimate (1, C, H, W) in [0, 1] of a denoising or deblurring observation y (1, C, H, W)
+    (``restore.solvers.wiener``, at this module's weight for the task family)."""
+    from restore.solvers.wiener import wiener_hunt
 
-    from restore.solvers.base import noise_sigma
-
-    weight = WEIGHTS["wiener"][kind_of(physics)] if weight is None else weight
-    if kind_of(physics) == "denoise":
-        kernel = torch.ones(1, 1, 1, 1, device=y.device)
-    else:
-        kernel = physics.filter
-    p = max(kernel.shape[-2:])
-    padded = F.pad(y, (p, p, p, p), mode="reflect")
-    fft = dinv.physics.BlurFFT(img_size=tuple(padded.shape[1:]), filter=kernel.to(y.device), device=y.device)
-    model = dinv.models.WienerDeconvolution(lambda_reg=weight * noise_sigma(physics, y) ** 2, prior="laplacian",
-                                            device=y.device)
-    with torch.no_grad():
-        return model(padded, fft)[..., p:-p, p:-p].clamp(0, 1)
+    return wiener_hunt(y, physics, WEIGHTS["wiener"][kind_of(physics)] if weight is None else weight)
 
 
 def tv(y: torch.Tensor, physics, weight: float | None = None, iterations: int = TV_ITERATIONS) -> torch.Tensor:
