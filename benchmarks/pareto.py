@@ -3,6 +3,7 @@
     python -m benchmarks.pareto            # runs what the quality files lack, writes pareto.json + pareto.png
     python -m benchmarks.pareto --jobs 2   # two processes of one thread each
     python -m benchmarks.pareto --resume --rerun inpaint_box --solvers pmrf   # redo one task after a code change
+                                                 # (results whose solver defaults or prior changed rerun by themselves)
 
 Each row is one (solver, setting): mean seconds per image, PSNR and 90 % coverage per task, on the benchmark's 4 quick
 CBSD68 crops (128 px) with 4 posterior samples. Settings go from fastest to the paper's (``SETTINGS``). A setting
@@ -97,6 +98,21 @@ def rerun_unit(result: dict, tasks_to_rerun, solvers) -> bool:
     return result["task"] in tasks_to_rerun and (not solvers or solver in solvers)
 
 
+def stale_unit(result: dict, task_specs: dict, options: dict) -> list[str]:
+    """Why a kept per-image result would come out differently if its setting (solver ``options`` as SETTINGS passes
+    them today) ran now: ``restore.stale.reasons`` for its recorded provenance, with the setting's solver read at
+    today's options, and its task's family (a solver default the setting does not fix, or a prior's weights,
+    changed since); empty when it would not. ``--resume`` reruns these, as ``benchmarks.quality --resume`` does."""
+    from benchmarks.quality import _family
+    from restore.stale import reasons
+
+    provenance = dict(result.get("provenance") or {})
+    solver = result["method"].split(":")[0]
+    provenance["solvers"] = [{**s, "options": options} if s.get("name") == solver else s
+                             for s in provenance.get("solvers", [])]
+    return reasons(provenance, _family(task_specs[result["task"]]))
+
+
 def plan(quality: dict, per_image: list[dict], task_specs: dict, images: list, solvers=None) -> tuple[list, list]:
     """(points, todo): a point per (solver, setting) that has or will get results, and the (task, spec, method,
     config, image index) units still to run. ``solvers`` limits what runs; the others keep their points when the
@@ -142,7 +158,15 @@ def main(argv=None):
     target = Path(args.out) if args.out else RESULTS / "pareto.json"
     hold_results_lock(target)
     previous = json.loads(target.read_text()) if args.resume and target.exists() else {}
-    per_image = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
+    kept = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
+    options = {f"{solver}: {label}": setting.get("options", {}) for solver, settings in SETTINGS.items()
+               for label, setting in settings}
+    why = {id(r): stale_unit(r, task_specs, options[r["method"]]) for r in kept
+           if r["method"] in options and (not args.solvers or r["method"].split(":")[0] in args.solvers)}
+    for r in kept:
+        if why.get(id(r)):
+            print(f"rerunning {r['method']} on {r['task']} {r['image']}: {'; '.join(why[id(r)])}", flush=True)
+    per_image = [r for r in kept if not why.get(id(r))]
     points, todo = plan(quality, per_image, task_specs, images, args.solvers)
     print(f"{len(todo)} units to run", flush=True)
 

@@ -463,6 +463,28 @@ def test_pareto_rerun_drops_only_the_named_tasks_of_the_named_solvers():
     assert not rerun_unit({**unit, "method": "diffpir (deepinv): 8 steps"}, ["inpaint_box"], ["diffpir"])
 
 
+def test_pareto_resume_finds_results_a_default_change_made_stale():
+    """A kept result reruns when its setting would now run differently (APS's deblurring start moved to a Wiener
+    deconvolution), not when the setting fixes the option whose default moved (its explicit lr) or for other tasks."""
+    import dataclasses
+
+    from benchmarks.common import tasks
+    from benchmarks.pareto import stale_unit
+    from restore.provenance import canonical
+    from restore.solvers import base
+
+    options = {"steps": 4, "inner_steps": 6, "lr": 0.3}
+    now = canonical(dataclasses.asdict(base.get("aps", **options).config))
+    before = {k: v for k, v in now.items() if k not in ("init_estimate", "per_family")}  # recorded before both
+    unit = {"method": "aps: 4 x 6 steps, lr 0.3", "image": "a",
+            "provenance": {"solvers": [{"name": "aps", "options": {"steps": 4, "inner_steps": 6}, "config": before}],
+                           "priors": {}}}
+    specs = tasks()
+    assert stale_unit({**unit, "task": "deblur_motion"}, specs, options) == ["solver aps defaults changed: init_estimate"]
+    assert stale_unit({**unit, "task": "denoise25"}, specs, options) == []
+    assert stale_unit({**unit, "task": "denoise25"}, specs, {"steps": 4, "inner_steps": 6}) != []  # lr now 1.0
+
+
 def test_pareto_for_some_solvers_keeps_the_other_solvers_rows():
     """`--solvers pmrf` reruns PMRF's settings only; the other solvers' kept results still make their rows (a run
     once dropped them all from pareto.json and its plot)."""
