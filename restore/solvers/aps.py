@@ -27,7 +27,7 @@ Two choices of ours on top of that reading (both on by default; ``carry_tilt=Fal
   19.2 -> 25.2 (the tokenizer's own ceiling: 27.0). The price: samples are closer together (mean std 0.033 -> 0.009
   on SR). The same run with the transformer replaced by equal logits loses only 0.0-0.2 dB: our weak prior
   (masked-token accuracy 6.4 %) adds little yet. On deblurring x0 is the Wiener-Hunt deconvolution of y
-  (``init_estimate="wiener"``, ``restore.solvers.wiener``, prior-free, ~0.05 s at 256 px) rather than the blurred y
+  (``per_family``: ``init_estimate="wiener"``; ``restore.solvers.wiener``, prior-free, ~0.02 s at 256 px) rather than y
   itself: on the 8 held-out BSD432 crops (128 px, 4 samples, ``python -m restore.train.tune --solver aps --grid
   init_estimate=observation,wiener --images 8 --crop 128 --samples 4 --tasks deblur_gauss1 deblur_motion``)
   Gaussian deblurring 26.73 -> 27.11 dB and motion blur 23.79 -> 24.79 dB at the same time, most of what the fast
