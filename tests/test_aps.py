@@ -219,10 +219,11 @@ def test_deblurring_starts_from_a_wiener_deconvolution(clean_rgb, monkeypatch):
     monkeypatch.setenv("RESTORE_MODELS", str(Path(__file__).resolve().parents[1] / "models"))
     prior = registry.load("tokens-natural")
     solver = base.get("aps", steps=4, inner_steps=3)
-    assert solver.settings_for("deblur").init_estimate == "wiener"
-    assert solver.settings_for("denoise").init_estimate == "observation"
-    assert base.get("aps", init_estimate="observation").settings_for("deblur").init_estimate == "observation"
-    assert base.get("aps", preset="paper").settings_for("deblur").init_estimate == "observation"
+    assert solver.settings_for("deblur")[0].init_estimate == "wiener"
+    assert solver.settings_for("denoise")[0].init_estimate == "observation"
+    explicit = base.get("aps", init_estimate="observation")
+    assert explicit.settings_for("deblur")[0].init_estimate == "observation"
+    assert base.get("aps", preset="paper").settings_for("deblur")[0].init_estimate == "observation"
     y, physics = parse("deblur:motion:size=9,noise=0.01").simulate(clean_rgb, torch.Generator().manual_seed(3))
     psnr = {}
     for label in ("wiener", "observation"):

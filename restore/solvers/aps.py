@@ -68,14 +68,13 @@ target (in float, same quiet machine: 79 / 67 s).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from restore import precision
 from restore.posterior import Posterior
-from restore.provenance import family_entry
 from restore.solvers import wiener
 from restore.solvers.base import Solver, SolverError, initial_estimate, noise_sigma
 from restore.tasks import family_of, kind_of
@@ -136,17 +135,11 @@ class APSSolver(Solver):
         fast = precision.estimate_bf16(self.config.precision)
         return self.config.steps * self.config.inner_steps * (1.4 + 1.6 * (samples - 1)) * (0.9 if fast else 1.0)
 
-    def settings_for(self, family: str | None) -> APSConfig:
-        """The config a task of this family (a kind, or a finer family: ``restore.provenance.family_entry``) runs
-        with: the family's settings where no explicit option overrides them."""
-        family = family_entry(self.config.per_family, family)
-        return replace(self.config, **{k: v for k, v in family.items() if k not in self.options})
-
     def _solve(self, y, physics, prior, *, n_samples, generator, progress):
         if prior.card.get("quantized") == "int8" and "tokenizer" in prior.card.get("quantized_parts", ["tokenizer"]):
             raise SolverError("aps back-propagates through the tokenizer's decoder: its tokenizer must stay float "
                               "(restore.quant quantises only the transformer)")
-        cfg = self.settings_for(family_of(physics))
+        cfg, _ = self.settings_for(family_of(physics))
         tok, tf = prior.module.tokenizer, prior.module.transformer
         sigma = max(noise_sigma(physics, y), cfg.sigma_floor)
         xs = self._x_shape(y, physics)

@@ -101,6 +101,19 @@ class Solver:
                              f"than 1 dB short of the defaults' ({scan}): expect a poorer image")
         return "; ".join(notes) or None
 
+    def settings_for(self, family: str | None) -> tuple:
+        """(config, family settings): the config a task of this family (a kind, or a finer family such as
+        'inpaint-region': ``restore.provenance.family_entry``) runs with, its ``per_family`` entry applied where no
+        explicit option (:meth:`_fixed_options`) overrides it, and that entry ({} for a config without a table)."""
+        family_settings = provenance.family_entry(getattr(self.config, "per_family", None), family)
+        fixed = self._fixed_options()
+        return (dataclasses.replace(self.config, **{k: v for k, v in family_settings.items() if k not in fixed}),
+                family_settings)
+
+    def _fixed_options(self) -> set[str]:
+        """The config fields a per-family entry must leave alone: those given explicitly."""
+        return set(self.options)
+
     def run_warning(self, y: torch.Tensor, physics, prior) -> str | None:
         """Why this run's result is expected to be poorer than its observation itself, or None: on denoising, a
         noisy input already :attr:`ceiling`'s margin above the PSNR at which the prior reconstructs clean held-out

@@ -28,12 +28,11 @@ A weight-free prior (wavelet) always does: HQS's high-noise steps need a trained
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from restore.posterior import Posterior
-from restore.provenance import family_entry
 from restore.solvers import hqs
 from restore.solvers.base import Solver, initial_estimate, noise_sigma, operator_norm_sq, randn
 from restore.tasks import family_of, kind_of
@@ -81,12 +80,6 @@ class LangevinSolver(Solver):
     # over the six tasks at 12.3 vs 26.6 s a run; the paper preset and a weight-free prior (wavelet) stay float
     default_quant = "int8"
     paper = "Laumont et al., Bayesian imaging using Plug & Play priors (PnP-ULA), SIAM J. Imaging Sci. 2022"
-
-    def settings_for(self, family: str | None) -> tuple[LangevinConfig, dict]:
-        """The config a task of this family (a kind, or a finer family: ``restore.provenance.family_entry``) runs
-        with (the family's settings where no explicit option overrides them), and those family settings."""
-        family = family_entry(self.config.per_family, family)
-        return replace(self.config, **{k: v for k, v in family.items() if k not in self.options}), family
 
     def n_chains(self, samples: int, cfg: LangevinConfig | None = None) -> int:
         """Chains run for ``samples`` samples: one each (chains=None), else the config's, at most one per sample."""

@@ -51,13 +51,12 @@ benchmarks.lownoise``, ``benchmarks/results/lownoise.json``) the flow average ha
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from restore import precision
 from restore.posterior import Posterior
-from restore.provenance import family_entry
 from restore.solvers.base import Solver, SolverError, noise_sigma, randn
 from restore.solvers.hqs import HQSSettings
 from restore.tasks import kind_of
@@ -105,15 +104,14 @@ class PMRFSolver(Solver):
         if self.config.estimate not in ESTIMATES:
             raise SolverError(f"pmrf estimate must be one of {', '.join(ESTIMATES)}; got {self.config.estimate!r}")
 
-    def settings_for(self, kind: str | None) -> tuple[PMRFConfig, dict]:
-        """The config a task of this kind runs with (the family's settings where no explicit option overrides them),
-        and those family settings. A mean source and its options go together: either given explicitly keeps the
-        family's pair out (options meant for RED-Diff must not reach HQS, nor HQS's RED-Diff)."""
-        family = family_entry(self.config.per_family, kind)
+    def _fixed_options(self) -> set[str]:
+        """The explicitly given options (:meth:`Solver.settings_for`), with a mean source and its options as one: either
+        given explicitly keeps the family's pair out (options meant for RED-Diff must not reach HQS, nor HQS's
+        RED-Diff)."""
         given = set(self.options)
         if "mean_source" in given or self.options.get("mean_options") is not None:
             given |= {"mean_source", "mean_options"}
-        return replace(self.config, **{k: v for k, v in family.items() if k not in given}), family
+        return given
 
     def posterior_mean(self, y, physics, prior, generator, progress) -> torch.Tensor:
         from restore.priors import registry

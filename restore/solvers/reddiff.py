@@ -47,12 +47,11 @@ posterior std (see the calibration benchmark).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from restore.posterior import Posterior
-from restore.provenance import family_entry
 from restore.solvers.base import Solver, initial_estimate, noise_sigma, randn
 from restore.tasks import family_of
 
@@ -111,12 +110,6 @@ class RedDiffSolver(Solver):
     presets = {"paper": PAPER}
     work_floor = {"steps": (20, "benchmarks/results/accuracy_floors.json")}
     default_quant = "int8"
-
-    def settings_for(self, family: str | None) -> tuple[RedDiffConfig, dict]:
-        """The config a task of this family (a kind, or 'inpaint-region' etc.: ``restore.provenance.family_entry``) runs
-        with (the family's settings where no explicit option overrides them), and those family settings."""
-        family = family_entry(self.config.per_family, family)
-        return replace(self.config, **{k: v for k, v in family.items() if k not in self.options}), family
 
     def cost(self, task, samples: int, prior=None) -> float:
         cfg, _ = self.settings_for(task.family)
