@@ -25,6 +25,7 @@ import warnings
 import torch
 
 from restore.solvers.wiener import WEIGHT as WIENER_WEIGHT
+from restore.solvers.wiener import wiener_hunt
 from restore.tasks import kind_of
 
 # lambda / sigma^2 per task family, from python -m benchmarks.classical (results/classical.json)
@@ -41,8 +42,6 @@ def supports(method: str, kind: str) -> str | None:
 def wiener(y: torch.Tensor, physics, weight: float | None = None) -> torch.Tensor:
     """Wiener-Hunt estimate (1, C, H, W) in [0, 1] of a denoising or deblurring observation y (1, C, H, W)
     (``restore.solvers.wiener``, at this module's weight for the task family)."""
-    from restore.solvers.wiener import wiener_hunt
-
     return wiener_hunt(y, physics, WEIGHTS["wiener"][kind_of(physics)] if weight is None else weight)
 
 

@@ -161,12 +161,14 @@ def main(argv=None):
     kept = [r for r in previous.get("per_image", []) if not rerun_unit(r, args.rerun, args.solvers)]
     options = {f"{solver}: {label}": setting.get("options", {}) for solver, settings in SETTINGS.items()
                for label, setting in settings}
-    why = {id(r): stale_unit(r, task_specs, options[r["method"]]) for r in kept
-           if r["method"] in options and (not args.solvers or r["method"].split(":")[0] in args.solvers)}
+    per_image = []
     for r in kept:
-        if why.get(id(r)):
-            print(f"rerunning {r['method']} on {r['task']} {r['image']}: {'; '.join(why[id(r)])}", flush=True)
-    per_image = [r for r in kept if not why.get(id(r))]
+        runs_here = r["method"] in options and (not args.solvers or r["method"].split(":")[0] in args.solvers)
+        why = stale_unit(r, task_specs, options[r["method"]]) if runs_here else []
+        if why:
+            print(f"rerunning {r['method']} on {r['task']} {r['image']}: {'; '.join(why)}", flush=True)
+        else:
+            per_image.append(r)
     points, todo = plan(quality, per_image, task_specs, images, args.solvers)
     print(f"{len(todo)} units to run", flush=True)
 

@@ -114,9 +114,7 @@ def test_recommended_summary_is_the_table_and_loads_without_torch():
     import subprocess
     import sys
 
-    from restore.recommend import RECOMMENDED, recommended_summary
-
-    from restore.recommend import RECOMMENDED_BY_PARAM, WHY
+    from restore.recommend import RECOMMENDED, RECOMMENDED_BY_PARAM, WHY, recommended_summary
 
     assert set(RECOMMENDED) | set(RECOMMENDED_BY_PARAM) <= set(WHY)  # every choice can say why
     line = recommended_summary()

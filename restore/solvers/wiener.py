@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from restore.solvers.base import noise_sigma
+from restore.tasks import kind_of
+
 WEIGHT = 30.0  # lambda / sigma^2, from benchmarks.classical's scan (results/classical.json), denoising and deblurring
 
 
@@ -22,9 +25,6 @@ def wiener_hunt(y: torch.Tensor, physics, weight: float = WEIGHT, sigma: float |
     ``physics``: a task's operator (``restore.tasks``); its blur kernel ``physics.filter`` (a unit kernel for
     denoising). ``sigma``: the noise std on [0, 1] (default: the operator's own, ``base.noise_sigma``)."""
     import deepinv as dinv
-
-    from restore.solvers.base import noise_sigma
-    from restore.tasks import kind_of
 
     kind = kind_of(physics)
     if kind not in ("denoise", "deblur"):
