@@ -236,22 +236,3 @@ def test_deblurring_starts_from_a_wiener_deconvolution(clean_rgb, monkeypatch):
 def test_unknown_init_estimate_is_refused(clean_rgb, tokens):
     with pytest.raises(base.SolverError, match="init_estimate must be 'wiener' or 'observation'"):
         _run("deblur:gaussian:sigma=1", clean_rgb, tokens, init_estimate="tv")
-
-
-def test_results_recorded_before_the_wiener_start_are_stale_on_deblurring_only():
-    """A config recorded before ``init_estimate`` existed ran deblurring from y: its deblurring results (and
-    calibration cells) differ from today's, the other families' do not."""
-    import dataclasses
-
-    from restore import stale
-    from restore.provenance import canonical
-
-    now = canonical(dataclasses.asdict(base.get("aps").config))
-    then = {k: v for k, v in now.items() if k not in ("init_estimate", "per_family")}
-    assert stale.settings_changed("aps", now, then, {}, "deblur") == ["init_estimate"]
-    for family in ("denoise", "sr4", "inpaint-region", "inpaint-random"):
-        assert stale.settings_changed("aps", now, then, {}, family) == []
-    # the paper preset starts deblurring from y, as before
-    paper = canonical(dataclasses.asdict(base.get("aps", preset="paper").config))
-    paper_then = {k: v for k, v in paper.items() if k not in ("init_estimate", "per_family")}
-    assert stale.settings_changed("aps", paper, paper_then, {"preset": "paper"}, "deblur") == []

@@ -1,10 +1,12 @@
-"""Wiener-Hunt deconvolution (restore.solvers.wiener): a prior-free deblurring that gains over the observation."""
+"""Wiener-Hunt deconvolution (restore.solvers.wiener): a prior-free deblurring that gains over the observation, and
+the start of the solvers that begin deblurring from it (APS, VBLE)."""
 
 import pytest
 import torch
 
 from restore import metrics
-from restore.solvers.wiener import wiener_hunt
+from restore.solvers import base
+from restore.solvers.wiener import starting_estimate, wiener_hunt
 from restore.tasks import parse
 
 
@@ -28,3 +30,38 @@ def test_other_tasks_are_refused(clean_rgb):
     y, physics = parse("sr:x2").simulate(clean_rgb, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="denoising and deblurring, not sr"):
         wiener_hunt(y, physics)
+
+
+def test_starting_estimate_is_wiener_on_deblurring_only(clean_rgb):
+    y, physics = parse("deblur:gaussian:sigma=2,noise=0.01").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    assert torch.equal(starting_estimate(y, physics, "wiener"), wiener_hunt(y, physics))
+    assert torch.equal(starting_estimate(y, physics, "observation"), y)
+    y, physics = parse("sr:x2").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    bicubic = starting_estimate(y, physics, "observation")
+    assert bicubic.shape == clean_rgb.shape and torch.equal(starting_estimate(y, physics, "wiener"), bicubic)
+    with pytest.raises(ValueError, match="init_estimate must be 'wiener' or 'observation', not 'tv'"):
+        starting_estimate(y, physics, "tv")
+
+
+@pytest.mark.parametrize("solver", ["aps", "vble"])
+def test_results_recorded_before_the_wiener_start_are_stale_on_deblurring_only(solver):
+    """A config recorded before ``init_estimate`` existed ran deblurring from y: its deblurring results (and
+    calibration cells) differ from today's, the other families' do not; the paper preset still starts from y."""
+    import dataclasses
+
+    from restore import stale
+    from restore.provenance import canonical
+
+    def recorded(**options):
+        now = canonical(dataclasses.asdict(base.get(solver, **options).config))
+        return now, {k: v for k, v in now.items() if k not in ("init_estimate", "per_family")}
+
+    now, then = recorded()
+    assert base.get(solver).settings_for("deblur")[0].init_estimate == "wiener"
+    assert stale.settings_changed(solver, now, then, {}, "deblur") == ["init_estimate"]
+    for family in ("denoise", "sr4", "inpaint-region", "inpaint-random"):
+        assert base.get(solver).settings_for(family)[0].init_estimate == "observation"
+        assert stale.settings_changed(solver, now, then, {}, family) == []
+    paper, paper_then = recorded(preset="paper")
+    assert stale.settings_changed(solver, paper, paper_then, {"preset": "paper"}, "deblur") == []
+    assert base.get(solver, init_estimate="observation").settings_for("deblur")[0].init_estimate == "observation"

@@ -76,8 +76,8 @@ import torch.nn.functional as F
 from restore import precision
 from restore.posterior import Posterior
 from restore.solvers import wiener
-from restore.solvers.base import Solver, SolverError, initial_estimate, noise_sigma
-from restore.tasks import family_of, kind_of
+from restore.solvers.base import Solver, SolverError, noise_sigma
+from restore.tasks import family_of
 
 
 # deblurring's first tilt centres on a Wiener-Hunt deconvolution, not the blurred y (module docstring: 8 held-out
@@ -167,9 +167,9 @@ class APSSolver(Solver):
 
         if cfg.init not in ("prior", "measurement"):
             raise SolverError(f"aps init must be 'prior' or 'measurement', not {cfg.init!r}")
-        if cfg.init_estimate not in ("wiener", "observation"):
+        if cfg.init_estimate not in wiener.STARTS:
             raise SolverError(f"aps init_estimate must be 'wiener' or 'observation', not {cfg.init_estimate!r}")
-        tilt = self._measurement_tilt(tok, self._estimate(y, physics, cfg.init_estimate), book, (hp, wp),
+        tilt = self._measurement_tilt(tok, wiener.starting_estimate(y, physics, cfg.init_estimate), book, (hp, wp),
                                       cfg.init_temperature).expand(k, -1, -1) \
             if cfg.init == "measurement" else torch.zeros(k, length, book.shape[0], device=y.device)
         history = []
@@ -229,14 +229,6 @@ class APSSolver(Solver):
                          meta={"measurement_fit_per_step": history, "token_grid": [gh, gw], "sigma": sigma,
                                "precision": "bf16" if bf16 else "float32"})
 
-    @staticmethod
-    @torch.no_grad()
-    def _estimate(y, physics, which: str) -> torch.Tensor:
-        """The cheap estimate x0 (1, C, H, W) the first tilt centres on: ``base.initial_estimate`` (y, bicubic y, the
-        filled-in input), or on deblurring with ``which="wiener"`` the Wiener-Hunt deconvolution of y."""
-        if which == "wiener" and kind_of(physics) == "deblur":
-            return wiener.wiener_hunt(y, physics)
-        return initial_estimate(y, physics)
 
     @staticmethod
     @torch.no_grad()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from restore.solvers.base import noise_sigma
+from restore.solvers.base import initial_estimate, noise_sigma
 from restore.tasks import kind_of
+
+STARTS = ("observation", "wiener")  # the values of a solver's ``init_estimate`` option
 
 WEIGHT = 30.0  # lambda / sigma^2, from benchmarks.classical's scan (results/classical.json), denoising and deblurring
 
@@ -36,3 +38,15 @@ def wiener_hunt(y: torch.Tensor, physics, weight: float = WEIGHT, sigma: float |
     fft = dinv.physics.BlurFFT(img_size=tuple(padded.shape[1:]), filter=kernel.to(y.device), device=y.device)
     model = dinv.models.WienerDeconvolution(lambda_reg=weight * sigma**2, prior="laplacian", device=y.device)
     return model(padded, fft)[..., p:-p, p:-p].clamp(0, 1)
+
+
+@torch.no_grad()
+def starting_estimate(y: torch.Tensor, physics, which: str) -> torch.Tensor:
+    """The cheap estimate x0 (B, C, H, W) in [0, 1] a solver starts from: ``which="observation"`` is
+    ``base.initial_estimate`` (y, bicubic y, the filled-in input); ``which="wiener"`` is, on deblurring, the
+    Wiener-Hunt deconvolution of y (and the observation's estimate on other tasks). Unknown values raise ValueError."""
+    if which not in STARTS:
+        raise ValueError(f"init_estimate must be 'wiener' or 'observation', not {which!r}")
+    if which == "wiener" and kind_of(physics) == "deblur":
+        return wiener_hunt(y, physics)
+    return initial_estimate(y, physics)
