@@ -127,7 +127,7 @@ def test_deblurring_starts_from_the_encoding_of_a_wiener_deconvolution(clean_rgb
         post = base.get("vble", iterations=2, stat_samples=2, init_estimate=label)(
             y, physics, cae, n_samples=2, generator=torch.Generator().manual_seed(0))
         first_fit[label] = post.meta["datafit_history"][0]
-    assert first_fit["wiener"] < 0.7 * first_fit["observation"], first_fit  # 9.9 against 17.8 at q4
+    assert first_fit["wiener"] < 0.8 * first_fit["observation"], first_fit  # 15.7 against 24.3
     with pytest.raises(base.SolverError, match="init_estimate must be 'wiener' or 'observation'"):
         _run("deblur:gaussian:sigma=1", clean_rgb, tiny_cae, init_estimate="tv")
 
