@@ -31,6 +31,23 @@ def installed(tmp_path_factory):
     return root, wheel
 
 
+# run by the installed interpreter: where the priors load from, the CLI's main() on each argv of sys.argv[1] (JSON),
+# and the web app's construction, in one process (each fresh one costs ~6 s of imports)
+IN_ONE_PROCESS = """
+import json, sys
+from restore.priors import registry
+print(registry.models_dir(), flush=True)
+from restore.cli import main
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert not e.code, (argv, e.code)
+import app.app
+app.app.build_demo()
+"""
+
+
 def _run(root, *args, **kw):
     env = {k: v for k, v in os.environ.items() if k != "RESTORE_MODELS"}
     out = subprocess.run([str(root / "env" / "bin" / args[0]), *args[1:]], cwd=root, env=env, capture_output=True,
@@ -56,20 +73,22 @@ def test_installed_restore_lists_restores_and_serves(installed):
     import skimage.data
 
     root, _ = installed
-    where = _run(root, "python", "-c", "from restore.priors import registry; print(registry.models_dir())")
-    assert "site-packages/restore/_models" in where
     listing = _run(root, "restore", "list")
     for prior in ("score-natural", "cae-natural-q2", "flow-natural", "tokens-natural"):
         assert any(prior in line and "ready" in line for line in listing.splitlines()), listing
     iio.imwrite(root / "tiny.png", skimage.data.astronaut()[100:132, 180:212])
-    # one tiny restore on every shipped prior kind, with cut-down settings
-    for solver, prior, opts in [("pmrf", "flow-natural", []), ("reddiff", "score-natural", ["-O", "steps=3"]),
-                                ("vble", "cae-natural-q2", ["-O", "iterations=5", "-O", "stat_samples=4"]),
-                                ("aps", "tokens-natural", ["-O", "steps=2", "-O", "inner_steps=1"])]:
-        _run(root, "restore", "tiny.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-s", solver, "-p", prior,
-             "-n", "2", "-o", f"out_{solver}", *opts)
+    # one tiny restore on every shipped prior kind, with cut-down settings: the first through the console script, the
+    # others through the installed CLI's main() in one interpreter (IN_ONE_PROCESS)
+    runs = [("pmrf", "flow-natural", []), ("reddiff", "score-natural", ["-O", "steps=3"]),
+            ("vble", "cae-natural-q2", ["-O", "iterations=5", "-O", "stat_samples=4"]),
+            ("aps", "tokens-natural", ["-O", "steps=2", "-O", "inner_steps=1"])]
+    argv = [["tiny.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-s", solver, "-p", prior, "-n", "2",
+             "-o", f"out_{solver}", *opts] for solver, prior, opts in runs]
+    _run(root, "restore", *argv[0])
+    where = _run(root, "python", "-c", IN_ONE_PROCESS, json.dumps(argv[1:]))
+    assert "site-packages/restore/_models" in where.splitlines()[0]
+    for solver, prior, _ in runs:
         meta = json.loads((root / f"out_{solver}" / "meta.json").read_text())
         ran = prior + "@int8" if solver == "reddiff" else prior  # RED-Diff's default int8 denoiser
         assert meta["prior"] == ran and np.load(root / f"out_{solver}" / "std.npy").shape == (32, 32, 3)
     assert "--host" in _run(root, "restore", "ui", "--help")
-    _run(root, "python", "-c", "import app.app as a; a.build_demo()")
