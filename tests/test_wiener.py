@@ -39,7 +39,7 @@ def test_starting_estimate_is_wiener_on_deblurring_only(clean_rgb):
     y, physics = parse("sr:x2").simulate(clean_rgb, torch.Generator().manual_seed(0))
     bicubic = starting_estimate(y, physics, "observation")
     assert bicubic.shape == clean_rgb.shape and torch.equal(starting_estimate(y, physics, "wiener"), bicubic)
-    with pytest.raises(ValueError, match="init_estimate must be 'wiener' or 'observation', not 'tv'"):
+    with pytest.raises(base.SolverError, match="init_estimate must be 'wiener' or 'observation', not 'tv'"):
         starting_estimate(y, physics, "tv")
 
 

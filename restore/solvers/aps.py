@@ -167,8 +167,6 @@ class APSSolver(Solver):
 
         if cfg.init not in ("prior", "measurement"):
             raise SolverError(f"aps init must be 'prior' or 'measurement', not {cfg.init!r}")
-        if cfg.init_estimate not in wiener.STARTS:
-            raise SolverError(f"aps init_estimate must be 'wiener' or 'observation', not {cfg.init_estimate!r}")
         tilt = self._measurement_tilt(tok, wiener.starting_estimate(y, physics, cfg.init_estimate), book, (hp, wp),
                                       cfg.init_temperature).expand(k, -1, -1) \
             if cfg.init == "measurement" else torch.zeros(k, length, book.shape[0], device=y.device)
@@ -228,7 +226,6 @@ class APSSolver(Solver):
         return Posterior(mean=samples.mean(0, keepdim=True), samples=samples,
                          meta={"measurement_fit_per_step": history, "token_grid": [gh, gw], "sigma": sigma,
                                "precision": "bf16" if bf16 else "float32"})
-
 
     @staticmethod
     @torch.no_grad()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from restore.solvers.base import initial_estimate, noise_sigma
+from restore.solvers.base import SolverError, initial_estimate, noise_sigma
 from restore.tasks import kind_of
 
 STARTS = ("observation", "wiener")  # the values of a solver's ``init_estimate`` option
@@ -44,9 +44,10 @@ def wiener_hunt(y: torch.Tensor, physics, weight: float = WEIGHT, sigma: float |
 def starting_estimate(y: torch.Tensor, physics, which: str) -> torch.Tensor:
     """The cheap estimate x0 (B, C, H, W) in [0, 1] a solver starts from: ``which="observation"`` is
     ``base.initial_estimate`` (y, bicubic y, the filled-in input); ``which="wiener"`` is, on deblurring, the
-    Wiener-Hunt deconvolution of y (and the observation's estimate on other tasks). Unknown values raise ValueError."""
+    Wiener-Hunt deconvolution of y (and the observation's estimate on other tasks). Other values raise SolverError
+    (the option is a solver's)."""
     if which not in STARTS:
-        raise ValueError(f"init_estimate must be 'wiener' or 'observation', not {which!r}")
+        raise SolverError(f"init_estimate must be 'wiener' or 'observation', not {which!r}")
     if which == "wiener" and kind_of(physics) == "deblur":
         return wiener_hunt(y, physics)
     return initial_estimate(y, physics)
