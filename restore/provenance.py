@@ -75,8 +75,8 @@ def family_entry(per_family: dict | None, family: str | None) -> dict:
 def for_family(config: dict, options: dict, family: str | None) -> dict:
     """The settings a solver with this (canonical) ``config`` runs a task of ``family`` with (a task kind, or a
     family such as 'inpaint-region' or 'sr4': :func:`family_entry`): a ``per_family`` table (RED-Diff's,
-    PMRF's) resolved for it, options given explicitly winning over it as at run time (the dict form of
-    ``RedDiffSolver.settings_for``). ``family`` None, or a config without such a table: the config as it is."""
+    PMRF's, ...) resolved for it, options given explicitly winning over it as at run time (the dict form of
+    ``Solver.settings_for``). ``family`` None, or a config without such a table: the config as it is."""
     if family is None or "per_family" not in config:
         return config
     out = {k: v for k, v in config.items() if k != "per_family"}
