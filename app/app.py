@@ -261,6 +261,8 @@ def estimate_noise_level(image, fit: str | None = None, region=None) -> tuple[fl
 def _restorer(solver: str, prior: str | None, options: dict, quant: str = "auto"):
     from restore import Restorer
 
+    if "prior" in options:
+        raise UserError("choose the prior in the Prior list, not in the solver options")
     key = (solver, prior, quant, json.dumps(options, sort_keys=True))
     if key not in _restorers:
         _restorers[key] = Restorer(solver, prior or None, quant=quant, **options)
@@ -631,6 +633,7 @@ def _fit_controls(gr, prefix: str = ""):
 def build_demo():
     import gradio as gr
 
+    from restore import tasks
     from restore.api import DEFAULT_SOLVER, recommended_solver
     from restore.priors import registry
     from restore.solvers import base
@@ -638,10 +641,13 @@ def build_demo():
     solver_names = base.names()
     kinds = {n: base.solver_class(n) for n in solver_names}
 
-    def priors_for(solver):
+    def priors_for(solver, kind_=None, factor_=4):
+        """The solver's priors, the one it picks for the task selected (VBLE: its CAE rate per task) chosen."""
         cls = kinds[solver]
         names = [p for p in registry.available() if registry.PRIORS[p].kind in cls.prior_kinds]
-        return gr.Dropdown(choices=names, value=cls.default_prior if cls.default_prior in names else None)
+        pick = base.get(solver).prior_for(tasks.parse(task_spec(kind_, 2.55, sr_factor=factor_)).family
+                                          if kind_ else None)
+        return gr.Dropdown(choices=names, value=pick if pick in names else None)
 
     def gr_error(fn):
         @functools.wraps(fn)  # Gradio reads the signature for its special (progress, request) parameters
@@ -778,13 +784,13 @@ def build_demo():
             def preset_solver(kind_, factor_):
                 spec = task_spec(kind_, 2.55, sr_factor=factor_)
                 name = recommended_solver(spec)
-                return gr.Radio(value=name), priors_for(name), recommended_note(spec)
+                return gr.Radio(value=name), priors_for(name, kind_, factor_), recommended_note(spec)
 
             preset_out = [solver, prior, solver_note]
             kind_changed = tc.kind.change(preset_solver, [tc.kind, tc.factor], preset_out, **private)
             factor_changed = tc.factor.change(preset_solver, [tc.kind, tc.factor], preset_out, **private)
-            solver_changed = solver.change(priors_for, solver, prior, **private)
-            demo.load(priors_for, solver, prior, **private)
+            solver_changed = solver.change(priors_for, [solver, tc.kind, tc.factor], prior, **private)
+            demo.load(priors_for, [solver, tc.kind, tc.factor], prior, **private)
 
             # the parameters after quant_ are newer than the API's first version: their defaults (the components'
             # initial values) keep older gradio_client calls working

@@ -42,7 +42,7 @@ def main(argv=None):
     task = f"denoise:gaussian:sigma={25 / 255:.6f}"
     field = ITERATION_FIELD.get(args.solver)
     r = Restorer(args.solver, tile=args.tile, **({field: args.iterations} if field else {}))
-    r.prior()
+    r.prior(task)
     y = r.simulate(x, task, seed=0)
     with PeakRSS() as peak:
         t0 = time.perf_counter()

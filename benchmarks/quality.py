@@ -257,8 +257,8 @@ def cannot_run(spec: str, mname: str, cfg: dict, ctx: Context) -> str | None:
 
     if "solver" in cfg:
         restorer = ctx.restorers[mname]
-        if restorer.prior_name not in ctx.ready:
-            return f"n/a: prior {restorer.prior_name} has no weights yet"
+        if restorer.prior_name_for(spec) not in ctx.ready:
+            return f"n/a: prior {restorer.prior_name_for(spec)} has no weights yet"
         reason = restorer.solver.supports(parse(spec))
         return f"n/a: {reason}" if reason else None
     if cfg.get("baseline") == "diffpir" and ctx.score is None:
@@ -288,7 +288,7 @@ def evaluate_image(tname: str, spec: str, mname: str, cfg: dict, images: list, i
     y, physics = task.simulate(x, torch.Generator().manual_seed(i))
     x, y, physics = x.to(ctx.device), y.to(ctx.device), physics.to(ctx.device)
     if mname in ctx.restorers:  # load (and quantise) the prior outside the timing: a --jobs worker loads it per method
-        ctx.restorers[mname].prior()
+        ctx.restorers[mname].prior(task)
     t0 = time.perf_counter()
     if cfg.get("baseline") in ("input", "tokenizer", *classical.ESTIMATORS):
         if cfg["baseline"] == "tokenizer":

@@ -44,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--saturation", type=float, default=2.0)
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--prior", default=None, help="VBLE's CAE (default: VBLE's default, cae-natural-q2)")
+    ap.add_argument("--prior", default=None, help="VBLE's CAE (default: VBLE's choice per task)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -94,7 +94,7 @@ def main(argv=None):
     cards = {n: {k: registry.read_card(n).get(k) for k in ("steps", "colour_augmentation")} for n in caes}
     out = write_results("saturated", {"files": [f.name for f in files], "crop": args.crop,
                                       "saturation": args.saturation, "samples": args.samples,
-                                      "vble_prior": vble.prior().name,
+                                      "vble_prior": {t: vble.prior_name_for(tasks()[t]) for t in args.tasks},
                                       "models": str(registry.models_dir()), "cards": cards, "rows": rows,
                                       "seconds": time.time() - t0}, args.out)
     print(f"wrote {out}")

@@ -68,10 +68,10 @@ def targets(solvers: list[str], photo: torch.Tensor, size: int = 256, samples: i
     rows = []
     for name, quant in [(n, None) for n in solvers] + [(n, "none") for n in in_float]:
         r = Restorer(name, quant=quant)
-        r.prior()  # loading (and an int8 backbone's calibration) stays outside the timing
         for tname, spec in specs.items():
             if r.solver.supports(parse(spec)):
                 continue
+            r.prior(spec)  # loading (and an int8 backbone's calibration) stays outside the timing
             y = r.simulate(x, spec, seed=0)
             with PeakRSS() as peak:
                 t0 = time.perf_counter()
@@ -177,10 +177,10 @@ def main(argv=None):
         run_iters = max(5, int(round(full * args.fraction))) if field else None
         scale = full / run_iters if field else 1.0
         r = Restorer(name, **({field: run_iters} if field else {}))
-        if r.prior_name not in registry.available():
-            rows.append({"solver": name, "note": f"n/a: prior {r.prior_name} has no weights yet"})
+        if r.prior_name_for(task) not in registry.available():
+            rows.append({"solver": name, "note": f"n/a: prior {r.prior_name_for(task)} has no weights yet"})
             continue
-        r.prior()  # load outside the timed region
+        r.prior(task)  # load outside the timed region
         for size in sizes:
             t, l = (photo.shape[-2] - size) // 2, (photo.shape[-1] - size) // 2
             x = photo[..., t:t + size, l:l + size]

@@ -15,7 +15,7 @@ from restore.recommend import (DEFAULT_SOLVER, RECOMMENDED, RECOMMENDED_BY_PARAM
                                recommended_exceptions, recommended_for, recommended_reason, recommended_solver,
                                recommended_summary)
 from restore.solvers import base
-from restore.tasks import Task, TaskError, parse
+from restore.tasks import FAMILIES, Task, TaskError, parse
 
 
 class Restorer:
@@ -23,7 +23,8 @@ class Restorer:
 
     Args:
         solver: registered solver name (``restore.solvers.base.names()``).
-        prior: registered prior name; None = the solver's default prior.
+        prior: registered prior name; None = the solver's choice for each task (``Solver.prior_for``: VBLE's CAE rate
+            per task family, the default prior for the other solvers).
         device: torch device string.
         tile: restored images above ``tile_above`` pixels are solved in overlapping tiles of this size
             (``restore.tiling``), bounding memory; 0 disables tiling.
@@ -46,6 +47,8 @@ class Restorer:
         self.tile, self.overlap = int(tile), int(overlap)
         self.calibrate = bool(calibrate)
         self.tile_above = tile_above if tile_above is not None else 4 * self.tile**2
+        if prior and base.config_has(solver, "prior"):  # recorded as an option, so it wins over a per-family choice
+            options = {**options, "prior": prior}
         self.solver = base.get(solver, **options)
         from restore.quant import SCHEMES, QuantError
 
@@ -58,18 +61,31 @@ class Restorer:
         if self.quant == "int8" and not int8_ok:
             raise base.SolverError(f"solver {solver!r} back-propagates through its prior; real int8 gives zero "
                                    "gradients. Use quant='w8a8' or 'w4a8' (simulated) instead")
-        self.prior_name = prior or self.solver.default_prior
-        registry.spec(self.prior_name)  # fail early on an unknown name
+        self.prior_given = prior
+        for name in {prior or self.solver.prior_for(family) for family in (None, *FAMILIES)}:
+            registry.spec(name)  # fail early on an unknown name
         self.device = torch.device(device)
         self._priors: dict[str, registry.Prior] = {}
 
-    def prior(self) -> registry.Prior:
-        if self.prior_name not in self._priors:
-            prior = registry.load(self.prior_name, self.device)
+    @property
+    def prior_name(self) -> str:
+        """The prior named to this Restorer, else the solver's for no particular task (its default prior)."""
+        return self.prior_name_for(None)
+
+    def prior_name_for(self, task: str | Task | None) -> str:
+        """The prior a restore of ``task`` runs on: the one named to this Restorer, else the solver's choice for the
+        task's family (``Solver.prior_for``)."""
+        return self.prior_given or self.solver.prior_for(None if task is None else parse(task).family)
+
+    def prior(self, task: str | Task | None = None) -> registry.Prior:
+        """The loaded (and maybe quantised) prior for ``task`` (:meth:`prior_name_for`), kept for later calls."""
+        name = self.prior_name_for(task)
+        if name not in self._priors:
+            prior = registry.load(name, self.device)
             if self.quant:
                 prior = self._quantized(prior)
-            self._priors[self.prior_name] = prior
-        return self._priors[self.prior_name]
+            self._priors[name] = prior
+        return self._priors[name]
 
     def _quantized(self, prior: registry.Prior) -> registry.Prior:
         """``prior`` under ``self.quant``; float when the solver's preferred scheme does not cover this prior (a
@@ -111,7 +127,7 @@ class Restorer:
         x_shape = task.x_shape(tuple(y.shape))
         io.check_size(x_shape[2], x_shape[3], "restored size")
         t0 = time.perf_counter()
-        prior = self.prior()
+        prior = self.prior(task)
         t_prior = time.perf_counter() - t0
         t1 = time.perf_counter()
         physics = None

@@ -84,9 +84,7 @@ def family(task) -> tuple[str | None, str]:
         return None, f"{task.variant} noise is not calibrated"
     if task.kind == "deblur":
         return "deblur", ""
-    if task.kind == "sr":
-        return f"sr{task.scale}", ""
-    if task.kind == "inpaint":
+    if task.kind in ("sr", "inpaint"):
         return task.family, ""
     return None, f"task kind {task.kind} is not calibrated"
 

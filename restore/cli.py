@@ -42,6 +42,8 @@ def _parse_options(options: list[str]) -> dict:
         if "=" not in item:
             raise typer.BadParameter(f"--option takes key=value; got {item!r}")
         k, v = item.split("=", 1)
+        if k.strip() == "prior":
+            raise typer.BadParameter(f"name the prior with --prior, not --option ({item!r})")
         try:
             val = json.loads(v)
         except json.JSONDecodeError:
@@ -239,7 +241,7 @@ def list_all():
     from restore import api, calibration
     from restore.priors import registry
     from restore.solvers import base
-    from restore.tasks import KINDS, PARAMS
+    from restore.tasks import FAMILIES, KINDS, PARAMS
 
     typer.echo("solvers:")
     for name in base.names():
@@ -252,8 +254,11 @@ def list_all():
                       f"uncalibrated at its defaults: {stale}" if stale else
                       f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
+        solver = base.get(name)
+        by_family = {f: solver.prior_for(f) for f in FAMILIES if solver.prior_for(f) != cls.default_prior}
+        per_task = f" ({', '.join(f'{p} for {f}' for f, p in by_family.items())})" if by_family else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
-                   f"default prior: {cls.default_prior}{f' ({scheme})' if scheme else ''}; "
+                   f"default prior: {cls.default_prior}{f' ({scheme})' if scheme else ''}{per_task}; "
                    f"uncertainty: {calibrated}{presets}")
     typer.echo("priors:")
     here = set(registry.available())

@@ -59,7 +59,7 @@ def _seconds_per_megapixel(prior) -> float:
 def estimate_seconds(restorer, task, x_shape: tuple, samples: int) -> float | None:
     """Estimated seconds for ``restorer`` (a restore.api.Restorer) to restore an image whose restored shape is
     ``x_shape`` (1, C, H, W) with ``samples`` samples; None when the solver cannot say."""
-    prior = restorer.prior()  # loaded once, kept for the run; cards count some solvers' steps (PMRF's per family)
+    prior = restorer.prior(task)  # loaded once, kept for the run; cards count some solvers' steps (PMRF's per family)
     forwards = restorer.solver.cost(task, samples, prior)
     if forwards is None:
         return None

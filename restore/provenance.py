@@ -72,6 +72,18 @@ def family_entry(per_family: dict | None, family: str | None) -> dict:
     return dict(per_family.get(kind) or {})
 
 
+def without_prior(config: dict) -> dict:
+    """A canonical config (or options) without the prior it names (VBLE's ``prior`` and its ``per_family`` entries):
+    which prior ran is told by the priors' names and digests, and a calibration table or cached run belongs to one
+    prior whichever setting picked it (``restore.stale.reasons`` checks the choice itself)."""
+    out = {k: v for k, v in config.items() if k != "prior"}
+    if isinstance(out.get("per_family"), dict):
+        out["per_family"] = {f: {k: v for k, v in (entry or {}).items() if k != "prior"} or None
+                             for f, entry in out["per_family"].items()}
+        out["per_family"] = {f: e for f, e in out["per_family"].items() if e} or None
+    return out
+
+
 def for_family(config: dict, options: dict, family: str | None) -> dict:
     """The settings a solver with this (canonical) ``config`` runs a task of ``family`` with (a task kind, or a
     family such as 'inpaint-region' or 'sr4': :func:`family_entry`): a ``per_family`` table (RED-Diff's,

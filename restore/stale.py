@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from restore.priors import registry
-from restore.provenance import canonical, changed, for_family
+from restore.provenance import canonical, changed, for_family, without_prior
 from restore.solvers import base
 
 
@@ -24,8 +24,11 @@ def settings_changed(solver: str, now: dict, then: dict, options: dict, family: 
     """The settings in which solver ``solver`` runs a task of ``family`` differently under canonical config ``now``
     than under the recorded ``then`` (both resolved for the family with the explicit ``options``:
     :func:`restore.provenance.for_family`; an option added since counts only off its default:
-    :func:`restore.provenance.changed`), sorted; empty when it runs the same."""
-    return changed(for_family(now, options, family), for_family(then, options, family), default_config(solver))
+    :func:`restore.provenance.changed`), sorted; empty when it runs the same. The prior a config picks is not a
+    setting here (:func:`restore.provenance.without_prior`; :func:`reasons` checks it)."""
+    now, then, options = without_prior(now), without_prior(then), without_prior(options)
+    return changed(for_family(now, options, family), for_family(then, options, family),
+                   without_prior(default_config(solver)))
 
 
 def reasons(provenance: dict, family: str | None = None) -> list[str]:
@@ -45,6 +48,12 @@ def reasons(provenance: dict, family: str | None = None) -> list[str]:
                                   family)
         if differ:
             found.append(f"solver {s['name']} defaults changed: {', '.join(differ)}")
+        # a solver that picks its prior per family (VBLE's CAE rate; a prior named to it is among its options)
+        if s is provenance["solvers"][0] and family is not None and base.config_has(s["name"], "prior"):
+            pick = solver.prior_for(family)
+            ran = {registry.split_name(name)[0] for name in provenance.get("priors", {})}
+            if ran and pick not in ran:
+                found.append(f"solver {s['name']} now runs {family} on prior {pick} (ran on {', '.join(sorted(ran))})")
     for name, digest in provenance.get("priors", {}).items():
         base_name = registry.split_name(name)[0]  # a quantised prior is named NAME@SCHEME
         # digest None: a prior made outside the registry, nothing to compare

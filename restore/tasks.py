@@ -51,6 +51,9 @@ def kind_of(physics) -> str | None:
 # neighbourhood cannot give. A solver's per-family settings may differ between the two (none do today: a longer
 # RED-Diff schedule on regions was tried and not kept, docs/solvers.md); the calibration tables split by the spec.
 REGION_RADIUS = 8
+# the settings families of the tasks the benchmarks and calibration tables cover (Task.family; other SR factors give
+# 'sr3', ...), for checks over all of them
+FAMILIES = ("denoise", "deblur", "sr2", "sr4", "inpaint-random", "inpaint-region")
 
 
 def hole_radius(mask: torch.Tensor, cap: int = 64) -> int:
@@ -70,11 +73,14 @@ def hole_radius(mask: torch.Tensor, cap: int = 64) -> int:
 
 def family_of(physics) -> str | None:
     """The settings family of a physics built by :meth:`Task.physics`: its kind, with inpainting split by the mask
-    into 'inpaint-random' and 'inpaint-region' (:data:`REGION_RADIUS`). :attr:`Task.family` names the same
-    families from a spec."""
+    into 'inpaint-random' and 'inpaint-region' (:data:`REGION_RADIUS`) and super-resolution by its factor ('sr2',
+    'sr4'; a per-family table keyed 'sr' covers every factor: ``restore.provenance.family_entry``).
+    :attr:`Task.family` names the same families from a spec."""
     kind = kind_of(physics)
     if kind == "inpaint":
         return "inpaint-region" if hole_radius(physics.mask) > REGION_RADIUS else "inpaint-random"
+    if kind == "sr":
+        return f"sr{int(physics.factor)}"
     return kind
 
 
@@ -249,9 +255,11 @@ class Task:
         """The settings family (:func:`family_of`) of this spec: its kind, with inpainting 'inpaint-random' for
         random masks and 'inpaint-region' for boxes and user masks (the calibration family; a solver reads the mask's
         geometry instead, and the two agree for random masks up to 95 % missing and boxes of at least 0.2 at 128-512
-        px)."""
+        px), and super-resolution 'sr' with its factor ('sr2', 'sr4')."""
         if self.kind == "inpaint":
             return "inpaint-random" if self.variant == "random" else "inpaint-region"
+        if self.kind == "sr":
+            return f"sr{self.scale}"
         return self.kind
 
     # ---- geometry -----------------------------------------------------------------------------------------------

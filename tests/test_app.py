@@ -82,6 +82,9 @@ def test_bad_requests_are_user_errors(args, message):
 def test_bad_options_json(image):
     with pytest.raises(webapp.UserError, match="JSON object"):
         webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "langevin", None, 1, 0, None, "[1, 2")
+    with pytest.raises(webapp.UserError, match="Prior list"):  # one place names the prior
+        webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "vble", None, 1, 0, None,
+                             '{"prior": "cae-natural-q2"}')
 
 
 def test_compare_handler_shares_one_scale(image):

@@ -151,7 +151,7 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     assert stale.reasons(before, "deblur") == ["solver langevin defaults changed: init"]
     assert stale.reasons(before, "inpaint-random") == ["solver langevin defaults changed: init, init_options"]
     assert stale.reasons(before) == ["solver langevin defaults changed: per_family"]
-    assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr" and quality._family("blur:oops") is None
+    assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr4" and quality._family("blur:oops") is None
     assert quality._family("inpaint:box:size=0.3") == "inpaint-region"
 
     table_ = {}

@@ -61,6 +61,8 @@ def test_single_image_errors(tmp_path, folder):
     assert r.exit_code == 2 and "unknown solver 'magic'" in r.output
     r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-O", "bad")
     assert r.exit_code != 0
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-s", "vble", "-O", "prior=cae-natural-q2")
+    assert r.exit_code == 2 and "--prior" in r.output
 
 
 def test_auto_noise_level_is_estimated_printed_and_kept(tmp_path, folder):

@@ -184,8 +184,8 @@ def test_inpainting_family_follows_the_mask_geometry():
             assert family_of(task.physics(shape)) == task.family, (spec, size)
     assert hole_radius(parse("inpaint:random:missing=0.95").mask((1, 3, 256, 256))) <= REGION_RADIUS
     assert [parse(s).family for s in ("denoise:gaussian:sigma=0.1", "sr:x4", "deblur:gaussian:sigma=2")] == \
-        ["denoise", "sr", "deblur"]
-    assert family_of(parse("sr:x2").physics((1, 3, 32, 32))) == "sr"
+        ["denoise", "sr4", "deblur"]
+    assert family_of(parse("sr:x2").physics((1, 3, 32, 32))) == parse("sr:x2").family == "sr2"
     # a family's own settings, else its kind's
     table = {"sr": {"steps": 50}, "inpaint-region": {"sigma_max": 0.5}}
     assert family_entry(table, "sr4") == {"steps": 50} and family_entry(table, "inpaint-region") == {"sigma_max": 0.5}

@@ -143,9 +143,52 @@ def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb, monkeypatch):
     y, _ = parse("denoise:gaussian:sigma=0.01").simulate(clean_rgb, torch.Generator().manual_seed(0))
     with pytest.warns(RuntimeWarning, match="expected to be below this noisy input"):
         post = r(y, "denoise:gaussian:sigma=0.01", samples=2)
-    assert "cae-natural-q2" in post.meta["settings_warning"]
+    assert post.meta["prior"] == "cae-natural-q6" and "cae-natural-q6" in post.meta["settings_warning"]  # its pick
     y, _ = parse("denoise:gaussian:sigma=0.1").simulate(clean_rgb, torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # heavy noise: no such warning
         post = r(y, "denoise:gaussian:sigma=0.1", samples=2)
     assert "settings_warning" not in post.meta
+
+
+def test_the_cae_rate_is_picked_per_task_and_a_named_prior_wins(monkeypatch):
+    """The best of the three CAE rates per task family on held-out crops (PRIOR_BY_FAMILY): picked when no prior is
+    named, recorded so that a result run on another rate reads as stale, and never mixed into a named prior's table."""
+    from dataclasses import asdict
+
+    from restore import Restorer, calibration, stale
+    from restore.provenance import canonical
+
+    monkeypatch.delenv("RESTORE_MODELS", raising=False)  # the tiny_cae fixture points it elsewhere
+    specs = {"denoise:gaussian:sigma=0.1": "cae-natural-q6", "deblur:motion": "cae-natural-q4",
+             "deblur:gaussian:sigma=1": "cae-natural-q4", "sr:x2": "cae-natural-q6", "sr:x4": "cae-natural-q2",
+             "inpaint:random": "cae-natural-q6", "inpaint:box": "cae-natural-q6", "sr:x3": "cae-natural-q6"}
+    assert {s: Restorer("vble").prior_name_for(s) for s in specs} == specs
+    named = Restorer("vble", "cae-natural-q2")
+    assert {named.prior_name_for(s) for s in specs} == {"cae-natural-q2"}
+    assert named.solver.options == {"prior": "cae-natural-q2"}  # recorded with the run's provenance
+    paper = Restorer("vble", preset="paper")  # the paper picks its rate per task too, without our Wiener start
+    assert paper.prior_name_for("sr:x4") == "cae-natural-q2" and paper.prior_name_for("deblur:motion") == "cae-natural-q4"
+    assert paper.solver.settings_for("deblur")[0].init_estimate == "observation"
+    assert Restorer("pmrf").prior_name_for("sr:x4") == "flow-natural"  # one prior for every task elsewhere
+
+    def ran(options: dict, prior: str, config: dict | None = None) -> dict:
+        config = config or canonical(asdict(base.get("vble", **options).config))
+        return {"solvers": [{"name": "vble", "options": options, "config": config}],
+                "priors": {prior: registry.digest(prior)}}
+
+    assert stale.reasons(ran({}, "cae-natural-q6"), "denoise") == []
+    assert stale.reasons(ran({}, "cae-natural-q2"), "denoise") == [
+        "solver vble now runs denoise on prior cae-natural-q6 (ran on cae-natural-q2)"]
+    assert stale.reasons(ran({"prior": "cae-natural-q2"}, "cae-natural-q2"), "denoise") == []
+    # a row from before the per-family choice (q2 for every task): still valid where q2 is the pick (x4 SR)
+    before = {k: v for k, v in canonical(asdict(base.get("vble").config)).items() if k != "prior"}
+    before["per_family"] = {"deblur": {"init_estimate": "wiener"}}
+    assert stale.reasons(ran({}, "cae-natural-q2", before), "sr4") == []
+    assert stale.reasons(ran({}, "cae-natural-q2", before), "deblur") == [
+        "solver vble now runs deblur on prior cae-natural-q4 (ran on cae-natural-q2)"]
+    # a table is one prior's whichever family picks it: the q2 table covers a named q2 run of every family
+    table = registry.calibration_table("vble", "cae-natural-q2")
+    for family in ("denoise", "deblur", "sr4", "inpaint-random"):
+        assert calibration.table_mismatch(table, "cae-natural-q2", asdict(named.solver.config), family,
+                                          named.solver.options) is None, family

@@ -110,6 +110,13 @@ class Solver:
         return (dataclasses.replace(self.config, **{k: v for k, v in family_settings.items() if k not in fixed}),
                 family_settings)
 
+    def prior_for(self, family: str | None) -> str:
+        """The prior a run of a task of ``family`` (``Task.family``; None: no task yet) loads when none is named: the
+        config's ``prior`` as that family runs it (VBLE picks its CAE's rate per family; an explicit ``prior`` option
+        wins), else :attr:`default_prior`."""
+        config, _ = self.settings_for(family)
+        return getattr(config, "prior", None) or self.default_prior
+
     def _fixed_options(self) -> set[str]:
         """The config fields a per-family entry must leave alone: those given explicitly."""
         return set(self.options)
@@ -223,6 +230,11 @@ def solver_class(name: str) -> type[Solver]:
         raise SolverError(f"unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}")
     module = importlib.import_module(SOLVERS[name])
     return module.SOLVER
+
+
+def config_has(name: str, option: str) -> bool:
+    """Whether solver ``name``'s config has the field ``option`` (e.g. 'prior': VBLE's, which picks its CAE)."""
+    return option in {f.name for f in dataclasses.fields(solver_class(name).config_cls)}
 
 
 def get(name: str, config=None, **overrides) -> Solver:

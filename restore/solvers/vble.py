@@ -44,9 +44,14 @@ from restore.tasks import family_of
 
 LOG_A_MIN, LOG_A_MAX = math.log(1.5e-5), math.log(20.0)
 
+# the CAE (its rate) each task family runs on when no prior is named: the best of q2 / q4 / q6 on 8 held-out BSD432
+# crops (module docstring "Which rate"; benchmarks/results/tune_vble_rate_q*.json, tune_vble_sr2_q*.json)
+PRIOR_BY_FAMILY = {"denoise": "cae-natural-q6", "deblur": "cae-natural-q4", "sr2": "cae-natural-q6",
+                   "sr4": "cae-natural-q2", "inpaint": "cae-natural-q6"}
 # deblurring starts from g_a of a Wiener-Hunt deconvolution, not of the blurred y (module docstring: 8 held-out
 # BSD432 crops, motion blur +0.26 / +0.51 / +0.69 dB at q2 / q4 / q6, Gaussian blur level)
-PER_FAMILY = {"deblur": {"init_estimate": "wiener"}}
+PER_FAMILY = {family: {"prior": name, **({"init_estimate": "wiener"} if family == "deblur" else {})}
+              for family, name in PRIOR_BY_FAMILY.items()}
 
 
 @dataclass
@@ -72,6 +77,9 @@ class VBLEConfig:
     # x0 whose encoding g_a(x0) starts the latent: "observation" (base.initial_estimate: y, bicubic y, the filled-in
     # input, the paper's) or, on deblurring, "wiener" (the Wiener-Hunt deconvolution of y); per_family sets "wiener"
     init_estimate: str = "observation"
+    # the CAE a Restorer loads when none is named (None: default_prior); per_family picks one per task family, and
+    # a prior named to the Restorer (or ``-O prior=NAME``) wins over both
+    prior: str | None = None
     # task families whose settings differ (unless given explicitly; keys as RED-Diff's: restore.provenance.family_entry)
     per_family: dict | None = field(default_factory=lambda: {k: dict(v) for k, v in PER_FAMILY.items()})
 
@@ -127,12 +135,13 @@ class VBLESolver(Solver):
     name = "vble"
     config_cls = VBLEConfig
     prior_kinds = ("cae",)
-    # the lowest rate; on held-out crops q4 / q6 lead on denoising, Gaussian deblurring and inpainting and q2 on motion
-    # blur and x4 SR (docs/solvers.md "VBLE: which rate"); a per-family default is the next step
-    default_prior = "cae-natural-q2"
+    # for a task family PRIOR_BY_FAMILY does not name (and for listings); the families' choice is in per_family
+    default_prior = "cae-natural-q6"
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
-    presets = {"paper": {"early_stop": None, "inpaint_iterations": None, "per_family": None}}
+    # the paper picks its CAE's rate per task too: the preset keeps our per-family choice, without the Wiener start
+    presets = {"paper": {"early_stop": None, "inpaint_iterations": None,
+                         "per_family": {family: {"prior": name} for family, name in PRIOR_BY_FAMILY.items()}}}
     # on denoising VBLE cannot do much better than its CAE codes a clean photo: held out (benchmarks.lownoise) the q2
     # CAE's VBLE gave 28.3-29.1 dB at noise 2.55-10/255, below or level with the noisy input (40.1 / 34.3 / 30.7 / 28.3
     # dB at 2.55 / 5 / 7.5 / 10), where the CAE codes those files at 25.8 dB (its card): warn 2.5 dB above that

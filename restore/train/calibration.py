@@ -32,7 +32,7 @@ import torch
 
 from restore import calibration as cal
 from restore.files import save_atomic, write_json_atomic
-from restore.provenance import canonical
+from restore.provenance import canonical, without_prior
 from restore.stale import settings_changed
 
 S = 1 / 255
@@ -180,10 +180,10 @@ def same_settings(cached: list[dict] | None, now: list[dict], family: str) -> bo
     """Whether a cached run's solvers (its provenance list: name, options, config) ran this ``family``'s task as the
     code now does: the same solvers in order, each config resolved for the family (``provenance.for_family``: a
     per-family setting changed for another family does not count) and an option added since counting only off its
-    default (``provenance.changed``)."""
+    default (``provenance.changed``); the prior named among the options does not count (the cache is one prior's)."""
     if cached is None or [s["name"] for s in cached] != [s["name"] for s in now]:
         return False
-    return not any(a.get("options", {}) != b.get("options", {})
+    return not any(without_prior(a.get("options", {})) != without_prior(b.get("options", {}))
                    or settings_changed(b["name"], b["config"], a["config"], b.get("options", {}), family)
                    for a, b in zip(cached, now))
 
@@ -424,7 +424,11 @@ def main(argv=None):
     from restore.priors import registry
     from restore.train.common import training_command
 
-    restorer = Restorer(args.solver, args.prior, calibrate=False, quant=args.quant, **options)
+    from restore.solvers import base
+
+    # one table is one prior's, for every family (VBLE would otherwise pick its CAE rate per family)
+    restorer = Restorer(args.solver, args.prior or base.solver_class(args.solver).default_prior, calibrate=False,
+                        quant=args.quant, **options)
     prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
     families = supported_families(restorer.solver) if args.families == "all" else args.families.split(",")
     unknown = set(families) - set(GRID)
