@@ -170,6 +170,9 @@ def test_the_cae_rate_is_picked_per_task_and_a_named_prior_wins(monkeypatch):
     paper = Restorer("vble", preset="paper")  # the paper picks its rate per task too, without our Wiener start
     assert paper.prior_name_for("sr:x4") == "cae-natural-q2" and paper.prior_name_for("deblur:motion") == "cae-natural-q4"
     assert paper.solver.settings_for("deblur")[0].init_estimate == "observation"
+    # lambda per family too (inpainting 10, x2 SR 2.5), as the paper tunes it, in the preset as well
+    assert [named.solver.settings_for(f)[0].lambda_ for f in ("denoise", "sr2", "sr4", "inpaint-region")] == \
+        [1.0, 2.5, 1.0, 10.0] == [paper.solver.settings_for(f)[0].lambda_ for f in ("denoise", "sr2", "sr4", "inpaint-region")]
     assert Restorer("pmrf").prior_name_for("sr:x4") == "flow-natural"  # one prior for every task elsewhere
 
     def ran(options: dict, prior: str, config: dict | None = None) -> dict:

@@ -21,6 +21,15 @@ As read from the reference code (MaudBqrd/VBLE; notes/vble.md):
   fixed count) once a window's mean objective stops falling, and run inpainting for 40 iterations
   (``inpaint_iterations``): there the objective keeps falling while the missing region drifts (held-out crops:
   +0.6 dB on random and +1.2 dB on box inpainting against the early-stopped 400).
+- Which rate (the paper picks the CAE's rate per task; notes/vble.md): with no prior named, ``per_family`` picks one of
+  our three (``PRIOR_BY_FAMILY``, read by ``Solver.prior_for``): the best on 8 held-out BSD432 crops (128 px, 4
+  samples): q6 for denoising (+0.4 to +0.8 dB over q2 at 10-25/255, level at 50), x2 SR (+0.62) and inpainting
+  (+0.27 / +0.36), q4 for deblurring (Gaussian +0.41, motion +0.05; q6 would trade 0.13 on Gaussian for -0.18 on
+  motion), q2 for x4 SR (+0.29 over q6). docs/solvers.md "VBLE: which rate" has the table.
+- Weight of the KL term (the paper tunes lambda per task, 0.6-10): 1 except where the same crops, at the rates above,
+  preferred another (``LAMBDA_BY_FAMILY``): inpainting 10 (random 26.72 -> 27.25 dB, box 26.34 -> 26.44; random
+  peaks at 16-25 with 27.34, box at 6-10) and x2 SR 2.5 (27.23 -> 27.35); denoising and deblurring are best at 1
+  (0.7 and 1.5 within 0.1), x4 SR is flat from 0.7 to 2.5.
 - Posterior: ``stat_samples`` (paper: 100) decoded latent samples give the MMSE-x (their mean, the paper's main
   estimate) and the std map; the first K are returned as samples.
 
@@ -48,9 +57,14 @@ LOG_A_MIN, LOG_A_MAX = math.log(1.5e-5), math.log(20.0)
 # crops (module docstring "Which rate"; benchmarks/results/tune_vble_rate_q*.json, tune_vble_sr2_q*.json)
 PRIOR_BY_FAMILY = {"denoise": "cae-natural-q6", "deblur": "cae-natural-q4", "sr2": "cae-natural-q6",
                    "sr4": "cae-natural-q2", "inpaint": "cae-natural-q6"}
+# the weight of the KL term where 1 (the exact ELBO) is not the best, as the paper tunes it per task (0.6-10): on
+# the same crops at the rates above, inpainting +0.53 / +0.10 dB (random / box) at 10, x2 SR +0.12 at 2.5; denoising,
+# deblurring and x4 SR are best at 1 (module docstring "Weight of the KL term"; tune_vble_lambda_*.json)
+LAMBDA_BY_FAMILY = {"sr2": 2.5, "inpaint": 10.0}
 # deblurring starts from g_a of a Wiener-Hunt deconvolution, not of the blurred y (module docstring: 8 held-out
 # BSD432 crops, motion blur +0.26 / +0.51 / +0.69 dB at q2 / q4 / q6, Gaussian blur level)
-PER_FAMILY = {family: {"prior": name, **({"init_estimate": "wiener"} if family == "deblur" else {})}
+PER_FAMILY = {family: {"prior": name, **({"lambda_": LAMBDA_BY_FAMILY[family]} if family in LAMBDA_BY_FAMILY else {}),
+                       **({"init_estimate": "wiener"} if family == "deblur" else {})}
               for family, name in PRIOR_BY_FAMILY.items()}
 
 
@@ -62,7 +76,7 @@ class VBLEConfig:
     # iterations, 26.18 / 25.16 at 40, 26.05 / 25.14 at 50, 25.67 / 24.48 at 100, 25.57 / 23.94 at 400 early-stopped)
     inpaint_iterations: int | None = 40
     lr: float = 0.1
-    lambda_: float = 1.0  # 1 = the exact ELBO; the paper tunes 0.6-10 per task
+    lambda_: float = 1.0  # 1 = the exact ELBO; the paper tunes 0.6-10 per task (per_family: LAMBDA_BY_FAMILY)
     clip_grad: float = 20.0
     stat_samples: int = 100  # decoded samples behind the mean and std (the paper's 100)
     decode_batch: int = 4
@@ -139,9 +153,11 @@ class VBLESolver(Solver):
     default_prior = "cae-natural-q6"
     needs_prior_gradients = True
     paper = "Biquard et al., Variational Bayes image restoration with compressive autoencoders, arXiv 2311.17744"
-    # the paper picks its CAE's rate per task too: the preset keeps our per-family choice, without the Wiener start
+    # the paper picks its CAE's rate and lambda per task too: the preset keeps our per-family choice of both, without
+    # the Wiener start
     presets = {"paper": {"early_stop": None, "inpaint_iterations": None,
-                         "per_family": {family: {"prior": name} for family, name in PRIOR_BY_FAMILY.items()}}}
+                         "per_family": {family: {k: v for k, v in entry.items() if k != "init_estimate"}
+                                        for family, entry in PER_FAMILY.items()}}}
     # on denoising VBLE cannot do much better than its CAE codes a clean photo: held out (benchmarks.lownoise) the q2
     # CAE's VBLE gave 28.3-29.1 dB at noise 2.55-10/255, below or level with the noisy input (40.1 / 34.3 / 30.7 / 28.3
     # dB at 2.55 / 5 / 7.5 / 10), where the CAE codes those files at 25.8 dB (its card): warn 2.5 dB above that
