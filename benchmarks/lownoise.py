@@ -3,6 +3,7 @@
     python -m benchmarks.lownoise                       # 6 held-out BSD432 crops, 128 px, 2.55-25 /255
     python -m benchmarks.lownoise --images 3 --levels 2.55 10
     python -m benchmarks.lownoise --solvers scoredvi --add    # one more column on the same rows
+    python -m benchmarks.lownoise --solvers vble:cae-natural-q2 --add   # SOLVER:PRIOR, a named prior's column
 
 A restored photo must not be worse than the photo: at light noise a method that trades distortion for realism (PMRF's
 flow) can fall below its input. The crops are the priors' held-out training files (the last ``--images`` of
@@ -47,7 +48,7 @@ def main(argv=None):
     files = list_images(data_root() / "BSD432-train")[-args.images:]
     crops = centre_crops(load_uint8_images(files), args.crop)
     den = registry.load("score-natural")
-    restorers = {n: Restorer(n) for n in args.solvers}
+    restorers = {n: Restorer(*n.split(":", 1)) for n in args.solvers}  # SOLVER or SOLVER:PRIOR
     rows, t0 = [], time.time()
     for level in args.levels:
         spec = f"denoise:gaussian:sigma={level / 255:.6f}"
