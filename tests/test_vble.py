@@ -133,7 +133,7 @@ def test_deblurring_starts_from_the_encoding_of_a_wiener_deconvolution(clean_rgb
 
 
 def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb, monkeypatch):
-    """VBLE with the q2 CAE fell below a lightly noisy input on held-out crops (benchmarks.lownoise): say so."""
+    """VBLE fell below a lightly noisy input on held-out crops (benchmarks.lownoise): say so, at each CAE's level."""
     import warnings
 
     from restore import Restorer
@@ -149,6 +149,11 @@ def test_light_noise_warns_that_the_cae_caps_the_result(clean_rgb, monkeypatch):
         warnings.simplefilter("error", RuntimeWarning)  # heavy noise: no such warning
         post = r(y, "denoise:gaussian:sigma=0.1", samples=2)
     assert "settings_warning" not in post.meta
+    # each rate crosses the input at its own level (q2 about 28.3 dB, q6 29.2): a 29.05 dB input (9/255) warns for q2
+    y, physics = parse(f"denoise:gaussian:sigma={9 / 255}").simulate(clean_rgb, torch.Generator().manual_seed(0))
+    solver = base.get("vble")
+    assert "cae-natural-q2" in solver.run_warning(y, physics, registry.load("cae-natural-q2"))
+    assert solver.run_warning(y, physics, registry.load("cae-natural-q6")) is None
 
 
 def test_the_cae_rate_is_picked_per_task_and_a_named_prior_wins(monkeypatch):

@@ -70,8 +70,9 @@ class Solver:
     # held-out scan, that scan's command); an explicit value below it runs, with a warning (``settings_warning``)
     work_floor: ClassVar[dict[str, tuple[int, str]]] = {}
     # where the prior caps the result: ((card section, key) of the PSNR at which it reconstructs clean held-out photos,
-    # the margin in dB above it from which a denoising input gets run_warning, what the number is, what to use instead)
-    ceiling: ClassVar[tuple[tuple[str, str], float, str, str] | None] = None
+    # the margin in dB above it from which a denoising input gets run_warning (one number, or one per prior name with
+    # the smallest for a prior not listed), what the number is, what to use instead)
+    ceiling: ClassVar[tuple[tuple[str, str], float | dict[str, float], str, str] | None] = None
 
     def __init__(self, config=None, preset: str | None = None, **overrides):
         base = config if config is not None else self.config_cls()
@@ -132,6 +133,8 @@ class Solver:
         ceiling = ((getattr(prior, "card", None) or {}).get(section) or {}).get(key)
         if ceiling is None:
             return None
+        if isinstance(margin, dict):
+            margin = margin.get(str(prior.name).split("@")[0], min(margin.values()))
         sigma = noise_sigma(physics, y)
         input_psnr = -20 * math.log10(max(sigma, 1e-6))
         if input_psnr < ceiling + margin:
