@@ -84,15 +84,17 @@ def without_prior(config: dict) -> dict:
     return out
 
 
-def for_family(config: dict, options: dict, family: str | None) -> dict:
+def for_family(config: dict, options: dict, family: str | None, fixed: set[str] | None = None) -> dict:
     """The settings a solver with this (canonical) ``config`` runs a task of ``family`` with (a task kind, or a
     family such as 'inpaint-region' or 'sr4': :func:`family_entry`): a ``per_family`` table (RED-Diff's,
     PMRF's, ...) resolved for it, options given explicitly winning over it as at run time (the dict form of
-    ``Solver.settings_for``). ``family`` None, or a config without such a table: the config as it is."""
+    ``Solver.settings_for``; ``fixed``: the fields the table must leave alone, ``Solver._fixed_options``, by default
+    the options' own). ``family`` None, or a config without such a table: the config as it is."""
     if family is None or "per_family" not in config:
         return config
+    fixed = set(options) if fixed is None else fixed
     out = {k: v for k, v in config.items() if k != "per_family"}
-    out.update({k: v for k, v in family_entry(config.get("per_family"), family).items() if k not in options})
+    out.update({k: v for k, v in family_entry(config.get("per_family"), family).items() if k not in fixed})
     return out
 
 

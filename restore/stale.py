@@ -26,9 +26,24 @@ def settings_changed(solver: str, now: dict, then: dict, options: dict, family: 
     :func:`restore.provenance.for_family`; an option added since counts only off its default:
     :func:`restore.provenance.changed`), sorted; empty when it runs the same. The prior a config picks is not a
     setting here (:func:`restore.provenance.without_prior`; :func:`reasons` checks it)."""
+    fixed = fixed_options(solver, options)
     now, then, options = without_prior(now), without_prior(then), without_prior(options)
-    return changed(for_family(now, options, family), for_family(then, options, family),
+    return changed(for_family(now, options, family, fixed), for_family(then, options, family, fixed),
                    without_prior(default_config(solver)))
+
+
+def fixed_options(solver: str, options: dict) -> set[str]:
+    """The config fields solver ``solver`` keeps out of its per-family table when given ``options``
+    (``Solver._fixed_options``: PMRF holds a mean source and its options as one); the options' own names for a solver
+    or option this version does not have."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a settings warning belongs to the run, not to this bookkeeping
+            return base.get(solver, **options)._fixed_options()
+    except (ValueError, KeyError, TypeError):
+        return set(options)
 
 
 def reasons(provenance: dict, family: str | None = None) -> list[str]:

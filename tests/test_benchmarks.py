@@ -151,6 +151,14 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     assert stale.reasons(before, "deblur") == ["solver langevin defaults changed: init"]
     assert stale.reasons(before, "inpaint-random") == ["solver langevin defaults changed: init, init_options"]
     assert stale.reasons(before) == ["solver langevin defaults changed: per_family"]
+    # PMRF holds a mean source and its options as one: a row that named mean_options ran the config's mean source,
+    # so a change of the family's source (and its options) leaves it valid, as it did not touch that run
+    pmrf_options = {"mean_options": {"steps": 5}}
+    pmrf_now = canonical(asdict(base.get("pmrf", **pmrf_options).config))
+    pmrf_then = {**pmrf_now, "per_family": {**pmrf_now["per_family"],
+                                            "deblur": {"mean_source": "reddiff", "mean_options": {"steps": 9}}}}
+    assert stale.settings_changed("pmrf", pmrf_now, pmrf_then, pmrf_options, "deblur") == []
+    assert stale.settings_changed("pmrf", pmrf_now, pmrf_then, {}, "deblur") == ["mean_options", "mean_source"]
     assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr4" and quality._family("blur:oops") is None
     assert quality._family("inpaint:box:size=0.3") == "inpaint-region"
 
