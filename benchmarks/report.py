@@ -264,8 +264,9 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
                                "crops at 128 px (mean PSNR; the shipped weight is the family's best)"),
           "cae_rd": _single("Compressive autoencoders, rate-distortion on CBSD68"),
           "saturated": _single("Saturated colours: 8 held-out BSD432 crops (128 px) as they are and with their colours "
-                               "pushed (channels permuted, chroma x2); each CAE's coded bpp / PSNR, and VBLE at its "
-                               "default prior (q2) against the input and TV, PSNR in dB"),
+                               "pushed (channels permuted, chroma x2); each CAE's coded bpp / PSNR, and VBLE with "
+                               "cae-natural-q2 (the default before VBLE picked its rate per task; its pick for x4 SR) "
+                               "against the input and TV, PSNR in dB"),
           "saturated_q4": _single("Saturated colours, VBLE with cae-natural-q4 (same crops and columns)"),
           "saturated_q6": _single("Saturated colours, VBLE with cae-natural-q6 (same crops and columns)"),
           "cae_rd_quick": _single("Compressive autoencoders, rate-distortion on 4 CBSD68 images"),

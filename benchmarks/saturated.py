@@ -1,6 +1,7 @@
 """Saturated colours: the CAEs and VBLE on held-out crops with and without a colour push.
 
-    python -m benchmarks.saturated                 # 8 held-out BSD432 crops, 128 px
+    python -m benchmarks.saturated                 # 8 held-out BSD432 crops, 128 px, VBLE at its pick per task
+    python -m benchmarks.saturated --prior cae-natural-q2    # as saturated.json was run (q2 was then the default)
     python -m benchmarks.saturated --images 4 --tasks sr4
     python -m benchmarks.saturated --prior cae-natural-q4 --out benchmarks/results/saturated_q4.json
 
