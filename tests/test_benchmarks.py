@@ -577,7 +577,7 @@ def test_saturated_compares_natural_and_colour_pushed_crops(tmp_path, held_out_p
     saturated.main(["--images", "1", "--crop", "64", "--tasks", "sr4", "--samples", "2", "--prior", "cae-natural-q4",
                     "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["vble_prior"] == "cae-natural-q4"
+    assert result["vble_prior"] == {"sr4": "cae-natural-q4"}  # per task: VBLE picks its rate per task when none is named
     rows = {r["set"]: r for r in result["rows"]}
     assert set(rows) == {"natural", "saturated"}
     for row in rows.values():

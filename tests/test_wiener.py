@@ -53,8 +53,14 @@ def test_results_recorded_before_the_wiener_start_are_stale_on_deblurring_only(s
     from restore.provenance import canonical
 
     def recorded(**options):
+        """(today's config, as recorded before init_estimate: the option and its per-family entries gone; VBLE's
+        other per-family settings, its rate and lambda, kept so that only the start differs)"""
         now = canonical(dataclasses.asdict(base.get(solver, **options).config))
-        return now, {k: v for k, v in now.items() if k not in ("init_estimate", "per_family")}
+        then = {k: v for k, v in now.items() if k != "init_estimate"}
+        table = {f: {k: v for k, v in (e or {}).items() if k != "init_estimate"} for f, e in
+                 (now.get("per_family") or {}).items()}
+        then["per_family"] = {f: e for f, e in table.items() if e} or None
+        return now, then
 
     now, then = recorded()
     assert base.get(solver).settings_for("deblur")[0].init_estimate == "wiener"
