@@ -91,8 +91,8 @@ class VBLEConfig:
     # x0 whose encoding g_a(x0) starts the latent: "observation" (base.initial_estimate: y, bicubic y, the filled-in
     # input, the paper's) or, on deblurring, "wiener" (the Wiener-Hunt deconvolution of y); per_family sets "wiener"
     init_estimate: str = "observation"
-    # the CAE a Restorer loads when none is named (None: default_prior); per_family picks one per task family, and
-    # a prior named to the Restorer (or ``-O prior=NAME``) wins over both
+    # the CAE a Restorer loads when none is named (None: default_prior); per_family picks one per task family, and a
+    # prior named to the Restorer (``prior=``, the CLI's ``--prior``, the app's list) is set here and wins over both
     prior: str | None = None
     # task families whose settings differ (unless given explicitly; keys as RED-Diff's: restore.provenance.family_entry)
     per_family: dict | None = field(default_factory=lambda: {k: dict(v) for k, v in PER_FAMILY.items()})
