@@ -493,3 +493,17 @@ def test_the_estimate_loads_models_on_the_solve_thread_and_waits_for_a_run(monke
         release.set()
         busy.result()
     assert "once the run in progress has finished" in text
+
+
+def test_prior_list_follows_the_task():
+    """VBLE picks its CAE's rate per task: the app's prior list shows that pick when the task or solver changes."""
+    demo = webapp.build_demo()
+    priors_for = next(b.fn for b in demo.fns.values() if b.fn.__name__ == "priors_for")
+    picks = {(solver, kind, factor): priors_for(solver, kind, factor).value for solver, kind, factor in
+             [("vble", "super-resolution", 4), ("vble", "super-resolution", 2), ("vble", "deblur (motion)", 4),
+              ("vble", "inpaint", 4), ("pmrf", "super-resolution", 4)]}
+    assert list(picks.values()) == ["cae-natural-q2", "cae-natural-q6", "cae-natural-q4", "cae-natural-q6",
+                                    "flow-natural"]
+    dropdown = priors_for("vble", "denoise", 4)
+    assert dropdown.value == "cae-natural-q6" and {c[0] if isinstance(c, tuple) else c for c in dropdown.choices} >= {
+        "cae-natural-q2", "cae-natural-q4", "cae-natural-q6"}
