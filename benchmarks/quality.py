@@ -146,7 +146,7 @@ def stale_checker(provenances: dict, tasks: dict):
 
 
 def _family(spec: str) -> str | None:
-    """The settings family ('denoise', 'sr', 'inpaint-region', ...: ``Task.family``) of a benchmark task spec, None
+    """The settings family ('denoise', 'sr4', 'inpaint-region', ...: ``Task.family``) of a benchmark task spec, None
     for one that does not parse."""
     from restore.tasks import TaskError, parse
 

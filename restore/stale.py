@@ -49,7 +49,7 @@ def fixed_options(solver: str, options: dict) -> set[str]:
 def reasons(provenance: dict, family: str | None = None) -> list[str]:
     """Why a result with this provenance would come out differently here (empty: it would not, as far as the code's
     configs and the priors' files tell): a solver's resolved config changed, or a prior's files did. With the task's
-    ``family`` ('denoise', 'sr', 'inpaint-region', ...: ``Task.family``) a per-family default changed for another
+    ``family`` ('denoise', 'sr4', 'inpaint-region', ...: ``Task.family``) a per-family default changed for another
     family does not count."""
     found = []
     for s in provenance.get("solvers", []):
