@@ -82,9 +82,7 @@ def family(task) -> tuple[str | None, str]:
         if task.variant in ("gaussian", "real"):
             return ("denoise" if task.variant == "gaussian" else REAL_FAMILY), ""
         return None, f"{task.variant} noise is not calibrated"
-    if task.kind == "deblur":
-        return "deblur", ""
-    if task.kind in ("sr", "inpaint"):
+    if task.kind in ("deblur", "sr", "inpaint"):
         return task.family, ""
     return None, f"task kind {task.kind} is not calibrated"
 

@@ -255,7 +255,8 @@ def list_all():
                       f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})")
         presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
         solver = base.get(name)
-        by_family = {f: solver.prior_for(f) for f in FAMILIES if solver.prior_for(f) != cls.default_prior}
+        picks = {f: solver.prior_for(f) for f in FAMILIES}
+        by_family = {f: p for f, p in picks.items() if p != cls.default_prior}
         per_task = f" ({', '.join(f'{p} for {f}' for f, p in by_family.items())})" if by_family else ""
         typer.echo(f"  {name:<12} tasks: {', '.join(cls.tasks)}; priors: {'/'.join(cls.prior_kinds)}; "
                    f"default prior: {cls.default_prior}{f' ({scheme})' if scheme else ''}{per_task}; "

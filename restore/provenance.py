@@ -78,9 +78,8 @@ def without_prior(config: dict) -> dict:
     prior whichever setting picked it (``restore.stale.reasons`` checks the choice itself)."""
     out = {k: v for k, v in config.items() if k != "prior"}
     if isinstance(out.get("per_family"), dict):
-        out["per_family"] = {f: {k: v for k, v in (entry or {}).items() if k != "prior"} or None
-                             for f, entry in out["per_family"].items()}
-        out["per_family"] = {f: e for f, e in out["per_family"].items() if e} or None
+        entries = {f: {k: v for k, v in (entry or {}).items() if k != "prior"} for f, entry in out["per_family"].items()}
+        out["per_family"] = {f: e for f, e in entries.items() if e} or None
     return out
 
 

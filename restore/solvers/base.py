@@ -134,7 +134,9 @@ class Solver:
         if ceiling is None:
             return None
         if isinstance(margin, dict):
-            margin = margin.get(str(prior.name).split("@")[0], min(margin.values()))
+            from restore.priors.registry import split_name
+
+            margin = margin.get(split_name(prior.name)[0], min(margin.values()))
         sigma = noise_sigma(physics, y)
         input_psnr = -20 * math.log10(max(sigma, 1e-6))
         if input_psnr < ceiling + margin:
