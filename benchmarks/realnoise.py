@@ -3,6 +3,7 @@
     python -m benchmarks.realnoise --quick --jobs 2   # 2 CC15 + 2 SIDD-val-80 pairs (QUICK_PAIRS), 64x64 centre crops
     python -m benchmarks.realnoise --jobs 2           # all 15 CC15 + 80 SIDD-val-80 pairs, 128x128 centre crops
     python -m benchmarks.realnoise --device cuda --jobs 4 --resume   # the same on a lent GPU, in resumable pieces
+    python -m benchmarks.realnoise --per-set 8 --methods input "scoredvi (default beta0)" --out F.json  # a subset
 
 The pairs are real photographs with a reference (CC15: mean of many shots of a static scene; SIDD: the dataset's
 ground truth), so the noise is signal-dependent and spatially correlated, not the i.i.d. Gaussian noise our priors
@@ -12,9 +13,11 @@ were trained on. Methods, all at their default (paper) settings:
     beta_0 for the set (0.01 CC, 0.02 SIDD, from the reference code's settings);
   - ``<solver> (sigma estimated)``: every Gaussian-noise solver on ``denoise:gaussian:sigma=auto``, the level the
     product estimates (``restore.noise``, as the app does for an upload and the Restorer for ``auto``; the row's
-    ``sigma_used_255``). This is what a user without ScoreDVI gets. ``sigma_estimated_255`` in every row is ScoreDVI's
-    own estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD on 4x4 pixel-shuffled sub-images),
-    which sets its lam and beta0;
+    ``sigma_used_255``). This is what a user without ScoreDVI gets. ``sigma_estimated_255`` in every row is the
+    paper's estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD on 4x4 pixel-shuffled
+    sub-images); ScoreDVI's rows give the level it ran at (its warm start, lam and beta0 follow it) as
+    ``sigma_used_255``: by default the product's estimate (``restore.noise``), the paper's in
+    ``scoredvi (wavelet estimate)`` (the default until 2026-12-06) and the paper preset;
   - ``<solver> (oracle sigma)``: the same at the true residual std (noisy - clean), an oracle no user has, which tells
     the noise estimate's share of the gap from the Gaussian model's.
 Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
@@ -48,7 +51,10 @@ def methods() -> dict[str, dict]:
            "scoredvi (paper: 400 iterations)": {"solver": "scoredvi", "task": "real", "options": {"preset": "paper"}},
            # what a user gets: the default beta0 on every set, so its calibration table applies (the per-set beta0
            # above changes the solver's config, which no table covers)
-           "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}}}
+           "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}},
+           # the former default (to 2026-12-06): the paper's pixel-shuffled wavelet reading of the noise level
+           "scoredvi (wavelet estimate)": {"solver": "scoredvi", "task": "real",
+                                           "options": {"beta0": None, "noise_estimator": "wavelet"}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
         out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian", "sigma": "auto"}
@@ -59,8 +65,9 @@ def methods() -> dict[str, dict]:
     return out
 
 
-def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
-    """``make_pair`` dicts with (1, 3, crop, crop) tensors in [0, 1], sorted by set then file name."""
+def load_pairs(sets, crop: int, quick: bool, per_set: int | None = None) -> list[dict]:
+    """``make_pair`` dicts with (1, 3, crop, crop) tensors in [0, 1], sorted by set then file name; ``per_set``:
+    that many pairs of each set, evenly spaced in name order."""
     from restore.io import read_image
 
     pairs = []
@@ -72,6 +79,8 @@ def load_pairs(sets, crop: int, quick: bool) -> list[dict]:
             if missing:
                 raise SystemExit(f"{folder / 'noisy'} lacks {', '.join(sorted(missing))}")
             names = list(QUICK_PAIRS[s])
+        elif per_set:
+            names = names[::max(1, len(names) // per_set)][:per_set]
         for n in names:
             noisy, clean = read_image(folder / "noisy" / n), read_image(folder / "clean" / n)
             if noisy.shape != clean.shape:
@@ -113,7 +122,7 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
             sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat
             spec = f"denoise:gaussian:sigma={sigma:.6f}"
             out["sigma_used_255"] = 255 * sigma
-    key = (mname, options.get("beta0"))
+    key = (mname, tuple(sorted(options.items())))
     try:
         if key not in restorers:
             restorers[key] = Restorer(cfg["solver"], None, device, **options)
@@ -123,6 +132,8 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
     m = metrics.report(post, x.to(device))
     if "noise_estimate" in post.meta:
         out["sigma_used_255"] = post.meta["noise_estimate"]["sigma_255"]
+    elif "noise_std_used" in post.meta:  # ScoreDVI's own reading (its noise_estimator)
+        out["sigma_used_255"] = 255 * post.meta["noise_std_used"]
     return {**out, **{k: v for k, v in m.items() if isinstance(v, float)}, "seconds": time.perf_counter() - t0,
             "provenance": post.meta["provenance"]}
 
@@ -166,6 +177,8 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
     ap.add_argument("--crop", type=int, default=None, help="centre-crop size in px (default 64 quick, 128 full)")
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--per-set", type=int, default=None,
+                    help="that many pairs of each set, evenly spaced in name order (default: all; not with --quick)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="torch device for every method (e.g. cuda on a lent GPU)")
@@ -183,7 +196,9 @@ def main(argv=None):
     for s in args.sets:
         check_cards_exclude(s, [n for n in registry.available() if registry.PRIORS[n].file])
     crop = args.crop or (64 if args.quick else 128)
-    pairs = load_pairs(args.sets, crop, args.quick)
+    if args.quick and args.per_set:
+        raise SystemExit("--per-set picks from all pairs; --quick has its own 4")
+    pairs = load_pairs(args.sets, crop, args.quick, args.per_set)
     defined = methods()
     unknown = set(args.methods or ()) - set(defined)
     if unknown:

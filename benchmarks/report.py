@@ -131,7 +131,8 @@ def _realnoise(data: dict) -> str:
             f"{data['samples']} samples, every method at its default settings; ScoreDVI on `denoise:real`, the "
             "Gaussian solvers at the product's noise estimate (`sigma estimated`: `sigma=auto`, restore.noise, column "
             "`sigma_used_255`) or at the true residual std (`oracle sigma`, column `sigma_true_255`, a number no user "
-            "has); `sigma_estimated_255` is ScoreDVI's own estimate; all on the /255 scale)"
+            "has); `sigma_estimated_255` is the ScoreDVI paper's wavelet estimate, and ScoreDVI's rows give the "
+            "level they ran at as `sigma_used_255` (by default restore.noise's); all on the /255 scale)"
             + _partial(data) + "\n\n" + table(data["rows"], cols))
 
 

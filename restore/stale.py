@@ -12,12 +12,15 @@ from restore.solvers import base
 
 
 def default_config(solver: str) -> dict:
-    """The canonical top-level defaults of solver ``solver``'s config (:func:`restore.provenance.changed`'s
-    ``defaults``); {} for a solver this version does not have."""
+    """What a record of solver ``solver`` made before one of its options existed ran with: the canonical top-level
+    defaults of its config, except where an option came with a new default (``Solver.former_defaults``: the value
+    the code had before it) (:func:`restore.provenance.changed`'s ``defaults``); {} for a solver this version does
+    not have."""
     try:
-        return canonical(dataclasses.asdict(base.get(solver).config_cls()))
+        cls = base.solver_class(solver)
     except (ValueError, KeyError):
         return {}
+    return canonical({**dataclasses.asdict(cls.config_cls()), **cls.former_defaults})
 
 
 def settings_changed(solver: str, now: dict, then: dict, options: dict, family: str | None) -> list[str]:
@@ -25,10 +28,18 @@ def settings_changed(solver: str, now: dict, then: dict, options: dict, family: 
     than under the recorded ``then`` (both resolved for the family with the explicit ``options``:
     :func:`restore.provenance.for_family`; an option added since counts only off its default:
     :func:`restore.provenance.changed`), sorted; empty when it runs the same. The prior a config picks is not a
-    setting here (:func:`restore.provenance.without_prior`; :func:`reasons` checks it)."""
+    setting here (:func:`restore.provenance.without_prior`; :func:`reasons` checks it), nor is one that acts on
+    no task of the family under either config (``Solver.inert_settings``: ScoreDVI's noise estimator on a task that
+    states its noise level)."""
     fixed = fixed_options(solver, options)
     now, then, options = without_prior(now), without_prior(then), without_prior(options)
-    return changed(for_family(now, options, family, fixed), for_family(then, options, family, fixed),
+    now, then = for_family(now, options, family, fixed), for_family(then, options, family, fixed)
+    try:
+        inert = base.solver_class(solver).inert_settings
+    except (ValueError, KeyError):
+        inert = base.Solver.inert_settings
+    idle = inert(now, family) & inert(then, family)
+    return changed({k: v for k, v in now.items() if k not in idle}, {k: v for k, v in then.items() if k not in idle},
                    without_prior(default_config(solver)))
 
 

@@ -75,7 +75,8 @@ def family_of(physics) -> str | None:
     """The settings family of a physics built by :meth:`Task.physics`: its kind, with inpainting split by the mask
     into 'inpaint-random' and 'inpaint-region' (:data:`REGION_RADIUS`) and super-resolution by its factor ('sr2',
     'sr4'; a per-family table keyed 'sr' covers every factor: ``restore.provenance.family_entry``).
-    :attr:`Task.family` names the same families from a spec."""
+    :attr:`Task.family` names the same families from a spec, and real noise, whose physics carries no noise level,
+    'denoise-real' where this says 'denoise'."""
     kind = kind_of(physics)
     if kind == "inpaint":
         return "inpaint-region" if hole_radius(physics.mask) > REGION_RADIUS else "inpaint-random"
@@ -255,7 +256,10 @@ class Task:
         """The settings family (:func:`family_of`) of this spec: its kind, with inpainting 'inpaint-random' for
         random masks and 'inpaint-region' for boxes and user masks (the calibration family; a solver reads the mask's
         geometry instead, and the two agree for random masks up to 95 % missing and boxes of at least 0.2 at 128-512
-        px), and super-resolution 'sr' with its factor ('sr2', 'sr4')."""
+        px), super-resolution 'sr' with its factor ('sr2', 'sr4'), and real (unknown) noise 'denoise-real' (the
+        calibration family; a per-family table keyed 'denoise' covers it: ``restore.provenance.family_entry``)."""
+        if self.kind == "denoise" and self.variant == "real":
+            return "denoise-real"
         if self.kind == "inpaint":
             return "inpaint-random" if self.variant == "random" else "inpaint-region"
         if self.kind == "sr":

@@ -159,6 +159,22 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
                                             "deblur": {"mean_source": "reddiff", "mean_options": {"steps": 9}}}}
     assert stale.settings_changed("pmrf", pmrf_now, pmrf_then, pmrf_options, "deblur") == []
     assert stale.settings_changed("pmrf", pmrf_now, pmrf_then, {}, "deblur") == ["mean_options", "mean_source"]
+    # an option added with a new default (ScoreDVI's noise estimator): a record without it ran the former value, so
+    # it is stale where the option acts (real noise, or a blind reading) and valid where it does not
+    sdvi = canonical(asdict(base.get("scoredvi").config))
+    sdvi_then = {k: v for k, v in sdvi.items() if k != "noise_estimator"}
+    assert stale.settings_changed("scoredvi", sdvi, sdvi_then, {}, "denoise") == []
+    assert stale.settings_changed("scoredvi", sdvi, sdvi_then, {}, "denoise-real") == ["noise_estimator"]
+    assert stale.settings_changed("scoredvi", sdvi, sdvi_then, {}, None) == ["noise_estimator"]
+    blind = canonical(asdict(base.get("scoredvi", noise_level="estimate").config))
+    assert stale.settings_changed("scoredvi", blind, {k: v for k, v in blind.items() if k != "noise_estimator"},
+                                  {"noise_level": "estimate"}, "denoise") == ["noise_estimator"]
+    paper = canonical(asdict(base.get("scoredvi", preset="paper").config))  # the paper's reading: as before
+    assert stale.settings_changed("scoredvi", paper, {k: v for k, v in paper.items() if k != "noise_estimator"},
+                                  {"preset": "paper"}, "denoise-real") == []
+    from restore.tasks import parse
+
+    assert parse("denoise:real").family == "denoise-real" and parse("denoise:gaussian:sigma=0.1").family == "denoise"
     assert quality._family("sr:bicubic:factor=4,noise=0.01") == "sr4" and quality._family("blur:oops") is None
     assert quality._family("inpaint:box:size=0.3") == "inpaint-region"
 

@@ -23,6 +23,7 @@ def test_evaluate_scores_each_task_above_its_input(clean_rgb):
     res = tune.evaluate("pmrf", {}, images, tasks, samples=2)
     assert set(res) == {"denoise", "inpaint"}
     assert res["denoise"]["psnr"] > 22 and res["inpaint"]["psnr"] > 20  # noisy input ~20 dB, half the pixels missing
+    assert 19 < res["denoise"]["input_psnr"] < 21 and res["denoise"]["psnr"] > res["denoise"]["input_psnr"] + 2
     assert 0 <= res["denoise"]["coverage_90"] <= 1 and res["denoise"]["seconds"] > 0
     # a task the solver cannot run is left out, not scored
     assert tune.evaluate("scoredvi", {"iterations": 2}, images[:1], {"sr": "sr:x2"}, samples=1) == {}

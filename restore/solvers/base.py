@@ -73,6 +73,10 @@ class Solver:
     # the margin in dB above it from which a denoising input gets run_warning (one number, or one per prior name with
     # the smallest for a prior not listed), what the number is, what to use instead)
     ceiling: ClassVar[tuple[tuple[str, str], float | dict[str, float], str, str] | None] = None
+    # options added with a default that changed what the solver does: option -> the value that reproduces the code
+    # before the option existed. A recorded result or table without the option ran with that value
+    # (``restore.stale.default_config``), so it shows as stale where the new default differs.
+    former_defaults: ClassVar[dict] = {}
 
     def __init__(self, config=None, preset: str | None = None, **overrides):
         base = config if config is not None else self.config_cls()
@@ -117,6 +121,12 @@ class Solver:
         wins), else :attr:`default_prior`."""
         config, _ = self.settings_for(family)
         return getattr(config, "prior", None) or self.default_prior
+
+    @classmethod
+    def inert_settings(cls, config: dict, family: str | None) -> set[str]:
+        """The fields of canonical ``config`` that change nothing on a task of ``family`` (``Task.family``; None:
+        unknown, so none), so that a recorded result or table does not go stale over them (``restore.stale``)."""
+        return set()
 
     def _fixed_options(self) -> set[str]:
         """The config fields a per-family entry must leave alone: those given explicitly."""

@@ -45,7 +45,7 @@ at 40 / 60 / 80 / 100 / 200 iterations 35.31 / 25.55, 34.62 / 25.86, 33.66 / 25.
 needed, so the default is 100. A 60-iteration default was also measured on the real-noise quick pairs and lost 0.9-4.3
 dB there, so that measurement (on evaluation pairs) also stands behind the choice: say so wherever the real-noise
 numbers are quoted. ``start="noisy"`` at 100: 33.13 / 26.02. Starting from ``restore.noise``'s estimate instead of
-the wavelet one (which reads camera noise 2-4x low; a trial option, since removed) changed nothing on 6 held-out
+the wavelet one (a trial option then; at 96 px the wavelet reading runs unshuffled) changed nothing on 6 held-out
 96 px crops: 27.70 against 27.75 dB over camera light / heavy / very heavy and Gaussian 25/255
 (``benchmarks/results/tune_scoredvi_start_estimate.json``, at commit 296bd03). The amortised alternative (the four networks trained
 across noisy crops, 1 000 steps) started at 20-26 dB on the light crops and was dropped. On this stand-in every
@@ -53,6 +53,18 @@ setting stays below the noisy input on light noise; the real-noise benchmark (``
 default and the paper settings on real pairs. There the paper settings are fragile where the default is not: on
 the SIDD quick pair ``10_1`` (64 px, noisy 17.7 dB) four seeds gave 25.7 / 24.6 / 7.0 / 24.5 dB (the 7.0 a collapse
 onto one mixture component that the restart did not cure), the default 29.9 / 29.7 / 30.1 / 30.1.
+
+Blind, the level comes from ``restore.noise`` by default (``noise_estimator="patches"``, ours since 2026-12-06; the
+paper's wavelet MAD on 4x4 pixel-shuffled sub-images is ``noise_estimator="wavelet"`` and the paper preset's). The
+shuffle runs from 128 px up, where it folds a sharp photo's detail into the sub-images' finest band: on synthetic
+camera noise over held-out crops it read light noise (3.8/255) as 16-17/255 at 128 px (0.8-3.3x at 64 px, where no
+shuffle runs), and the warm start at that level erased the detail. Measured at 128 px, 4 samples (``python -m
+restore.train.tune --solver scoredvi --grid noise_estimator=wavelet,patches --crop 128 --tasks camera_light
+camera_heavy camera_very_heavy [--data train_data/CQ100] --images 6``; ``benchmarks/results/tune_scoredvi_estimator_*.json``):
+on 6 CQ100 photos light / heavy / very heavy 28.60 / 25.21 / 23.51 -> 34.62 / 26.97 / 23.56 dB (noisy 36.92 / 23.35
+/ 18.78); on the 6 held-out BSD432 files 28.25 / 24.82 / 23.59 -> 33.11 / 26.41 / 23.44 (noisy 36.01 / 22.38 / 17.75), and 18 % faster (the restart fires less); at 64 px (CQ100) 33.08 / 26.57 / 23.85 -> 33.39 / 26.77 /
+23.60, level as at 96 px before. Both readings stay approximate on camera noise (restore.noise: 0.9 of the residual
+std on 64-128 px real-noise crops, 0.55 on whole CC15 photos); the real-noise benchmark measures both.
 
 The noise-precision prior's rate beta0 follows the noise estimate by default (``noise_prior_rate``: 0.005 / 0.01 /
 0.02 / 0.04 up to 5 / 10 / 20 / above 20 per 255; the paper sets it per data set, 0.005 PolyU, 0.01 CC, 0.02 SIDD, the
@@ -119,9 +131,14 @@ class ScoreDVIConfig:
     # warm start, lam and beta0 (= alpha0 sigma^2: the Gamma prior's mean precision at that level); "estimate" is
     # the paper's blind reading. denoise:real always estimates.
     noise_level: str = "task"
+    # the blind noise reading (denoise:real, or noise_level="estimate"; the warm start, lam and beta0 follow it):
+    # "patches" (ours), restore.noise's correlated-noise estimate, the product's; "wavelet", the paper's MAD on 4x4
+    # pixel-shuffled sub-images (plain below 128 px), which read light camera noise 4-5x high on sharp photos
+    noise_estimator: str = "patches"
 
 
-PAPER = {"iterations": 400, "mc_samples": 5, "start": None, "beta0": 0.01, "noise_level": "estimate"}
+PAPER = {"iterations": 400, "mc_samples": 5, "start": None, "beta0": 0.01, "noise_level": "estimate",
+         "noise_estimator": "wavelet"}
 
 
 def _cnn(c_in: int, c_out: int, width: int, depth: int = 5) -> nn.Sequential:
@@ -260,9 +277,17 @@ class ScoreDVISolver(Solver):
     needs_noise_level = False
     presets = {"paper": PAPER}
     work_floor = {"iterations": (40, "benchmarks/results/accuracy_floors.json")}
+    former_defaults = {"noise_estimator": "wavelet"}  # the paper's reading, the default until 2026-12-06
     default_quant = "int8"
     paper = "Cheng, Liu, Tan, Score Priors Guided Deep Variational Inference for Unsupervised Real-World Single " \
             "Image Denoising, ICCV 2023"
+
+    @classmethod
+    def inert_settings(cls, config: dict, family: str | None) -> set[str]:
+        # the noise estimator acts only where the level is read from the image: real noise, or noise_level="estimate"
+        if family is not None and family != "denoise-real" and config.get("noise_level", "task") == "task":
+            return {"noise_estimator"}
+        return set()
 
     def cost(self, task, samples: int, prior=None) -> float:
         # one iteration: components x mc_samples denoiser forwards (one batch) plus the four networks' forward and
@@ -281,7 +306,15 @@ class ScoreDVISolver(Solver):
             raise SolverError(f"scoredvi option noise_level must be 'task' or 'estimate', not {cfg.noise_level!r}")
         stated = float(torch.as_tensor(getattr(physics.noise_model, "sigma", 0.0)).max())
         real = stated == 0.0  # denoise:real: its physics carries no noise level
-        estimated = estimate_noise_std(y)
+        if cfg.noise_estimator not in ("wavelet", "patches"):
+            raise SolverError(f"scoredvi option noise_estimator must be 'wavelet' or 'patches', not "
+                              f"{cfg.noise_estimator!r}")
+        if cfg.noise_estimator == "patches":
+            from restore.noise import estimate_noise_std as estimate_correlated
+
+            estimated = estimate_correlated(y)
+        else:
+            estimated = estimate_noise_std(y)
         from_task = not real and cfg.noise_level == "task"
         noise_std = stated if from_task else estimated
         lam = cfg.lam if cfg.lam is not None else prior_weight(noise_std)

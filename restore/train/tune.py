@@ -74,7 +74,10 @@ CAMERA = {"camera_light": "light", "camera_heavy": "heavy", "camera_very_heavy":
 
 def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, str], samples: int,
              prior: str | None = None, quant: str | None = None) -> dict:
-    """Mean PSNR (dB), raw 90 % coverage and seconds per image, per task, of one setting on (N, 3, H, W) crops."""
+    """Mean PSNR (dB), raw 90 % coverage and seconds per image, per task, of one setting on (N, 3, H, W) crops, and
+    the observation's own PSNR (``input_psnr``) on tasks that keep the image's size (denoising, deblurring,
+    inpainting)."""
+    from restore import metrics
     from restore.api import Restorer
     from restore.tasks import parse
 
@@ -84,12 +87,14 @@ def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, 
         if r.solver.supports(parse(spec)):
             continue
         r.prior(spec)  # loading stays outside the timings
-        psnr, cover, secs = [], [], []
+        psnr, cover, secs, noisy = [], [], [], []
         for i, x in enumerate(images):
             if tname in CAMERA:
                 y = camera_noise.simulate(x[None], CAMERA[tname], torch.Generator().manual_seed(i))
             else:
                 y = r.simulate(x[None], spec, seed=i)
+            if y.shape == x[None].shape:  # the observation itself, where it is an image of x's size
+                noisy.append(float(metrics.psnr(y, x[None])))
             t0 = time.perf_counter()
             post = r(y, spec, samples=samples, seed=i, ground_truth=x[None])
             secs.append(time.perf_counter() - t0)
@@ -99,6 +104,8 @@ def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, 
         n = len(images)
         out[tname] = {"psnr": round(sum(psnr) / n, 3), "coverage_90": round(sum(cover) / n, 3),
                       "seconds": round(sum(secs) / n, 3)}
+        if noisy:
+            out[tname]["input_psnr"] = round(sum(noisy) / len(noisy), 3)
     return out
 
 
