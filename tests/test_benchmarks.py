@@ -358,6 +358,11 @@ def test_realnoise_beats_the_noisy_photo_records_the_estimate_and_resumes(tmp_pa
             assert 0.6 < r["sigma_used_255"] / r["sigma_true_255"] < 1.6, r
     with pytest.raises(SystemExit, match=r"other settings \(crop\)"):
         realnoise.main(args[:3] + ["32"] + args[4:] + ["--resume"])
+    one = tmp_path / "one.json"  # --per-set: evenly spaced pairs of each set
+    realnoise.main(["--sets", "CC15", "--crop", "32", "--per-set", "1", "--methods", "input", "--out", str(one)])
+    assert json.loads(one.read_text())["pairs"] == ["CC15/a.png"]
+    with pytest.raises(SystemExit, match="--quick has its own"):
+        realnoise.main(["--quick", "--per-set", "1", "--methods", "input", "--out", str(one)])
     _real_pairs(tmp_path / "bad", clean_rgb, shift_noisy=True)
     monkeypatch.setenv("RESTORE_DATA", str(tmp_path / "bad"))
     with pytest.raises(SystemExit, match="b.png: noisy .* and clean .* differ in shape"):
