@@ -251,7 +251,8 @@ def _priors(data: dict) -> str:
 # In page order: solver quality first, then per-component benchmarks, then speed and the fronts.
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality, "quality_cq100": _quality,
           "quality_vble_paper_quick": _quality, "quality_sr2": _quality, "quality_cq100_sr2": _quality,
-          "realnoise": _realnoise, "realnoise_quick": _realnoise,
+          "realnoise": _realnoise, "realnoise_quick": _realnoise, "realnoise_scoredvi_128": _realnoise,
+          "realnoise_cc15_paper_128": _realnoise,
           "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "
                               "defaults against the noisy input and the plain denoiser D(y), PSNR in dB"),
           "uncertainty_pmrf": _uncertainty, "uncertainty_vble": _uncertainty, "uncertainty_reddiff": _uncertainty,
@@ -289,8 +290,9 @@ OLDER_THAN_THE_CODE = {
                    "defaults are the targets table above",
     "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
     "realnoise_quick": "some rows predate solver default changes (the '(oracle sigma)' rows of RED-Diff, Langevin and "
-                       "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's "
-                       "noise_level option (2026-12-03) is not read on real noise, so its rows stand",
+                       "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's rows "
+                       "were rerun on 2026-12-06 with its restore.noise reading, except the paper row (the paper's "
+                       "reading, unchanged), and its 'wavelet estimate' row ran against the former real-noise table",
     "uncertainty_vble": "its faces and off-grid rows were measured before the q2 colour fine-tune of 2026-12-03 (the "
                         "CBSD68 rows were rerun with it)",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
