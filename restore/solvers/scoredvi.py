@@ -60,13 +60,15 @@ shuffle runs from 128 px up, where it folds a sharp photo's detail into the sub-
 camera noise over held-out crops it read light noise (3.8/255) as 16-17/255 at 128 px (0.8-3.3x at 64 px, where no
 shuffle runs), and the warm start at that level erased the detail. Measured at 128 px, 4 samples (``python -m
 restore.train.tune --solver scoredvi --grid noise_estimator=wavelet,patches --crop 128 --tasks camera_light
-camera_heavy camera_very_heavy [--data train_data/CQ100] --images 6``; ``benchmarks/results/tune_scoredvi_estimator_*.json``):
-on 6 CQ100 photos light / heavy / very heavy 28.60 / 25.21 / 23.51 -> 34.62 / 26.97 / 23.56 dB (noisy 36.92 / 23.35
-/ 18.78); on the 6 held-out BSD432 files 28.25 / 24.82 / 23.59 -> 33.11 / 26.41 / 23.44 (noisy 36.01 / 22.38 / 17.75), and 18 % faster (the restart fires less); at 64 px (CQ100) 33.08 / 26.57 / 23.85 -> 33.39 / 26.77 /
-23.60, level as at 96 px before. Both readings stay approximate on camera noise (restore.noise: 0.9 of the residual
-std on 64-128 px real-noise crops, 0.55 on whole CC15 photos, and texture-only crops read high by both). Measured
-afterwards on real pairs at 128 px (``benchmarks.realnoise --per-set 8 --crop 128``, never used for the choice):
-CC15 36.24 -> 36.75 dB, SIDD 34.44 -> 34.38; at 64 px (the quick pairs) CC15 40.38 -> 40.33, SIDD 33.87 -> 34.20.
+camera_heavy camera_very_heavy [--data train_data/CQ100] --images 6``;
+``benchmarks/results/tune_scoredvi_estimator_*.json``): on 6 CQ100 photos light / heavy / very heavy 28.60 / 25.21 /
+23.51 -> 34.62 / 26.97 / 23.56 dB (noisy 36.92 / 23.35 / 18.78); on the 6 held-out BSD432 files 28.25 / 24.82 / 23.59
+-> 33.11 / 26.41 / 23.44 (noisy 36.01 / 22.38 / 17.75), and 18 % faster (the restart fires less); at 64 px (CQ100)
+33.08 / 26.57 / 23.85 -> 33.39 / 26.77 / 23.60, level as at 96 px before. Both readings stay approximate on camera
+noise (restore.noise: 0.9 of the residual std on 64-128 px real-noise crops, 0.55 on whole CC15 photos, and
+texture-only crops read high by both). Measured afterwards on real pairs at 128 px (``benchmarks.realnoise --per-set 8
+--crop 128``, never used for the choice): CC15 36.24 -> 36.75 dB, SIDD 34.44 -> 34.38; at 64 px (the quick pairs) CC15
+40.38 -> 40.33, SIDD 33.87 -> 34.20.
 
 The noise-precision prior's rate beta0 follows the noise estimate by default (``noise_prior_rate``: 0.005 / 0.01 /
 0.02 / 0.04 up to 5 / 10 / 20 / above 20 per 255; the paper sets it per data set, 0.005 PolyU, 0.01 CC, 0.02 SIDD, the
