@@ -122,7 +122,7 @@ def evaluate_pair(mname: str, cfg: dict, pair: dict, samples: int, seed: int, re
             sigma = sigma_true if cfg.get("sigma") == "oracle" else sigma_hat
             spec = f"denoise:gaussian:sigma={sigma:.6f}"
             out["sigma_used_255"] = 255 * sigma
-    key = (mname, tuple(sorted(options.items())))
+    key = (mname, options.get("beta0"))
     try:
         if key not in restorers:
             restorers[key] = Restorer(cfg["solver"], None, device, **options)

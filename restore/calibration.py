@@ -80,7 +80,7 @@ def family(task) -> tuple[str | None, str]:
     region inpainting apart (``Task.family``: user masks count as regions)."""
     if task.kind == "denoise":
         if task.variant in ("gaussian", "real"):
-            return ("denoise" if task.variant == "gaussian" else REAL_FAMILY), ""
+            return task.family, ""  # 'denoise', or REAL_FAMILY for real noise
         return None, f"{task.variant} noise is not calibrated"
     if task.kind in ("deblur", "sr", "inpaint"):
         return task.family, ""

@@ -11,16 +11,21 @@ from restore.provenance import canonical, changed, for_family, without_prior
 from restore.solvers import base
 
 
+def _solver_class(solver: str) -> type[base.Solver] | None:
+    """Solver ``solver``'s class, None for a solver this version does not have."""
+    try:
+        return base.solver_class(solver)
+    except (ValueError, KeyError):
+        return None
+
+
 def default_config(solver: str) -> dict:
     """What a record of solver ``solver`` made before one of its options existed ran with: the canonical top-level
     defaults of its config, except where an option came with a new default (``Solver.former_defaults``: the value
     the code had before it) (:func:`restore.provenance.changed`'s ``defaults``); {} for a solver this version does
     not have."""
-    try:
-        cls = base.solver_class(solver)
-    except (ValueError, KeyError):
-        return {}
-    return canonical({**dataclasses.asdict(cls.config_cls()), **cls.former_defaults})
+    cls = _solver_class(solver)
+    return {} if cls is None else canonical({**dataclasses.asdict(cls.config_cls()), **cls.former_defaults})
 
 
 def settings_changed(solver: str, now: dict, then: dict, options: dict, family: str | None) -> list[str]:
@@ -34,10 +39,7 @@ def settings_changed(solver: str, now: dict, then: dict, options: dict, family: 
     fixed = fixed_options(solver, options)
     now, then, options = without_prior(now), without_prior(then), without_prior(options)
     now, then = for_family(now, options, family, fixed), for_family(then, options, family, fixed)
-    try:
-        inert = base.solver_class(solver).inert_settings
-    except (ValueError, KeyError):
-        inert = base.Solver.inert_settings
+    inert = (_solver_class(solver) or base.Solver).inert_settings
     idle = inert(now, family) & inert(then, family)
     return changed({k: v for k, v in now.items() if k not in idle}, {k: v for k, v in then.items() if k not in idle},
                    without_prior(default_config(solver)))
