@@ -52,9 +52,14 @@ def methods() -> dict[str, dict]:
            # what a user gets: the default beta0 on every set, so its calibration table applies (the per-set beta0
            # above changes the solver's config, which no table covers)
            "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}},
-           # the former default (to 2026-12-06): the paper's pixel-shuffled wavelet reading of the noise level
+           # the default to 2026-12-06 (session 35): the paper's pixel-shuffled wavelet reading of the noise level,
+           # beta0 from the reading by fixed thresholds
            "scoredvi (wavelet estimate)": {"solver": "scoredvi", "task": "real",
-                                           "options": {"beta0": None, "noise_estimator": "wavelet"}}}
+                                           "options": {"beta0": None, "noise_estimator": "wavelet",
+                                                       "noise_prior": "level"}},
+           # the default for a day after it (2026-12-06, session 36): restore.noise's reading, beta0 by thresholds
+           "scoredvi (threshold beta0)": {"solver": "scoredvi", "task": "real",
+                                          "options": {"beta0": None, "noise_prior": "level"}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
         out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian", "sigma": "auto"}

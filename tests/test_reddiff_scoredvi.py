@@ -71,15 +71,30 @@ def test_noise_estimate_and_prior_weight(clean_rgb):
 
 
 def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean_rgb, score):
-    """beta0=None: the rule on denoise:real (camera noise); on white Gaussian noise centred on the task's level
-    (alpha0 / beta0 = 1 / sigma^2), or blind (noise_level="estimate") the paper's 0.01."""
+    """beta0=None: on denoise:real (camera noise) the Gamma prior's mean noise std is twice the reading
+    (noise_prior="estimate"; "level", the former default, the fixed thresholds); on white Gaussian noise centred on
+    the task's level (alpha0 / beta0 = 1 / sigma^2), or blind (noise_level="estimate") the paper's 0.01."""
     g = torch.Generator().manual_seed(0)
     y = (clean_rgb + 0.12 * torch.randn(clean_rgb.shape, generator=g)).clamp(0, 1)
     solver = base.get("scoredvi", iterations=1, restart_std=None)
     real = solver(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
     gauss = solver(y, parse("denoise:gaussian:sigma=0.12").physics(y.shape), score, n_samples=1,
                          generator=g)
-    assert real.meta["beta0"] == noise_prior_rate(real.meta["estimated_noise_std"]) > 0.01
+    assert real.meta["beta0"] == pytest.approx((2 * real.meta["noise_std_used"]) ** 2)
+    level = base.get("scoredvi", iterations=1, restart_std=None, noise_prior="level")
+    real_level = level(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    assert real_level.meta["beta0"] == noise_prior_rate(real_level.meta["noise_std_used"]) > 0.01
+    centred = base.get("scoredvi", iterations=1, restart_std=None, noise_prior_scale=1.0)
+    real_centred = centred(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    assert real_centred.meta["beta0"] == pytest.approx(real_centred.meta["noise_std_used"] ** 2)
+    with pytest.raises(base.SolverError, match="noise_prior_scale must be > 0"):
+        base.get("scoredvi", iterations=1, noise_prior_scale=0)(y, parse("denoise:real").physics(y.shape), score,
+                                                                n_samples=1, generator=g)
+    with pytest.raises(base.SolverError, match="noise_prior must be 'estimate' or 'level'"):
+        base.get("scoredvi", iterations=1, noise_prior="paper")(y, parse("denoise:real").physics(y.shape), score,
+                                                                n_samples=1, generator=g)
+    # the paper preset keeps its fixed 0.01
+    assert base.get("scoredvi", preset="paper").config.beta0 == 0.01
     assert real.meta["noise_std_from"] == "estimate"
     assert gauss.meta["noise_std_from"] == "task" and gauss.meta["noise_std_used"] == pytest.approx(0.12)
     assert gauss.meta["beta0"] == pytest.approx(0.12 ** 2)
