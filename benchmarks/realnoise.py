@@ -17,8 +17,8 @@ were trained on. Methods, all at their default (paper) settings:
     paper's estimate (``restore.solvers.scoredvi.estimate_noise_std``: wavelet MAD on 4x4 pixel-shuffled
     sub-images); ScoreDVI's rows give the level it ran at (its warm start, lam and beta0 follow it) as
     ``sigma_used_255``: by default the product's estimate (``restore.noise``), the paper's in
-    ``scoredvi (wavelet estimate)`` (with beta0 by fixed thresholds: the default until 2026-12-06) and the paper
-    preset; ``scoredvi (threshold beta0)`` is the default with those thresholds instead of beta0 = alpha0 (2 s_hat)^2;
+    ``scoredvi (wavelet estimate)`` (the default until 2026-12-06) and the paper preset; ``scoredvi (noise prior
+    at 2x the reading)`` sets beta0 = alpha0 (2 s_hat)^2 instead of by the default's fixed thresholds;
   - ``<solver> (oracle sigma)``: the same at the true residual std (noisy - clean), an oracle no user has, which tells
     the noise estimate's share of the gap from the Gaussian model's.
 Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
@@ -53,14 +53,12 @@ def methods() -> dict[str, dict]:
            # what a user gets: the default beta0 on every set, so its calibration table applies (the per-set beta0
            # above changes the solver's config, which no table covers)
            "scoredvi (default beta0)": {"solver": "scoredvi", "task": "real", "options": {"beta0": None}},
-           # the default until 2026-12-06: the paper's pixel-shuffled wavelet reading of the noise level, beta0
-           # from the reading by fixed thresholds
+           # the former default (to 2026-12-06): the paper's pixel-shuffled wavelet reading of the noise level
            "scoredvi (wavelet estimate)": {"solver": "scoredvi", "task": "real",
-                                           "options": {"beta0": None, "noise_estimator": "wavelet",
-                                                       "noise_prior": "level"}},
-           # the default for part of 2026-12-06: restore.noise's reading, beta0 by the thresholds
-           "scoredvi (threshold beta0)": {"solver": "scoredvi", "task": "real",
-                                          "options": {"beta0": None, "noise_prior": "level"}}}
+                                           "options": {"beta0": None, "noise_estimator": "wavelet"}},
+           # the alternative noise prior: its mean noise std at twice the reading instead of the fixed thresholds
+           "scoredvi (noise prior at 2x the reading)": {"solver": "scoredvi", "task": "real",
+                                                         "options": {"beta0": None, "noise_prior": "estimate"}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
         out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian", "sigma": "auto"}

@@ -252,7 +252,7 @@ def _priors(data: dict) -> str:
 RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick": _quality, "quality_cq100": _quality,
           "quality_vble_paper_quick": _quality, "quality_sr2": _quality, "quality_cq100_sr2": _quality,
           "realnoise": _realnoise, "realnoise_quick": _realnoise, "realnoise_scoredvi_128": _realnoise,
-          "realnoise_cc15_paper_128": _realnoise,
+          "realnoise_cc15_paper_128": _realnoise, "realnoise_sidd_paper_128": _realnoise,
           "lownoise": _single("Light Gaussian noise on 6 held-out BSD432 crops (128 px): each solver's estimate at its "
                               "defaults against the noisy input and the plain denoiser D(y), PSNR in dB"),
           "uncertainty_pmrf": _uncertainty, "uncertainty_vble": _uncertainty, "uncertainty_reddiff": _uncertainty,

@@ -172,21 +172,19 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
     paper = canonical(asdict(base.get("scoredvi", preset="paper").config))  # the paper's reading: as before
     assert stale.settings_changed("scoredvi", paper, {k: v for k, v in paper.items() if k != "noise_estimator"},
                                   {"preset": "paper"}, "denoise-real") == []
-    # the noise prior acts on real noise only, and not where beta0 is given (the paper preset's 0.01)
-    older = {k: v for k, v in sdvi.items() if k not in ("noise_estimator", "noise_prior")}
-    assert stale.settings_changed("scoredvi", sdvi, older, {}, "denoise") == []
-    assert stale.settings_changed("scoredvi", sdvi, older, {}, "denoise-real") == ["noise_estimator", "noise_prior"]
-    assert stale.settings_changed("scoredvi", blind, {k: v for k, v in blind.items() if k != "noise_prior"},
-                                  {"noise_level": "estimate"}, "denoise") == []
-    assert stale.settings_changed("scoredvi", paper, {k: v for k, v in paper.items() if k != "noise_prior"},
-                                  {"preset": "paper"}, "denoise-real") == []
-    scaled = canonical(asdict(base.get("scoredvi", noise_prior_scale=1.0).config))
-    assert stale.settings_changed("scoredvi", scaled, sdvi, {"noise_prior_scale": 1.0}, "denoise") == []
-    assert stale.settings_changed("scoredvi", scaled, sdvi, {"noise_prior_scale": 1.0},
-                                  "denoise-real") == ["noise_prior_scale"]
-    former = canonical(asdict(base.get("scoredvi", noise_estimator="wavelet", noise_prior="level").config))
-    assert stale.settings_changed("scoredvi", former, older, {"noise_estimator": "wavelet", "noise_prior": "level"},
-                                  "denoise-real") == []
+    # an option added at its former behaviour (ScoreDVI's noise prior, "level"): records without it stay valid; the
+    # alternative acts on real noise only, and not where beta0 is given (the paper preset's 0.01)
+    older = {k: v for k, v in sdvi.items() if k not in ("noise_prior", "noise_prior_scale")}
+    assert stale.settings_changed("scoredvi", sdvi, older, {}, "denoise-real") == []
+    alt_options = {"noise_prior": "estimate", "noise_prior_scale": 1.0}
+    alt = canonical(asdict(base.get("scoredvi", **alt_options).config))
+    assert stale.settings_changed("scoredvi", alt, older, alt_options, "denoise") == []
+    assert stale.settings_changed("scoredvi", alt, older, alt_options,
+                                  "denoise-real") == ["noise_prior", "noise_prior_scale"]
+    assert stale.settings_changed("scoredvi", {**alt, "beta0": 0.01}, {**older, "beta0": 0.01},
+                                  {**alt_options, "beta0": 0.01}, "denoise-real") == []
+    scaled = canonical(asdict(base.get("scoredvi", noise_prior_scale=1.0).config))  # inert under "level"
+    assert stale.settings_changed("scoredvi", scaled, sdvi, {"noise_prior_scale": 1.0}, "denoise-real") == []
     from restore.tasks import parse
 
     assert parse("denoise:real").family == "denoise-real" and parse("denoise:gaussian:sigma=0.1").family == "denoise"

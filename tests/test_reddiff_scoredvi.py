@@ -71,8 +71,8 @@ def test_noise_estimate_and_prior_weight(clean_rgb):
 
 
 def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean_rgb, score):
-    """beta0=None: on denoise:real (camera noise) the Gamma prior's mean noise std is twice the reading
-    (noise_prior="estimate"; "level", the former default, the fixed thresholds); on white Gaussian noise centred on
+    """beta0=None: on denoise:real (camera noise) the fixed thresholds on the reading (noise_prior="level"; with
+    "estimate" the Gamma prior's mean noise std is noise_prior_scale x the reading); on white Gaussian noise centred on
     the task's level (alpha0 / beta0 = 1 / sigma^2), or blind (noise_level="estimate") the paper's 0.01."""
     g = torch.Generator().manual_seed(0)
     y = (clean_rgb + 0.12 * torch.randn(clean_rgb.shape, generator=g)).clamp(0, 1)
@@ -80,11 +80,11 @@ def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean
     real = solver(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
     gauss = solver(y, parse("denoise:gaussian:sigma=0.12").physics(y.shape), score, n_samples=1,
                          generator=g)
-    assert real.meta["beta0"] == pytest.approx((2 * real.meta["noise_std_used"]) ** 2)
-    level = base.get("scoredvi", iterations=1, restart_std=None, noise_prior="level")
-    real_level = level(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
-    assert real_level.meta["beta0"] == noise_prior_rate(real_level.meta["noise_std_used"]) > 0.01
-    centred = base.get("scoredvi", iterations=1, restart_std=None, noise_prior_scale=1.0)
+    assert real.meta["beta0"] == noise_prior_rate(real.meta["noise_std_used"]) > 0.01
+    scaled = base.get("scoredvi", iterations=1, restart_std=None, noise_prior="estimate")
+    real_scaled = scaled(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    assert real_scaled.meta["beta0"] == pytest.approx((2 * real_scaled.meta["noise_std_used"]) ** 2)
+    centred = base.get("scoredvi", iterations=1, restart_std=None, noise_prior="estimate", noise_prior_scale=1.0)
     real_centred = centred(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
     assert real_centred.meta["beta0"] == pytest.approx(real_centred.meta["noise_std_used"] ** 2)
     with pytest.raises(base.SolverError, match="noise_prior_scale must be > 0"):
