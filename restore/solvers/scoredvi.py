@@ -347,25 +347,21 @@ class ScoreDVISolver(Solver):
         if type(physics).__name__ != "Denoising":
             raise SolverError("scoredvi restores denoising tasks only (it models the noise, not a blur or mask)")
         cfg = self.config
-        if cfg.tweedie not in ("pixel", "scalar"):
-            raise SolverError(f"scoredvi option tweedie must be 'pixel' or 'scalar', not {cfg.tweedie!r}")
-        if cfg.noise_level not in ("task", "estimate"):
-            raise SolverError(f"scoredvi option noise_level must be 'task' or 'estimate', not {cfg.noise_level!r}")
+        for name, allowed in (("tweedie", ("pixel", "scalar")), ("noise_level", ("task", "estimate")),
+                              ("noise_estimator", ("wavelet", "patches")), ("noise_prior", ("estimate", "level"))):
+            if getattr(cfg, name) not in allowed:
+                raise SolverError(f"scoredvi option {name} must be '{allowed[0]}' or '{allowed[1]}', not "
+                                  f"{getattr(cfg, name)!r}")
+        if not (isinstance(cfg.noise_prior_scale, (int, float)) and cfg.noise_prior_scale > 0):
+            raise SolverError(f"scoredvi option noise_prior_scale must be > 0, not {cfg.noise_prior_scale!r}")
         stated = float(torch.as_tensor(getattr(physics.noise_model, "sigma", 0.0)).max())
         real = stated == 0.0  # denoise:real: its physics carries no noise level
-        if cfg.noise_estimator not in ("wavelet", "patches"):
-            raise SolverError(f"scoredvi option noise_estimator must be 'wavelet' or 'patches', not "
-                              f"{cfg.noise_estimator!r}")
         if cfg.noise_estimator == "patches":
             from restore.noise import estimate_noise_std as estimate_correlated
 
             estimated = estimate_correlated(y)
         else:
             estimated = estimate_noise_std(y)
-        if cfg.noise_prior not in ("estimate", "level"):
-            raise SolverError(f"scoredvi option noise_prior must be 'estimate' or 'level', not {cfg.noise_prior!r}")
-        if not (isinstance(cfg.noise_prior_scale, (int, float)) and cfg.noise_prior_scale > 0):
-            raise SolverError(f"scoredvi option noise_prior_scale must be > 0, not {cfg.noise_prior_scale!r}")
         from_task = not real and cfg.noise_level == "task"
         noise_std = stated if from_task else estimated
         lam = cfg.lam if cfg.lam is not None else prior_weight(noise_std)
