@@ -51,6 +51,36 @@ def test_camera_noise_is_signal_dependent_and_correlated():
         camera_noise.simulate(dark, "medium", g())
 
 
+def test_raw_pipeline_camera_noise_peaks_in_the_mid_tones_and_is_reproducible():
+    """The unprocessed-raw stand-in: noise levels about 4 / 20 / 33 per 255 at mid-grey, fading towards black and
+    white (the tone curve), correlated between neighbours (the demosaic), seeded by the generator alone, any size."""
+    import torch
+
+    from restore.train import camera_noise
+
+    g = lambda seed=0: torch.Generator().manual_seed(seed)  # noqa: E731
+
+    def std(value, level):
+        x = torch.full((1, 3, 64, 64), value)
+        return float((camera_noise.simulate(x, level, g()) - x).std()) * 255
+
+    light, heavy, very = (std(0.5, level) for level in camera_noise.RAW_LEVELS)
+    assert 3 < light < 5.5 and 17 < heavy < 25 and 30 < very < 42
+    assert std(0.05, "raw_heavy") < 0.7 * heavy and std(0.95, "raw_heavy") < 0.7 * heavy
+    x = torch.rand(1, 3, 33, 47, generator=g(3))
+    y = camera_noise.simulate(x, "raw_heavy", g())
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert torch.equal(y, camera_noise.simulate(x, "raw_heavy", g()))
+    assert not torch.equal(y, camera_noise.simulate(x, "raw_heavy", g(1)))
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    n = (camera_noise.simulate(flat, "raw_heavy", g()) - flat)[0]
+    assert float(torch.corrcoef(torch.stack([n[1, :, 1:].flatten(), n[1, :, :-1].flatten()]))[0, 1]) > 0.3
+    with pytest.raises(ValueError, match="colour images"):
+        camera_noise.simulate(torch.rand(1, 1, 16, 16), "raw_light", g())
+    with pytest.raises(ValueError, match="raw_light"):  # the error lists both models' levels
+        camera_noise.simulate(flat, "medium", g())
+
+
 def test_tuning_only_x2_sr_is_a_calibration_family_the_benchmarks_lack():
     """``--tasks sr2`` scans x2 SR, which the calibration grid has (cell sr2) and the benchmark's six do not."""
     from benchmarks.common import tasks as benchmark_tasks

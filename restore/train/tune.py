@@ -69,7 +69,9 @@ def settings(grid: dict[str, list]) -> list[dict]:
 EXTRA = {"sr2": f"sr:bicubic:factor=2,noise={2.55 / 255:.6f}",
          "denoise10": f"denoise:gaussian:sigma={10 / 255:.6f}", "denoise50": f"denoise:gaussian:sigma={50 / 255:.6f}",
          "deblur_gauss1_noise03": "deblur:gaussian:sigma=1,noise=0.03"}
-CAMERA = {"camera_light": "light", "camera_heavy": "heavy", "camera_very_heavy": "very_heavy"}  # task name -> camera_noise level (spec denoise:real)
+# task name -> restore.train.camera_noise level (spec denoise:real); raw_* is the unprocessed raw-pipeline model
+CAMERA = {"camera_light": "light", "camera_heavy": "heavy", "camera_very_heavy": "very_heavy",
+          **{f"camera_{level}": level for level in camera_noise.RAW_LEVELS}}
 
 
 def evaluate(solver: str, options: dict, images: torch.Tensor, tasks: dict[str, str], samples: int,
