@@ -81,6 +81,20 @@ def test_raw_pipeline_camera_noise_peaks_in_the_mid_tones_and_is_reproducible():
         camera_noise.simulate(flat, "medium", g())
 
 
+def test_flattest_crops_pick_the_least_textured_window():
+    """``--crop-at flattest``: a flat patch inside a textured image is found, and its texture reads near zero."""
+    import torch
+
+    from restore.train.common import centre_crops, flattest_crops, texture
+
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(3, 96, 128, generator=g) * 255).to(torch.uint8)
+    img[:, 64:96, 0:32] = 120  # a flat corner, away from the centre
+    flat = flattest_crops([img], 32)
+    assert flat.shape == (1, 3, 32, 32) and torch.allclose(flat, torch.full_like(flat, 120 / 255))
+    assert float(texture(flat)[0]) < 1e-3 < float(texture(centre_crops([img], 32))[0])
+
+
 def test_tuning_only_x2_sr_is_a_calibration_family_the_benchmarks_lack():
     """``--tasks sr2`` scans x2 SR, which the calibration grid has (cell sr2) and the benchmark's six do not."""
     from benchmarks.common import tasks as benchmark_tasks

@@ -121,6 +121,9 @@ def main(argv=None):
     ap.add_argument("--data", default="../shared/data/BSD432-train")
     ap.add_argument("--images", type=int, default=4, help="the last N files of --data")
     ap.add_argument("--crop", type=int, default=96)
+    ap.add_argument("--crop-at", choices=("centre", "flattest"), default="centre",
+                    help="flattest: each image's least textured window (restore.train.common.flattest_crops), the "
+                         "content of real-noise test photos")
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--tasks", nargs="*", default=None, help="subset of the benchmark's task names")
     ap.add_argument("--threads", type=int, default=1)
@@ -130,7 +133,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     from benchmarks.common import environment, table
     from benchmarks.common import tasks as benchmark_tasks
-    from restore.train.common import centre_crops, list_images, load_uint8_images
+    from restore.train.common import centre_crops, flattest_crops, list_images, load_uint8_images, texture
 
     bench = benchmark_tasks()
     all_tasks = {**bench, **EXTRA, **{name: "denoise:real" for name in CAMERA}}
@@ -139,7 +142,7 @@ def main(argv=None):
         raise SystemExit(f"unknown task(s) {', '.join(sorted(unknown))}; known: {', '.join(all_tasks)}")
     tasks = {k: v for k, v in all_tasks.items() if (k in args.tasks if args.tasks else k in bench)}
     files = list_images(args.data)[-args.images:]
-    images = centre_crops(load_uint8_images(files), args.crop)
+    images = (flattest_crops if args.crop_at == "flattest" else centre_crops)(load_uint8_images(files), args.crop)
     fixed = {k: v[0] for k, v in parse_grid(args.fixed).items()}
     rows = []
     for setting in settings(parse_grid(args.grid)):
@@ -160,6 +163,7 @@ def main(argv=None):
         payload = {"benchmark": "tune", "solver": args.solver, "prior": args.prior, "quant": args.quant,
                    "command": "python -m restore.train.tune " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "images": [f"{Path(args.data).name}/{f.name}" for f in files], "crop": args.crop,
+                   "crop_at": args.crop_at, "texture_255": [round(float(t), 2) for t in texture(images)],
                    "samples": args.samples, "threads": args.threads, "environment": environment(), "rows": rows}
         write_json_atomic(payload, Path(args.out))
         print(f"wrote {args.out}")
