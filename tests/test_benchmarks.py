@@ -185,6 +185,13 @@ def test_resume_reruns_results_whose_solver_defaults_or_weights_changed(tmp_path
                                   {**alt_options, "beta0": 0.01}, "denoise-real") == []
     scaled = canonical(asdict(base.get("scoredvi", noise_prior_scale=1.0).config))  # inert under "level"
     assert stale.settings_changed("scoredvi", scaled, sdvi, {"noise_prior_scale": 1.0}, "denoise-real") == []
+    # the texture scale (2026-12-06) acts only under noise_prior="local": records without it stay valid
+    before_texture = {k: v for k, v in sdvi.items() if k != "noise_prior_texture"}
+    assert stale.settings_changed("scoredvi", sdvi, before_texture, {}, "denoise-real") == []
+    textured = canonical(asdict(base.get("scoredvi", noise_prior_texture=1.0).config))
+    assert stale.settings_changed("scoredvi", textured, sdvi, {"noise_prior_texture": 1.0}, "denoise-real") == []
+    local = canonical(asdict(base.get("scoredvi", noise_prior="local").config))
+    assert stale.settings_changed("scoredvi", local, sdvi, {"noise_prior": "local"}, "denoise-real") == ["noise_prior"]
     from restore.tasks import parse
 
     assert parse("denoise:real").family == "denoise-real" and parse("denoise:gaussian:sigma=0.1").family == "denoise"

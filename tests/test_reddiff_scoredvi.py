@@ -90,9 +90,19 @@ def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean
     with pytest.raises(base.SolverError, match="noise_prior_scale must be > 0"):
         base.get("scoredvi", iterations=1, noise_prior_scale=0)(y, parse("denoise:real").physics(y.shape), score,
                                                                 n_samples=1, generator=g)
-    with pytest.raises(base.SolverError, match="noise_prior must be 'estimate' or 'level'"):
+    with pytest.raises(base.SolverError, match="noise_prior must be 'estimate', 'level' or 'local'"):
         base.get("scoredvi", iterations=1, noise_prior="paper")(y, parse("denoise:real").physics(y.shape), score,
                                                                 n_samples=1, generator=g)
+    with pytest.raises(base.SolverError, match="noise_prior_texture must be > 0"):
+        base.get("scoredvi", iterations=1, noise_prior="local", noise_prior_texture=-1)(
+            y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    # "local": per pixel, between the thresholds' rate (flat) and the scaled prior's (textured)
+    local = base.get("scoredvi", iterations=1, restart_std=None, noise_prior="local")
+    real_local = local(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g)
+    s_used = real_local.meta["noise_std_used"]
+    lo, hi = sorted((noise_prior_rate(s_used), (2 * s_used) ** 2))
+    assert lo * 0.999 <= real_local.meta["beta0"]["min"] <= real_local.meta["beta0"]["mean"]
+    assert real_local.meta["beta0"]["mean"] <= real_local.meta["beta0"]["max"] <= hi * 1.001
     # the paper preset keeps its fixed 0.01
     assert base.get("scoredvi", preset="paper").config.beta0 == 0.01
     assert real.meta["noise_std_from"] == "estimate"
@@ -104,6 +114,19 @@ def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean
     with pytest.raises(base.SolverError, match="noise_level must be 'task' or 'estimate'"):
         base.get("scoredvi", iterations=1, noise_level="oracle")(y, parse("denoise:real").physics(y.shape), score,
                                                                  n_samples=1, generator=g)
+
+
+def test_local_noise_prior_follows_the_texture():
+    """A flat half gets the flat rate, a textured half (signal far above the noise) nearly the textured rate, and
+    the map broadcasts over the networks' (B, K, C, H, W)."""
+    from restore.solvers.scoredvi import local_noise_prior
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.full((1, 3, 32, 64), 0.5)
+    y[..., 32:] += 0.2 * torch.randn(1, 3, 32, 32, generator=g)
+    rate = local_noise_prior(y, 0.01, 0.005, 0.0004, texture=2.0)
+    assert rate.shape == (1, 1, 1, 32, 64)
+    assert torch.allclose(rate[..., :24], torch.tensor(0.005)) and float(rate[..., 40:].max()) < 0.0006
 
 
 def test_scoredvi_on_light_gaussian_noise_starts_from_the_stated_level(score):

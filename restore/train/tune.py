@@ -8,8 +8,11 @@ tasks (``benchmarks.common.tasks``) over centre crops of the last ``--images`` f
 last 8 files are the ones every prior here held out of training), never an evaluation set. This is where solver
 defaults are chosen: the evaluation sets only measure them afterwards. ``--fixed name=value`` adds options to every
 setting (e.g. ``preset=paper``), ``--quant int8`` runs the prior quantised. ``--tasks camera_light camera_heavy``
-runs ``denoise:real`` on synthetic camera-like noise (``restore.train.camera_noise``), for ScoreDVI; ``--tasks sr2``
-runs x2 SR (2.55/255), which the benchmarks do not.
+runs ``denoise:real`` on synthetic camera-like noise (``restore.train.camera_noise``; ``camera_raw_light`` etc. add
+it in raw through an unprocessed camera pipeline), for ScoreDVI; ``--tasks sr2`` runs x2 SR (2.55/255), which the
+benchmarks do not. ``--crop-at flattest`` takes each file's least textured window instead of its centre: real-noise
+test photos (CC15, SIDD) are mostly flat (their 64 px crops' Laplacian std is 2-10/255 against 28-60 for held-out
+natural centre crops), and on real noise a choice must hold on both kinds of crop (ScoreDVI's module docstring).
 """
 
 from __future__ import annotations
