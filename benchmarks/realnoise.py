@@ -18,7 +18,8 @@ were trained on. Methods, all at their default (paper) settings:
     sub-images); ScoreDVI's rows give the level it ran at (its warm start, lam and beta0 follow it) as
     ``sigma_used_255``: by default the product's estimate (``restore.noise``), the paper's in
     ``scoredvi (wavelet estimate)`` (the default until 2026-12-06) and the paper preset; ``scoredvi (noise prior
-    at 2x the reading)`` sets beta0 = alpha0 (2 s_hat)^2 instead of by the default's fixed thresholds;
+    at 2x the reading)`` sets beta0 = alpha0 (2 s_hat)^2 instead of by the default's fixed thresholds, and
+    ``scoredvi (local noise prior)`` blends the two per pixel by the local texture (``noise_prior="local"``);
   - ``<solver> (oracle sigma)``: the same at the true residual std (noisy - clean), an oracle no user has, which tells
     the noise estimate's share of the gap from the Gaussian model's.
 Per pair the JSON records the estimate and the true residual std (noisy - clean), so a reader can see how far the
@@ -58,7 +59,10 @@ def methods() -> dict[str, dict]:
                                            "options": {"beta0": None, "noise_estimator": "wavelet"}},
            # the alternative noise prior: its mean noise std at twice the reading instead of the fixed thresholds
            "scoredvi (noise prior at 2x the reading)": {"solver": "scoredvi", "task": "real",
-                                                         "options": {"beta0": None, "noise_prior": "estimate"}}}
+                                                         "options": {"beta0": None, "noise_prior": "estimate"}},
+           # per pixel between the two: the thresholds' rate where y is flat, the scaled one where it is textured
+           "scoredvi (local noise prior)": {"solver": "scoredvi", "task": "real",
+                                            "options": {"beta0": None, "noise_prior": "local"}}}
     gaussian = [n for n in base.names() if n != "scoredvi"]
     for name in gaussian:
         out[f"{name} (sigma estimated)"] = {"solver": name, "task": "gaussian", "sigma": "auto"}
