@@ -407,7 +407,8 @@ class ScoreDVISolver(Solver):
             raise SolverError("scoredvi restores denoising tasks only (it models the noise, not a blur or mask)")
         cfg = self.config
         for name, allowed in (("tweedie", ("pixel", "scalar")), ("noise_level", ("task", "estimate")),
-                              ("noise_estimator", ("wavelet", "patches")), ("noise_prior", ("estimate", "level", "local"))):
+                              ("noise_estimator", ("wavelet", "patches")),
+                              ("noise_prior", ("estimate", "level", "local"))):
             if getattr(cfg, name) not in allowed:
                 choices = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
                 raise SolverError(f"scoredvi option {name} must be {choices}, not {getattr(cfg, name)!r}")

@@ -105,9 +105,10 @@ def simulate_raw(x: torch.Tensor, shot: float, generator: torch.Generator, scale
     if x.shape[1] != 3:
         raise ValueError(f"raw camera noise needs colour images (B, 3, H, W); got {tuple(x.shape)}")
     dtype = x.dtype
-    b, _, h, w = x.shape
-    img = F.pad(x.double().clamp(0, 1), (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else x.double()
-    img = img.clamp(0, 1)
+    h, w = x.shape[-2:]
+    img = x.double().clamp(0, 1)
+    if h % 2 or w % 2:
+        img = F.pad(img, (0, w % 2, 0, h % 2), mode="reflect")
     rgb2cam, gains = _camera(generator)
     read = math.exp(2.18 * math.log(shot) + 1.20 + 0.26 * float(torch.randn(1, generator=generator)))
     # unprocess: tone curve and gamma inverted, into camera colours, white balance undone (highlights kept)
