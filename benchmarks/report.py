@@ -309,8 +309,10 @@ def render() -> str:
             env = data["environment"]
             old = f"**Older than the code** ({env['date'][:10]}): {OLDER_THAN_THE_CODE[name]}.\n\n" \
                 if name in OLDER_THAN_THE_CODE else ""
+            # a file filled by several --resume runs says in its "note" which command made which rows
+            note = f" {data['note']}" if isinstance(data.get("note"), str) else ""
             parts.append(old + fn(data) + f"\n\nRun `{data['command']}` ({env['date']}, {env['processor'] or env['machine']}, "
-                                    f"{env['cpu_threads']} threads, torch {env['torch']}).")
+                                    f"{env['cpu_threads']} threads, torch {env['torch']}).{note}")
     return "\n\n".join(parts) if parts else "No benchmark results yet."
 
 
