@@ -103,6 +103,9 @@ def test_scoredvi_noise_prior_rate_follows_the_estimate_on_real_noise_only(clean
     lo, hi = sorted((noise_prior_rate(s_used), (2 * s_used) ** 2))
     assert lo * 0.999 <= real_local.meta["beta0"]["min"] <= real_local.meta["beta0"]["mean"]
     assert real_local.meta["beta0"]["mean"] <= real_local.meta["beta0"]["max"] <= hi * 1.001
+    # a given beta0 is reported as given, an integer too (-O beta0=1 parses as one)
+    given = base.get("scoredvi", iterations=1, restart_std=None, beta0=1)
+    assert given(y, parse("denoise:real").physics(y.shape), score, n_samples=1, generator=g).meta["beta0"] == 1
     # the paper preset keeps its fixed 0.01
     assert base.get("scoredvi", preset="paper").config.beta0 == 0.01
     assert real.meta["noise_std_from"] == "estimate"

@@ -452,7 +452,7 @@ class ScoreDVISolver(Solver):
                                "noise_std_from": "task" if from_task else "estimate",
                                "lam": lam, "attempts": attempt + 1,
                                # a per-pixel rate (noise_prior="local") is reported by its range and mean
-                               "beta0": beta0 if isinstance(beta0, float) else
+                               "beta0": beta0 if not isinstance(beta0, torch.Tensor) else
                                {"min": float(beta0.min()), "max": float(beta0.max()), "mean": float(beta0.mean())},
                                "mixture_weights": [round(float(v), 4) for v in pi.mean(dim=(0, 2, 3, 4))]})
 
