@@ -268,11 +268,10 @@ def local_noise_prior(y: torch.Tensor, noise_std: float, flat_rate: float, textu
     (B, K, C, H, W): ``flat_rate`` where y (B, C, H, W) is flat, ``textured_rate`` where it carries signal, blended on
     a log scale by w = v / (v + (texture s)^2), v the 7x7 local variance of y less s^2 (the noise's share), s the
     noise std on [0, 1]."""
+    from restore.calibration import local_std
+
     s = max(noise_std, 1e-3)
-    pad = lambda t: F.pad(t, (3, 3, 3, 3), mode="replicate")  # noqa: E731
-    mean = F.avg_pool2d(pad(y), 7, 1)
-    v = (F.avg_pool2d(pad(y * y), 7, 1) - mean * mean).mean(1, keepdim=True)
-    v = (v - s * s).clamp(min=0)
+    v = (local_std(y, 7).square().mean(1, keepdim=True) - s * s).clamp(min=0)
     w = v / (v + (texture * s) ** 2)
     return torch.exp((1 - w) * math.log(flat_rate) + w * math.log(textured_rate))[:, None]
 
@@ -432,11 +431,12 @@ class ScoreDVISolver(Solver):
         # (alpha0 / beta0 = 1 / sigma^2), and blind the paper's 0.01 does better (module docstring)
         if cfg.beta0 is not None:
             beta0 = cfg.beta0
+        elif real and cfg.noise_prior == "level":
+            beta0 = noise_prior_rate(noise_std)
         elif real:
             scaled = cfg.alpha0 * (cfg.noise_prior_scale * noise_std) ** 2
-            beta0 = (scaled if cfg.noise_prior == "estimate" else
-                     local_noise_prior(y, noise_std, noise_prior_rate(noise_std), scaled, cfg.noise_prior_texture)
-                     if cfg.noise_prior == "local" else noise_prior_rate(noise_std))
+            beta0 = scaled if cfg.noise_prior == "estimate" else local_noise_prior(
+                y, noise_std, noise_prior_rate(noise_std), scaled, cfg.noise_prior_texture)
         else:
             beta0 = cfg.alpha0 * noise_std ** 2 if from_task else 0.01
         runs = 1 + (cfg.restart_std is not None)
