@@ -805,3 +805,59 @@ def test_the_summary_line_suggests_checking_the_noise_level_when_the_fit_is_too_
     line = describe_uncertainty({"uncertainty": u})
     assert "self-check fits the noise (chi2 ratio 0.27" in line and "less noisy than stated" in line
     assert "sigma=auto" in line
+
+
+def test_real_noise_cells_mix_flattest_windows_and_report_each_kind(tmp_path, clean_rgb):
+    """Half the real-noise family's crops are their file's flattest window (every camera-noise level gets both
+    kinds); other families keep the random crops. A cached run of the same file and task but another window is
+    not reused, and the held-out coverage is reported per kind of crop."""
+    import imageio.v3 as iio
+
+    from restore.train import calibration as train
+    from restore.train.common import texture
+
+    real = cal.REAL_FAMILY
+    flat = [i for i in range(24) if train.flat_window(real, i)]
+    assert len(flat) == 12 and not any(train.flat_window("denoise", i) for i in range(24))
+    for level in range(len(train.CAMERA_MIX)):  # each level gets both kinds
+        assert {train.flat_window(real, i) for i in range(24) if i % len(train.CAMERA_MIX) == level} == {True, False}
+
+    # a photo whose left half is flat: its flattest window lies there, the random crops mostly do not
+    img = (clean_rgb[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)[:96, :192].copy()
+    img[:, :96] = 128
+    for k in range(4):
+        iio.imwrite(tmp_path / f"f{k}.png", img)
+    units = [("fit", i, f"f{i % 4}.png", torch.rand(1, 3, 32, 32)) for i in range(4)]
+    plan = train.FolderPlan("t", True, units, [], [], tmp_path, str(tmp_path))
+    assert plan.family_units("denoise", 32) is units
+    mixed = plan.family_units(real, 32)
+    for (_, i, _, x), (_, _, _, before) in zip(mixed, units):
+        if train.flat_window(real, i):
+            assert x.shape == (1, 3, 32, 32) and float(texture(x)[0]) < 1e-6
+        else:
+            assert x is before
+
+    folder = tmp_path / f"{real}-0.00000"
+    folder.mkdir()
+    i = flat[0]
+    spec = train.planned_spec(real, 0.0, i)
+    torch.save({"role": "fit", "index": i, "file": "a.png", "spec": spec, "x": torch.zeros(1, 3, 8, 8)},
+               folder / f"fit-{i:03d}.pt")
+    assert train.cached_cell(tmp_path, real, 0.0, [("fit", i, "a.png", torch.zeros(1, 3, 8, 8))])
+    with pytest.raises(SystemExit, match=rf"fit-{i:03d}.pt: cached for a.png \(denoise:real\), another crop"):
+        train.cached_cell(tmp_path, real, 0.0, [("fit", i, "a.png", torch.ones(1, 3, 8, 8))])
+
+    def unit(role, i, err_std):
+        g = torch.Generator().manual_seed(i)
+        x = clean_rgb[..., :32, :32]
+        y = x + 0.02 * torch.randn(x.shape, generator=g)
+        return {"role": role, "index": i, "spec": "denoise:real", "x": x, "y": y, "sigma_used": 0.02,
+                "mean": x + err_std * torch.randn(x.shape, generator=g), "spread": torch.full_like(x, 0.01),
+                "solvers": None}
+
+    # the flat held-out crops' errors are 4x smaller at the same spread: they are over-covered, the random ones not
+    units = ([unit("fit", i, 0.01) for i in range(2)] + [unit("cal", i, 0.01) for i in range(8, 28)]
+             + [unit("heldout", i, 0.0025 if train.flat_window(real, i) else 0.01) for i in range(1000, 1008)])
+    held = train.fit_cell(units, 0.0, family=real)["prior_held_out_images"]
+    assert held["coverage_90_flat_crops"] > 0.99 and 0.8 < held["coverage_90_random_crops"] < 0.97
+    assert "coverage_90_flat_crops" not in train.fit_cell(units, 0.0)["prior_held_out_images"]

@@ -56,6 +56,17 @@ GRID = {
 # (level, std scale) of restore.train.camera_noise: about 2, 4, 9, 19, 16 and 32/255 residual std
 CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("very_heavy", 0.5),
               ("very_heavy", 1.0))
+
+
+def flat_window(fam: str, i: int) -> bool:
+    """Whether crop ``i`` of family ``fam`` is its file's least textured window instead of a random crop: half the
+    real-noise family's crops. Real-noise photos are often flat (walls, sky, backdrops: the CC15 / SIDD test crops
+    have a 3x3-Laplacian std of 2-10/255 where random BSD432 crops have 28-60), and there ScoreDVI's raw spread
+    covers 0.99 of the true pixels at 90 % (2026-12-06, ``tune --crop-at flattest``): a cell fitted on textured crops
+    alone reads that as its own. Alternating within each block of 6 and flipping phase between blocks gives every
+    ``CAMERA_MIX`` level both kinds of crop."""
+    return fam == cal.REAL_FAMILY and (i + i // len(CAMERA_MIX)) % 2 == 1
+
 # per-image signals a family's cells add to cal.FEATURES. The deblurring mix pools kernels that erase very different
 # shares of the spectrum: with one pooled scale PMRF's 90 % interval covered 0.97 on mild kernels and 0.88 on strong
 # ones, and 0.85 on CBSD68's camera-shake kernel; the operator's Wiener error (cal.wiener_rmse) lets the scale follow
@@ -127,8 +138,8 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
                 remember_today(today, run_unit(restorer, fam, sigma, samples, i, name, x, role))
             # one cached with other settings or weights, or for another image (other --fit / --cal / --seed draw
             # other files), is rerun
-            if (ran_as_today(unit, today["solvers"], today["priors"], fam)
-                    and unit.get("file", name) == name and unit.get("spec") == planned_spec(fam, sigma, i)):
+            if (ran_as_today(unit, today["solvers"], today["priors"], fam) and same_crop(unit, name, x)
+                    and unit.get("spec") == planned_spec(fam, sigma, i)):
                 results.append(unit)
                 continue
             print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
@@ -139,6 +150,12 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
               f"{10 * math.log10(1 / float(((unit['mean'] - x) ** 2).mean())):.2f} dB", flush=True)
         results.append(unit)
     return results
+
+
+def same_crop(unit: dict, name: str, x: torch.Tensor) -> bool:
+    """Whether a cached run is of file ``name``'s crop ``x`` (a changed crop plan, e.g. :func:`flat_window`, keeps
+    the file but moves the window)."""
+    return unit.get("file", name) == name and (x is None or torch.equal(unit["x"], x))
 
 
 def planned_spec(fam: str, sigma: float, i: int) -> str:
@@ -204,8 +221,10 @@ def unit_signals(unit: dict, names=cal.FEATURES) -> tuple[torch.Tensor, torch.Te
     return feats, (unit["mean"] - unit["x"]).abs(), physics
 
 
-def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES) -> dict:
-    """Weights, score curves, chi2 range, MSE scale and held-out figures of one cell from its cached runs."""
+def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES, family: str = "") -> dict:
+    """Weights, score curves, chi2 range, MSE scale and held-out figures of one cell from its cached runs (for the
+    ``family`` whose crops mix flattest windows and random crops, :func:`flat_window`, the held-out coverage of
+    each kind too)."""
     from restore.metrics import spearman
 
     g = torch.Generator().manual_seed(seed)
@@ -273,6 +292,13 @@ def fit_cell(units: list[dict], sigma: float, seed: int = 0, names=cal.FEATURES)
         out["calibration_images"].update(
             {f"coverage_{int(100 * lv)}": round(float(1 - cal._miss_fractions(curves, lam[lv]).mean()), 4)
              for lv in lam})
+        kinds = {"flat": [], "random": []}
+        for u, curve in zip((u for u in units if u["role"] == "heldout"), h_curves):
+            kinds["flat" if flat_window(family, u["index"]) else "random"].append(curve)
+        if kinds["flat"]:  # the guarantee is marginal over the mix; how each kind fares under it
+            for kind, kind_curves in kinds.items():
+                out["prior_held_out_images"][f"coverage_90_{kind}_crops"] = round(
+                    float(1 - cal._miss_fractions(np.asarray(kind_curves), lam[0.9]).mean()), 4)
         if grouped and all(groups[g]["heldout"] for g in cal.GROUPS):
             # per group, with each group's own multiplier, and what the pooled one gave there
             for g in cal.GROUPS:
@@ -343,8 +369,9 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
         path = folder / f"{role}-{i:03d}.pt"
         unit = torch.load(path, weights_only=True) if path.exists() else None
         spec = planned_spec(fam, sigma, i)
-        if unit is None or unit.get("file", name) != name or unit.get("spec") != spec:
-            found = ("missing" if unit is None else f"cached for {unit.get('file', name)} ({unit.get('spec')})")
+        if unit is None or not same_crop(unit, name, x) or unit.get("spec") != spec:
+            found = ("missing" if unit is None else f"cached for {unit.get('file', name)} ({unit.get('spec')})"
+                     + ("" if unit.get("file", name) != name or unit.get("spec") != spec else ", another crop"))
             raise SystemExit(f"{path}: {found}, planned for {name} ({spec}); run without --fit-only")
         if restorer is not None:
             if not now:
@@ -366,6 +393,21 @@ class FolderPlan:
     extra_files: list
     extra_crops: list
     cache: Path
+    folder: str = ""
+
+    def family_units(self, fam: str, size: int) -> list:
+        """The units as family ``fam`` runs them: those :func:`flat_window` names get their file's flattest
+        ``size`` window (``restore.train.common.flattest_crops``) in place of the random crop."""
+        flat = [k for k, u in enumerate(self.units) if flat_window(fam, u[1])]
+        if not flat:
+            return self.units
+        from restore.train.common import flattest_crops, load_uint8_images
+
+        windows = flattest_crops(load_uint8_images([Path(self.folder) / self.units[k][2] for k in flat]), size)
+        units = list(self.units)
+        for k, window in zip(flat, windows):
+            units[k] = (*units[k][:3], window[None])
+        return units
 
 
 def plan_folder(folder: str, args, need: int, cache: Path) -> FolderPlan:
@@ -384,7 +426,7 @@ def plan_folder(folder: str, args, need: int, cache: Path) -> FolderPlan:
              + [("heldout", i, f.name, images[args.fit + args.cal + j]) for j, (i, f) in
                 enumerate(zip(range(1000, 1000 + len(held)), held))])
     return FolderPlan(Path(folder).name, bool(priors_trained_on(folder)), units, extra_files,
-                      crops(extra_files, args.crop, args.seed + 1), cache)
+                      crops(extra_files, args.crop, args.seed + 1), cache, str(folder))
 
 
 def main(argv=None):
@@ -450,20 +492,23 @@ def main(argv=None):
     cells, seconds = [], []
     for fam in families:
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
-            done, extra_fit, today = [], [], {}  # today: one probe of the current settings for all folders
+            done, extra_fit, flat, today = [], [], [], {}  # today: one probe of the current settings for all folders
             for plan in plans:
                 more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
                         enumerate(zip(plan.extra_files[:EXTRA_FIT.get(fam, 0)], plan.extra_crops))]
-                done += (cached_cell(plan.cache, fam, sigma, plan.units + more, restorer, args.samples, today)
-                         if args.fit_only else run_cell(restorer, fam, sigma, plan.units + more, args.samples,
-                                                        plan.cache, today))
+                units = plan.family_units(fam, args.crop) + more
+                done += (cached_cell(plan.cache, fam, sigma, units, restorer, args.samples, today)
+                         if args.fit_only else run_cell(restorer, fam, sigma, units, args.samples, plan.cache, today))
                 extra_fit += [u[2] for u in more]
+                flat += [f"{u[0]}-{u[1]:03d} {u[2]}" for u in units if flat_window(fam, u[1])]
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
             extra = {"features": names} if names != list(cal.FEATURES) else {}
             if extra_fit:
                 extra["extra_fit_images"] = extra_fit
-            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names),
+            if flat:
+                extra["flattest_windows"] = flat
+            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names, fam),
                           # the table's command and images are the last run's; a cell keeps its own
                           "images": [{"source": p.name, "priors_trained_on_it": p.trained} for p in plans],
                           "fitted": datetime.date.today().isoformat(),
