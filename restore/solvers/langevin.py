@@ -42,7 +42,11 @@ from restore.tasks import family_of, kind_of
 # 28.96 -> 29.87 dB and camera shake 24.03 -> 26.63 dB at 100 iterations, above 400 iterations from the observation
 # (29.83 / 25.23), 90 % coverage 0.80 -> 0.83 and 0.70 -> 0.81. Random inpainting 26.81 -> 27.22 with HQS kept below
 # noise 0.05 (from 1.0, as for deblurring, it fails: 19.4 dB; top 0.03 / 0.1: 27.11 / 26.89; 40 steps 27.30), where
-# 400 iterations give 27.18 and 4 chains of 200 27.30 at 4x the time
+# 400 iterations give 27.18 and 4 chains of 200 27.30 at 4x the time. Longer chains from the HQS start do not pay on
+# deblurring (8 held-out crops, 128 px, 4 samples, 2026-12-06; benchmarks/results/tune_langevin_deblur_iterations.json):
+# 100 / 200 / 300 iterations Gaussian 30.00 / 30.09 / 30.15 dB, motion 26.63 / 26.37 / 26.11 (the chain drifts from
+# the HQS estimate towards ULA's own mean, which is below it on camera shake), so the default's 0.35 dB gap to the
+# paper preset on the quick crops' Gaussian blur is not an iteration count to buy back
 PER_FAMILY = {"deblur": {"init": "hqs"},
               "inpaint-random": {"init": "hqs", "init_options": {"sigma_max": 0.05, "steps": 20}}}
 
