@@ -59,12 +59,13 @@ CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("
 
 
 def flat_window(fam: str, i: int) -> bool:
-    """Whether crop ``i`` of family ``fam`` is its file's least textured window instead of a random crop: half the
-    real-noise family's crops. Real-noise photos are often flat (walls, sky, backdrops: the CC15 / SIDD test crops
-    have a 3x3-Laplacian std of 2-10/255 where random BSD432 crops have 28-60), and there ScoreDVI's raw spread
-    covers 0.99 of the true pixels at 90 % (2026-12-06, ``tune --crop-at flattest``): a cell fitted on textured crops
-    alone reads that as its own. Alternating within each block of 6 and flipping phase between blocks gives every
-    ``CAMERA_MIX`` level both kinds of crop."""
+    """Whether crop ``i`` of family ``fam`` is its file's least textured window instead of a random crop under
+    ``--flattest-windows``: half the real-noise family's crops. Real-noise photos are often flat (walls, sky,
+    backdrops: the CC15 / SIDD test crops have a 3x3-Laplacian std of 2-10/255 where random BSD432 crops have 28-60),
+    and there ScoreDVI's raw spread covers 0.99 of the true pixels at 90 % (2026-12-06, ``tune --crop-at
+    flattest``). Alternating within each block of 6 and flipping phase between blocks gives every ``CAMERA_MIX``
+    level both kinds of crop. Not the default: the pooled cell came out narrower everywhere rather than following
+    texture (held-out 90 % coverage flat 0.963 -> 0.949, random crops 0.846 -> 0.794; docs/calibration.md)."""
     return fam == cal.REAL_FAMILY and (i + i // len(CAMERA_MIX)) % 2 == 1
 
 # per-image signals a family's cells add to cal.FEATURES. The deblurring mix pools kernels that erase very different
@@ -395,10 +396,10 @@ class FolderPlan:
     cache: Path
     folder: str = ""
 
-    def family_units(self, fam: str, size: int) -> list:
-        """The units as family ``fam`` runs them: those :func:`flat_window` names get their file's flattest
-        ``size`` window (``restore.train.common.flattest_crops``) in place of the random crop."""
-        flat = [k for k, u in enumerate(self.units) if flat_window(fam, u[1])]
+    def family_units(self, fam: str, size: int, flattest: bool = True) -> list:
+        """The units as family ``fam`` runs them: with ``flattest``, those :func:`flat_window` names get their
+        file's flattest ``size`` window (``restore.train.common.flattest_crops``) in place of the random crop."""
+        flat = [k for k, u in enumerate(self.units) if flattest and flat_window(fam, u[1])]
         if not flat:
             return self.units
         from restore.train.common import flattest_crops, load_uint8_images
@@ -454,6 +455,8 @@ def main(argv=None):
                     "int8; 'none' = float): the table is fitted for, and applies to, runs with that scheme")
     ap.add_argument("--drop", action="store_true", help="remove the --families' cells instead of fitting them (their "
                     "defaults changed and no refit ran yet: runs there get the raw spread, with a warning)")
+    ap.add_argument("--flattest-windows", action="store_true", help="half the real-noise family's crops are their "
+                    "file's least textured window (flat_window; tried 2026-12-06, not the shipped table's plan)")
     ap.add_argument("--fit-only", action="store_true", help="write the table from the cached runs, run nothing")
     ap.add_argument("--options", nargs="*", default=[], help="name=value solver options (the table then applies "
                     "only to runs with them; default: the solver's defaults)")
@@ -496,11 +499,11 @@ def main(argv=None):
             for plan in plans:
                 more = [("fit", 2000 + j, f.name, x) for j, (f, x) in
                         enumerate(zip(plan.extra_files[:EXTRA_FIT.get(fam, 0)], plan.extra_crops))]
-                units = plan.family_units(fam, args.crop) + more
+                units = plan.family_units(fam, args.crop, args.flattest_windows) + more
                 done += (cached_cell(plan.cache, fam, sigma, units, restorer, args.samples, today)
                          if args.fit_only else run_cell(restorer, fam, sigma, units, args.samples, plan.cache, today))
                 extra_fit += [u[2] for u in more]
-                flat += [f"{u[0]}-{u[1]:03d} {u[2]}" for u in units if flat_window(fam, u[1])]
+                flat += [f"{u[0]}-{u[1]:03d} {u[2]}" for u in units if args.flattest_windows and flat_window(fam, u[1])]
             seconds += [u["seconds"] for u in done]
             names = list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ()))
             extra = {"features": names} if names != list(cal.FEATURES) else {}
@@ -508,7 +511,7 @@ def main(argv=None):
                 extra["extra_fit_images"] = extra_fit
             if flat:
                 extra["flattest_windows"] = flat
-            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names, fam),
+            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names, fam if args.flattest_windows else ""),
                           # the table's command and images are the last run's; a cell keeps its own
                           "images": [{"source": p.name, "priors_trained_on_it": p.trained} for p in plans],
                           "fitted": datetime.date.today().isoformat(),
