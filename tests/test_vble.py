@@ -200,3 +200,18 @@ def test_the_cae_rate_is_picked_per_task_and_a_named_prior_wins(monkeypatch):
     for family in ("denoise", "deblur", "sr4", "inpaint-random"):
         assert calibration.table_mismatch(table, "cae-natural-q2", asdict(named.solver.config), family,
                                           named.solver.options) is None, family
+
+
+def test_the_cae_descriptions_name_the_tasks_vble_runs_each_on():
+    """`restore list` describes each CAE by what VBLE uses it for: the default names itself so, the others name
+    their task families (a rate change in PRIOR_BY_FAMILY must not leave the list saying otherwise)."""
+    from restore.priors import registry
+    from restore.solvers.vble import PRIOR_BY_FAMILY, VBLESolver
+
+    for name in ("cae-natural-q2", "cae-natural-q4", "cae-natural-q6"):
+        text = registry.PRIORS[name].description
+        assert ("VBLE's default" in text) == (name == VBLESolver.default_prior), text
+        used = [f for f, p in PRIOR_BY_FAMILY.items() if p == name and name != VBLESolver.default_prior]
+        words = {"deblur": "deblurring", "sr4": "x4 SR", "sr2": "x2 SR", "denoise": "denoising",
+                 "inpaint": "inpainting"}
+        assert all(words[f] in text for f in used), (name, used, text)

@@ -170,14 +170,14 @@ PRIORS: dict[str, PriorSpec] = {
                               "noise-conditional DRUNet denoiser / score network trained on BSD432"),
     "cae-natural-q4": _shipped("cae-natural-q4", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0130: the "
-                               "middle rate, VBLE's best mean over the six held-out tasks", strict=False),
+                               "middle rate; VBLE runs it for deblurring", strict=False),
     "cae-natural-q2": _shipped("cae-natural-q2", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0035: "
-                               "the lowest rate, VBLE's default; best of the three on motion blur and x4 SR",
+                               "the lowest rate; VBLE runs it for x4 SR",
                                strict=False),
     "cae-natural-q6": _shipped("cae-natural-q6", "cae", "restore.priors.cae:build",
                                "compressai mbt2018-mean CAE (N=64, M=96) trained on BSD432 at lambda 0.0483: "
-                               "the highest rate, most detail kept; VBLE's best on denoising, Gaussian deblurring "
+                               "the highest rate, most detail kept; VBLE's default prior, run for denoising, x2 SR "
                                "and inpainting", strict=False),
     "flow-natural": _shipped("flow-natural", "flow", "restore.priors.flow:FlowNet",
                              "rectified-flow velocity network from posterior means to clean images (PMRF)"),
