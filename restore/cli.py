@@ -24,6 +24,9 @@ from restore import recommend
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian image restoration with uncertainty.")
 SUBCOMMANDS = ("run", "batch", "list", "bench", "ui")
+# the solvers whose default_quant is int8 (tests/test_cli.py checks this list against them)
+QUANT_HELP = ("int8 (real kernels), w8a8/w4a8 (simulated), none (float); default: the solver's own (int8 for "
+              "reddiff, langevin and scoredvi, whose denoiser runs forward-only; float for the others)")
 
 
 def _say_recommended(task: str) -> None:
@@ -75,7 +78,7 @@ def run(
     std_format: str = typer.Option("npy", "--std-format", help="npy or tiff"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
-    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels), w8a8/w4a8 (simulated), none (float); default: the solver's own (RED-Diff int8, others float)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help=QUANT_HELP),
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
@@ -176,7 +179,7 @@ def batch(
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (restore[distributed])"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster; default: start one here"),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPUs for a Ray instance started here"),
-    quant: Optional[str] = typer.Option(None, "--quant", help="int8 (real kernels), w8a8/w4a8 (simulated), none (float); default: the solver's own (RED-Diff int8, others float)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help=QUANT_HELP),
     sort_by: str = typer.Option("file", "--sort-by", help="summary.csv order: any column, e.g. predicted_psnr "
                                 "(the calibrated uncertainty's predicted PSNR: likely failures first)"),
 ):

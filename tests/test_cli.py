@@ -214,3 +214,12 @@ def test_batch_ranks_images_by_predicted_quality(tmp_path, clean_rgb):
     assert all(row["self_check"] in ("consistent", "poor fit", "fits the noise") for row in rows)
     # actual PSNR follows the predicted order at the extremes: the random image is hardest
     assert float(rows[0]["psnr"]) < float(rows[-1]["psnr"])
+
+
+def test_the_quant_help_names_the_solvers_that_run_int8_by_default():
+    from restore import cli
+    from restore.solvers import base
+
+    int8 = {n for n in base.names() if getattr(base.solver_class(n), "default_quant", None) == "int8"}
+    named = set(cli.QUANT_HELP.split("int8 for ")[1].split(";")[0].replace(" and", ",").replace(",", " ").split())
+    assert int8 == named & set(base.names()), (int8, cli.QUANT_HELP)
