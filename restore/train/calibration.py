@@ -154,8 +154,8 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
 
 
 def same_crop(unit: dict, name: str, x: torch.Tensor) -> bool:
-    """Whether a cached run is of file ``name``'s crop ``x`` (a changed crop plan, e.g. :func:`flat_window`, keeps
-    the file but moves the window)."""
+    """Whether a cached run is of file ``name``'s crop ``x``: another ``--crop`` size or window (:func:`flat_window`)
+    keeps the file and the cache path but not the pixels."""
     return unit.get("file", name) == name and (x is None or torch.equal(unit["x"], x))
 
 
