@@ -809,8 +809,8 @@ def test_the_summary_line_suggests_checking_the_noise_level_when_the_fit_is_too_
 
 def test_real_noise_cells_mix_flattest_windows_and_report_each_kind(tmp_path, clean_rgb):
     """Under --flattest-windows half the real-noise family's crops are their file's flattest window (every
-    camera-noise level gets both kinds); other families keep the random crops. A cached run of the same file and task but another window is
-    not reused, and the held-out coverage is reported per kind of crop."""
+    camera-noise level gets both kinds); other families keep the random crops. A cached run of the same file and
+    task but another window is not reused, and the held-out coverage is reported per kind of crop."""
     import imageio.v3 as iio
 
     from restore.train import calibration as train
@@ -829,8 +829,8 @@ def test_real_noise_cells_mix_flattest_windows_and_report_each_kind(tmp_path, cl
         iio.imwrite(tmp_path / f"f{k}.png", img)
     units = [("fit", i, f"f{i % 4}.png", torch.rand(1, 3, 32, 32)) for i in range(4)]
     plan = train.FolderPlan("t", True, units, [], [], tmp_path, str(tmp_path))
-    assert plan.family_units("denoise", 32) is units and plan.family_units(real, 32, flattest=False) is units
-    mixed = plan.family_units(real, 32)
+    assert plan.family_units("denoise", 32, True) is units and plan.family_units(real, 32, False) is units
+    mixed = plan.family_units(real, 32, True)
     for (_, i, _, x), (_, _, _, before) in zip(mixed, units):
         if train.flat_window(real, i):
             assert x.shape == (1, 3, 32, 32) and float(texture(x)[0]) < 1e-6

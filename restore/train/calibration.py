@@ -396,7 +396,7 @@ class FolderPlan:
     cache: Path
     folder: str = ""
 
-    def family_units(self, fam: str, size: int, flattest: bool = True) -> list:
+    def family_units(self, fam: str, size: int, flattest: bool) -> list:
         """The units as family ``fam`` runs them: with ``flattest``, those :func:`flat_window` names get their
         file's flattest ``size`` window (``restore.train.common.flattest_crops``) in place of the random crop."""
         flat = [k for k, u in enumerate(self.units) if flattest and flat_window(fam, u[1])]
@@ -511,7 +511,8 @@ def main(argv=None):
                 extra["extra_fit_images"] = extra_fit
             if flat:
                 extra["flattest_windows"] = flat
-            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names, fam if args.flattest_windows else ""),
+            mixed = fam if args.flattest_windows else ""  # the family whose held-out crops fit_cell splits by kind
+            cells.append({"family": fam, **extra, **fit_cell(done, sigma, args.seed, names, mixed),
                           # the table's command and images are the last run's; a cell keeps its own
                           "images": [{"source": p.name, "priors_trained_on_it": p.trained} for p in plans],
                           "fitted": datetime.date.today().isoformat(),
