@@ -129,6 +129,30 @@ class Restorer:
         t0 = time.perf_counter()
         prior = self.prior(task)
         t_prior = time.perf_counter() - t0
+        post, physics, y = self._run(y, task, x_shape, prior, samples, seed, progress)
+        post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
+        if noise_note:
+            post.meta["noise_estimate"] = noise_note
+        if self.quant_note:
+            post.meta["quant_note"] = self.quant_note
+        if self.calibrate:
+            if physics is None:  # tiled: the whole image's operator, for the calibration's per-pixel signals
+                physics = task.physics(x_shape, device=self.device)
+                y = y * physics.mask if task.kind == "inpaint" else y
+            calibration.apply(post, y, physics, task,
+                              rerun=lambda y_star: self._run(y_star, task, x_shape, prior, 1, seed, None)[0].mean)
+        post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
+        if ground_truth is not None:
+            truth = io.to_tensor(ground_truth).to(self.device)
+            if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
+                truth = truth.mean(1, keepdim=True).expand_as(post.mean)
+            post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
+        return post
+
+    def _run(self, y, task: Task, x_shape: tuple, prior, samples: int, seed: int, progress):
+        """The solver on observation ``y`` (tiled above ``tile_above`` pixels): (posterior, physics or None when
+        tiled, y as the solver saw it: inpainting zeroes the unobserved pixels). Also the calibration's bootstrap
+        rerun, so that it runs exactly as the restore did."""
         t1 = time.perf_counter()
         physics = None
         with warnings.catch_warnings():
@@ -146,23 +170,17 @@ class Restorer:
                     y = y * physics.mask  # unobserved pixels carry no information, whatever the file holds there
                 generator = torch.Generator(device=self.device).manual_seed(int(seed))
                 post = self.solver(y, physics, prior, n_samples=samples, generator=generator, progress=progress)
-        post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
-        if noise_note:
-            post.meta["noise_estimate"] = noise_note
-        if self.quant_note:
-            post.meta["quant_note"] = self.quant_note
-        if self.calibrate:
-            if physics is None:  # tiled: the whole image's operator, for the calibration's per-pixel signals
-                physics = task.physics(x_shape, device=self.device)
-                y = y * physics.mask if task.kind == "inpaint" else y
-            calibration.apply(post, y, physics, task)
-        post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
-        if ground_truth is not None:
-            truth = io.to_tensor(ground_truth).to(self.device)
-            if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
-                truth = truth.mean(1, keepdim=True).expand_as(post.mean)
-            post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
-        return post
+        return post, physics, y
+
+    def bootstrap_mean(self, mean: torch.Tensor, task: str | Task, seed: int = 0) -> torch.Tensor:
+        """The calibration's parametric-bootstrap estimate for a run with ``seed`` whose estimate is ``mean``
+        (1, C, H, W) in [0, 1]: the solver with one sample on a fresh degradation of ``mean``
+        (``restore.calibration.bootstrap``)."""
+        task = parse(task)
+        x_shape = tuple(mean.shape)
+        prior = self.prior(task)
+        return calibration.bootstrap(lambda y_star: self._run(y_star, task, x_shape, prior, 1, seed, None)[0].mean,
+                                     mean, task, seed)
 
     def estimate_seconds(self, task: str | Task, x_shape: tuple, samples: int = 8) -> float | None:
         """Rough seconds (within about 2x) a restore of restored shape ``x_shape`` (1, C, H, W) would take here, or

@@ -5,9 +5,11 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
 
 1. **Error scale.** A per-pixel scale ``s_hat`` (1, C, H, W) > 0 from cheap signals of the run (:data:`FEATURES`):
    the samples' spread, the mean's local contrast, the data-fit residual A^T(y - A mean) (each at a few window
-   sizes, window 1 = the pixel itself), how much of the neighbourhood the operator observes, the brightness.
-   ``log s_hat = w . features``, with ``w`` fitted per cell by least squares of log|error| on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF)
-   get a useful scale from the other signals; the spread alone is not one.
+   sizes, window 1 = the pixel itself), how much of the neighbourhood the operator observes, the brightness; for
+   PMRF also a parametric bootstrap (the solver once more on a fresh degradation of its own mean,
+   :data:`BOOT_FEATURES`). ``log s_hat = w . features``, with ``w`` fitted per cell by least squares of log|error|
+   on fit images (``restore.train.calibration``). Near-Dirac solvers (RED-Diff, PMRF) get a useful scale from the
+   other signals; the spread alone is not one.
 2. **Normalised scores** |x - mean| / s_hat on calibration images disjoint from the fit images. The image is the
    unit: each calibration image keeps its score quantile function, and L_i(l) = fraction of image i's pixels whose
    score exceeds l.
@@ -38,6 +40,7 @@ retrained prior, the status is "uncalibrated" and the raw spread is used, with a
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -50,7 +53,15 @@ FEATURES = ("bias", "log_spread_1", "log_spread_3", "log_spread_7", "log_grey_sp
             "log_residual_11", "log_residual_1", "log_unobserved_1", "log_unobserved_9", "log_unobserved_33",
             "brightness")
 # the windowed signals a feature name can ask for, ``<kind>_<odd window>``
-WINDOWED = ("log_spread", "log_grey_spread", "log_contrast", "log_grey_contrast", "log_residual", "log_unobserved")
+WINDOWED = ("log_spread", "log_grey_spread", "log_contrast", "log_grey_contrast", "log_residual", "log_unobserved",
+            "log_boot")
+# Parametric-bootstrap signals (2026-12-06): the solver run once more, with one sample, on a fresh observation of its
+# own estimate, A mean + new noise; its change e* = mean* - mean is an error the solver makes on an image like this
+# one. Its local RMS (windows 3, 9) and the image's whole RMS (``log_boot_image``) let the scale follow how hard the
+# image is for the solver (faces, flat photos: easier than the calibration crops, which the other signals miss).
+# A table whose cells list them makes every calibrated run pay that extra run (:func:`needs_bootstrap`).
+BOOT_FEATURES = ("log_boot_3", "log_boot_9", "log_boot_image")
+BOOT_SEED = 1_000_003  # the bootstrap observation's noise seed: the run's seed plus this
 # The per-pixel signals new tables are fitted on. A table lists the ones it was fitted on and is applied with those,
 # so tables fitted before a signal was added keep working (those before 2026-12-03 lack the unsmoothed spread and
 # observed-pixel signals, window 1, which let a std map separate observed from missing pixels in random inpainting).
@@ -99,16 +110,19 @@ def local_std(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
-             names: tuple[str, ...] | list[str] = FEATURES) -> torch.Tensor:
+             names: tuple[str, ...] | list[str] = FEATURES, boot: torch.Tensor | None = None) -> torch.Tensor:
     """The per-pixel signals behind the error scale, (len(names), C, H, W) for a (1, C, H, W) mean, in the order of
     ``names`` (default :data:`FEATURES`; a table passes its own list): the spread and the mean's local contrast (per
     channel and channel-averaged) and the data-fit residual A^T(y - A mean) at a few window sizes, how much of the
     neighbourhood the operator observes, the brightness, and two per-image numbers: the log of the operator's Wiener
     error (:func:`wiener_rmse`, ``log_wiener``) and of its blur's elongation (:func:`kernel_anisotropy`,
-    ``log_anisotropy``). A name is ``log_<signal>_<window>``, "bias", "brightness", "log_wiener" or "log_anisotropy".
+    ``log_anisotropy``), and the parametric bootstrap's (:data:`BOOT_FEATURES`: the local and the whole-image RMS of
+    ``boot - mean``). A name is ``log_<signal>_<window>``, "bias", "brightness", "log_wiener", "log_anisotropy" or
+    "log_boot_image".
 
     mean, spread: the solver's estimate and its samples' std, [0, 1] units; y: the observation; physics: its
-    deepinv operator (noiseless ``A`` / ``A_adjoint`` are used)."""
+    deepinv operator (noiseless ``A`` / ``A_adjoint`` are used); boot: the bootstrap estimate (:func:`bootstrap`),
+    (1, C, H, W), needed only by the ``log_boot`` names."""
     with torch.no_grad():
         log = lambda t: torch.log(t + EPS)  # noqa: E731
         cache = {}
@@ -132,6 +146,13 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
                 return torch.full_like(mean, kernel_anisotropy(physics, tuple(mean.shape)))
             if name == "brightness":
                 return mean
+            if name.startswith("log_boot"):
+                if boot is None:
+                    raise ValueError(f"calibration feature {name!r} needs the bootstrap estimate (boot=)")
+                change = once("boot", lambda: (boot - mean) ** 2)
+                if name == "log_boot_image":
+                    return torch.full_like(mean, 0.5 * math.log(float(change.mean()) + 1e-12))
+                return log(_box(change, int(name.rpartition("_")[2])).sqrt())
             kind, _, size = name.rpartition("_")
             k = int(size)
             if kind == "log_spread":
@@ -202,8 +223,35 @@ def kernel_anisotropy(physics, shape: tuple[int, ...]) -> float:
 def known_feature(name: str) -> bool:
     """Whether :func:`features` computes ``name`` (a table naming another one needs a newer restore)."""
     kind, _, size = name.rpartition("_")
-    return (name in ("bias", "brightness", "log_wiener", "log_anisotropy")
+    return (name in ("bias", "brightness", "log_wiener", "log_anisotropy", "log_boot_image")
             or (kind in WINDOWED and size.isdigit() and int(size) % 2 == 1))
+
+
+def needs_bootstrap(names) -> bool:
+    """Whether features ``names`` include a bootstrap signal (the run must then restore once more)."""
+    return any(n.startswith("log_boot") for n in names)
+
+
+def bootstrap_needed(solver: str, prior: str, task) -> bool:
+    """Whether a calibrated run of ``solver`` / ``prior`` on ``task`` pays the bootstrap rerun: its table's cell for
+    the task lists a bootstrap signal (for the time estimate; a cell not found costs nothing extra)."""
+    from restore.priors import registry
+
+    table = registry.calibration_table(solver, prior)
+    fam, _ = family(task)
+    if table is None or fam is None:
+        return False
+    cell, _, _ = find_cell(table, fam, 0.0 if fam == REAL_FAMILY else float(task.noise_sigma or 0.0))
+    return cell is not None and needs_bootstrap(cell_features(table, cell))
+
+
+def bootstrap(rerun, mean: torch.Tensor, task, seed: int) -> torch.Tensor:
+    """The parametric bootstrap's estimate: ``rerun(y_star)`` (the solver with one sample, as the run was made) on
+    y_star, ``task``'s degradation of ``mean`` with fresh noise drawn from ``seed + BOOT_SEED``. mean: (1, C, H, W) in
+    [0, 1] on the restored grid; returns the same shape."""
+    g = torch.Generator(device=mean.device).manual_seed(int(seed) + BOOT_SEED)
+    y_star, _ = task.simulate(mean.clamp(0, 1), g)
+    return rerun(y_star)
 
 
 def scale_map(weights, feats: torch.Tensor) -> torch.Tensor:
@@ -461,10 +509,12 @@ def table_mismatch(table: dict, prior: str, config: dict, task_family: str | Non
     return None
 
 
-def apply(post, y: torch.Tensor, physics, task) -> None:
+def apply(post, y: torch.Tensor, physics, task, rerun=None) -> None:
     """Calibrate ``post`` in place when a table covers its solver, prior, settings and task: sets
     ``post.calibration`` and ``post.std`` (calibrated) and ``post.meta['uncertainty']`` (status, table, guarantee,
-    self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning."""
+    self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning.
+    ``rerun(y_star) -> mean`` restores another observation as this run was made, with one sample: the bootstrap
+    signals (:data:`BOOT_FEATURES`) need it where the cell lists them."""
     from restore.priors import registry
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
@@ -506,7 +556,25 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
                         f"calibrated ones; refit {table['file']} (python -m restore.train.calibration)")
     if post.n_samples != table["n_samples"]:
         status, note = "approximate", f"{note}; calibrated with {table['n_samples']} samples, run with {post.n_samples}"
-    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics, cell_features(table, cell)))
+    names = cell_features(table, cell)
+    boot, boot_note = None, None
+    if needs_bootstrap(names):
+        if rerun is None:
+            return fallback(f"{table['file']} needs the bootstrap rerun of the solver, which this caller cannot make "
+                            "(restore through restore.Restorer)")
+        from restore.tasks import TaskError
+
+        t0 = time.perf_counter()
+        try:
+            boot = bootstrap(rerun, post.mean, task, int(post.meta.get("seed", 0)))
+        except TaskError as exc:  # a task that cannot be simulated (real noise) has no bootstrap
+            return fallback(f"{table['file']} needs a bootstrap rerun, which this task cannot make ({exc})")
+        boot_note = {"seconds": round(time.perf_counter() - t0, 4),
+                     "change_rmse": round(float(((boot - post.mean) ** 2).mean().sqrt()), 6),
+                     "what": "the solver once more, with one sample, on a fresh degradation of its own estimate; "
+                             "how far that moves sets how hard the image is (restore.calibration.BOOT_FEATURES)"}
+        post.meta.setdefault("timings", {})["calibration_bootstrap_s"] = boot_note["seconds"]
+    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics, names, boot))
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     missing = missing_pixels(physics, post.mean) if cell.get("group_scores") else None
@@ -523,6 +591,8 @@ def apply(post, y: torch.Tensor, physics, task) -> None:
         "std": "calibrated: half-width of the calibrated 68.27 % interval (raw spread in posterior.spread)",
         "self_check": check, "widening": round(widening, 4),
         "predicted_rmse": round(rmse, 6), "predicted_psnr": round(predicted_psnr, 3)}
+    if boot_note is not None:
+        post.meta["uncertainty"]["bootstrap"] = boot_note
     if cal.grouped:
         post.meta["uncertainty"]["groups"] = {
             "missing_fraction": round(float(missing.float().mean()), 4),

@@ -3,7 +3,8 @@
 Each solver counts its work in forward passes of a DRUNet-size network at the restored size (``Solver.cost``: exact
 counts for RED-Diff, Langevin and PMRF, constants measured by ``benchmarks.speed`` for VBLE, APS and ScoreDVI); this
 machine's seconds per forward are measured once per process on a small input and scaled by the pixel count. A tiled
-run (large images) adds the tiles' overlap. The estimate is rough (within about 2x): it is for "seconds or
+run (large images) adds the tiles' overlap, and a calibration table with bootstrap signals (PMRF) one more run
+with one sample. The estimate is rough (within about 2x): it is for "seconds or
 minutes?", and the app's progress bar counts it down.
 """
 
@@ -13,6 +14,8 @@ import functools
 import time
 
 import torch
+
+from restore import calibration
 
 MEASURE_SIZE = 128  # px; large enough that per-call overhead is a small share
 
@@ -63,6 +66,8 @@ def estimate_seconds(restorer, task, x_shape: tuple, samples: int) -> float | No
     forwards = restorer.solver.cost(task, samples, prior)
     if forwards is None:
         return None
+    if restorer.calibrate and calibration.bootstrap_needed(restorer.solver.name, prior.name, task):
+        forwards += restorer.solver.cost(task, 1, prior) or 0.0  # the calibration's bootstrap rerun, one sample
     h, w = int(x_shape[-2]), int(x_shape[-1])
     pixels = h * w
     if restorer.tile and pixels > restorer.tile_above:

@@ -4,6 +4,7 @@ import json
 import math
 import re
 import warnings
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -94,7 +95,9 @@ def test_fitted_table_has_provenance(fitted_models):
     assert table["solver_config"]["flow_steps"] is None and table["n_samples"] == 4
     assert len(table["images"]["cal"]) == 12 and not set(table["images"]["cal"]) & set(table["images"]["fit"])
     cell = table["cells"][0]
-    assert len(cell["weights"]) == len(cal.FEATURES) and len(cell["scores"]) == 12
+    # PMRF's cells add the bootstrap signals to the shared ones
+    assert cell["features"] == [*cal.FEATURES, *cal.BOOT_FEATURES] and len(cell["weights"]) == len(cell["features"])
+    assert len(cell["scores"]) == 12
     assert cell["chi2_range"][0] <= cell["chi2_range"][1]
     assert "coverage_90" in cell["prior_held_out_images"]
 
@@ -156,6 +159,10 @@ def test_calibrated_intervals_cover_better_than_the_raw_spread(fitted_models, cl
     assert max(widths) < 1.0  # not the trivial [0, 1]
     lo, hi = post.interval(0.9, guarantee="rcps")
     assert float((hi - lo).mean()) >= widths[-1] - 1e-6
+    boot = post.meta["uncertainty"]["bootstrap"]  # the table's bootstrap signals made one more run, timed
+    assert boot["change_rmse"] > 0 and post.meta["timings"]["calibration_bootstrap_s"] == boot["seconds"]
+    again = r(y, "denoise:gaussian:sigma=0.1", samples=4, seed=seed)
+    assert torch.equal(again.std, post.std)  # the bootstrap's noise comes from the run's seed: same seed, same std
     out = post.save(tmp_path / "res")
     assert (out / "spread.npy").exists() and (out / "std.npy").exists() and (out / "data_fit.png").exists()
     # the denoised mean explains the noisy observation about to the noise level, everywhere
@@ -583,8 +590,8 @@ def test_kernel_anisotropy_tells_motion_kernels_from_isotropic_operators():
 
 def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
     """The shipped PMRF table's deblurring cells add ``log_wiener`` and ``log_anisotropy`` to the table's features (a
-    per-cell list, used when the table is applied), both with positive weights: the harder the kernel, and a motion
-    kernel against a Gaussian one, the wider the calibrated interval. The same image blurred with sigma 3 gets a
+    per-cell list, used when the table is applied), the Wiener error with a positive weight: the harder the kernel,
+    the wider the calibrated interval. The same image blurred with sigma 3 gets a
     wider interval than with sigma 1, relative to the error scale without the signals."""
     import dataclasses
 
@@ -594,32 +601,38 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
 
     table = registry.calibration_table("pmrf", "flow-natural")
     deblur = [c for c in table["cells"] if c["family"] == "deblur"]
-    assert deblur and all(cal.cell_features(table, c) == [*table["features"], "log_wiener", "log_anisotropy"]
+    per_image = ["log_wiener", "log_anisotropy"]
+    # PMRF's cells end with the bootstrap signals (every family), the deblurring ones list the kernel's before them
+    assert deblur and all(cal.cell_features(table, c) == [*table["features"], *per_image, *cal.BOOT_FEATURES]
                           for c in deblur)
-    assert all(c["weights"][-2] > 0 and c["weights"][-1] > 0 for c in deblur)
+    at = [cal.cell_features(table, deblur[0]).index(n) for n in per_image]
+    # the harder the kernel, the wider; the elongation's own weight is small since the bootstrap (a rerun under the
+    # same kernel) sees what made motion kernels harder for their Wiener error
+    assert all(c["weights"][at[0]] > 0.3 and abs(c["weights"][at[1]]) < 0.2 for c in deblur)
     # the per-image weights rest on 24 extra fit crops of files no other role of the table uses (4 a kernel)
     used = set(table["images"]["fit"]) | set(table["images"]["cal"]) | set(table["images"]["prior_held_out"])
     assert all(c["n_fit"] == 32 and len(set(c["extra_fit_images"])) == 24 and not used & set(c["extra_fit_images"])
                for c in deblur)
     others = [c for c in table["cells"] if c["family"] != "deblur"]
-    assert all(cal.cell_features(table, c) == table["features"] for c in others)
+    assert all(cal.cell_features(table, c) == [*table["features"], *cal.BOOT_FEATURES] for c in others)
     defaults = dataclasses.asdict(base.get("pmrf").config)
     assert cal.table_mismatch(table, "flow-natural", defaults) is None
     cut = {**table, "cells": [{**deblur[0], "weights": deblur[0]["weights"][:-1]}]}  # one weight short of its list
     assert "is damaged" in cal.table_mismatch(cut, "flow-natural", defaults)
     # between the two noise levels the blend keeps the cells' own feature list
     cell, status, _ = cal.find_cell(table, "deblur", 0.02)
-    assert status == "approximate" and cal.cell_features(table, cell)[-2:] == ["log_wiener", "log_anisotropy"]
+    assert status == "approximate" and cal.cell_features(table, cell) == cal.cell_features(table, deblur[0])
     shape = (1, 3, 64, 64)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    names = cal.cell_features(table, deblur[0])
+    keep = [i for i, n in enumerate(names) if n not in per_image]
     ratios = []
     for spec in ("deblur:gaussian:sigma=1,noise=0.01", "deblur:gaussian:sigma=3,noise=0.01"):
         physics = parse(spec).physics(shape)
         y = physics(x)
-        with_it = cal.scale_map(deblur[0]["weights"], cal.features(x, 0.02 + 0 * x, y, physics,
-                                                                   cal.cell_features(table, deblur[0])))
-        without = cal.scale_map(deblur[0]["weights"][:-2], cal.features(x, 0.02 + 0 * x, y, physics,
-                                                                        table["features"]))
+        feats = cal.features(x, 0.02 + 0 * x, y, physics, names, boot=x + 0.01)
+        with_it = cal.scale_map(deblur[0]["weights"], feats)
+        without = cal.scale_map([deblur[0]["weights"][i] for i in keep], feats[keep])
         ratios.append(float((with_it / without).mean()))
     assert ratios[1] > 1.2 * ratios[0]
 
@@ -679,13 +692,20 @@ def test_fit_only_refuses_runs_cached_with_other_settings(tmp_path, monkeypatch)
     fresh = {"solvers": solvers, "priors": {"p": "1"}}
     monkeypatch.setattr(train, "run_unit", lambda *a, **k: fresh)
     units = [("fit", 0, "a.png", None)]
-    assert train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())[0]["file"] == "a.png"
+    reddiff = SimpleNamespace(solver=SimpleNamespace(name="reddiff"))
+    assert train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=reddiff)[0]["file"] == "a.png"
     fresh["solvers"] = [{"name": "reddiff", "options": {}, "config": {"steps": 50}}]
     with pytest.raises(SystemExit, match="fit-000.pt: cached with other solver settings"):
-        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())
+        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=reddiff)
     fresh.update(solvers=solvers, priors={"p": "2"})  # retrained weights
     with pytest.raises(SystemExit, match="prior weights"):
-        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=object())
+        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=reddiff)
+    # a solver whose cells use the bootstrap: a run cached without its estimate cannot be refitted from the cache
+    fresh.update(solvers=[{"name": "pmrf", "options": {}, "config": {}}], priors={"p": "1"})
+    torch.save({"role": "fit", "index": 0, "file": "a.png", "spec": spec, "solvers": fresh["solvers"],
+                "priors": {"p": "1"}}, folder / "fit-000.pt")
+    with pytest.raises(SystemExit, match="fit-000.pt: cached without the bootstrap estimate"):
+        train.cached_cell(tmp_path, "deblur", 0.01, units, restorer=SimpleNamespace(solver=SimpleNamespace(name="pmrf")))
 
 
 def test_missing_pixels_are_those_the_operator_never_sees(clean_rgb):
@@ -861,3 +881,52 @@ def test_real_noise_cells_mix_flattest_windows_and_report_each_kind(tmp_path, cl
     held = train.fit_cell(units, 0.0, family=real)["prior_held_out_images"]
     assert held["coverage_90_flat_crops"] > 0.99 and 0.8 < held["coverage_90_random_crops"] < 0.97
     assert "coverage_90_flat_crops" not in train.fit_cell(units, 0.0)["prior_held_out_images"]
+
+
+def test_bootstrap_signals_follow_how_far_a_rerun_moves_the_estimate():
+    """The parametric bootstrap (PMRF's cells): the solver once more on the task's degradation of its own estimate,
+    with noise drawn from the run's seed plus BOOT_SEED (fresh, not the observation's; same seed, same draw). Its
+    signals are the local and whole-image RMS of that change; asking for them without it is an error."""
+    from restore.tasks import parse
+
+    task = parse("deblur:gaussian:sigma=1,noise=0.05")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    y, physics = task.simulate(x, torch.Generator().manual_seed(3))
+    seen = []
+    boot = cal.bootstrap(lambda y_star: seen.append(y_star) or x + 0.02, x, task, 3)
+    assert torch.allclose(boot, x + 0.02) and seen[0].shape == y.shape
+    assert torch.equal(cal.bootstrap(lambda y_star: y_star, x, task, 3), seen[0])
+    noise_seen = seen[0] - physics.A(x)
+    assert 0.04 < float(noise_seen.std()) < 0.06 and float((seen[0] - y).abs().max()) > 0.01  # not the run's noise
+    names = list(cal.BOOT_FEATURES)
+    with pytest.raises(ValueError, match="needs the bootstrap estimate"):
+        cal.features(x, torch.zeros_like(x), y, physics, names)
+    change = 0.01 * torch.randn(x.shape, generator=g)
+    small = cal.features(x, torch.zeros_like(x), y, physics, names, boot=x + change)
+    large = cal.features(x, torch.zeros_like(x), y, physics, names, boot=x + 10 * change)
+    assert small.shape == (3, 3, 32, 32) and bool((large > small).all())
+    image = names.index("log_boot_image")
+    assert torch.allclose(small[image], torch.tensor(0.5 * math.log(float((change**2).mean()) + 1e-12)))
+    assert cal.needs_bootstrap(names) and not cal.needs_bootstrap(cal.FEATURES)
+
+
+def test_a_bootstrap_table_without_a_rerun_falls_back_and_only_pmrf_fits_one(fitted_models, clean_rgb, monkeypatch):
+    """A caller that cannot rerun the solver (calibration.apply without ``rerun``) gets the raw spread and the
+    reason, never a crash; the bootstrap is PMRF's (other solvers' cells and the real-noise family do without)."""
+    monkeypatch.setenv("RESTORE_MODELS", str(fitted_models))
+    from restore.api import Restorer
+    from restore.tasks import parse
+    from restore.train import calibration as train
+
+    r = Restorer("pmrf", calibrate=False)
+    task = parse("denoise:gaussian:sigma=0.1")
+    y = r.simulate(clean_rgb[..., :48, :48], task, seed=0)
+    post = r(y, task, samples=4, seed=0)
+    post.meta["seed"] = 0
+    with pytest.warns(cal.UncalibratedWarning, match="bootstrap"):
+        cal.apply(post, y, task.physics(tuple(post.mean.shape)), task)
+    assert post.meta["uncertainty"]["status"] == "uncalibrated" and not post.calibrated
+    assert cal.needs_bootstrap(train.feature_names("pmrf", "deblur"))
+    assert not cal.needs_bootstrap(train.feature_names("reddiff", "deblur"))
+    assert not cal.needs_bootstrap(train.feature_names("pmrf", cal.REAL_FAMILY))
