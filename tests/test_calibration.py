@@ -602,7 +602,7 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
     table = registry.calibration_table("pmrf", "flow-natural")
     deblur = [c for c in table["cells"] if c["family"] == "deblur"]
     per_image = ["log_wiener", "log_anisotropy"]
-    # PMRF's cells end with the bootstrap signals (every family), the deblurring ones list the kernel's before them
+    # PMRF's cells end with the bootstrap signals (but for inpainting), the deblurring ones list the kernel's first
     assert deblur and all(cal.cell_features(table, c) == [*table["features"], *per_image, *cal.BOOT_FEATURES]
                           for c in deblur)
     at = [cal.cell_features(table, deblur[0]).index(n) for n in per_image]
@@ -613,8 +613,10 @@ def test_deblur_cells_carry_the_wiener_error_and_widen_for_strong_kernels():
     used = set(table["images"]["fit"]) | set(table["images"]["cal"]) | set(table["images"]["prior_held_out"])
     assert all(c["n_fit"] == 32 and len(set(c["extra_fit_images"])) == 24 and not used & set(c["extra_fit_images"])
                for c in deblur)
-    others = [c for c in table["cells"] if c["family"] != "deblur"]
-    assert all(cal.cell_features(table, c) == [*table["features"], *cal.BOOT_FEATURES] for c in others)
+    others = [c for c in table["cells"] if c["family"] in ("denoise", "sr2", "sr4")]
+    assert others and all(cal.cell_features(table, c) == [*table["features"], *cal.BOOT_FEATURES] for c in others)
+    inpainting = [c for c in table["cells"] if c["family"].startswith("inpaint")]
+    assert inpainting and all(cal.cell_features(table, c) == table["features"] for c in inpainting)
     defaults = dataclasses.asdict(base.get("pmrf").config)
     assert cal.table_mismatch(table, "flow-natural", defaults) is None
     cut = {**table, "cells": [{**deblur[0], "weights": deblur[0]["weights"][:-1]}]}  # one weight short of its list
@@ -913,7 +915,8 @@ def test_bootstrap_signals_follow_how_far_a_rerun_moves_the_estimate():
 
 def test_a_bootstrap_table_without_a_rerun_falls_back_and_only_pmrf_fits_one(fitted_models, clean_rgb, monkeypatch):
     """A caller that cannot rerun the solver (calibration.apply without ``rerun``) gets the raw spread and the
-    reason, never a crash; the bootstrap is PMRF's (other solvers' cells and the real-noise family do without)."""
+    reason, never a crash; the bootstrap is PMRF's (other solvers' cells, its inpainting cells and the real-noise
+    family do without)."""
     monkeypatch.setenv("RESTORE_MODELS", str(fitted_models))
     from restore.api import Restorer
     from restore.tasks import parse
@@ -930,3 +933,4 @@ def test_a_bootstrap_table_without_a_rerun_falls_back_and_only_pmrf_fits_one(fit
     assert cal.needs_bootstrap(train.feature_names("pmrf", "deblur"))
     assert not cal.needs_bootstrap(train.feature_names("reddiff", "deblur"))
     assert not cal.needs_bootstrap(train.feature_names("pmrf", cal.REAL_FAMILY))
+    assert not cal.needs_bootstrap(train.feature_names("pmrf", "inpaint-region"))  # it did not help there

@@ -74,13 +74,16 @@ def flat_window(fam: str, i: int) -> bool:
 # how hard the kernel and noise make the problem, and its elongation (cal.kernel_anisotropy) tells motion kernels,
 # whose learned-solver error runs higher for their Wiener error, from Gaussian ones (docs/calibration.md)
 EXTRA_FEATURES = {"deblur": ("log_wiener", "log_anisotropy")}
-# signals a solver's cells add (after the family's): PMRF's parametric bootstrap (cal.BOOT_FEATURES; one more run
-# with one sample, about 0.4-0.7 s at 256 px). Fitted on its cached runs (PMRF deblurring at noise 0.01 and denoising
-# at 25/255, 2026-12-06): the per-image spread of log RMS error around its prediction fell 0.35 -> 0.30 and
-# 0.15 -> 0.08, 90 % coverage on CelebA training faces 0.960 -> 0.948 and 0.945 -> 0.928 with 7-13 % narrower
-# intervals, std-|error| Spearman +0.02-0.04 (docs/calibration.md). Not for the real-noise family: its observations
-# are camera noise, which the task cannot simulate.
-SOLVER_FEATURES = {"pmrf": cal.BOOT_FEATURES}
+# signals a solver's cells add (after the family's), and the families whose cells do: PMRF's parametric bootstrap
+# (cal.BOOT_FEATURES; one more run with one sample). First fitted on its cached runs (PMRF deblurring at noise 0.01
+# and denoising at 25/255, 2026-12-06): the per-image spread of log RMS error around its prediction fell 0.35 -> 0.30
+# and 0.15 -> 0.08, 90 % coverage on CelebA training faces 0.960 -> 0.948 and 0.945 -> 0.928 at 7-13 % narrower
+# intervals, std-|error| Spearman +0.02-0.04. With every cell refitted it helped denoising, deblurring and SR on the
+# held-out crops and the CelebA faces (scripts/calibration_shift_check.py) but not inpainting (held-out region
+# inpainting's PSNR ranking 0.63 -> 0.57, faces level), where the observed-pixel signals already tell where the
+# solver invents; those cells do without it and its cost (docs/calibration.md). Never the real-noise family: its
+# observations are camera noise, which the task cannot simulate.
+SOLVER_FEATURES = {"pmrf": (cal.BOOT_FEATURES, ("denoise", "deblur", "sr2", "sr4"))}
 # more fit crops for a family whose cells carry per-image signals: their weights rest on the fit images alone, and
 # with 2 crops a kernel the Wiener weight came out noisy (PMRF at noise 0.01: 1.93 on 8 crops, 1.09 on 16); 24 more
 # give 4 a kernel. Taken from the end of the shuffled file order (no fit or calibration image's file), run indices
@@ -178,8 +181,8 @@ def planned_spec(fam: str, sigma: float, i: int) -> str:
 def feature_names(solver: str, fam: str) -> list[str]:
     """The signals ``solver``'s cells of family ``fam`` are fitted on: cal.FEATURES, the family's per-image ones
     (EXTRA_FEATURES), the solver's (SOLVER_FEATURES)."""
-    own = SOLVER_FEATURES.get(solver, ()) if fam != cal.REAL_FAMILY else ()
-    return list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ())) + list(own)
+    own, families = SOLVER_FEATURES.get(solver, ((), ()))
+    return list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ())) + (list(own) if fam in families else [])
 
 
 def with_bootstrap(restorer, unit: dict, fam: str) -> dict:
