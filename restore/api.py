@@ -129,7 +129,8 @@ class Restorer:
         t0 = time.perf_counter()
         prior = self.prior(task)
         t_prior = time.perf_counter() - t0
-        post, physics, y = self._run(y, task, x_shape, prior, samples, seed, progress)
+        run_progress, boot_progress = self._progress_split(task, prior, samples, progress)
+        post, physics, y = self._run(y, task, x_shape, prior, samples, seed, run_progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
         if noise_note:
             post.meta["noise_estimate"] = noise_note
@@ -140,7 +141,7 @@ class Restorer:
                 physics = task.physics(x_shape, device=self.device)
                 y = y * physics.mask if task.kind == "inpaint" else y
             calibration.apply(post, y, physics, task,
-                              rerun=lambda y_star: self._run(y_star, task, x_shape, prior, 1, seed, None)[0].mean)
+                              rerun=self._one_sample_rerun(task, x_shape, prior, seed, boot_progress))
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
         if ground_truth is not None:
             truth = io.to_tensor(ground_truth).to(self.device)
@@ -177,10 +178,25 @@ class Restorer:
         (1, C, H, W) in [0, 1]: the solver with one sample on a fresh degradation of ``mean``
         (``restore.calibration.bootstrap``)."""
         task = parse(task)
-        x_shape = tuple(mean.shape)
-        prior = self.prior(task)
-        return calibration.bootstrap(lambda y_star: self._run(y_star, task, x_shape, prior, 1, seed, None)[0].mean,
-                                     mean, task, seed)
+        rerun = self._one_sample_rerun(task, tuple(mean.shape), self.prior(task), seed)
+        return calibration.bootstrap(rerun, mean, task, seed)
+
+    def _one_sample_rerun(self, task: Task, x_shape: tuple, prior, seed: int, progress=None):
+        """``y_star -> mean``: the solver with one sample on another observation, run as this restore is (tiling,
+        prior, seed); the calibration's bootstrap calls it."""
+        return lambda y_star: self._run(y_star, task, x_shape, prior, 1, seed, progress)[0].mean
+
+    def _progress_split(self, task: Task, prior, samples: int, progress):
+        """(the run's progress callback, the bootstrap rerun's): where the calibration will rerun the solver
+        (``calibration.bootstrap_needed``), the run reports 0 to its share of the work and the rerun the rest, so a
+        progress bar and its time-left estimate move forward only."""
+        if progress is None or not self.calibrate or not calibration.bootstrap_needed(self.solver.name, prior.name,
+                                                                                      task):
+            return progress, None
+        run, rerun = self.solver.cost(task, samples, prior) or samples, self.solver.cost(task, 1, prior) or 1
+        share = run / (run + rerun)
+        return (lambda f, m: progress(share * f, m),
+                lambda f, m: progress(share + (1 - share) * f, f"calibration (bootstrap run): {m}"))
 
     def estimate_seconds(self, task: str | Task, x_shape: tuple, samples: int = 8) -> float | None:
         """Rough seconds (within about 2x) a restore of restored shape ``x_shape`` (1, C, H, W) would take here, or

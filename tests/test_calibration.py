@@ -161,8 +161,14 @@ def test_calibrated_intervals_cover_better_than_the_raw_spread(fitted_models, cl
     assert float((hi - lo).mean()) >= widths[-1] - 1e-6
     boot = post.meta["uncertainty"]["bootstrap"]  # the table's bootstrap signals made one more run, timed
     assert boot["change_rmse"] > 0 and post.meta["timings"]["calibration_bootstrap_s"] == boot["seconds"]
-    again = r(y, "denoise:gaussian:sigma=0.1", samples=4, seed=seed)
+    seen = []
+    again = r(y, "denoise:gaussian:sigma=0.1", samples=4, seed=seed, progress=lambda f, m: seen.append((f, m)))
     assert torch.equal(again.std, post.std)  # the bootstrap's noise comes from the run's seed: same seed, same std
+    # one progress bar over the run and its rerun: forward only, to 1, the rerun named
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert any(m.startswith("calibration (bootstrap run)") for _, m in seen)
+    assert not any(m.startswith("calibration") for f, m in seen if f < 0.5 * fractions[-1])
     out = post.save(tmp_path / "res")
     assert (out / "spread.npy").exists() and (out / "std.npy").exists() and (out / "data_fit.png").exists()
     # the denoised mean explains the noisy observation about to the noise level, everywhere
