@@ -151,8 +151,8 @@ def run_cell(restorer, fam: str, sigma: float, units: list, samples: int, cache:
             # other files), is rerun
             if (ran_as_today(unit, today["solvers"], today["priors"], fam) and same_crop(unit, name, x)
                     and unit.get("spec") == planned_spec(fam, sigma, i)):
-                if "boot" not in unit and "boot" in with_bootstrap(restorer, unit, fam):
-                    save_atomic(unit, path)  # a run cached before the solver's cells used the bootstrap
+                if lacks_bootstrap(restorer, unit, fam):  # cached before the solver's cells used the bootstrap
+                    save_atomic(with_bootstrap(restorer, unit, fam), path)
                 results.append(unit)
                 continue
             print(f"{path}: cached with other solver settings, prior weights, image or task, rerun", flush=True)
@@ -185,11 +185,18 @@ def feature_names(solver: str, fam: str) -> list[str]:
     return list(cal.FEATURES) + list(EXTRA_FEATURES.get(fam, ())) + (list(own) if fam in families else [])
 
 
+def lacks_bootstrap(restorer, unit: dict, fam: str) -> bool:
+    """Whether ``unit`` has no bootstrap estimate though ``restorer``'s solver's cells of ``fam`` use one (False
+    without a restorer: a cache-only caller cannot tell)."""
+    return (restorer is not None and "boot" not in unit
+            and cal.needs_bootstrap(feature_names(restorer.solver.name, fam)))
+
+
 def with_bootstrap(restorer, unit: dict, fam: str) -> dict:
     """``unit`` with its bootstrap estimate (``boot``: ``Restorer.bootstrap_mean`` with the run's seed, its index)
     where the solver's cells of ``fam`` use it; a cached run from before gets it added (without a restorer, as it
     is)."""
-    if restorer is not None and "boot" not in unit and cal.needs_bootstrap(feature_names(restorer.solver.name, fam)):
+    if lacks_bootstrap(restorer, unit, fam):
         unit["boot"] = restorer.bootstrap_mean(unit["mean"], unit["spec"], seed=unit["index"])
     return unit
 
@@ -410,7 +417,7 @@ def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None,
             if not ran_as_today(unit, now["solvers"], now["priors"], fam):
                 raise SystemExit(f"{path}: cached with other solver settings or prior weights than today's; run "
                                  "without --fit-only")
-            if restorer is not None and "boot" not in unit and cal.needs_bootstrap(feature_names(restorer.solver.name, fam)):
+            if lacks_bootstrap(restorer, unit, fam):
                 raise SystemExit(f"{path}: cached without the bootstrap estimate its cell now uses; run without "
                                  "--fit-only")
         out.append(unit)
