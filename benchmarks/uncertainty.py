@@ -159,9 +159,11 @@ def reliability(units: list[dict], path) -> dict:
     return curves
 
 
-def kept_units(units: list[dict], rerun, solvers) -> list[dict]:
-    """The resumed units that stay: all but those of a ``rerun`` task run by one of ``solvers``."""
-    return [u for u in units if not (u["task"] in rerun and u["solver"] in solvers)]
+def kept_units(units: list[dict], rerun, solvers, sets=None) -> list[dict]:
+    """The resumed units that stay: all but those of a ``rerun`` task run by one of ``solvers`` in one of ``sets``
+    (every set when None): a set this run skips (not chosen, or its folder missing) keeps its rows."""
+    return [u for u in units
+            if not (u["task"] in rerun and u["solver"] in solvers and (sets is None or u["set"] in sets))]
 
 
 def main(argv=None):
@@ -184,13 +186,13 @@ def main(argv=None):
     out = Path(args.out) if args.out else RESULTS / "uncertainty.json"
     hold_results_lock(out)
     units = json.loads(out.read_text())["units"] if args.resume and out.exists() else []
-    units = kept_units(units, args.rerun, args.solvers.split(","))
-    done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}
     sets = task_sets(args.crop)
     chosen = list(sets) if args.sets == "all" else args.sets.split(",")
     if args.sets == "all" and not (REPO / CQ100_FOLDER).is_dir():
         print(f"{CQ100_SET}: skipped ({CQ100_FOLDER} is missing; python scripts/get_cq100.py makes it)", flush=True)
         chosen.remove(CQ100_SET)
+    units = kept_units(units, args.rerun, args.solvers.split(","), chosen)
+    done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}
     images = {}
     for name in chosen:
         folder, _ = sets[name]

@@ -30,6 +30,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="../shared/data/CelebA-train-9998")
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--crop", type=int, default=80)
+    ap.add_argument("--tasks", default=None, help="comma-separated benchmark task names (default: all six)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from scipy.stats import spearmanr
@@ -43,7 +44,8 @@ def main(argv=None) -> dict:
     crops = tc.crops(files, args.crop, 11)
     restorer = Restorer(args.solver)
     out = {}
-    for name, spec in tasks().items():
+    chosen = tasks() if args.tasks is None else {n: tasks()[n] for n in args.tasks.split(",")}
+    for name, spec in chosen.items():
         rows = []
         for i, x in enumerate(crops):
             y = restorer.simulate(x, spec, seed=i)

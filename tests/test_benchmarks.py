@@ -488,6 +488,15 @@ def test_uncertainty_rerun_drops_only_the_named_tasks_of_the_solvers_run():
     assert uncertainty.kept_units(units, [], ["pmrf"]) == units
 
 
+def test_uncertainty_rerun_keeps_the_rows_of_a_set_this_run_skips():
+    # a --rerun without CQ100's folder (or with --sets naming others) must not drop that set's finished rows
+    from benchmarks import uncertainty
+
+    units = [{"set": s, "solver": "vble", "task": "denoise25", "image": "1"} for s in ("CBSD68", "CQ100")]
+    kept = uncertainty.kept_units(units, ["denoise25"], ["vble"], ["CBSD68"])
+    assert [u["set"] for u in kept] == ["CQ100"]
+
+
 def test_paired_comparison_pairs_images_and_counts_wins():
     from benchmarks.common import paired_against
 
