@@ -293,8 +293,6 @@ OLDER_THAN_THE_CODE = {
                        "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's rows "
                        "were rerun on 2026-12-06 with its restore.noise reading, except the paper row (the paper's "
                        "reading, unchanged), and its 'wavelet estimate' row ran against the former real-noise table",
-    "uncertainty_vble": "its faces and off-grid rows were measured before the q2 colour fine-tune of 2026-12-03 (the "
-                        "CBSD68 rows were rerun with it)",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
                    "colour augmentation on 2026-12-03)",
 }
