@@ -86,7 +86,8 @@ def check_size(h: int, w: int, source=None, max_pixels: int = MAX_PIXELS):
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Read an image file into a (1, C, H, W) float32 tensor in [0, 1].
 
-    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning.
+    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning. An EXIF orientation tag (phone
+    and camera JPEGs) is applied, so the image comes upright as photo viewers and the web app show it.
     Raises :class:`ImageError` (or FileNotFoundError) naming the file and the problem.
     """
     path = Path(path)
@@ -108,7 +109,30 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
     if arr.ndim == 4:  # animated GIF / multi-page TIFF: first frame
         warnings.warn(f"{path} holds {arr.shape[0]} frames; using the first", stacklevel=2)
         arr = arr[0]
-    return to_tensor(arr, source=path, max_pixels=max_pixels)
+    return to_tensor(upright(arr, exif_orientation(path)), source=path, max_pixels=max_pixels)
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image file (1 to 8; 1, upright, when absent or unreadable). Reads the header
+    only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a format Pillow does not open (OpenCV read it): nothing to turn
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` (H, W[, C]) as it is meant to be seen under EXIF ``orientation`` (the transforms of Pillow's
+    ``ImageOps.exif_transpose``): 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed, 6 turned 90 degrees
+    clockwise, 7 transversed, 8 turned 90 degrees counter-clockwise."""
+    ops = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr))
 
 
 def _read_16bit_capable(path: Path) -> np.ndarray | None:
@@ -148,8 +172,9 @@ def to_tensor(image, source=None, max_pixels: int = MAX_PIXELS, observation: boo
         arr = t.permute(1, 2, 0).numpy()
     else:
         try:
-            from PIL import Image
+            from PIL import Image, ImageOps
             if isinstance(image, Image.Image):
+                image = ImageOps.exif_transpose(image)  # upright, as read_image gives a file (no-op without the tag)
                 image = np.asarray(image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image)
         except ImportError:  # pragma: no cover - PIL comes with imageio
             pass

@@ -117,3 +117,34 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         io.write_image(target, torch.rand(1, 3, 8, 8))
     assert target.read_bytes() == before  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no partial file left
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_matches_pillows_exif_transpose(orientation):
+    from PIL import ImageOps
+
+    a = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tagged = Image.fromarray(a)
+    tagged.getexif()[0x0112] = orientation
+    assert np.array_equal(io.upright(a, orientation), np.asarray(ImageOps.exif_transpose(tagged)))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_files_with_an_exif_orientation_come_upright(tmp_path, suffix):
+    # a phone photo held upright is stored landscape with orientation 6: restore must see it as the viewer shows it
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[:10] = (255, 0, 0)  # a red band along the stored top edge
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / f"phone{suffix}"
+    im.save(path, exif=exif.tobytes(), **({"quality": 95} if suffix == ".jpg" else {}))
+    x = io.read_image(path)
+    assert x.shape == (1, 3, 60, 40)  # turned 90 degrees clockwise: the band is now the right-hand column
+    assert x[0, 0, :, -10:].mean() > 0.9 and x[0, 0, :, :10].mean() < 0.1
+    assert io.exif_orientation(path) == 6
+    tagged = Image.open(path)
+    assert io.to_tensor(tagged).shape == (1, 3, 60, 40)  # a PIL image the caller opened: the same
+    untagged = tmp_path / f"plain{suffix}"
+    Image.fromarray(a).save(untagged)
+    assert io.read_image(untagged).shape == (1, 3, 40, 60) and io.exif_orientation(untagged) == 1
