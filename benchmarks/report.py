@@ -289,10 +289,6 @@ OLDER_THAN_THE_CODE = {
     "speed_quick": "scaled from 10 % of the iterations at the defaults of 2026-12-01; the full runs at today's "
                    "defaults are the targets table above",
     "speed_vble_quick": "VBLE of 2026-11-23, before its 40-iteration inpainting and the CAE fine-tunes",
-    "realnoise_quick": "some rows predate solver default changes (the '(oracle sigma)' rows of RED-Diff, Langevin and "
-                       "APS, and VBLE's, made with the defaults of 2026-12-02 and the former q2 CAE); ScoreDVI's rows "
-                       "were rerun on 2026-12-06 with its restore.noise reading, except the paper row (the paper's "
-                       "reading, unchanged), and its 'wavelet estimate' row ran against the former real-noise table",
     "quant_quick": "backbones as of 2026-11-23; cae-natural-q2 has since been fine-tuned twice (+0.18 dB on CBSD68; "
                    "colour augmentation on 2026-12-03)",
 }
