@@ -192,6 +192,14 @@ def run_local(settings: BatchSettings, jobs: list[Job], on_row: Callable[[dict],
         on_row(run_job(settings, job))
 
 
+def _limit_env() -> dict:
+    """The pixel limit set for this process ($RESTORE_MAX_MEGAPIXELS, the CLI's --max-megapixels), for Ray's
+    workers, which do not inherit the driver's environment."""
+    from restore import io
+
+    return {io.LIMIT_ENV: os.environ[io.LIMIT_ENV]} if os.environ.get(io.LIMIT_ENV) else {}
+
+
 def run_ray(settings: BatchSettings, jobs: list[Job], on_row: Callable[[dict], None], address: Optional[str] = None,
             num_cpus: Optional[int] = None, progress: bool = True):
     """The same per-image function as Ray tasks (1 CPU each), at most 2 x CPUs in flight."""
@@ -206,7 +214,7 @@ def run_ray(settings: BatchSettings, jobs: list[Job], on_row: Callable[[dict], N
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 ignore_reinit_error=True, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_limit_env()}})
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
         limit = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import os
 import sys
 import time
 import warnings
@@ -60,6 +61,17 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def _set_pixel_limit(megapixels: Optional[float]):
+    """--max-megapixels: this process's pixel limit (restore.io.pixel_limit reads it; Ray's workers get it too)."""
+    from restore import io
+
+    if megapixels is None:
+        return
+    if not 0 < megapixels < float("inf"):
+        _fail(f"--max-megapixels must be a positive number; got {megapixels}")
+    os.environ[io.LIMIT_ENV] = repr(float(megapixels))
+
+
 @app.command("run")
 def run(
     image: Path = typer.Argument(..., help="degraded image (or a clean one with --simulate)"),
@@ -79,11 +91,14 @@ def run(
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
     quant: Optional[str] = typer.Option(None, "--quant", help=QUANT_HELP),
+    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="refuse images above this many "
+                                                   "megapixels (default 16.8; time grows with the pixels)"),
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
     from restore.batch import describe_uncertainty, restore_file
 
+    _set_pixel_limit(max_megapixels)
     try:
         if solver is None:
             _say_recommended(task)
@@ -182,11 +197,14 @@ def batch(
     quant: Optional[str] = typer.Option(None, "--quant", help=QUANT_HELP),
     sort_by: str = typer.Option("file", "--sort-by", help="summary.csv order: any column, e.g. predicted_psnr "
                                 "(the calibrated uncertainty's predicted PSNR: likely failures first)"),
+    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="refuse images above this many "
+                                                   "megapixels (default 16.8; time grows with the pixels)"),
 ):
     """Restore every image under IN_DIR. Finished images are skipped on rerun; bad files are reported, not fatal."""
     from restore import api
     from restore.batch import BatchSettings, append_jsonl, plan, run_local, run_ray
 
+    _set_pixel_limit(max_megapixels)
     if not in_dir.is_dir():
         _fail(f"input folder not found: {in_dir}")
     if engine not in ("local", "ray"):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 MIN_SIDE = 8  # below this no prior or solver here means anything
-MAX_PIXELS = 4096 * 4096  # per image; larger photos must be tiled (planned: restore.tiling) or downscaled first
+MAX_PIXELS = 4096 * 4096  # per image by default; $RESTORE_MAX_MEGAPIXELS (the CLI's --max-megapixels) changes it
+LIMIT_ENV = "RESTORE_MAX_MEGAPIXELS"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -75,15 +76,34 @@ def _hwc(arr: np.ndarray, source=None) -> np.ndarray:
     return arr
 
 
-def check_size(h: int, w: int, source=None, max_pixels: int = MAX_PIXELS):
+def pixel_limit() -> int:
+    """Pixels allowed per image: ``$RESTORE_MAX_MEGAPIXELS`` (megapixels, > 0) when set, else ``MAX_PIXELS``
+    (16.8 megapixels). Above it an image is refused rather than left running for hours by mistake: large images are
+    solved in tiles, so memory allows more, but time grows with the pixels (docs/tasks.md)."""
+    value = os.environ.get(LIMIT_ENV)
+    if value is None or not value.strip():
+        return MAX_PIXELS
+    try:
+        megapixels = float(value)
+    except ValueError:
+        megapixels = float("nan")
+    if not megapixels > 0 or megapixels == float("inf"):
+        raise ValueError(f"${LIMIT_ENV} must be a positive number of megapixels; got {value!r}")
+    return int(megapixels * 1e6)
+
+
+def check_size(h: int, w: int, source=None, max_pixels: int | None = None):
+    """Refuse an image under ``MIN_SIDE`` pixels a side or over ``max_pixels`` (default: ``pixel_limit()``)."""
+    max_pixels = pixel_limit() if max_pixels is None else max_pixels
     if min(h, w) < MIN_SIDE:
         raise ImageError(f"image of {w}x{h} pixels is too small{_where(source)}: each side needs at least {MIN_SIDE}")
     if h * w > max_pixels:
-        raise ImageError(f"image of {w}x{h} = {h * w / 1e6:.1f} megapixels is over the limit of {max_pixels / 1e6:.1f} "
-                         f"megapixels{_where(source)}; downscale or crop it first")
+        raise ImageError(f"image of {w}x{h} = {h * w / 1e6:.3g} megapixels is over the limit of {max_pixels / 1e6:.3g} "
+                         f"megapixels{_where(source)}; downscale or crop it first, or raise the limit "
+                         f"(--max-megapixels, ${LIMIT_ENV}): it is solved in tiles, so time grows with the pixels")
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file into a (1, C, H, W) float32 tensor in [0, 1].
 
     8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning. An EXIF orientation tag (phone
@@ -149,7 +169,7 @@ def _read_16bit_capable(path: Path) -> np.ndarray | None:
     return arr
 
 
-def to_tensor(image, source=None, max_pixels: int = MAX_PIXELS, observation: bool = False) -> torch.Tensor:
+def to_tensor(image, source=None, max_pixels: int | None = None, observation: bool = False) -> torch.Tensor:
     """Convert a path, numpy array, PIL image or tensor to a validated (1, C, H, W) float32 tensor in [0, 1].
 
     Arrays may be (H, W), (H, W, C) or (C, H, W); tensors (C, H, W) or (1, C, H, W). Integer data is scaled

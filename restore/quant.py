@@ -59,12 +59,12 @@ class QuantError(ValueError):
 
 def default_calibration(size: int = 64) -> torch.Tensor:
     """(N, 3, size, size) centre crops of the bundled sample images (not evaluation data)."""
-    from restore.io import read_image
+    from restore.io import MAX_PIXELS, read_image
 
     folder = Path(__file__).resolve().parents[1] / "data" / "samples"
     crops = []
     for f in sorted(folder.glob("*.png")):
-        x = read_image(f)
+        x = read_image(f, max_pixels=MAX_PIXELS)  # our own files: not subject to the user's --max-megapixels
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         h, w = x.shape[-2:]
         for t in (0, h - size):

@@ -78,6 +78,22 @@ def test_auto_noise_level_is_estimated_printed_and_kept(tmp_path, folder):
     assert r.exit_code == 2 and "cannot be simulated" in r.output
 
 
+def test_max_megapixels_refuses_or_admits_an_image(tmp_path, folder, monkeypatch):
+    monkeypatch.setenv(io.LIMIT_ENV, "")  # the CLI sets it in this process: undone after the test
+    n = io.read_image(folder / "a.png").shape[-1] * io.read_image(folder / "a.png").shape[-2]
+    small = n / 2e6
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o", "--max-megapixels", small)
+    assert r.exit_code == 2 and "over the limit" in r.output and "--max-megapixels" in r.output
+    assert not (tmp_path / "o").exists()
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o", "--max-megapixels", 0)
+    assert r.exit_code == 2 and "--max-megapixels must be a positive number" in r.output
+    r = invoke("batch", folder, tmp_path / "b", "-t", "denoise:gaussian:sigma=0.1", "--max-megapixels", small, *FAST)
+    assert "failed 4 of 4" in r.output and "over the limit" in r.output  # each file refused, the batch goes on
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o", "--max-megapixels", 2 * n / 1e6,
+               *FAST)
+    assert r.exit_code == 0, r.output
+
+
 def test_batch_keeps_going_reports_bad_file_and_resumes(tmp_path, folder):
     out = tmp_path / "out"
     args = ["batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", "--seed", "5", *FAST]

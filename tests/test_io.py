@@ -66,6 +66,23 @@ def test_sizes():
         io.to_tensor(np.zeros((100, 100), np.uint8), max_pixels=5000)
 
 
+def test_the_pixel_limit_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(io.LIMIT_ENV, "")
+    assert io.pixel_limit() == io.MAX_PIXELS == 4096 * 4096
+    monkeypatch.setenv(io.LIMIT_ENV, "0.005")
+    assert io.pixel_limit() == 5000
+    with pytest.raises(ImageError, match=r"100x100 = 0.01 megapixels is over the limit of 0.005 megapixels.*"
+                                         r"--max-megapixels, \$RESTORE_MAX_MEGAPIXELS"):
+        io.to_tensor(np.zeros((100, 100), np.uint8))
+    assert io.to_tensor(np.zeros((50, 100), np.uint8)).shape == (1, 1, 50, 100)
+    monkeypatch.setenv(io.LIMIT_ENV, "40")
+    assert io.to_tensor(np.zeros((100, 100), np.uint8)).shape == (1, 1, 100, 100)
+    for bad in ("lots", "0", "-3", "inf", "nan"):
+        monkeypatch.setenv(io.LIMIT_ENV, bad)
+        with pytest.raises(ValueError, match="RESTORE_MAX_MEGAPIXELS must be a positive number"):
+            io.pixel_limit()
+
+
 def test_arrays_tensors_pil():
     arr = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
     a = io.to_tensor(arr)
