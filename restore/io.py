@@ -106,7 +106,7 @@ def check_size(h: int, w: int, source=None, max_pixels: int | None = None):
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file into a (1, C, H, W) float32 tensor in [0, 1].
 
-    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning. An EXIF orientation tag (phone
+    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning, CMYK converted to RGB. An EXIF orientation tag (phone
     and camera JPEGs) is applied, so the image comes upright as photo viewers and the web app show it.
     Raises :class:`ImageError` (or FileNotFoundError) naming the file and the problem.
     """
@@ -117,7 +117,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
         raise ImageError(f"{path} is a folder, not an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"empty file: {path}")
-    arr = _read_16bit_capable(path)
+    arr = _read_subtractive(path)
+    arr = _read_16bit_capable(path) if arr is None else arr
     if arr is None:
         try:
             arr = iio.imread(path)
@@ -130,6 +131,22 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
         warnings.warn(f"{path} holds {arr.shape[0]} frames; using the first", stacklevel=2)
         arr = arr[0]
     return to_tensor(upright(arr, exif_orientation(path)), source=path, max_pixels=max_pixels)
+
+
+def _read_subtractive(path: Path) -> np.ndarray | None:
+    """A CMYK (print) or other non-RGB colour file converted to RGB by Pillow (its fourth channel is ink, not alpha:
+    read as RGBA it gave wrong colours), with a warning; None for any other file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("CMYK", "YCbCr", "LAB", "HSV"):
+                return None
+            mode, rgb = im.mode, np.asarray(im.convert("RGB"))
+    except Exception:  # not for Pillow: the readers below say what is wrong
+        return None
+    warnings.warn(f"{mode} image ({path}): converted to RGB without colour management", stacklevel=3)
+    return rgb
 
 
 def exif_orientation(path: Path) -> int:

@@ -165,3 +165,15 @@ def test_files_with_an_exif_orientation_come_upright(tmp_path, suffix):
     untagged = tmp_path / f"plain{suffix}"
     Image.fromarray(a).save(untagged)
     assert io.read_image(untagged).shape == (1, 3, 40, 60) and io.exif_orientation(untagged) == 1
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_cmyk_files_are_converted_not_read_as_rgba(tmp_path, suffix):
+    a = np.zeros((20, 30, 3), np.uint8)
+    a[..., 0], a[..., 1] = 200, 50
+    path = tmp_path / f"print{suffix}"
+    Image.fromarray(a).convert("CMYK").save(path)
+    with pytest.warns(UserWarning, match="CMYK image .* converted to RGB"):
+        x = io.read_image(path)
+    assert x.shape == (1, 3, 20, 30)
+    assert (x[0, :, 5, 5] * 255 - torch.tensor([200.0, 50.0, 0.0])).abs().max() < 6  # not the ink read as RGB
