@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -16,6 +17,17 @@ from restore.recommend import (DEFAULT_SOLVER, RECOMMENDED, RECOMMENDED_BY_PARAM
                                recommended_summary)
 from restore.solvers import base
 from restore.tasks import FAMILIES, Task, TaskError, parse
+
+
+def keep_colour_profile(post: Posterior, path: str | os.PathLike) -> None:
+    """Give ``post`` the ICC colour profile of the input file at ``path`` (kept by ``Posterior.save``) and say so in
+    ``meta['colour_profile']``: a phone's Display P3 photo saved without it would look duller in a colour-managed
+    viewer, which assumes sRGB."""
+    profile = io.icc_profile(path)
+    post.icc_profile = profile
+    if profile:
+        post.meta["colour_profile"] = (f"the input's ICC profile ({len(profile)} bytes) is embedded in the saved "
+                                       "mean, samples and observation; the restoration ran on the stored values")
 
 
 class Restorer:
@@ -148,6 +160,8 @@ class Restorer:
             if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
                 truth = truth.mean(1, keepdim=True).expand_as(post.mean)
             post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
+        if isinstance(image, (str, os.PathLike)):
+            keep_colour_profile(post, image)
         return post
 
     def _run(self, y, task: Task, x_shape: tuple, prior, samples: int, seed: int, progress):

@@ -93,8 +93,10 @@ def plan(in_dir: Path, out_dir: Path, seed: int, gt_dir: Optional[Path] = None) 
 
 def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, seed: int, simulate: bool,
                  truth_path: Optional[Path], bit_depth: int, std_format: str, progress=None) -> dict:
-    """Restore one file into ``out_dir`` (written atomically); returns the metrics row."""
+    """Restore one file into ``out_dir`` (written atomically, with the file's ICC profile); returns the metrics
+    row."""
     from restore import io
+    from restore.api import keep_colour_profile
 
     truth = None
     if simulate:
@@ -106,6 +108,7 @@ def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, 
             truth = io.read_image(truth_path)
     post = restorer(y, task, samples=samples, seed=seed, ground_truth=truth, progress=progress)
     post.meta["input_file"] = str(image_path)
+    keep_colour_profile(post, image_path)
     post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
               truth=truth if truth is not None and truth.shape == post.mean.shape else None)
     row = {"seed": seed, "seconds": post.meta["timings"]["total_s"], **uncertainty_columns(post.meta)}

@@ -8,7 +8,9 @@ interrupted run never leaves a truncated output behind.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -243,11 +245,38 @@ def _atomic(path: Path, write):
             tmp.unlink()
 
 
-def write_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, bit_depth: int = 8) -> Path:
-    """Write an image in [0, 1] as PNG/TIFF (8 or 16 bits per channel) atomically. Returns the path."""
+def icc_profile(path: str | os.PathLike) -> bytes | None:
+    """The ICC colour profile embedded in an image file (e.g. Display P3 in a phone's photos), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            profile = im.info.get("icc_profile")
+    except Exception:  # a file Pillow cannot open has no profile we could keep
+        return None
+    return bytes(profile) if profile else None
+
+
+def with_icc_profile(png: bytes, profile: bytes) -> bytes:
+    """PNG file bytes with ``profile`` embedded (an iCCP chunk right after IHDR, as the PNG spec places it), so a
+    colour-managed viewer shows the pixels in the input's colour space rather than assuming sRGB."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    data = b"ICC profile\x00\x00" + zlib.compress(profile)  # name, NUL, compression method 0 (zlib)
+    chunk = struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4
+    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+
+
+def write_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, bit_depth: int = 8,
+                icc_profile: bytes | None = None) -> Path:
+    """Write an image in [0, 1] as PNG/TIFF (8 or 16 bits per channel) atomically, with ``icc_profile`` embedded
+    when given (PNG only: what restore writes). Returns the path."""
     path = Path(path)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16; got {bit_depth}")
+    if icc_profile and path.suffix.lower() != ".png":
+        raise ValueError(f"an ICC profile is embedded in PNG outputs only; got {path.suffix!r}")
     arr = to_numpy_image(x) if isinstance(x, torch.Tensor) else np.clip(np.asarray(x, dtype=np.float32), 0, 1)
     if bit_depth == 16 and path.suffix.lower() in (".jpg", ".jpeg"):
         raise ValueError("JPEG cannot hold 16-bit images: use .png or .tiff")
@@ -257,13 +286,19 @@ def write_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, bit_depth
     if bit_depth == 16 and data.ndim == 3 and ext.lower() == ".png":  # Pillow cannot write 16-bit colour PNG
         import cv2
 
-        def write16(tmp):
+        def write(tmp):
             if not cv2.imwrite(str(tmp) + ext, np.ascontiguousarray(data[:, :, ::-1])):
                 raise OSError(f"cannot write {path}")
             os.replace(str(tmp) + ext, tmp)
-        _atomic(path, write16)
-        return path
-    _atomic(path, lambda tmp: iio.imwrite(tmp, data, extension=ext))
+    else:
+        def write(tmp):
+            iio.imwrite(tmp, data, extension=ext)
+
+    def write_with_profile(tmp):
+        write(tmp)
+        if icc_profile:
+            tmp.write_bytes(with_icc_profile(tmp.read_bytes(), icc_profile))
+    _atomic(path, write_with_profile)
     return path
 
 

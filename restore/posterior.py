@@ -26,6 +26,8 @@ class Posterior:
         meta: solver, prior, task, config, seed, timings (seconds), versions; ``meta['uncertainty']`` says whether
             ``std`` and ``interval`` are calibrated, by which table, with what guarantee, and the self-check.
         calibration: the :class:`restore.calibration.Calibration` behind ``std`` and ``interval``, or None.
+        icc_profile: the ICC colour profile of the input file (bytes), or None; ``save`` embeds it in the images
+            that live in the input's colour space (mean, samples, observation), not in the colour-mapped std.
     """
 
     mean: torch.Tensor
@@ -34,6 +36,7 @@ class Posterior:
     meta: dict = field(default_factory=dict)
     spread: torch.Tensor | None = None
     calibration: object | None = None
+    icc_profile: bytes | None = field(default=None, repr=False)  # the input file's colour profile, kept by save()
 
     def __post_init__(self):
         if self.samples.ndim != 4:
@@ -99,7 +102,8 @@ class Posterior:
         ``spread.npy``/``.tiff`` (the raw sample spread) and ``data_fit.png`` (the self-check's local chi2 map) when
         ``std`` is calibrated, ``std.png`` (colour-mapped with a colour bar) and ``std_scale.json`` (the value range of its colours),
         ``samples_grid.png``, ``meta.json``, any ``extras`` (file name -> image tensor, e.g. the observation) and,
-        given the ``truth``, ``error_vs_std.png`` (|error| beside std on one colour scale). PNGs are 8- or 16-bit.
+        given the ``truth``, ``error_vs_std.png`` (|error| beside std on one colour scale). PNGs are 8- or 16-bit; the
+        input's ICC profile (``icc_profile``) goes into the mean, the samples and the extras.
         Returns the directory.
         """
         from restore import io, viz
@@ -112,10 +116,10 @@ class Posterior:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         try:
-            io.write_image(tmp / "mean.png", self.mean, bit_depth)
+            io.write_image(tmp / "mean.png", self.mean, bit_depth, self.icc_profile)
             n = self.n_samples if max_samples is None else min(max_samples, self.n_samples)
             for k in range(n):
-                io.write_image(tmp / "samples" / f"sample_{k:03d}.png", self.samples[k], bit_depth)
+                io.write_image(tmp / "samples" / f"sample_{k:03d}.png", self.samples[k], bit_depth, self.icc_profile)
             io.write_array(tmp / f"std.{std_format}", self.std[0].permute(1, 2, 0).numpy())
             if self.calibration is not None:  # the solver's own spread beside the calibrated std, and the self-check
                 io.write_array(tmp / f"spread.{std_format}", self.spread[0].permute(1, 2, 0).numpy())
@@ -126,7 +130,7 @@ class Posterior:
                 viz.save_error_vs_std(self.mean, self.std, truth, tmp / "error_vs_std.png")
             io.write_text(tmp / "std_scale.json", json.dumps(scale, indent=2) + "\n")
             for fname, img in (extras or {}).items():
-                io.write_image(tmp / fname, img, bit_depth)
+                io.write_image(tmp / fname, img, bit_depth, self.icc_profile)
             io.write_text(tmp / "meta.json", json.dumps(_jsonable(self.meta), indent=2) + "\n")
             if out.exists():
                 shutil.rmtree(out)

@@ -239,3 +239,26 @@ def test_the_quant_help_names_the_solvers_that_run_int8_by_default():
     int8 = {n for n in base.names() if getattr(base.solver_class(n), "default_quant", None) == "int8"}
     named = set(cli.QUANT_HELP.split("int8 for ")[1].split(";")[0].replace(" and", ",").replace(",", " ").split())
     assert int8 == named & set(base.names()), (int8, cli.QUANT_HELP)
+
+
+def test_the_input_colour_profile_reaches_the_outputs(tmp_path, clean_rgb):
+    # a phone photo in Display P3 saved back without its profile looks duller in colour-managed viewers
+    from PIL import ImageCms
+
+    from restore import api
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = io.write_image(tmp_path / "p3.png", clean_rgb, icc_profile=profile)
+    out = tmp_path / "out"
+    r = invoke(src, "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST, "--quant", "none")
+    assert r.exit_code == 0, r.output
+    for f in ("mean.png", "observation.png", "samples/sample_000.png"):
+        assert io.icc_profile(out / f) == profile, f
+    assert io.icc_profile(out / "std.png") is None  # a colour map, not the photo's colour space
+    assert "ICC profile" in json.loads((out / "meta.json").read_text())["colour_profile"]
+    restorer = api.Restorer("langevin", quant="none", iterations=20)
+    post = restorer(src, "denoise:gaussian:sigma=0.1", samples=2)
+    assert post.icc_profile == profile and io.icc_profile(post.save(tmp_path / "api") / "mean.png") == profile
+    plain = io.write_image(tmp_path / "plain.png", clean_rgb)
+    post = restorer(plain, "denoise:gaussian:sigma=0.1", samples=2)
+    assert post.icc_profile is None and "colour_profile" not in post.meta

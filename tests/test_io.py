@@ -177,3 +177,25 @@ def test_cmyk_files_are_converted_not_read_as_rgba(tmp_path, suffix):
         x = io.read_image(path)
     assert x.shape == (1, 3, 20, 30)
     assert (x[0, :, 5, 5] * 255 - torch.tensor([200.0, 50.0, 0.0])).abs().max() < 6  # not the ink read as RGB
+
+
+def _profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("bits,channels", [(8, 3), (16, 3), (8, 1), (16, 1)])
+def test_an_icc_profile_is_embedded_and_read_back(tmp_path, bits, channels):
+    x = torch.rand(1, channels, 12, 10, generator=torch.Generator().manual_seed(0))
+    path = io.write_image(tmp_path / "x.png", x, bits, icc_profile=_profile())
+    assert io.icc_profile(path) == _profile()
+    with Image.open(path) as im:
+        im.load()  # the chunk is valid: Pillow decodes the whole file, CRCs checked
+    back = io.read_image(path)
+    assert float((back - x).abs().max()) <= 0.5 / (255 if bits == 8 else 65535) + 1e-6  # pixels untouched
+    assert io.icc_profile(io.write_image(tmp_path / "plain.png", x, bits)) is None
+    with pytest.raises(ValueError, match="PNG outputs only"):
+        io.write_image(tmp_path / "x.tif", x, bits, icc_profile=_profile())
+    with pytest.raises(ValueError, match="not a PNG"):
+        io.with_icc_profile(b"GIF89a" + b"\0" * 40, _profile())
