@@ -24,6 +24,8 @@ def keep_colour_profile(post: Posterior, path: str | os.PathLike) -> None:
     ``meta['colour_profile']``: a phone's Display P3 photo saved without it would look duller in a colour-managed
     viewer, which assumes sRGB."""
     profile = io.icc_profile(path)
+    if profile and io.profile_channels(profile) != post.mean.shape[1]:
+        profile = None  # e.g. a CMYK file's profile, after the conversion to RGB: it would mislabel the output
     post.icc_profile = profile
     if profile:
         post.meta["colour_profile"] = (f"the input's ICC profile ({len(profile)} bytes) is embedded in the saved "

@@ -257,6 +257,12 @@ def icc_profile(path: str | os.PathLike) -> bytes | None:
     return bytes(profile) if profile else None
 
 
+def profile_channels(profile: bytes) -> int | None:
+    """Colour channels an ICC profile describes, from its header's data colour space: 3 for RGB, 1 for grey, None
+    for any other (CMYK, Lab, ...), which a restored RGB or grey image must not carry."""
+    return {b"RGB ": 3, b"GRAY": 1}.get(bytes(profile[16:20]))
+
+
 def with_icc_profile(png: bytes, profile: bytes) -> bytes:
     """PNG file bytes with ``profile`` embedded (an iCCP chunk right after IHDR, as the PNG spec places it), so a
     colour-managed viewer shows the pixels in the input's colour space rather than assuming sRGB."""

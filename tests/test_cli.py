@@ -243,7 +243,7 @@ def test_the_quant_help_names_the_solvers_that_run_int8_by_default():
 
 def test_the_input_colour_profile_reaches_the_outputs(tmp_path, clean_rgb):
     # a phone photo in Display P3 saved back without its profile looks duller in colour-managed viewers
-    from PIL import ImageCms
+    from PIL import Image, ImageCms
 
     from restore import api
 
@@ -261,4 +261,11 @@ def test_the_input_colour_profile_reaches_the_outputs(tmp_path, clean_rgb):
     assert post.icc_profile == profile and io.icc_profile(post.save(tmp_path / "api") / "mean.png") == profile
     plain = io.write_image(tmp_path / "plain.png", clean_rgb)
     post = restorer(plain, "denoise:gaussian:sigma=0.1", samples=2)
+    assert post.icc_profile is None and "colour_profile" not in post.meta
+    cmyk = tmp_path / "print.jpg"  # its CMYK profile must not label the RGB result
+    Image.fromarray((io.to_numpy_image(clean_rgb) * 255).round().astype("uint8")).convert("CMYK").save(
+        cmyk, icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes())
+    assert io.icc_profile(cmyk) is not None and io.profile_channels(io.icc_profile(cmyk)) is None
+    with pytest.warns(UserWarning, match="CMYK"):
+        post = restorer(cmyk, "denoise:gaussian:sigma=0.1", samples=2)
     assert post.icc_profile is None and "colour_profile" not in post.meta

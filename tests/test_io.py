@@ -189,7 +189,7 @@ def _profile() -> bytes:
 def test_an_icc_profile_is_embedded_and_read_back(tmp_path, bits, channels):
     x = torch.rand(1, channels, 12, 10, generator=torch.Generator().manual_seed(0))
     path = io.write_image(tmp_path / "x.png", x, bits, icc_profile=_profile())
-    assert io.icc_profile(path) == _profile()
+    assert io.icc_profile(path) == _profile() and io.profile_channels(_profile()) == 3
     with Image.open(path) as im:
         im.load()  # the chunk is valid: Pillow decodes the whole file, CRCs checked
     back = io.read_image(path)
