@@ -105,6 +105,7 @@ def run(
         restorer = api.Restorer(solver or api.recommended_solver(task), prior, device, tile=tile, quant=quant,
                                 **_parse_options(option))
         t0 = time.time()
+        _say_estimate(restorer, image, _task(task), samples, simulate)
         bar = _progress_printer()
         row = restore_file(restorer, image, _task(task), out, samples, seed, simulate, ground_truth, bit_depth,
                            std_format, progress=bar)
@@ -125,6 +126,31 @@ def _task(spec: str):
     from restore.tasks import parse
 
     return parse(spec)
+
+
+ESTIMATE_ABOVE = 1_000_000  # restored pixels; below, a run takes seconds and timing a forward would cost a share
+
+
+def _say_estimate(restorer, image: Path, task, samples: int, simulate: bool):
+    """Before a large image (``ESTIMATE_ABOVE`` restored pixels): how long it will take here (restore.estimate), so
+    that hours show up front; nothing for a smaller or unreadable file (the run then says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - the run reports a bad file with its reason
+        return
+    if not simulate:  # the file is the observation: SR restores it factor times larger
+        h, w = h * task.scale, w * task.scale
+    if h * w < ESTIMATE_ABOVE:
+        return
+    from restore import estimate
+
+    seconds = restorer.estimate_seconds(task, (1, 3, h, w), samples)
+    if seconds is not None:
+        typer.echo(f"estimated time here: {estimate.describe(seconds)} ({restorer.solver.name}, {w}x{h} restored, "
+                   f"{samples} samples; rough, within about 2x; Ctrl-C stops it)", err=True)
 
 
 def _progress_printer():
