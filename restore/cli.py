@@ -131,26 +131,32 @@ def _task(spec: str):
 ESTIMATE_ABOVE = 1_000_000  # restored pixels; below, a run takes seconds and timing a forward would cost a share
 
 
-def _say_estimate(restorer, image: Path, task, samples: int, simulate: bool):
-    """Before a large image (``ESTIMATE_ABOVE`` restored pixels): how long it will take here (restore.estimate), so
-    that hours show up front; nothing for a smaller or unreadable file (the run then says what is wrong)."""
+def _say_estimate(restorer, images, task, samples: int, simulate: bool):
+    """Before a large image or batch (``ESTIMATE_ABOVE`` restored pixels in all): how long it will take here
+    (restore.estimate), so that hours show up front; nothing below that. ``images``: a file or a list of files (an
+    unreadable one is left out: its run says what is wrong)."""
     from PIL import Image
 
-    try:
-        with Image.open(image) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - the run reports a bad file with its reason
-        return
-    if not simulate:  # the file is the observation: SR restores it factor times larger
-        h, w = h * task.scale, w * task.scale
-    if h * w < ESTIMATE_ABOVE:
+    shapes = []
+    for image in images if isinstance(images, list) else [images]:
+        try:
+            with Image.open(image) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - the run reports a bad file with its reason
+            continue
+        if not simulate:  # the file is the observation: SR restores it factor times larger
+            h, w = h * task.scale, w * task.scale
+        shapes.append((h, w))
+    if sum(h * w for h, w in shapes) < ESTIMATE_ABOVE:
         return
     from restore import estimate
 
-    seconds = restorer.estimate_seconds(task, (1, 3, h, w), samples)
-    if seconds is not None:
-        typer.echo(f"estimated time here: {estimate.describe(seconds)} ({restorer.solver.name}, {w}x{h} restored, "
-                   f"{samples} samples; rough, within about 2x; Ctrl-C stops it)", err=True)
+    each = [restorer.estimate_seconds(task, (1, 3, h, w), samples) for h, w in shapes]
+    if any(s is None for s in each):
+        return
+    what = f"{shapes[0][1]}x{shapes[0][0]} restored" if len(shapes) == 1 else f"{len(shapes)} images"
+    typer.echo(f"estimated time here: {estimate.describe(sum(each))} ({restorer.solver.name}, {what}, {samples} "
+               "samples; rough, within about 2x; Ctrl-C stops it)", err=True)
 
 
 def _progress_printer():
@@ -241,13 +247,14 @@ def batch(
         settings = BatchSettings(str(_task(task)), solver or api.recommended_solver(task), prior, device, tile,
                                  tuple(sorted(_parse_options(option).items())), samples, simulate, bit_depth,
                                  std_format, quant)
-        api.Restorer(settings.solver, prior, device, tile=tile, quant=quant,
-                     **dict(settings.options))  # fail early on bad names
+        restorer = api.Restorer(settings.solver, prior, device, tile=tile, quant=quant,
+                                **dict(settings.options))  # fail early on bad names
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     jobs, skipped, n_files = plan(in_dir, out_dir, seed, ground_truth_dir)
     if not n_files:
         _fail(f"no images found under {in_dir}")
+    _say_estimate(restorer, [Path(j.source) for j in jobs if j.error is None], _task(task), samples, simulate)
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, summary = out_dir / "metrics.jsonl", out_dir / "summary.csv"
     failed, done = [], 0

@@ -279,6 +279,8 @@ def test_a_large_image_says_its_time_up_front(tmp_path, folder, monkeypatch):
     assert "estimated time here: about" in r.output and "48x48 restored, 2 samples" in r.output
     r = invoke(folder / "a.png", "-t", "sr:bicubic:factor=2,noise=0.01", "-o", tmp_path / "sr", *FLOAT)
     assert r.exit_code == 0 and "96x96 restored" in r.output  # SR restores the file factor times larger
+    r = invoke("batch", folder, tmp_path / "b", "-t", "denoise:gaussian:sigma=0.1", "--simulate", *FLOAT)
+    assert "estimated time here: about" in r.output and "3 images" in r.output  # the corrupt file left out
     monkeypatch.setattr(cli, "ESTIMATE_ABOVE", 10**9)
     r = invoke(folder / "a.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o", *FLOAT)
     assert r.exit_code == 0 and "estimated time" not in r.output
