@@ -108,8 +108,9 @@ def check_size(h: int, w: int, source=None, max_pixels: int | None = None):
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file into a (1, C, H, W) float32 tensor in [0, 1].
 
-    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning, CMYK converted to RGB. An EXIF orientation tag (phone
-    and camera JPEGs) is applied, so the image comes upright as photo viewers and the web app show it.
+    8- and 16-bit PNG/TIFF/JPEG, grey or colour; alpha is dropped with a warning, CMYK converted to RGB. An EXIF
+    orientation tag (phone and camera JPEGs) is applied, so the image comes upright as photo viewers and the web app
+    show it.
     Raises :class:`ImageError` (or FileNotFoundError) naming the file and the problem.
     """
     path = Path(path)
