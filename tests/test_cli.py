@@ -89,8 +89,8 @@ def test_max_megapixels_refuses_or_admits_an_image(tmp_path, folder, monkeypatch
     assert r.exit_code == 2 and "--max-megapixels must be a positive number" in r.output
     r = invoke("batch", folder, tmp_path / "b", "-t", "denoise:gaussian:sigma=0.1", "--max-megapixels", small, *FAST)
     assert "failed 4 of 4" in r.output and "over the limit" in r.output  # each file refused, the batch goes on
-    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o", "--max-megapixels", 2 * n / 1e6,
-               *FAST)
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "o",
+               "--max-megapixels", 2 * n / 1e6, *FAST)
     assert r.exit_code == 0, r.output
 
 
