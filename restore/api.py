@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 
@@ -19,11 +18,11 @@ from restore.solvers import base
 from restore.tasks import FAMILIES, Task, TaskError, parse
 
 
-def keep_colour_profile(post: Posterior, path: str | os.PathLike) -> None:
-    """Give ``post`` the ICC colour profile of the input file at ``path`` (kept by ``Posterior.save``) and say so in
-    ``meta['colour_profile']``: a phone's Display P3 photo saved without it would look duller in a colour-managed
-    viewer, which assumes sRGB."""
-    profile = io.icc_profile(path)
+def keep_colour_profile(post: Posterior, source) -> None:
+    """Give ``post`` the ICC colour profile of its input (a file path or a PIL image; none for arrays and tensors),
+    kept by ``Posterior.save``, and say so in ``meta['colour_profile']``: a phone's Display P3 photo saved without
+    it would look duller in a colour-managed viewer, which assumes sRGB."""
+    profile = io.icc_profile(source)
     if profile and io.profile_channels(profile) != post.mean.shape[1]:
         profile = None  # e.g. a CMYK file's profile, after the conversion to RGB: it would mislabel the output
     post.icc_profile = profile
@@ -162,8 +161,7 @@ class Restorer:
             if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
                 truth = truth.mean(1, keepdim=True).expand_as(post.mean)
             post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
-        if isinstance(image, (str, os.PathLike)):
-            keep_colour_profile(post, image)
+        keep_colour_profile(post, image)
         return post
 
     def _run(self, y, task: Task, x_shape: tuple, prior, samples: int, seed: int, progress):

@@ -246,14 +246,20 @@ def _atomic(path: Path, write):
             tmp.unlink()
 
 
-def icc_profile(path: str | os.PathLike) -> bytes | None:
-    """The ICC colour profile embedded in an image file (e.g. Display P3 in a phone's photos), or None."""
+def icc_profile(source) -> bytes | None:
+    """The ICC colour profile (e.g. Display P3 in a phone's photos) of an image file or of a PIL image, or None (also
+    for arrays and tensors, which carry none)."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            profile = im.info.get("icc_profile")
-    except Exception:  # a file Pillow cannot open has no profile we could keep
+    if isinstance(source, Image.Image):
+        profile = source.info.get("icc_profile")
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            with Image.open(source) as im:
+                profile = im.info.get("icc_profile")
+        except Exception:  # a file Pillow cannot open has no profile we could keep
+            return None
+    else:
         return None
     return bytes(profile) if profile else None
 

@@ -259,6 +259,8 @@ def test_the_input_colour_profile_reaches_the_outputs(tmp_path, clean_rgb):
     restorer = api.Restorer("langevin", quant="none", iterations=20)
     post = restorer(src, "denoise:gaussian:sigma=0.1", samples=2)
     assert post.icc_profile == profile and io.icc_profile(post.save(tmp_path / "api") / "mean.png") == profile
+    with Image.open(src) as im:  # a PIL image the caller opened carries it too
+        assert restorer(im, "denoise:gaussian:sigma=0.1", samples=2).icc_profile == profile
     plain = io.write_image(tmp_path / "plain.png", clean_rgb)
     post = restorer(plain, "denoise:gaussian:sigma=0.1", samples=2)
     assert post.icc_profile is None and "colour_profile" not in post.meta
