@@ -20,6 +20,7 @@ import torch
 MIN_SIDE = 8  # below this no prior or solver here means anything
 MAX_PIXELS = 4096 * 4096  # per image by default; $RESTORE_MAX_MEGAPIXELS (the CLI's --max-megapixels) changes it
 LIMIT_ENV = "RESTORE_MAX_MEGAPIXELS"
+SUBTRACTIVE_MODES = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes whose channels are not RGB(A): converted on reading
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -143,7 +144,7 @@ def _read_subtractive(path: Path) -> np.ndarray | None:
 
     try:
         with Image.open(path) as im:
-            if im.mode not in ("CMYK", "YCbCr", "LAB", "HSV"):
+            if im.mode not in SUBTRACTIVE_MODES:
                 return None
             mode, rgb = im.mode, np.asarray(im.convert("RGB"))
     except Exception:  # not for Pillow: the readers below say what is wrong
@@ -215,6 +216,9 @@ def to_tensor(image, source=None, max_pixels: int | None = None, observation: bo
             from PIL import Image, ImageOps
             if isinstance(image, Image.Image):
                 image = ImageOps.exif_transpose(image)  # upright, as read_image gives a file (no-op without the tag)
+                if image.mode in SUBTRACTIVE_MODES:  # ink, not RGBA: as read_image converts a file
+                    warnings.warn(f"{image.mode} image: converted to RGB without colour management", stacklevel=2)
+                    image = image.convert("RGB")
                 image = np.asarray(image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image)
         except ImportError:  # pragma: no cover - PIL comes with imageio
             pass

@@ -177,6 +177,8 @@ def test_cmyk_files_are_converted_not_read_as_rgba(tmp_path, suffix):
         x = io.read_image(path)
     assert x.shape == (1, 3, 20, 30)
     assert (x[0, :, 5, 5] * 255 - torch.tensor([200.0, 50.0, 0.0])).abs().max() < 6  # not the ink read as RGB
+    with pytest.warns(UserWarning, match="CMYK image: converted to RGB"), Image.open(path) as im:
+        assert torch.allclose(io.to_tensor(im), x)  # a PIL image the caller opened: the same
 
 
 def _profile() -> bytes:
