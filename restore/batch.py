@@ -97,7 +97,9 @@ def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, 
     row."""
     from restore import io
     from restore.api import keep_colour_profile
+    from restore.posterior import check_replaceable
 
+    check_replaceable(Path(out_dir).resolve(), {"observation.png": None})  # before the work, not after it
     truth = None
     if simulate:
         truth = io.read_image(image_path)

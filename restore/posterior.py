@@ -96,7 +96,8 @@ class Posterior:
     def save(self, directory: str | os.PathLike, bit_depth: int = 8, std_format: str = "npy",
              max_samples: int | None = None, extras: dict | None = None,
              truth: torch.Tensor | None = None) -> Path:
-        """Write the posterior to ``directory`` (replaced as a whole, atomically):
+        """Write the posterior to ``directory`` (replaced as a whole, atomically; a folder holding files ``save``
+        does not write is refused with :class:`OutputError`, never deleted):
 
         ``mean.png``, ``samples/sample_000.png``..., ``std.npy`` or ``std.tiff`` (float32, (H, W, C)),
         ``spread.npy``/``.tiff`` (the raw sample spread) and ``data_fit.png`` (the self-check's local chi2 map) when
@@ -110,7 +111,9 @@ class Posterior:
 
         if std_format not in ("npy", "tiff"):
             raise ValueError(f"std_format must be 'npy' or 'tiff'; got {std_format!r}")
-        out = Path(directory)
+        given = Path(directory)
+        out = given.resolve()  # "." names its folder too
+        check_replaceable(out, extras)
         tmp = out.with_name(f".{out.name}.partial")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -138,7 +141,32 @@ class Posterior:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
-        return out
+        return given
+
+
+# what Posterior.save writes; a folder holding anything else is not replaced (OutputError)
+OUTPUT_NAMES = frozenset({"mean.png", "samples", "std.npy", "std.tiff", "spread.npy", "spread.tiff", "data_fit.png",
+                          "std.png", "std_scale.json", "samples_grid.png", "error_vs_std.png", "meta.json",
+                          "observation.png"})  # the extra the CLI, batch and app write
+
+
+class OutputError(ValueError):
+    """An output folder that ``Posterior.save`` will not replace."""
+
+
+def check_replaceable(out: Path, extras: dict | None = None) -> None:
+    """Refuse to replace ``out`` unless it is new, empty, or an earlier restore output (only the files ``save``
+    writes, ``extras`` included): save replaces its folder as a whole, and ``-o ~/Pictures`` must not delete a
+    user's photos. Raises :class:`OutputError` naming the folder and what it holds."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"output {out} is a file, not a folder: name a new or empty folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES | set(extras or {}))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"output folder {out} holds files restore did not write ({shown}); results replace their "
+                          "folder as a whole, so name a new or empty folder (or a previous result's)")
 
 
 def _jsonable(obj):

@@ -94,6 +94,21 @@ def test_max_megapixels_refuses_or_admits_an_image(tmp_path, folder, monkeypatch
     assert r.exit_code == 0, r.output
 
 
+def test_an_output_folder_of_other_files_is_refused_before_the_run(tmp_path, folder):
+    user = tmp_path / "Pictures"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    r = invoke(folder / "a.png", "-t", "denoise:gaussian:sigma=0.1", "-o", user, *FAST)
+    assert r.exit_code == 2 and "holds files restore did not write (holiday.jpg)" in r.output
+    assert "restored" not in r.output and [p.name for p in user.iterdir()] == ["holiday.jpg"]
+    out = tmp_path / "out"  # in a batch, that image alone fails; the others are restored
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "notes.txt").write_text("mine")
+    r = invoke("batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", *FAST)
+    assert "restored 2, skipped 0 already done, failed 2 of 4" in r.output and "(notes.txt)" in r.output
+    assert (out / "a" / "notes.txt").read_text() == "mine" and (out / "sub" / "b" / "mean.png").exists()
+
+
 def test_batch_keeps_going_reports_bad_file_and_resumes(tmp_path, folder):
     out = tmp_path / "out"
     args = ["batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", "--seed", "5", *FAST]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +114,30 @@ def test_save_writes_every_file(tmp_path):
     post.save(tmp_path / "res")  # overwrite is whole-directory
     assert (tmp_path / "res" / "std.npy").exists() and not (tmp_path / "res" / "std.tiff").exists()
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_save_never_deletes_a_folder_of_other_files(tmp_path, monkeypatch):
+    # save replaces its folder as a whole: pointed at a user's folder it must refuse, not wipe it
+    from restore.posterior import OutputError
+
+    post = _gaussian_posterior(torch.rand(1, 3, 12, 12), 0.05, 2)
+    user = tmp_path / "Pictures"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputError, match=r"Pictures holds files restore did not write \(holiday.jpg\)"):
+        post.save(user)
+    assert (user / "holiday.jpg").read_bytes() == b"precious" and len(list(user.iterdir())) == 1
+    monkeypatch.chdir(user)
+    with pytest.raises(OutputError, match="holiday.jpg"):  # "." is that folder too
+        post.save(".")
+    with pytest.raises(OutputError, match="is a file"):
+        post.save(user / "holiday.jpg")
+    (tmp_path / "empty").mkdir()
+    assert (post.save(tmp_path / "empty") / "mean.png").exists()  # an empty folder is fine
+    post.save(tmp_path / "empty", extras={"observation.png": post.mean})
+    assert (post.save(tmp_path / "empty") / "mean.png").exists()  # so is an earlier result, extras included
+    monkeypatch.chdir(tmp_path / "empty")
+    assert post.save(".") == Path(".") and (tmp_path / "empty" / "meta.json").exists()
 
 
 def test_mismatched_shapes_rejected():
