@@ -29,7 +29,7 @@ class BatchSettings:
     options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs of solver overrides
     samples: int = 8
     simulate: bool = False
-    bit_depth: int = 8
+    bit_depth: int | None = None  # None: as each input file (io.source_bit_depth)
     std_format: str = "npy"
     quant: Optional[str] = None
 
@@ -92,7 +92,7 @@ def plan(in_dir: Path, out_dir: Path, seed: int, gt_dir: Optional[Path] = None) 
 
 
 def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, seed: int, simulate: bool,
-                 truth_path: Optional[Path], bit_depth: int, std_format: str, progress=None) -> dict:
+                 truth_path: Optional[Path], bit_depth: int | None, std_format: str, progress=None) -> dict:
     """Restore one file into ``out_dir`` (written atomically, with the file's ICC profile); returns the metrics
     row."""
     from restore import io
@@ -111,6 +111,7 @@ def restore_file(restorer, image_path: Path, task, out_dir: Path, samples: int, 
     post = restorer(y, task, samples=samples, seed=seed, ground_truth=truth, progress=progress)
     post.meta["input_file"] = str(image_path)
     keep_colour_profile(post, image_path)
+    bit_depth = io.source_bit_depth(image_path) if bit_depth is None else bit_depth
     post.save(out_dir, bit_depth=bit_depth, std_format=std_format, extras={"observation.png": y},
               truth=truth if truth is not None and truth.shape == post.mean.shape else None)
     row = {"seed": seed, "seconds": post.meta["timings"]["total_s"], **uncertainty_columns(post.meta)}

@@ -72,6 +72,11 @@ def _set_pixel_limit(megapixels: Optional[float]):
     os.environ[io.LIMIT_ENV] = repr(float(megapixels))
 
 
+def _check_bit_depth(bits: Optional[int]):
+    if bits not in (None, 8, 16):
+        _fail(f"--bit-depth must be 8 or 16; got {bits}")
+
+
 @app.command("run")
 def run(
     image: Path = typer.Argument(..., help="degraded image (or a clean one with --simulate)"),
@@ -86,7 +91,8 @@ def run(
     device: str = typer.Option("cpu", "--device"),
     ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="clean image: adds metrics"),
     simulate: bool = typer.Option(False, "--simulate", help="IMAGE is clean: degrade it with the task first"),
-    bit_depth: int = typer.Option(8, "--bit-depth", help="8 or 16-bit PNG outputs"),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="8 or 16-bit PNG outputs (default: as the "
+                                            "input: 16 for a 16-bit PNG or TIFF, else 8)"),
     std_format: str = typer.Option("npy", "--std-format", help="npy or tiff"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
@@ -99,6 +105,7 @@ def run(
     from restore.batch import describe_uncertainty, restore_file
 
     _set_pixel_limit(max_megapixels)
+    _check_bit_depth(bit_depth)
     try:
         if solver is None:
             _say_recommended(task)
@@ -219,7 +226,7 @@ def batch(
     ground_truth_dir: Optional[Path] = typer.Option(None, "--ground-truth-dir",
                                                     help="clean images with the same relative paths: adds metrics"),
     simulate: bool = typer.Option(False, "--simulate", help="inputs are clean: degrade them with the task first"),
-    bit_depth: int = typer.Option(8, "--bit-depth"),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="8 or 16 (default: as each input)"),
     std_format: str = typer.Option("npy", "--std-format"),
     option: List[str] = typer.Option([], "--option", "-O", help="solver option key=value (repeatable)"),
     tile: int = typer.Option(256, "--tile", help="solve images above 4 tiles' worth of pixels in tiles of this size; 0: never"),
@@ -237,6 +244,7 @@ def batch(
     from restore.batch import BatchSettings, append_jsonl, plan, run_local, run_ray
 
     _set_pixel_limit(max_megapixels)
+    _check_bit_depth(bit_depth)
     if not in_dir.is_dir():
         _fail(f"input folder not found: {in_dir}")
     if engine not in ("local", "ray"):

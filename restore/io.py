@@ -176,6 +176,13 @@ def upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr))
 
 
+def source_bit_depth(path: str | os.PathLike) -> int:
+    """Bits per channel an image file stores: 16 for a 16-bit PNG or TIFF, else 8 (the outputs' default depth
+    follows it, so a 16-bit scan is not rounded to 8 bits on the way out). Reads the file with OpenCV."""
+    arr = _read_16bit_capable(Path(path))
+    return 16 if arr is not None and arr.dtype == np.uint16 else 8
+
+
 def _read_16bit_capable(path: Path) -> np.ndarray | None:
     """PNG/TIFF through OpenCV, which keeps 16-bit colour (Pillow reduces it to 8 bits); None if it cannot."""
     if path.suffix.lower() not in (".png", ".tif", ".tiff"):

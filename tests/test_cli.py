@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -107,6 +108,21 @@ def test_an_output_folder_of_other_files_is_refused_before_the_run(tmp_path, fol
     r = invoke("batch", folder, out, "-t", "denoise:gaussian:sigma=0.1", "--simulate", *FAST)
     assert "restored 2, skipped 0 already done, failed 2 of 4" in r.output and "(notes.txt)" in r.output
     assert (out / "a" / "notes.txt").read_text() == "mine" and (out / "sub" / "b" / "mean.png").exists()
+
+
+def test_outputs_keep_a_16_bit_inputs_depth_by_default(tmp_path, clean_rgb):
+    import cv2
+
+    src16, src8 = io.write_image(tmp_path / "scan16.png", clean_rgb, 16), io.write_image(tmp_path / "s8.png", clean_rgb)
+    assert io.source_bit_depth(src16) == 16 and io.source_bit_depth(src8) == 8
+    for src, flag, bits in ((src16, [], 16), (src8, [], 8), (src16, ["--bit-depth", "8"], 8)):
+        out = tmp_path / f"o{bits}{len(flag)}"
+        r = invoke(src, "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST, "--quant", "none", *flag)
+        assert r.exit_code == 0, r.output
+        for f in ("mean.png", "observation.png", "samples/sample_000.png"):
+            assert cv2.imread(str(out / f), cv2.IMREAD_UNCHANGED).dtype == (np.uint16 if bits == 16 else np.uint8)
+    r = invoke(src8, "-t", "denoise:gaussian:sigma=0.1", "-o", tmp_path / "bad", "--bit-depth", "12")
+    assert r.exit_code == 2 and "--bit-depth must be 8 or 16" in r.output and not (tmp_path / "bad").exists()
 
 
 def test_batch_keeps_going_reports_bad_file_and_resumes(tmp_path, folder):
