@@ -940,3 +940,14 @@ def test_a_bootstrap_table_without_a_rerun_falls_back_and_only_pmrf_fits_one(fit
     assert not cal.needs_bootstrap(train.feature_names("reddiff", "deblur"))
     assert not cal.needs_bootstrap(train.feature_names("pmrf", cal.REAL_FAMILY))
     assert not cal.needs_bootstrap(train.feature_names("pmrf", "inpaint-region"))  # it did not help there
+
+
+def test_just_past_the_grid_the_edge_cell_applies_approximately():
+    # sigma=auto reads heavy noise a few % high: 0.21 for a 0.196 grid top must not lose the calibration
+    table = {"file": "t.json", "cells": [{"family": "denoise", "sigma": s} for s in (0.05, 0.1)]}
+    for sigma, edge in ((0.11, 0.1), (0.1149, 0.1), (0.044, 0.05)):
+        cell, status, note = cal.find_cell(table, "denoise", sigma)
+        assert cell["sigma"] == edge and status == "approximate" and "just outside the calibrated grid" in note
+    for sigma in (0.12, 0.04):
+        cell, status, note = cal.find_cell(table, "denoise", sigma)
+        assert cell is None and status == "uncalibrated" and "outside the calibrated grid" in note
