@@ -155,6 +155,8 @@ class Restorer:
                 y = y * physics.mask if task.kind == "inpaint" else y
             calibration.apply(post, y, physics, task,
                               rerun=self._one_sample_rerun(task, x_shape, prior, seed, boot_progress))
+            if noise_note:
+                calibration.warn_if_not_gaussian(post.meta)
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
         if ground_truth is not None:
             truth = io.to_tensor(ground_truth).to(self.device)

@@ -151,7 +151,8 @@ def describe_uncertainty(meta: dict) -> str:
     if check["verdict"] == "poor fit":
         line += (f"; WARNING: the restored image does not explain the observation, intervals widened "
                  f"x{u['widening']:.2f}")
-    elif check["verdict"] == "fits the noise":  # y is cleaner than its stated noise, or the solver copied the noise
+    elif check["verdict"] == "fits the noise" and not meta.get("noise_estimate"):  # y cleaner than stated
+        # (an estimated level gets the warning of calibration.warn_if_not_gaussian instead)
         line += ("; NOTE: the observation is explained far better than its noise level predicts: it may be less "
                  "noisy than stated (then the result is over-smoothed and the intervals too wide); check the noise "
                  "level (sigma=auto estimates it)")

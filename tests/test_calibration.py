@@ -833,6 +833,15 @@ def test_the_summary_line_suggests_checking_the_noise_level_when_the_fit_is_too_
     line = describe_uncertainty({"uncertainty": u})
     assert "self-check fits the noise (chi2 ratio 0.27" in line and "less noisy than stated" in line
     assert "sigma=auto" in line
+    # with the level estimated from the image (sigma=auto), the likelier cause is camera noise: a warning says that
+    meta = {"uncertainty": u, "noise_estimate": {"sigma": 0.05, "param": "sigma"}}
+    cal.warn_if_not_gaussian(meta)
+    line = describe_uncertainty(meta)
+    assert "less noisy than stated" not in line and "WARNING" in line and "denoise:real" in line
+    assert "likely too narrow" in u["warning"]
+    consistent = {"uncertainty": {"self_check": {"verdict": "consistent"}}}
+    cal.warn_if_not_gaussian(consistent)
+    assert "warning" not in consistent["uncertainty"]
 
 
 def test_real_noise_cells_mix_flattest_windows_and_report_each_kind(tmp_path, clean_rgb):
