@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -162,7 +163,16 @@ def check_replaceable(out: Path, extras: dict | None = None) -> None:
         return
     if not out.is_dir():
         raise OutputError(f"output {out} is a file, not a folder: name a new or empty folder")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES | set(extras or {}))
+    entries = list(out.iterdir())
+    foreign = sorted(p.name for p in entries if p.name not in OUTPUT_NAMES | set(extras or {}))
+    samples = out / "samples"  # a user's own "samples" folder must not pass for ours
+    if samples.is_dir():
+        foreign += sorted(f"samples/{p.name}" for p in samples.iterdir()
+                          if not re.fullmatch(r"sample_\d{3}\.png", p.name))
+    elif samples.exists():
+        foreign.append("samples")
+    if entries and not foreign and not (out / "meta.json").is_file():  # every earlier result has one
+        foreign = sorted(p.name for p in entries)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputError(f"output folder {out} holds files restore did not write ({shown}); results replace their "

@@ -132,6 +132,15 @@ def test_save_never_deletes_a_folder_of_other_files(tmp_path, monkeypatch):
         post.save(".")
     with pytest.raises(OutputError, match="is a file"):
         post.save(user / "holiday.jpg")
+    own = tmp_path / "Project"  # only a folder named like ours, or ours without the meta.json every result has
+    (own / "samples").mkdir(parents=True)
+    (own / "samples" / "cat.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="samples/cat.png"):
+        post.save(own)
+    (own / "samples" / "cat.png").rename(own / "samples" / "sample_000.png")
+    with pytest.raises(OutputError, match=r"holds files restore did not write \(samples\)"):
+        post.save(own)
+    assert (own / "samples" / "sample_000.png").read_bytes() == b"mine"
     (tmp_path / "empty").mkdir()
     assert (post.save(tmp_path / "empty") / "mean.png").exists()  # an empty folder is fine
     post.save(tmp_path / "empty", extras={"observation.png": post.mean})
