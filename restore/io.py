@@ -178,9 +178,24 @@ def upright(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 def source_bit_depth(path: str | os.PathLike) -> int:
     """Bits per channel an image file stores: 16 for a 16-bit PNG or TIFF, else 8 (the outputs' default depth
-    follows it, so a 16-bit scan is not rounded to 8 bits on the way out). Reads the file with OpenCV."""
-    arr = _read_16bit_capable(Path(path))
-    return 16 if arr is not None and arr.dtype == np.uint16 else 8
+    follows it, so a 16-bit scan is not rounded to 8 bits on the way out). Reads the header only (the PNG's IHDR,
+    the TIFF's BitsPerSample), not the pixels, which ``read_image`` has decoded already."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".png":
+            with open(path, "rb") as f:
+                head = f.read(25)
+            bits = head[24] if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" else 8
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                bits = tif.pages[0].bitspersample
+        else:
+            bits = 8
+    except Exception:  # an unreadable header: read_image has already said what is wrong with the file
+        return 8
+    return 16 if bits == 16 else 8
 
 
 def _read_16bit_capable(path: Path) -> np.ndarray | None:

@@ -115,6 +115,9 @@ def test_outputs_keep_a_16_bit_inputs_depth_by_default(tmp_path, clean_rgb):
 
     src16, src8 = io.write_image(tmp_path / "scan16.png", clean_rgb, 16), io.write_image(tmp_path / "s8.png", clean_rgb)
     assert io.source_bit_depth(src16) == 16 and io.source_bit_depth(src8) == 8
+    assert io.source_bit_depth(io.write_image(tmp_path / "scan16.tif", clean_rgb, 16)) == 16
+    assert io.source_bit_depth(io.write_image(tmp_path / "grey16.png", clean_rgb[:, :1], 16)) == 16
+    assert io.source_bit_depth(io.write_image(tmp_path / "s8.tif", clean_rgb)) == 8
     for src, flag, bits in ((src16, [], 16), (src8, [], 8), (src16, ["--bit-depth", "8"], 8)):
         out = tmp_path / f"o{bits}{len(flag)}"
         r = invoke(src, "-t", "denoise:gaussian:sigma=0.1", "-o", out, *FAST, "--quant", "none", *flag)
