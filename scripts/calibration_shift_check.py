@@ -44,7 +44,8 @@ def main(argv=None) -> dict:
     crops = tc.crops(files, args.crop, 11)
     restorer = Restorer(args.solver)
     out = {}
-    chosen = tasks() if args.tasks is None else {n: tasks()[n] for n in args.tasks.split(",")}
+    every = tasks()
+    chosen = every if args.tasks is None else {n: every[n] for n in args.tasks.split(",")}
     for name, spec in chosen.items():
         rows = []
         for i, x in enumerate(crops):
