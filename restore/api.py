@@ -79,6 +79,7 @@ class Restorer:
             registry.spec(name)  # fail early on an unknown name
         self.device = torch.device(device)
         self._priors: dict[str, registry.Prior] = {}
+        self._censor_denoiser: registry.Prior | None = None
 
     @property
     def prior_name(self) -> str:
@@ -143,10 +144,14 @@ class Restorer:
         prior = self.prior(task)
         t_prior = time.perf_counter() - t0
         run_progress, boot_progress = self._progress_split(task, prior, samples, progress)
+        observed = y
+        y, censor_note = self.uncensor(y, task, seed)
         post, physics, y = self._run(y, task, x_shape, prior, samples, seed, run_progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
         if noise_note:
             post.meta["noise_estimate"] = noise_note
+        if censor_note:
+            post.meta["censored"] = censor_note
         if self.quant_note:
             post.meta["quant_note"] = self.quant_note
         if self.calibrate:
@@ -154,7 +159,8 @@ class Restorer:
                 physics = task.physics(x_shape, device=self.device)
                 y = y * physics.mask if task.kind == "inpaint" else y
             calibration.apply(post, y, physics, task,
-                              rerun=self._one_sample_rerun(task, x_shape, prior, seed, boot_progress))
+                              rerun=self._one_sample_rerun(task, x_shape, prior, seed, boot_progress),
+                              estimated=noise_note is not None)
             if noise_note:
                 calibration.warn_if_not_gaussian(post.meta)
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
@@ -162,9 +168,36 @@ class Restorer:
             truth = io.to_tensor(ground_truth).to(self.device)
             if truth.shape[1] != post.mean.shape[1]:  # grey truth for a colour result or the reverse
                 truth = truth.mean(1, keepdim=True).expand_as(post.mean)
-            post.meta["metrics"] = metrics.report(post, truth, y if y.shape == truth.shape else None)
+            post.meta["metrics"] = metrics.report(post, truth, observed if observed.shape == truth.shape else None)
         keep_colour_profile(post, image)
         return post
+
+    def uncensor(self, y: torch.Tensor, task: Task, seed: int) -> tuple[torch.Tensor, dict | None]:
+        """(y with its values clipped at 0 or 1 imputed, a note) for a task with Gaussian noise on a whole image
+        (denoising, deblurring, SR; ``restore.censoring``), else (y, None). Inpainting is left alone: its unobserved
+        pixels are zeros by construction, not clipped noise."""
+        from restore import censoring
+
+        if task.kind not in ("denoise", "deblur", "sr") or task.variant == "real" or task.poisson_gain:
+            return y, None
+        sigma = float(task.noise_sigma or 0.0)
+        low, high = censoring.censored(y)
+        if sigma <= 0 or not (low.any() or high.any()):
+            return y, None
+        if self._censor_denoiser is None:
+            den = registry.load(censoring.DENOISER, self.device)
+            try:
+                from restore.quant import quantize
+
+                den = quantize(den, "int8")
+            except Exception:  # noqa: BLE001 - no int8 engine here (or no such form): the float denoiser does it
+                pass
+            self._censor_denoiser = den
+        generator = torch.Generator(device=self.device).manual_seed(int(seed) + censoring.SEED_OFFSET)
+        y, note = censoring.uncensor(y, sigma, self._censor_denoiser.module, generator)
+        if note is not None:
+            note["denoiser"] = {"name": self._censor_denoiser.name, "digest": self._censor_denoiser.digest}
+        return y, note
 
     def _run(self, y, task: Task, x_shape: tuple, prior, samples: int, seed: int, progress):
         """The solver on observation ``y`` (tiled above ``tile_above`` pixels): (posterior, physics or None when

@@ -1,0 +1,92 @@
+"""Observations clipped to [0, 1]: what an image file holds, and what the solvers do not assume.
+
+A noisy photo on disk is clip(A x + n, 0, 1) (then quantised): where the noise pushed a pixel past 0 or 1 the file
+says only "at most 0" or "at least 1". Every solver's likelihood, and every calibration table (fitted on simulated,
+unclipped observations), assumes y = A x + n everywhere, so clipped noise reads as a bias towards mid-grey in dark
+and bright areas. Measured (PMRF, Gaussian denoising, the priors' 8 held-out BSD432 files, 128 px crops, 8-bit
+clipped observations, 2026-12-07): at 50/255 1.58 dB lost and 90 % coverage 0.90 -> 0.81 (RED-Diff 0.55 dB and
+0.90 -> 0.80); at 25/255 0.39 dB and 0.90 -> 0.87; at 15/255 0.20 dB.
+
+:func:`uncensor` gives the solver what it assumes: each clipped value is replaced by a draw of (A x + n) from its
+Gaussian truncated to the side the file reports, centred on the current estimate of A x, with the estimate
+refined on the completed observation (a short data-augmentation / stochastic-EM loop, Tanner & Wong 1987). The
+estimate of A x is the shipped denoiser on the observation itself (a blurred or low-resolution image is still an
+image). With it those crops came back to 27.15 dB / 0.899 at 50/255 (unclipped 27.22 / 0.901) and to within
+0.02 dB at 15 and 25/255. Pixels the file holds strictly inside (0, 1) are never changed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROUNDS = 2  # estimate refinements after the first (a third changed the 50/255 crops by < 0.01 dB)
+DENOISER = "score-natural"  # the estimate of A x; int8 where this machine has the kernels
+TILE = 512  # the denoiser runs on tiles of this size (plus PAD context each side) to bound memory on large photos
+PAD = 16
+SEED_OFFSET = 2_000_003  # the draws' generator: the run's seed plus this (apart from the bootstrap's)
+_U_MIN = 1e-12  # the inverse normal CDF's floor: 7 sigma into the tail
+
+
+def censored(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exactly 0, exactly 1) masks of y (1, C, H, W): the values a clipped file cannot tell apart from anything
+    further out. Values below 0 or above 1 (an unclipped float array, a simulation) are observations, kept as they
+    are (imputing them cost PMRF 0.07 dB at 50/255)."""
+    return y == 0, y == 1
+
+
+def _draw_below(level: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """level + sigma z with z standard normal conditioned on level + sigma z <= 0 (inverse-CDF draws)."""
+    top = torch.special.ndtr(-level / sigma).clamp_min(_U_MIN)
+    u = torch.rand(level.shape, generator=generator, dtype=level.dtype, device=level.device) * top
+    return (level + sigma * torch.special.ndtri(u.clamp(_U_MIN, 1 - 1e-7))).clamp_max(0.0)
+
+
+def impute(y: torch.Tensor, estimate: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """y with each clipped value (:func:`censored`) replaced by a draw of estimate + N(0, sigma^2) truncated to
+    the side y reports (<= 0 or >= 1); every other pixel unchanged. ``estimate``: of A x, like y."""
+    low, high = censored(y)
+    below = _draw_below(estimate, sigma, generator)
+    above = 1.0 - _draw_below(1.0 - estimate, sigma, generator)
+    return torch.where(low, below, torch.where(high, above, y))
+
+
+def denoise_tiled(denoiser, y: torch.Tensor, sigma: float, tile: int = TILE, pad: int = PAD) -> torch.Tensor:
+    """denoiser(y, sigma) clamped to [0, 1], in tiles of ``tile`` px each run with ``pad`` px of context (y is
+    reflect-padded at its borders), so a large photo needs a tile's memory, not the whole image's."""
+    _, _, h, w = y.shape
+    out = torch.empty_like(y)
+    padded = F.pad(y, (pad, pad, pad, pad), mode="reflect") if min(h, w) > pad else F.pad(
+        y, (pad, pad, pad, pad), mode="replicate")
+    with torch.no_grad():
+        for top in range(0, h, tile):
+            for left in range(0, w, tile):
+                bottom, right = min(top + tile, h), min(left + tile, w)
+                piece = padded[..., top:bottom + 2 * pad, left:right + 2 * pad]
+                out[..., top:bottom, left:right] = denoiser(piece, sigma)[..., pad:pad + bottom - top,
+                                                                          pad:pad + right - left].clamp(0, 1)
+    return out
+
+
+def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator,
+             rounds: int = ROUNDS) -> tuple[torch.Tensor, dict | None]:
+    """(y with its clipped values imputed, a note for ``meta['censored']``), or (y, None) when nothing is clipped
+    or there is no noise to have clipped. y (1, C, H, W) in [0, 1]; sigma the Gaussian noise std on [0, 1];
+    ``denoiser(x, sigma)`` a denoiser for images like y."""
+    low, high = censored(y)
+    n_low, n_high = int(low.sum()), int(high.sum())
+    if sigma <= 0 or n_low + n_high == 0:
+        return y, None
+    t0 = time.perf_counter()
+    estimate = denoise_tiled(denoiser, y, sigma)
+    for _ in range(rounds):
+        estimate = denoise_tiled(denoiser, impute(y, estimate, sigma, generator), sigma)
+    completed = impute(y, estimate, sigma, generator)
+    return completed, {
+        "fraction_at_0": round(n_low / y.numel(), 6), "fraction_at_1": round(n_high / y.numel(), 6),
+        "imputed": True, "rounds": rounds, "seconds": round(time.perf_counter() - t0, 4),
+        "what": "values the file holds at 0 or 1 (noise clipped there) replaced by draws of the noisy value from the "
+                "Gaussian truncated to that side, centred on a denoised estimate (restore.censoring), so the solver "
+                "and its calibration see the unclipped noise they assume"}

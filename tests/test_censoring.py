@@ -1,0 +1,114 @@
+"""Clipped observations (restore.censoring): the imputation restores the Gaussian noise the solvers assume, leaves
+every unclipped pixel alone, and a restore of a clipped noisy photo is better and better covered for it."""
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from scipy import stats
+
+from restore import censoring
+from restore.api import Restorer
+from restore.tasks import parse
+
+
+def _dark_crop() -> torch.Tensor:
+    """(1, 3, 64, 64) in [0, 1]: the astronaut's dark suit and bright helmet, many pixels near both ends."""
+    arr = skimage.data.astronaut()[250:378:2, 60:188:2].astype(np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def test_censored_masks_mark_the_ends_only():
+    y = torch.tensor([[[[0.0, 0.3, 1.0, -0.2, 1.4, 0.999]]]])
+    low, high = censoring.censored(y)
+    assert low.flatten().tolist() == [True, False, False, False, False, False]  # -0.2 was observed, not clipped
+    assert high.flatten().tolist() == [False, False, True, False, False, False]
+
+
+def test_imputation_given_the_truth_gives_back_gaussian_noise(gen):
+    """Given the true A x, the completed observation's noise is N(0, sigma^2) again, where the clipped one's was
+    biased and narrow."""
+    x = torch.rand((1, 3, 96, 96), generator=gen) * 0.3  # dark: a third of the noisy values fall below 0
+    sigma = 0.2
+    y = (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    low, high = censoring.censored(y)
+    assert low.float().mean() > 0.2
+    z_clipped = ((y - x) / sigma).flatten().numpy()
+    completed = censoring.impute(y, x, sigma, gen)
+    z = ((completed - x) / sigma).flatten().numpy()
+    assert abs(z_clipped.mean()) > 0.15  # the clipped noise is biased: what the solvers do not expect
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert torch.equal(completed[~(low | high)], y[~(low | high)])  # unclipped pixels untouched
+    assert (completed[low] <= 0).all() and (completed[high] >= 1).all()  # on the side the file reports
+
+
+def test_truncated_draws_match_the_truncated_normal(gen):
+    level = torch.full((200_000,), 0.1)
+    draws = censoring._draw_below(level, 0.2, gen).numpy()
+    ref = stats.truncnorm(-np.inf, (0 - 0.1) / 0.2, loc=0.1, scale=0.2)
+    assert draws.max() <= 0
+    assert abs(draws.mean() - ref.mean()) < 2e-3 and abs(draws.std() - ref.std()) < 2e-3
+    # far into the tail (an estimate of 1 where the file says 0) the draws stay finite and at or below 0
+    far = censoring._draw_below(torch.full((1000,), 1.0), 0.05, gen)
+    assert torch.isfinite(far).all() and (far <= 0).all()
+
+
+def test_nothing_clipped_or_no_noise_leaves_y_alone(gen):
+    y = torch.rand((1, 3, 16, 16), generator=gen) * 0.8 + 0.1
+    called = []
+    out, note = censoring.uncensor(y, 0.1, lambda x, s: called.append(1) or x, gen)
+    assert out is y and note is None and not called
+    clipped = y.clone()
+    clipped[..., 0, 0] = 0.0
+    out, note = censoring.uncensor(clipped, 0.0, lambda x, s: x, gen)
+    assert out is clipped and note is None
+
+
+def test_tiled_denoiser_covers_every_pixel_with_context(gen):
+    """Tiles with context give what one pass gives, for a denoiser that looks 2 px around (a 5x5 box)."""
+    def box(x, s):
+        return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), 5, 1)
+
+    y = torch.rand((1, 3, 70, 53), generator=gen)
+    whole = box(y, 0.1).clamp(0, 1)
+    tiled = censoring.denoise_tiled(box, y, 0.1, tile=32, pad=4)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # borders: reflect of a tile's pad vs the image's
+    assert torch.allclose(tiled[inner], whole[inner], atol=1e-6)
+    assert tiled.shape == y.shape
+
+
+@pytest.mark.parametrize("sigma", [50 / 255])
+def test_restore_of_a_clipped_photo_gains_from_the_imputation(sigma):
+    """PMRF on an 8-bit clipped noisy crop: the imputation is on by default, said in meta, and it beats the same
+    run on the clipped values as they are in PSNR and in 90 % coverage; psnr_input stays the file's."""
+    x = _dark_crop()
+    g = torch.Generator().manual_seed(3)
+    y = ((x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1) * 255).round() / 255
+    task = f"denoise:gaussian:sigma={sigma:.6f}"
+    restorer = Restorer("pmrf")
+    post = restorer(y, task, samples=4, seed=0, ground_truth=x)
+    note = post.meta["censored"]
+    assert note["imputed"] and note["fraction_at_0"] > 0.02
+    assert note["denoiser"]["name"].startswith(censoring.DENOISER)
+
+    class AsIs(Restorer):
+        def uncensor(self, y, task, seed):
+            return y, None
+
+    plain = AsIs("pmrf")(y, task, samples=4, seed=0, ground_truth=x)
+    assert "censored" not in plain.meta
+    assert post.meta["metrics"]["psnr"] > plain.meta["metrics"]["psnr"] + 0.3
+    assert post.meta["metrics"]["coverage_90"] > plain.meta["metrics"]["coverage_90"]
+    assert post.meta["metrics"]["psnr_input"] == pytest.approx(plain.meta["metrics"]["psnr_input"])
+
+
+def test_inpainting_and_unclipped_observations_are_not_imputed(gen):
+    x = _dark_crop()
+    restorer = Restorer("pmrf")
+    y_inpaint = restorer.simulate(x, "inpaint:random:missing=0.5,noise=0.01", seed=0).clamp(0, 1)
+    y_out, note = restorer.uncensor(y_inpaint, parse("inpaint:random:missing=0.5,noise=0.01"), 0)
+    assert note is None and y_out is y_inpaint
+    y = (x * 0.8 + 0.1 + 0.01 * torch.randn(x.shape, generator=gen)).clamp(0.01, 0.99)  # nothing at the ends
+    y_out, note = restorer.uncensor(y, parse("denoise:gaussian:sigma=0.01"), 0)
+    assert note is None and y_out is y
