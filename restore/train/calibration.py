@@ -52,7 +52,11 @@ GRID = {
     "inpaint-region": ((0.01,), lambda i, n: f"inpaint:box:size={(0.2, 0.3, 0.4)[i % 3]},noise={n:.6f}"),
     # unknown real noise (solvers that estimate it): one cell, crop i gets camera_noise level CAMERA_MIX[i % 6]
     cal.REAL_FAMILY: ((0.0,), lambda i, n: "denoise:real"),
+    # the same camera-like noise given to a Gaussian solver at sigma=auto (solvers that need a noise level): the
+    # cell calibration.apply takes when the self-check says the noise is not white Gaussian (cal.camera_cell)
+    cal.CAMERA_FAMILY: ((0.0,), lambda i, n: "denoise:gaussian:sigma=auto"),
 }
+CAMERA_FAMILIES = (cal.REAL_FAMILY, cal.CAMERA_FAMILY)  # the families whose observations are camera_noise's
 # (level, std scale) of restore.train.camera_noise: about 2, 4, 9, 19, 16 and 32/255 residual std
 CAMERA_MIX = (("light", 0.5), ("light", 1.0), ("heavy", 0.5), ("heavy", 1.0), ("very_heavy", 0.5),
               ("very_heavy", 1.0))
@@ -208,7 +212,7 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
 
     task = parse(GRID[fam][1](i, sigma))
     extra = {}
-    if fam == cal.REAL_FAMILY:
+    if fam in CAMERA_FAMILIES:
         from restore.train import camera_noise
 
         level, scale = CAMERA_MIX[i % len(CAMERA_MIX)]
@@ -220,6 +224,9 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
     post = restorer(y, task, samples=samples, seed=i)
     if fam == cal.REAL_FAMILY:  # the self-check's noise level: the solver's own estimate, as at run time
         extra["sigma_used"] = float(post.meta["estimated_noise_std"])
+    elif fam == cal.CAMERA_FAMILY:  # the level sigma=auto read, and the task it made (the features' physics)
+        extra["sigma_used"] = float(post.meta["noise_estimate"]["sigma"])
+        extra["resolved_spec"] = post.meta["task"]
     unit = {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
             "spread": post.spread, "seconds": time.perf_counter() - t0,
             "solvers": post.meta["provenance"]["solvers"], "priors": post.meta["provenance"]["priors"], **extra}
@@ -253,7 +260,7 @@ def unit_signals(unit: dict, names=cal.FEATURES) -> tuple[torch.Tensor, torch.Te
     """(features ``names``, |error|, physics) of one cached run."""
     from restore.tasks import parse
 
-    task = parse(unit["spec"])
+    task = parse(unit.get("resolved_spec", unit["spec"]))  # a sigma=auto run: the level it estimated
     physics = task.physics(tuple(unit["x"].shape))
     feats = cal.features(unit["mean"], unit["spread"], unit["y"], physics, names, unit.get("boot"))
     return feats, (unit["mean"] - unit["x"]).abs(), physics
@@ -389,10 +396,12 @@ def dropped(old: dict, families: list[str], config: dict, options: dict, command
 
 
 def supported_families(solver) -> list[str]:
-    """The families of :data:`GRID` whose tasks ``solver`` runs (e.g. denoise-real only for noise-estimating ones)."""
+    """The families of :data:`GRID` whose tasks ``solver`` runs (e.g. denoise-real only for noise-estimating ones,
+    denoise-camera only for those that need a noise level: the others have denoise-real for camera noise)."""
     from restore.tasks import parse
 
-    return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
+    return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None
+            and (f != cal.CAMERA_FAMILY or solver.needs_noise_level)]
 
 
 def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None, samples: int = 8,
