@@ -3,6 +3,7 @@ benchmark and every calibration table use.
 
     python -m benchmarks.clipped                                   # 8 CBSD68 crops, 128 px, 25 and 50/255
     python -m benchmarks.clipped --solvers pmrf reddiff --levels 50 --images 4
+    python -m benchmarks.clipped --kind deblur --levels 2.55 7.65 --solvers pmrf --out benchmarks/results/clipped_deblur.json
 
 Per solver and noise level, three observations of the same crops with the same noise draw: unclipped (y = x + n, as
 ``Task.simulate`` makes it), the 8-bit file (clip to [0, 1], round to 1/255) restored as it is (the clipped values
@@ -24,11 +25,14 @@ from benchmarks.common import check_cards_exclude, load_set, spread, table, writ
 
 SOLVERS = ("pmrf", "reddiff", "langevin", "vble", "aps")
 MODES = ("unclipped", "file as is", "file imputed")
+KINDS = {"denoise": "denoise:gaussian:sigma={s:.6f}", "deblur": "deblur:gaussian:sigma=1.5,noise={s:.6f}",
+         "sr4": "sr:bicubic:factor=4,noise={s:.6f}"}
 
 
-def observation(x: torch.Tensor, sigma: float, seed: int, clipped: bool) -> torch.Tensor:
-    """x + N(0, sigma^2) from ``seed``; ``clipped``: then clipped to [0, 1] and rounded to 8 bits, as a file."""
-    y = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+def observation(restorer, x: torch.Tensor, spec: str, seed: int, clipped: bool) -> torch.Tensor:
+    """The task's simulated observation of x from ``seed``; ``clipped``: then clipped to [0, 1] and rounded to 8
+    bits, as a file."""
+    y = restorer.simulate(x, spec, seed=seed)
     return ((y.clamp(0, 1) * 255).round() / 255) if clipped else y
 
 
@@ -37,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--set", default="CBSD68")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--kind", choices=list(KINDS), default="denoise", help="the task (its noise at --levels)")
     ap.add_argument("--levels", type=float, nargs="*", default=[25, 50], help="noise std /255")
     ap.add_argument("--solvers", nargs="*", default=list(SOLVERS))
     ap.add_argument("--samples", type=int, default=8)
@@ -58,23 +63,23 @@ def main(argv=None):
         restorers["unclipped"] = restorers["file imputed"]  # nothing at exactly 0 or 1: nothing imputed
         check_cards_exclude(args.set, [restorers["unclipped"].prior_name])
         for level in args.levels:
-            spec = f"denoise:gaussian:sigma={level / 255:.6f}"
+            spec = KINDS[args.kind].format(s=level / 255)
             got: dict[str, list] = {m: [] for m in MODES}
             clipped_share = []
             for i, (_, x) in enumerate(images):
                 for mode in MODES:
-                    y = observation(x, level / 255, i, clipped=mode != "unclipped")
+                    y = observation(restorers[mode], x, spec, i, clipped=mode != "unclipped")
                     m = restorers[mode](y, spec, samples=args.samples, seed=i, ground_truth=x).meta["metrics"]
                     got[mode].append((m["psnr"], m["coverage_90"]))
                 clipped_share.append(float(((y == 0) | (y == 1)).float().mean()))
-            row = {"solver": name, "sigma_255": level, "clipped_share": round(float(np.mean(clipped_share)), 4)}
+            row = {"solver": name, "task": spec, "sigma_255": level, "clipped_share": round(float(np.mean(clipped_share)), 4)}
             for mode in MODES:
                 a = np.array(got[mode])
                 row[f"psnr {mode}"] = round(float(a[:, 0].mean()), 3)
                 row[f"coverage_90 {mode}"] = round(float(a[:, 1].mean()), 4)
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-            write_results("clipped", {"set": args.set, "images": [n for n, _ in images], "crop": args.crop,
+            write_results("clipped", {"kind": args.kind, "set": args.set, "images": [n for n, _ in images], "crop": args.crop,
                                       "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)
     print(table(rows, list(rows[0])))

@@ -960,3 +960,32 @@ def test_just_past_the_grid_the_edge_cell_applies_approximately():
     for sigma in (0.12, 0.04):
         cell, status, note = cal.find_cell(table, "denoise", sigma)
         assert cell is None and status == "uncalibrated" and "outside the calibrated grid" in note
+
+
+def test_camera_noise_at_sigma_auto_takes_the_camera_cell(clean_rgb):
+    """PMRF at sigma=auto on synthetic camera noise: the self-check against the Gaussian cell says 'fits the noise', so
+    the shipped table's camera cell calibrates the run (approximate, said in meta, with its own warning) and widens
+    the intervals the Gaussian cell gave; the same run with the level stated keeps the Gaussian cell, and Gaussian
+    noise at sigma=auto never leaves it."""
+    from restore.api import Restorer
+    from restore.train import calibration as train
+    from restore.train import camera_noise
+
+    assert cal.CAMERA_FAMILY in train.supported_families(Restorer("pmrf").solver)
+    assert cal.CAMERA_FAMILY not in train.supported_families(Restorer("scoredvi").solver)  # it has denoise-real
+    x = torch.nn.functional.interpolate(clean_rgb, size=(96, 96), mode="bilinear", align_corners=False)
+    y = camera_noise.simulate(x, "light", torch.Generator().manual_seed(0))
+    restorer = Restorer("pmrf")
+    auto = restorer(y, "denoise:gaussian:sigma=auto", samples=4, seed=0)
+    u = auto.meta["uncertainty"]
+    assert u["cell"].startswith(cal.CAMERA_NOTE) and u["status"] == "approximate"
+    assert u["warning"].startswith(cal.CAMERA_CELL_WARNING[:60]) and "likely too narrow" not in u["warning"]
+    stated = restorer(y, f"denoise:gaussian:sigma={auto.meta['noise_estimate']['sigma']}", samples=4, seed=0)
+    v = stated.meta["uncertainty"]
+    assert not v["cell"].startswith(cal.CAMERA_NOTE) and v["self_check"]["verdict"] == "fits the noise"
+    assert torch.allclose(auto.mean, stated.mean)
+    width = lambda p: float(torch.sub(*reversed(p.interval(0.9))).mean())  # noqa: E731
+    assert width(auto) > 1.2 * width(stated)
+    gauss = restorer(restorer.simulate(x, "denoise:gaussian:sigma=0.1", seed=0), "denoise:gaussian:sigma=auto",
+                     samples=4, seed=0)
+    assert not gauss.meta["uncertainty"]["cell"].startswith(cal.CAMERA_NOTE)
