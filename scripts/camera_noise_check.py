@@ -6,7 +6,7 @@ set).
     python scripts/camera_noise_check.py --solver pmrf --out runs/camera_check_pmrf.json
     python scripts/camera_noise_check.py --solver pmrf --without-camera-cell --out runs/camera_check_pmrf_before.json
 
-Noise per crop: Gaussian at 15 / 25 / 50/255, and ``restore.train.camera_noise``'s two models at three levels each
+Noise per crop: Gaussian at 5 / 15 / 25 / 50/255, and ``restore.train.camera_noise``'s two models at three levels each
 (the first model's levels are the ones the camera cell was fitted on; the raw-pipeline ones it never saw).
 ``--without-camera-cell`` runs as before the cell existed (``restore.calibration.camera_cell`` answers None), for a
 before/after on the same crops and seeds.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONDITIONS = ("gauss15", "gauss25", "gauss50", "light", "heavy", "very_heavy", "raw_light", "raw_heavy",
+CONDITIONS = ("gauss5", "gauss15", "gauss25", "gauss50", "light", "heavy", "very_heavy", "raw_light", "raw_heavy",
               "raw_very_heavy")
 
 
@@ -70,6 +70,8 @@ def main(argv=None) -> dict:
             m, u = post.meta["metrics"], post.meta.get("uncertainty", {})
             rows.append({"file": files[i].name, "sigma_255": post.meta["noise_estimate"]["sigma_255"],
                          "verdict": u.get("self_check", {}).get("verdict"), "status": u.get("status"),
+                         "chi2_ratio": u.get("self_check", {}).get("chi2_ratio"),
+                         "expected_range": u.get("self_check", {}).get("expected_range"),
                          "camera_cell": str(u.get("cell", "")).startswith(cal.CAMERA_NOTE),
                          "psnr_input": m.get("psnr_input"), "psnr": m["psnr"],
                          **{k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "interval_width_90",
