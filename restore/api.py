@@ -172,13 +172,15 @@ class Restorer:
         keep_colour_profile(post, image)
         return post
 
-    def uncensor(self, y: torch.Tensor, task: Task, seed: int) -> tuple[torch.Tensor, dict | None]:
+    def uncensor(self, y: torch.Tensor, task: Task, seed: int, force: bool = False) -> tuple[torch.Tensor, dict | None]:
         """(y with its values clipped at 0 or 1 imputed, a note) for a task with Gaussian noise on a whole image
         (denoising, deblurring, SR; ``restore.censoring``), else (y, None). Inpainting is left alone: its unobserved
-        pixels are zeros by construction, not clipped noise."""
+        pixels are zeros by construction, not clipped noise; so is a solver that opts out (``impute_clipped``)
+        unless ``force`` (a benchmark measuring why)."""
         from restore import censoring
 
-        if task.kind not in ("denoise", "deblur", "sr") or task.variant == "real" or task.poisson_gain:
+        if (task.kind not in ("denoise", "deblur", "sr") or task.variant == "real" or task.poisson_gain
+                or not (self.solver.impute_clipped or force)):
             return y, None
         sigma = float(task.noise_sigma or 0.0)
         low, high = censoring.censored(y)

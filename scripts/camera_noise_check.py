@@ -9,7 +9,8 @@ set).
 Noise per crop: Gaussian at 5 / 15 / 25 / 50/255, and ``restore.train.camera_noise``'s two models at three levels each
 (the first model's levels are the ones the camera cell was fitted on; the raw-pipeline ones it never saw).
 ``--without-camera-cell`` runs as before the cell existed (``restore.calibration.camera_cell`` answers None), for a
-before/after on the same crops and seeds.
+before/after on the same crops and seeds; ``--without-imputation`` hands the solver the clipped values as they are
+(before ``restore.censoring``). The observations are clipped to [0, 1] like a file's.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--without-camera-cell", action="store_true")
+    ap.add_argument("--without-imputation", action="store_true", help="hand the solver the clipped values as they "
+                    "are (restore.censoring off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -59,8 +62,10 @@ def main(argv=None) -> dict:
     files = list_images(args.data)[-tc.PRIOR_HELD_OUT:]
     crops = tc.crops(files, args.crop, 7)
     restorer = Restorer(args.solver)
+    if args.without_imputation:
+        restorer.uncensor = lambda y, task, seed: (y, None)
     out = {"solver": args.solver, "crop": args.crop, "files": [f.name for f in files],
-           "without_camera_cell": args.without_camera_cell, "command": " ".join(["python", *sys.argv]),
+           "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation, "command": " ".join(["python", *sys.argv]),
            "conditions": {}}
     for condition in args.conditions.split(","):
         rows = []

@@ -54,6 +54,22 @@ def test_truncated_draws_match_the_truncated_normal(gen):
     assert torch.isfinite(far).all() and (far <= 0).all()
 
 
+def test_the_clipping_level_follows_the_noise_the_shadows_have(gen):
+    """White Gaussian noise crosses 0 as often as its level says: the fitted level comes out near it. Noise that
+    fades in the shadows (a camera's) crosses less often: the fitted level is the shadows' own, far below the
+    image-wide one, so the draws do not pour the image-wide noise into dark areas."""
+    x = torch.rand((1, 3, 128, 128), generator=gen) * 0.4
+    sigma = 0.15
+    white = (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    n_white = int(censoring.censored(white)[0].sum())
+    assert censoring.clipping_sigma(x, n_white, sigma) == pytest.approx(sigma, rel=0.1)
+    fading = (x + (0.02 + 0.3 * x) * torch.randn(x.shape, generator=gen)).clamp(0, 1)  # 0.02 at black
+    n_fading = int(censoring.censored(fading)[0].sum())
+    assert 0 < n_fading < n_white
+    assert censoring.clipping_sigma(x, n_fading, sigma) < 0.5 * sigma
+    assert censoring.clipping_sigma(x, 0, sigma) == sigma and censoring.clipping_sigma(x, x.numel(), sigma) == sigma
+
+
 def test_nothing_clipped_or_no_noise_leaves_y_alone(gen):
     y = torch.rand((1, 3, 16, 16), generator=gen) * 0.8 + 0.1
     called = []
@@ -112,3 +128,19 @@ def test_inpainting_and_unclipped_observations_are_not_imputed(gen):
     y = (x * 0.8 + 0.1 + 0.01 * torch.randn(x.shape, generator=gen)).clamp(0.01, 0.99)  # nothing at the ends
     y_out, note = restorer.uncensor(y, parse("denoise:gaussian:sigma=0.01"), 0)
     assert note is None and y_out is y
+
+
+def test_a_solver_that_opts_out_gets_the_file_as_it_is_unless_forced():
+    """Langevin measured worse with the imputation (held-out crops, its module): its runs see the clipped values;
+    a benchmark can still force the imputation to show why."""
+    from restore.solvers.langevin import LangevinSolver
+
+    assert LangevinSolver.impute_clipped is False
+    x = _dark_crop()
+    y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    task = parse("denoise:gaussian:sigma=0.2")
+    restorer = Restorer("langevin")
+    out, note = restorer.uncensor(y, task, 0)
+    assert out is y and note is None
+    forced, note = restorer.uncensor(y, task, 0, force=True)
+    assert note["imputed"] and (forced[y == 0] <= 0).all() and (forced[y == 0] < 0).any()

@@ -56,6 +56,9 @@ class Solver:
     default_prior: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ("denoise", "deblur", "sr", "inpaint")
     needs_noise_level: ClassVar[bool] = True  # False for solvers that estimate unknown (real) noise
+    # whether the Restorer imputes an observation's values clipped at 0 or 1 before this solver runs
+    # (restore.censoring); a solver that measured worse with it opts out
+    impute_clipped: ClassVar[bool] = True
     needs_prior_gradients: ClassVar[bool] = False  # True: back-propagates through the prior (no real int8)
     # real int8 allowed? None: only when no gradients flow through the prior; True: the parts that int8 touches
     # run forward-only (APS: quant.quantize leaves the tokenizer float and int8s the transformer)
