@@ -55,14 +55,14 @@ def main(argv=None):
     class AsIs(Restorer):
         """A Restorer that hands the solver the clipped values as they are (the behaviour before the imputation)."""
 
-        def uncensor(self, y, task, seed, force=False):
+        def uncensor(self, y, task, seed, force=False, estimated=False):
             return y, None
 
     class Imputed(Restorer):
         """A Restorer that imputes the clipped values for every solver, those that opt out included."""
 
-        def uncensor(self, y, task, seed, force=False):
-            return super().uncensor(y, task, seed, force=True)
+        def uncensor(self, y, task, seed, force=False, estimated=False):
+            return super().uncensor(y, task, seed, force=True, estimated=estimated)
 
     images = spread(load_set(args.set, args.crop), args.images)
     rows, t0 = [], time.time()

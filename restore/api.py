@@ -145,7 +145,7 @@ class Restorer:
         t_prior = time.perf_counter() - t0
         run_progress, boot_progress = self._progress_split(task, prior, samples, progress)
         observed = y
-        y, censor_note = self.uncensor(y, task, seed)
+        y, censor_note = self.uncensor(y, task, seed, estimated=noise_note is not None)
         post, physics, y = self._run(y, task, x_shape, prior, samples, seed, run_progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
         if noise_note:
@@ -172,11 +172,14 @@ class Restorer:
         keep_colour_profile(post, image)
         return post
 
-    def uncensor(self, y: torch.Tensor, task: Task, seed: int, force: bool = False) -> tuple[torch.Tensor, dict | None]:
+    def uncensor(self, y: torch.Tensor, task: Task, seed: int, force: bool = False,
+                 estimated: bool = False) -> tuple[torch.Tensor, dict | None]:
         """(y with its values clipped at 0 or 1 imputed, a note) for a task with Gaussian noise on a whole image
-        (denoising, deblurring, SR; ``restore.censoring``), else (y, None). Inpainting is left alone: its unobserved
-        pixels are zeros by construction, not clipped noise; so is a solver that opts out (``impute_clipped``)
-        unless ``force`` (a benchmark measuring why)."""
+        (denoising, deblurring, SR; ``restore.censoring``) at a stated level, else (y, None). Inpainting is left
+        alone: its unobserved pixels are zeros by construction, not clipped noise; so is a solver that opts out
+        (``impute_clipped``) unless ``force`` (a benchmark measuring why). A level ``estimated`` from the image
+        (``auto``) leaves the clipped values as they are, with a note: such a photo's noise is most often a camera's,
+        which the Gaussian draws misread in the shadows (``restore.censoring``)."""
         from restore import censoring
 
         if (task.kind not in ("denoise", "deblur", "sr") or task.variant == "real" or task.poisson_gain
@@ -186,6 +189,12 @@ class Restorer:
         low, high = censoring.censored(y)
         if sigma <= 0 or not (low.any() or high.any()):
             return y, None
+        if estimated and not force:
+            return y, {"fraction_at_0": round(float(low.float().mean()), 6),
+                       "fraction_at_1": round(float(high.float().mean()), 6), "imputed": False,
+                       "why": "the noise level was estimated from the image, whose noise may be a camera's (weaker in "
+                              "the shadows than the Gaussian draws assume); state the level to have the clipped "
+                              "values imputed"}
         if self._censor_denoiser is None:
             den = registry.load(censoring.DENOISER, self.device)
             try:

@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     crops = tc.crops(files, args.crop, 7)
     restorer = Restorer(args.solver)
     if args.without_imputation:
-        restorer.uncensor = lambda y, task, seed: (y, None)
+        restorer.uncensor = lambda y, task, seed, **k: (y, None)
     out = {"solver": args.solver, "crop": args.crop, "files": [f.name for f in files],
            "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation, "command": " ".join(["python", *sys.argv]),
            "conditions": {}}

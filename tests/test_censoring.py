@@ -109,7 +109,7 @@ def test_restore_of_a_clipped_photo_gains_from_the_imputation(sigma):
     assert note["denoiser"]["name"].startswith(censoring.DENOISER)
 
     class AsIs(Restorer):
-        def uncensor(self, y, task, seed):
+        def uncensor(self, y, task, seed, force=False, estimated=False):
             return y, None
 
     plain = AsIs("pmrf")(y, task, samples=4, seed=0, ground_truth=x)
@@ -144,3 +144,11 @@ def test_a_solver_that_opts_out_gets_the_file_as_it_is_unless_forced():
     assert out is y and note is None
     forced, note = restorer.uncensor(y, task, 0, force=True)
     assert note["imputed"] and (forced[y == 0] <= 0).all() and (forced[y == 0] < 0).any()
+
+
+def test_an_estimated_level_leaves_the_clipped_values_and_says_why():
+    x = _dark_crop()
+    y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    post = Restorer("pmrf")(y, "denoise:gaussian:sigma=auto", samples=2, seed=0)
+    note = post.meta["censored"]
+    assert note["imputed"] is False and note["fraction_at_0"] > 0.02 and "estimated" in note["why"]
