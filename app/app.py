@@ -258,6 +258,21 @@ def estimate_noise_level(image, fit: str | None = None, region=None) -> tuple[fl
     return value, f"estimated noise std: {est.sigma255:.1f} /255 ({est.method}{beyond})"
 
 
+def slider_holds_estimate(task, image, fit: str | None = None, region=None) -> bool:
+    """Whether the task's noise level is what :func:`estimate_noise_level` puts on the slider for this upload (to
+    its step): the level was then read from the photo, not known, and the restore treats it as ``sigma=auto``."""
+    from restore.tasks import TaskError
+
+    try:
+        sigma = task.noise_sigma
+    except TaskError:
+        return False
+    if not sigma or task.poisson_gain:
+        return False
+    value, _ = estimate_noise_level(image, fit, region)
+    return value is not None and abs(255 * sigma - value) < 0.026
+
+
 def _restorer(solver: str, prior: str | None, options: dict, quant: str = "auto"):
     from restore import Restorer
 
@@ -403,7 +418,8 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
             if ground_truth is not None:
                 truth = io.to_tensor(_fitted_truth(ground_truth, plan))
         cb = _countdown(progress, r.estimate_seconds(t, t.x_shape(tuple(y.shape)), int(samples)))
-        post = r(y, t, samples=int(samples), seed=int(seed), ground_truth=truth, progress=cb)
+        post = r(y, t, samples=int(samples), seed=int(seed), ground_truth=truth, progress=cb,
+                 noise_estimated=not simulate and slider_holds_estimate(t, image, fit, region))
     except (ValueError, FileNotFoundError, SolverError) as exc:
         raise UserError(str(exc)) from None
     post.save(out_dir / "result", extras={"observation.png": y},

@@ -118,7 +118,7 @@ class Restorer:
             return prior
 
     def __call__(self, image, task: str | Task, samples: int = 8, seed: int = 0, ground_truth=None,
-                 progress: base.ProgressFn | None = None) -> Posterior:
+                 progress: base.ProgressFn | None = None, noise_estimated: bool = False) -> Posterior:
         """Restore one degraded image.
 
         Args:
@@ -129,6 +129,9 @@ class Restorer:
             seed: the only source of randomness; same seed, same output.
             ground_truth: optional clean image of the restored size; adds ``meta['metrics']``.
             progress: optional ``callback(fraction, message)``.
+            noise_estimated: the task's stated noise level is itself an estimate from this image (the app's noise
+                slider left at its reading): treated as ``auto`` is (no imputation of clipped values, the camera
+                calibration cell and warning where the noise looks unlike white Gaussian noise).
         """
         task = parse(task)
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
@@ -145,11 +148,14 @@ class Restorer:
         t_prior = time.perf_counter() - t0
         run_progress, boot_progress = self._progress_split(task, prior, samples, progress)
         observed = y
-        y, censor_note = self.uncensor(y, task, seed, estimated=noise_note is not None)
+        estimated = noise_note is not None or bool(noise_estimated)
+        y, censor_note = self.uncensor(y, task, seed, estimated=estimated)
         post, physics, y = self._run(y, task, x_shape, prior, samples, seed, run_progress)
         post.meta.update({"task": str(task), "seed": int(seed), "input_shape": list(y.shape)})
         if noise_note:
             post.meta["noise_estimate"] = noise_note
+        elif noise_estimated:
+            post.meta["noise_level_from_estimate"] = True  # stated by the caller as read from this image
         if censor_note:
             post.meta["censored"] = censor_note
         if self.quant_note:
@@ -160,8 +166,8 @@ class Restorer:
                 y = y * physics.mask if task.kind == "inpaint" else y
             calibration.apply(post, y, physics, task,
                               rerun=self._one_sample_rerun(task, x_shape, prior, seed, boot_progress),
-                              estimated=noise_note is not None)
-            if noise_note:
+                              estimated=estimated)
+            if estimated:
                 calibration.warn_if_not_gaussian(post.meta)
         post.meta["timings"]["prior_load_s"] = round(t_prior, 4)
         if ground_truth is not None:

@@ -507,3 +507,19 @@ def test_prior_list_follows_the_task():
     dropdown = priors_for("vble", "denoise", 4)
     assert dropdown.value == "cae-natural-q6" and {c[0] if isinstance(c, tuple) else c for c in dropdown.choices} >= {
         "cae-natural-q2", "cae-natural-q4", "cae-natural-q6"}
+
+
+def test_a_noise_level_left_at_its_reading_counts_as_estimated(image):
+    """An upload's noise slider holds the estimate: a restore at that level is treated as sigma=auto (no imputation
+    of clipped values, the camera-noise cell where the noise is not white Gaussian); a level the user moved is
+    stated."""
+    from restore.tasks import parse
+
+    rng = np.random.default_rng(0)
+    noisy = np.clip(image.astype(float) + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+    value, _ = webapp.estimate_noise_level(noisy)
+    assert value is not None
+    assert webapp.slider_holds_estimate(parse(f"denoise:gaussian:sigma={value / 255:.6f}"), noisy)
+    assert not webapp.slider_holds_estimate(parse(f"denoise:gaussian:sigma={(value + 3) / 255:.6f}"), noisy)
+    assert not webapp.slider_holds_estimate(parse("denoise:real"), noisy)
+    assert not webapp.slider_holds_estimate(parse("inpaint:random:missing=0.5"), noisy)

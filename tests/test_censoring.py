@@ -152,3 +152,11 @@ def test_an_estimated_level_leaves_the_clipped_values_and_says_why():
     post = Restorer("pmrf")(y, "denoise:gaussian:sigma=auto", samples=2, seed=0)
     note = post.meta["censored"]
     assert note["imputed"] is False and note["fraction_at_0"] > 0.02 and "estimated" in note["why"]
+
+
+def test_a_level_the_caller_says_was_estimated_counts_as_auto():
+    x = _dark_crop()
+    y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    post = Restorer("pmrf")(y, "denoise:gaussian:sigma=0.2", samples=2, seed=0, noise_estimated=True)
+    assert post.meta["censored"]["imputed"] is False and post.meta["noise_level_from_estimate"] is True
+    assert "noise_estimate" not in post.meta  # nothing was estimated here
