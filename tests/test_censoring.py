@@ -160,3 +160,16 @@ def test_a_level_the_caller_says_was_estimated_counts_as_auto():
     post = Restorer("pmrf")(y, "denoise:gaussian:sigma=0.2", samples=2, seed=0, noise_estimated=True)
     assert post.meta["censored"]["imputed"] is False and post.meta["noise_level_from_estimate"] is True
     assert "noise_estimate" not in post.meta  # nothing was estimated here
+
+
+def test_crushed_blacks_are_left_as_the_file_has_them(gen):
+    """A shadow the file holds at 0 as a whole (a camera's black level), far more often than noise at the stated
+    level could put it there, is not clipped noise: nothing is drawn there."""
+    x = torch.full((1, 3, 64, 64), 0.3)
+    x[..., :32, :] = 0.02
+    y = (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    y[..., :32, :] = 0.0  # crushed: every shadow pixel at 0
+    out, note = censoring.uncensor(y, 0.05, lambda v, s: torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(v, (2, 2, 2, 2), mode="replicate"), 5, 1), gen)
+    assert note["crushed"] == ["0"] and note["imputed"] is False
+    assert torch.equal(out[..., :32, :], y[..., :32, :])
