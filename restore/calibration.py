@@ -89,8 +89,8 @@ REAL_NOTE = ("real camera noise, calibrated on a mix of synthetic camera-like no
 CAMERA_FAMILY = "denoise-camera"
 # the switch: chi2 below this share of the Gaussian cell's lowest calibration ratio. Chosen on the priors' held-out
 # BSD432 crops at 128 px (PMRF, scripts/camera_noise_check.py, 2026-12-07): Gaussian noise at 15-50/255 read at
-# sigma=auto never went below 0.97 of it; camera-like noise went to 0.42-1.05 (the 'fits the noise' verdict's 0.8
-# left 8 of 40 first-model crops and 14 of 16 heavy raw-pipeline ones on the Gaussian cell, at 0.58-0.82 coverage)
+# sigma=auto never went below 0.97 of it; camera-like noise went to 0.43-1.05 (the 'fits the noise' verdict's 0.8
+# left 4 of 24 first-model crops and 14 of 16 heavy raw-pipeline ones on the Gaussian cell, at 0.58-0.80 coverage)
 CAMERA_SWITCH = 0.9
 CAMERA_NOTE = ("noise unlike white Gaussian noise (the self-check at the estimated level), calibrated on synthetic "
                "camera-like noise (signal-dependent, correlated, about 2-32/255) with the level estimated as here: "
