@@ -3,7 +3,8 @@ benchmark and every calibration table use.
 
     python -m benchmarks.clipped                                   # 8 CBSD68 crops, 128 px, 25 and 50/255
     python -m benchmarks.clipped --solvers pmrf reddiff --levels 50 --images 4
-    python -m benchmarks.clipped --kind deblur --levels 2.55 7.65 --solvers pmrf --out benchmarks/results/clipped_deblur.json
+    python -m benchmarks.clipped --kind deblur --levels 2.55 7.65 --solvers pmrf reddiff \
+        --out benchmarks/results/clipped_deblur.json
 
 Per solver and noise level, three observations of the same crops with the same noise draw: unclipped (y = x + n, as
 ``Task.simulate`` makes it), the 8-bit file (clip to [0, 1], round to 1/255) restored as it is (the clipped values
@@ -81,14 +82,16 @@ def main(argv=None):
                     got[mode].append((m["psnr"], m["coverage_90"]))
                 clipped_share.append(float(((y == 0) | (y == 1)).float().mean()))
             default = "file imputed" if restorers["file imputed"].solver.impute_clipped else "file as is"
-            row = {"solver": name, "task": spec, "sigma_255": level, "default": default, "clipped_share": round(float(np.mean(clipped_share)), 4)}
+            row = {"solver": name, "task": spec, "sigma_255": level, "default": default,
+                   "clipped_share": round(float(np.mean(clipped_share)), 4)}
             for mode in MODES:
                 a = np.array(got[mode])
                 row[f"psnr {mode}"] = round(float(a[:, 0].mean()), 3)
                 row[f"coverage_90 {mode}"] = round(float(a[:, 1].mean()), 4)
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-            write_results("clipped", {"kind": args.kind, "set": args.set, "images": [n for n, _ in images], "crop": args.crop,
+            write_results("clipped", {"kind": args.kind, "set": args.set, "images": [n for n, _ in images],
+                                      "crop": args.crop,
                                       "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)
     print(table(rows, list(rows[0])))

@@ -136,7 +136,8 @@ def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator
     return completed, {
         "fraction_at_0": round(n_low / y.numel(), 6), "fraction_at_1": round(n_high / y.numel(), 6),
         "noise_at_0": round(s_low, 6), "noise_at_1": round(s_high, 6), "crushed": crushed,
-        "imputed": (n_low > 0 and "0" not in crushed) or (n_high > 0 and "1" not in crushed), "rounds": rounds, "seconds": round(time.perf_counter() - t0, 4),
+        "imputed": (n_low > 0 and "0" not in crushed) or (n_high > 0 and "1" not in crushed), "rounds": rounds,
+        "seconds": round(time.perf_counter() - t0, 4),
         "what": "values the file holds at 0 or 1 (noise clipped there) replaced by draws of the noisy value from the "
                 "Gaussian truncated to that side, centred on a denoised estimate (restore.censoring), so the solver "
                 "and its calibration see the unclipped noise they assume"}

@@ -65,7 +65,8 @@ def main(argv=None) -> dict:
     if args.without_imputation:
         restorer.uncensor = lambda y, task, seed, **k: (y, None)
     out = {"solver": args.solver, "crop": args.crop, "files": [f.name for f in files],
-           "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation, "command": " ".join(["python", *sys.argv]),
+           "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation,
+           "command": " ".join(["python", *sys.argv]),
            "conditions": {}}
     for condition in args.conditions.split(","):
         rows = []
