@@ -983,7 +983,7 @@ def test_camera_noise_at_sigma_auto_takes_the_camera_cell(clean_rgb):
     stated = restorer(y, f"denoise:gaussian:sigma={auto.meta['noise_estimate']['sigma']}", samples=4, seed=0)
     v = stated.meta["uncertainty"]
     assert not v["cell"].startswith(cal.CAMERA_NOTE) and v["self_check"]["verdict"] == "fits the noise"
-    assert torch.allclose(auto.mean, stated.mean)
+    assert float((auto.mean - stated.mean).abs().max()) < 0.02  # the stated run imputes the clipped values
     width = lambda p: float(torch.sub(*reversed(p.interval(0.9))).mean())  # noqa: E731
     assert width(auto) > 1.2 * width(stated)
     gauss = restorer(restorer.simulate(x, "denoise:gaussian:sigma=0.1", seed=0), "denoise:gaussian:sigma=auto",
