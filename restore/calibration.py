@@ -88,8 +88,9 @@ REAL_NOTE = ("real camera noise, calibrated on a mix of synthetic camera-like no
 # self-check against the Gaussian cell says the observation is explained far better than the estimate predicts
 CAMERA_FAMILY = "denoise-camera"
 # the switch: chi2 below this share of the Gaussian cell's lowest calibration ratio. Chosen on the priors' held-out
-# BSD432 crops at 128 px (PMRF, scripts/camera_noise_check.py, 2026-12-07): Gaussian noise at 15-50/255 read at
-# sigma=auto never went below 0.97 of it; camera-like noise went to 0.43-1.05 (the 'fits the noise' verdict's 0.8
+# BSD432 crops at 128 px (PMRF, scripts/camera_noise_check.py, 2026-12-07): Gaussian noise at 5-50/255 read at
+# sigma=auto, its clipped values imputed, never went below 0.97 of it (left as the file has them, as sigma=auto runs
+# now do, 1 of 32 crops did, at 50/255); camera-like noise went to 0.43-1.05 (the 'fits the noise' verdict's 0.8
 # left 4 of 24 first-model crops and 14 of 16 heavy raw-pipeline ones on the Gaussian cell, at 0.58-0.80 coverage)
 CAMERA_SWITCH = 0.9
 CAMERA_NOTE = ("noise unlike white Gaussian noise (the self-check at the estimated level), calibrated on synthetic "
@@ -538,8 +539,8 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
     self-check, predicted RMSE/PSNR). Otherwise the raw spread stays, with status 'uncalibrated' and a warning.
     ``rerun(y_star) -> mean`` restores another observation as this run was made, with one sample: the bootstrap
     signals (:data:`BOOT_FEATURES`) need it where the cell lists them. ``estimated``: the task's noise level was
-    read from the observation (sigma=auto); a Gaussian denoising whose self-check then says 'fits the noise' takes
-    the table's :data:`CAMERA_FAMILY` cell where it has one (:func:`camera_cell`)."""
+    read from the observation (sigma=auto); a Gaussian denoising whose mean then fits y far better than that level
+    predicts takes the table's :data:`CAMERA_FAMILY` cell where it has one (:func:`camera_cell`)."""
     from restore.priors import registry
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
