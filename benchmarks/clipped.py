@@ -51,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from restore import Restorer
+    from restore import Restorer, censoring
 
     class AsIs(Restorer):
         """A Restorer that hands the solver the clipped values as they are (the behaviour before the imputation)."""
@@ -80,7 +80,8 @@ def main(argv=None):
                     y = observation(restorers[mode], x, spec, i, clipped=mode != "unclipped")
                     m = restorers[mode](y, spec, samples=args.samples, seed=i, ground_truth=x).meta["metrics"]
                     got[mode].append((m["psnr"], m["coverage_90"]))
-                clipped_share.append(float(((y == 0) | (y == 1)).float().mean()))
+                low, high = censoring.censored(y)  # the last mode's observation: the clipped file
+                clipped_share.append(float((low | high).float().mean()))
             default = "file imputed" if restorers["file imputed"].solver.impute_clipped else "file as is"
             row = {"solver": name, "task": spec, "sigma_255": level, "default": default,
                    "clipped_share": round(float(np.mean(clipped_share)), 4)}

@@ -68,6 +68,12 @@ def impute(y: torch.Tensor, estimate: torch.Tensor, sigma: float, generator: tor
     return torch.where(low, below, torch.where(high, above, y))
 
 
+def expected_crossings(distance: torch.Tensor, s: float) -> float:
+    """How many values estimate + N(0, s^2) would push past a bound, summed over pixels: sum of Phi(-distance / s).
+    ``distance``: every pixel's estimated distance to that bound (estimate for 0, 1 - estimate for 1), >= 0."""
+    return float(torch.special.ndtr(-distance.double() / s).sum())
+
+
 def clipping_sigma(distance: torch.Tensor, n_clipped: int, sigma: float, steps: int = 40) -> float:
     """The noise std s <= ``sigma`` at which estimate + N(0, s^2) would cross the bound as often as the file says:
     sum over pixels of Phi(-distance / s) = ``n_clipped`` (bisection in log s). ``distance``: every pixel's
@@ -77,7 +83,7 @@ def clipping_sigma(distance: torch.Tensor, n_clipped: int, sigma: float, steps: 
     d = distance.flatten().double().clamp_min(0.0)
 
     def expected(s: float) -> float:
-        return float(torch.special.ndtr(-d / s).sum())
+        return expected_crossings(d, s)
 
     if n_clipped == 0 or expected(sigma) <= n_clipped:
         return float(sigma)
@@ -128,7 +134,7 @@ def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator
     # a bound the file hits far more often than the noise could have pushed it there is crushed, not clipped noise
     # (a camera's black level): those values stay as the file has them
     crushed = [side for side, n, distance in (("0", n_low, estimate), ("1", n_high, 1.0 - estimate))
-               if n > CRUSHED * float(torch.special.ndtr(-distance.double() / sigma).sum())]
+               if n > CRUSHED * expected_crossings(distance, sigma)]
     if "0" in crushed:
         completed = torch.where(low, y, completed)
     if "1" in crushed:

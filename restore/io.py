@@ -176,6 +176,11 @@ def upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr))
 
 
+def _png_header(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) is a PNG signature followed by its IHDR chunk."""
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+
+
 def source_bit_depth(path: str | os.PathLike) -> int:
     """Bits per channel an image file stores: 16 for a 16-bit PNG or TIFF, else 8 (the outputs' default depth
     follows it, so a 16-bit scan is not rounded to 8 bits on the way out). Reads the header only (the PNG's IHDR,
@@ -185,7 +190,7 @@ def source_bit_depth(path: str | os.PathLike) -> int:
         if path.suffix.lower() == ".png":
             with open(path, "rb") as f:
                 head = f.read(25)
-            bits = head[24] if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" else 8
+            bits = head[24] if _png_header(head) else 8
         elif path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -299,7 +304,7 @@ def profile_channels(profile: bytes) -> int | None:
 def with_icc_profile(png: bytes, profile: bytes) -> bytes:
     """PNG file bytes with ``profile`` embedded (an iCCP chunk right after IHDR, as the PNG spec places it), so a
     colour-managed viewer shows the pixels in the input's colour space rather than assuming sRGB."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+    if not _png_header(png):
         raise ValueError("not a PNG file")
     data = b"ICC profile\x00\x00" + zlib.compress(profile)  # name, NUL, compression method 0 (zlib)
     chunk = struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
