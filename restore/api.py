@@ -183,9 +183,10 @@ class Restorer:
         """(y with its values clipped at 0 or 1 imputed, a note) for a task with Gaussian noise on a whole image
         (denoising, deblurring, SR; ``restore.censoring``) at a stated level, else (y, None). Inpainting is left
         alone: its unobserved pixels are zeros by construction, not clipped noise; so is a solver that opts out
-        (``impute_clipped``) unless ``force`` (a benchmark measuring why). A level ``estimated`` from the image
-        (``auto``) leaves the clipped values as they are, with a note: such a photo's noise is most often a camera's,
-        which the Gaussian draws misread in the shadows (``restore.censoring``)."""
+        (``impute_clipped``) unless ``force`` (a benchmark measuring why). At a level ``estimated`` from the image
+        (``auto``) only where the clipped values and the noise look like white Gaussian noise at that level
+        (``censoring.clipping_unlike_gaussian``): such a photo's noise is most often a camera's, which the Gaussian
+        draws misread in the shadows; else y comes back as it is and the note says why."""
         from restore import censoring
 
         if (task.kind not in ("denoise", "deblur", "sr") or task.variant == "real" or task.poisson_gain
@@ -195,26 +196,29 @@ class Restorer:
         low, high = censoring.censored(y)
         if sigma <= 0 or not (low.any() or high.any()):
             return y, None
-        if estimated and not force:
-            return y, {"fraction_at_0": round(float(low.float().mean()), 6),
-                       "fraction_at_1": round(float(high.float().mean()), 6), "imputed": False,
-                       "why": "the noise level was estimated from the image, whose noise may be a camera's (weaker in "
-                              "the shadows than the Gaussian draws assume); state the level to have the clipped "
-                              "values imputed"}
         if self._censor_denoiser is None:
             den = registry.load(censoring.DENOISER, self.device)
-            try:
-                from restore.quant import quantize
+            from restore.quant import QuantError, quantize
 
+            try:
                 den = quantize(den, "int8")
-            except Exception:  # noqa: BLE001 - no int8 engine here (or no such form): the float denoiser does it
-                pass
+            except (QuantError, RuntimeError, NotImplementedError, AssertionError):  # no int8 engine here (as
+                pass  # _quantized): the float denoiser does it
             self._censor_denoiser = den
         generator = torch.Generator(device=self.device).manual_seed(int(seed) + censoring.SEED_OFFSET)
-        y, note = censoring.uncensor(y, sigma, self._censor_denoiser.module, generator)
-        if note is not None:
-            note["denoiser"] = {"name": self._censor_denoiser.name, "digest": self._censor_denoiser.digest}
-        return y, note
+        completed, note = censoring.uncensor(y, sigma, self._censor_denoiser.module, generator)
+        if note is None:
+            return y, None
+        note["denoiser"] = {"name": self._censor_denoiser.name, "digest": self._censor_denoiser.digest}
+        if estimated and not force:
+            why = censoring.clipping_unlike_gaussian(note)
+            if why is not None:
+                keep = {k: v for k, v in note.items() if k not in ("noise_at_0", "noise_at_1", "rounds", "what")}
+                return y, {**keep, "imputed": False, "why": f"the noise level was estimated from the image and {why}; "
+                                                             "state the level to have the clipped values imputed"}
+            note["why"] = ("the noise level was estimated from the image, and the clipped values and the noise look "
+                           "like white Gaussian noise at that level (restore.censoring.clipping_unlike_gaussian)")
+        return completed, note
 
     def _run(self, y, task: Task, x_shape: tuple, prior, samples: int, seed: int, progress):
         """The solver on observation ``y`` (tiled above ``tile_above`` pixels): (posterior, physics or None when

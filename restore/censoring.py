@@ -14,13 +14,14 @@ estimate of A x is the shipped denoiser on the observation itself (a blurred or 
 image). With it those crops came back to 27.15 dB / 0.899 at 50/255 (unclipped 27.22 / 0.901) and to within
 0.02 dB at 15 and 25/255. Pixels the file holds strictly inside (0, 1) are never changed.
 
-Only for white Gaussian noise at a stated level (``restore.api.Restorer.uncensor``; Langevin opts out). Camera noise
-is weaker in the shadows and its black level crushed, so Gaussian draws there add noise the photo never had: on
-held-out crops darkened to 30 % with the raw-pipeline camera noise PMRF at ``sigma=auto`` lost 0.16 dB and its 90 %
-coverage fell 0.85 -> 0.78 with the imputation (Gaussian noise on the same dark crops: +0.7 dB, 0.77 -> 0.89), and
-on the real-noise benchmark's two SIDD crops the Gaussian solvers lost 0.8-1.7 dB. A level estimated from the image
-(``auto``), most often a camera photo's, therefore leaves the clipped values as they are, and says so in
-``meta["censored"]``.
+Only for white Gaussian noise (``restore.api.Restorer.uncensor``; Langevin opts out). Camera noise is weaker in the
+shadows and its black level crushed, so Gaussian draws there add noise the photo never had: on held-out crops
+darkened to 30 % with the raw-pipeline camera noise PMRF at ``sigma=auto`` lost 0.16 dB and its 90 % coverage fell
+0.85 -> 0.78 with the imputation, and on the real-noise benchmark's two SIDD crops the Gaussian solvers lost 0.8-1.7
+dB. Yet Gaussian noise in a file at ``sigma=auto`` needs it most (PMRF on the same crops darkened, 50/255: 90 %
+coverage 0.41 without, 0.91 with). So at a stated level the clipped values are always imputed; at an estimated one
+only when they and the noise look like white Gaussian noise at that level (:func:`clipping_unlike_gaussian`);
+``meta["censored"]`` says which and why.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ _U_MIN = 1e-12  # the inverse normal CDF's floor: 7 sigma into the tail
 # refined estimate) is left alone. Held-out crops with clipped Gaussian noise (15-50/255, normal and darkened to
 # 30 %) reached at most 1.39; a camera's crushed blacks (whole shadows at 0) far more
 CRUSHED = 1.5
+# At a level estimated from the image (``sigma=auto``) the clipped values are imputed only where they and the noise
+# look like white Gaussian noise at that level (:func:`clipping_unlike_gaussian`): at least MIN_CLIPPED of the values
+# at a bound; the more-hit bound crossed at least GAUSSIAN_CLIPPING times as often as Gaussian noise at that level
+# would cross it (camera noise, weaker in the shadows, crosses less); and the denoised estimate leaving a residual of
+# at least GAUSSIAN_FIT sigma^2 per unclipped value (camera noise read at an image-wide level leaves far less: the
+# level fits its bright areas, not its shadows). Chosen on the priors' 8 held-out BSD432 crops (128 px, as they are
+# and darkened to 30 %, PMRF; runs/auto_impute, 2026-12-07): clipped Gaussian noise at 15-50/255 that passed the
+# clipping test left 0.63-1.28 (the few below 0.7 barely changed with the imputation), the two camera models 0.31-0.73,
+# 16 CC15 / SIDD crops 0.23-0.47; the clipping test alone let through heavy camera noise where imputing cost PMRF
+# 0.1-0.4 dB; below 0.3 % clipped the imputation changed < 0.03 dB.
+GAUSSIAN_CLIPPING = 0.9
+GAUSSIAN_FIT = 0.7
+MIN_CLIPPED = 0.003
 
 
 def censored(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +108,28 @@ def clipping_sigma(distance: torch.Tensor, n_clipped: int, sigma: float, steps: 
     return math.exp(hi)
 
 
+def clipping_unlike_gaussian(note: dict) -> str | None:
+    """Why the clipped values and the noise :func:`uncensor` described in ``note`` do not look like white Gaussian
+    noise at the level it was given (a level estimated from the image), or None when they do (:data:`MIN_CLIPPED`,
+    :data:`GAUSSIAN_CLIPPING`, :data:`GAUSSIAN_FIT`; the bound hit more often decides, a crushed one does not count)."""
+    if not note.get("imputed"):
+        return "every clipped bound looks crushed (a camera's black or white level), not clipped noise"
+    fractions = {side: note[f"fraction_at_{side}"] for side in ("0", "1") if side not in note["crushed"]}
+    side = max(fractions, key=fractions.get)
+    if fractions[side] < MIN_CLIPPED:
+        return (f"{100 * fractions[side]:.2f} % of the values are clipped, too few for the imputation to matter "
+                f"(< {100 * MIN_CLIPPED:g} %)")
+    ratio = note["clipped_vs_expected"][side]
+    if ratio < GAUSSIAN_CLIPPING:
+        return (f"the values at {side} are {ratio:.2f} times as many as Gaussian noise at the estimated level would "
+                f"clip (< {GAUSSIAN_CLIPPING}): noise weaker towards that end, as a camera's is")
+    if note["estimate_chi2"] < GAUSSIAN_FIT:
+        return (f"a denoised estimate explains the unclipped values to {note['estimate_chi2']:.2f} sigma^2 each "
+                f"(< {GAUSSIAN_FIT}): the noise is weaker than the estimated level over much of the image, as a "
+                "camera's is")
+    return None
+
+
 def denoise_tiled(denoiser, y: torch.Tensor, sigma: float, tile: int = TILE, pad: int = PAD) -> torch.Tensor:
     """denoiser(y, sigma) clamped to [0, 1], in tiles of ``tile`` px each run with ``pad`` px of context (y is
     reflect-padded at its borders), so a large photo needs a tile's memory, not the whole image's."""
@@ -131,10 +167,13 @@ def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator
         estimate = denoise_tiled(denoiser, impute(y, estimate, s_low, generator, s_high), sigma)
     s_low, s_high = sigmas(estimate)
     completed = impute(y, estimate, s_low, generator, s_high)
+    inside = ~(low | high)
+    fit = float(((y - estimate)[inside] ** 2).mean() / sigma**2) if inside.any() else 0.0
     # a bound the file hits far more often than the noise could have pushed it there is crushed, not clipped noise
     # (a camera's black level): those values stay as the file has them
-    crushed = [side for side, n, distance in (("0", n_low, estimate), ("1", n_high, 1.0 - estimate))
-               if n > CRUSHED * expected_crossings(distance, sigma)]
+    ratios = {side: n / max(expected_crossings(distance, sigma), 1e-9)
+              for side, n, distance in (("0", n_low, estimate), ("1", n_high, 1.0 - estimate)) if n > 0}
+    crushed = [side for side, ratio in ratios.items() if ratio > CRUSHED]
     if "0" in crushed:
         completed = torch.where(low, y, completed)
     if "1" in crushed:
@@ -142,6 +181,7 @@ def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator
     return completed, {
         "fraction_at_0": round(n_low / y.numel(), 6), "fraction_at_1": round(n_high / y.numel(), 6),
         "noise_at_0": round(s_low, 6), "noise_at_1": round(s_high, 6), "crushed": crushed,
+        "clipped_vs_expected": {side: round(r, 4) for side, r in ratios.items()}, "estimate_chi2": round(fit, 4),
         "imputed": (n_low > 0 and "0" not in crushed) or (n_high > 0 and "1" not in crushed), "rounds": rounds,
         "seconds": round(time.perf_counter() - t0, 4),
         "what": "values the file holds at 0 or 1 (noise clipped there) replaced by draws of the noisy value from the "

@@ -10,7 +10,8 @@ Noise per crop: Gaussian at 5 / 15 / 25 / 50/255, and ``restore.train.camera_noi
 (the first model's levels are the ones the camera cell was fitted on; the raw-pipeline ones it never saw).
 ``--without-camera-cell`` runs as before the cell existed (``restore.calibration.camera_cell`` answers None), for a
 before/after on the same crops and seeds; ``--without-imputation`` hands the solver the clipped values as they are
-(before ``restore.censoring``). The observations are clipped to [0, 1] like a file's.
+(before ``restore.censoring``). The observations are clipped to [0, 1] like a file's; ``--dark 0.3`` scales the
+crops to 30 % first (shadows: where clipping and camera noise differ most from the Gaussian model).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--without-camera-cell", action="store_true")
     ap.add_argument("--without-imputation", action="store_true", help="hand the solver the clipped values as they "
                     "are (restore.censoring off)")
+    ap.add_argument("--dark", type=float, default=1.0, help="scale the clean crops by this first (default 1: as they are)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -60,12 +62,13 @@ def main(argv=None) -> dict:
     if args.without_camera_cell:
         cal.camera_cell = lambda *a, **k: None
     files = list_images(args.data)[-tc.PRIOR_HELD_OUT:]
-    crops = tc.crops(files, args.crop, 7)
+    crops = [x * args.dark for x in tc.crops(files, args.crop, 7)]
     restorer = Restorer(args.solver)
     if args.without_imputation:
         restorer.uncensor = lambda y, task, seed, **k: (y, None)
     out = {"solver": args.solver, "crop": args.crop, "files": [f.name for f in files],
            "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation,
+           "dark": args.dark,
            "command": " ".join(["python", *sys.argv]),
            "conditions": {}}
     for condition in args.conditions.split(","):
@@ -79,12 +82,14 @@ def main(argv=None) -> dict:
                          "chi2_ratio": u.get("self_check", {}).get("chi2_ratio"),
                          "expected_range": u.get("self_check", {}).get("expected_range"),
                          "camera_cell": str(u.get("cell", "")).startswith(cal.CAMERA_NOTE),
+                         "imputed": bool(post.meta.get("censored", {}).get("imputed")),
                          "psnr_input": m.get("psnr_input"), "psnr": m["psnr"],
                          **{k: m[k] for k in ("coverage_50", "coverage_90", "coverage_95", "interval_width_90",
                                               "std_error_spearman")}})
         a = {k: np.array([r[k] for r in rows], dtype=float) for k in ("coverage_50", "coverage_90", "coverage_95",
                                                                       "interval_width_90", "psnr")}
         summary = {"n": len(rows), "camera_cell": sum(r["camera_cell"] for r in rows),
+                   "imputed": sum(r["imputed"] for r in rows),
                    "fits_the_noise": sum(r["verdict"] == "fits the noise" for r in rows),
                    **{k: round(float(v.mean()), 4) for k, v in a.items()},
                    "coverage_90_range": [round(float(a["coverage_90"].min()), 4),

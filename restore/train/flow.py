@@ -21,8 +21,9 @@ import torch
 
 from restore.files import save_atomic, write_json_atomic
 from restore.priors.flow import FlowNet
-from restore.train.common import (EMA, Checkpointer, Clock, Deadline, centre_crops, half_state_dict, list_images,
-                                  load_uint8_images, random_patches, training_command, training_device, warm_start)
+from restore.train.common import (EMA, Checkpointer, Clock, Deadline, centre_crops, cosine_lr, half_state_dict,
+                                  list_images, load_uint8_images, random_patches, training_command, training_device,
+                                  warm_start)
 
 
 @torch.no_grad()
@@ -58,6 +59,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--cosine-to", type=float, default=None,
+                    help="decay the lr along a cosine from --lr at --cosine-start to this value at --steps (default: "
+                         "constant lr): a continuation's final tail")
+    ap.add_argument("--cosine-start", type=int, default=0, help="step where the cosine decay begins")
     ap.add_argument("--sigma-s", type=float, default=0.025)
     ap.add_argument("--nc", type=int, nargs=4, default=[32, 64, 128, 256])
     ap.add_argument("--nb", type=int, default=2)
@@ -134,6 +139,9 @@ def main(argv=None):
     net.train()
     t_last = time.time()
     while step < args.steps:
+        if args.cosine_to is not None:
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step - args.cosine_start, args.steps - args.cosine_start, args.lr, args.cosine_to)
         x = random_patches(train_imgs, args.batch, args.patch, gen).to(dev)
         z0 = source_means(x, den, gen) + args.sigma_s * torch.randn(x.shape, generator=gen).to(dev)
         t = ((torch.arange(args.batch) + torch.rand(args.batch, generator=gen)) / args.batch).to(dev)  # stratified
