@@ -5,6 +5,7 @@ benchmark and every calibration table use.
     python -m benchmarks.clipped --solvers pmrf reddiff --levels 50 --images 4
     python -m benchmarks.clipped --kind deblur --levels 2.55 7.65 --solvers pmrf reddiff \
         --out benchmarks/results/clipped_deblur.json
+    python -m benchmarks.clipped --auto --out benchmarks/results/clipped_auto.json   # the level estimated
 
 Per solver and noise level, three observations of the same crops with the same noise draw: unclipped (y = x + n, as
 ``Task.simulate`` makes it), the 8-bit file (clip to [0, 1], round to 1/255) restored as it is (the clipped values
@@ -13,6 +14,11 @@ its clipped values (for every solver, also one that opts out of it: ``default`` 
 it). Columns: PSNR and calibrated 90 % coverage of each, and the share of clipped values. The imputation and the
 opt-outs were chosen on the priors' held-out BSD432 crops (restore.censoring's docstring, Langevin's module);
 CBSD68 only measures them.
+
+``--auto``: every run at ``sigma=auto`` (the level estimated from each observation, as a user with a noisy file and
+no known level runs it); the third mode is then what the product does there (``file, default``): it imputes only
+where the clipped values and the noise look like white Gaussian noise at the estimated level
+(``restore.censoring.clipping_unlike_gaussian``); column ``imputed`` counts those crops.
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ def main(argv=None):
     ap.add_argument("--levels", type=float, nargs="*", default=[25, 50], help="noise std /255")
     ap.add_argument("--solvers", nargs="*", default=list(SOLVERS))
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--auto", action="store_true", help="run at sigma=auto: the product's own choice to impute or not")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    modes = ("unclipped", "file as is", "file, default") if args.auto else MODES
     warnings.filterwarnings("ignore")
     from restore import Restorer, censoring
 
@@ -68,30 +76,34 @@ def main(argv=None):
     images = spread(load_set(args.set, args.crop), args.images)
     rows, t0 = [], time.time()
     for name in args.solvers:
-        restorers = {"file as is": AsIs(name), "file imputed": Imputed(name)}
-        restorers["unclipped"] = restorers["file imputed"]  # nothing at exactly 0 or 1: nothing imputed
+        restorers = {"file as is": AsIs(name), "file imputed": Imputed(name), "file, default": Restorer(name)}
+        restorers["unclipped"] = restorers[modes[2]]  # nothing at exactly 0 or 1: nothing imputed
         check_cards_exclude(args.set, [restorers["unclipped"].prior_name])
         for level in args.levels:
             spec = KINDS[args.kind].format(s=level / 255)
-            got: dict[str, list] = {m: [] for m in MODES}
-            clipped_share = []
+            run_spec = spec.replace(f"{level / 255:.6f}", "auto") if args.auto else spec
+            got: dict[str, list] = {m: [] for m in modes}
+            clipped_share, imputed = [], 0
             for i, (_, x) in enumerate(images):
-                for mode in MODES:
+                for mode in modes:
                     y = observation(restorers[mode], x, spec, i, clipped=mode != "unclipped")
-                    m = restorers[mode](y, spec, samples=args.samples, seed=i, ground_truth=x).meta["metrics"]
+                    post = restorers[mode](y, run_spec, samples=args.samples, seed=i, ground_truth=x)
+                    m = post.meta["metrics"]
                     got[mode].append((m["psnr"], m["coverage_90"]))
+                imputed += bool(post.meta.get("censored", {}).get("imputed"))  # the last mode's run
                 low, high = censoring.censored(y)  # the last mode's observation: the clipped file
                 clipped_share.append(float((low | high).float().mean()))
             default = "file imputed" if restorers["file imputed"].solver.impute_clipped else "file as is"
-            row = {"solver": name, "task": spec, "sigma_255": level, "default": default,
+            row = {"solver": name, "task": run_spec, "sigma_255": level,
+                   **({"imputed": imputed} if args.auto else {"default": default}),
                    "clipped_share": round(float(np.mean(clipped_share)), 4)}
-            for mode in MODES:
+            for mode in modes:
                 a = np.array(got[mode])
                 row[f"psnr {mode}"] = round(float(a[:, 0].mean()), 3)
                 row[f"coverage_90 {mode}"] = round(float(a[:, 1].mean()), 4)
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-            write_results("clipped", {"kind": args.kind, "set": args.set, "images": [n for n, _ in images],
+            write_results("clipped", {"kind": args.kind, "set": args.set, "auto": args.auto, "images": [n for n, _ in images],
                                       "crop": args.crop,
                                       "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)

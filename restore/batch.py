@@ -133,6 +133,25 @@ def uncertainty_columns(meta: dict) -> dict:
             "chi2_ratio": check.get("chi2_ratio"), "unusual_image": "warning" in u if u else None}
 
 
+def describe_clipping(meta: dict) -> str | None:
+    """One line for people on the observation's values clipped at 0 or 1 (``meta['censored']``, restore.censoring),
+    or None where there were none worth a word (imputed, or at least 0.3 % of the values)."""
+    from restore.censoring import MIN_CLIPPED
+
+    note = meta.get("censored")
+    if not note:
+        return None
+    share = note["fraction_at_0"] + note["fraction_at_1"]
+    if not note.get("imputed") and share < MIN_CLIPPED:
+        return None
+    where = f"{100 * note['fraction_at_0']:.2f} % of the values at 0, {100 * note['fraction_at_1']:.2f} % at 1"
+    if note.get("imputed"):
+        kept = f" (crushed, kept: {', '.join(note['crushed'])})" if note.get("crushed") else ""
+        return f"clipped values: {where}; imputed as clipped Gaussian noise before the restore{kept}"
+    why = note.get("why", "the clipped bounds look crushed (a camera's black or white level), not clipped noise")
+    return f"clipped values: {where}; left as they are: {why}"
+
+
 def describe_uncertainty(meta: dict) -> str:
     """One line for people: is the std calibrated, by what, and does the result explain its observation."""
     u = meta.get("uncertainty", {})

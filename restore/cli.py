@@ -102,7 +102,7 @@ def run(
 ):
     """Restore one image: writes mean.png, samples/, std.npy|tiff, std.png, meta.json into OUT."""
     from restore import api
-    from restore.batch import describe_uncertainty, restore_file
+    from restore.batch import describe_clipping, describe_uncertainty, restore_file
 
     _set_pixel_limit(max_megapixels)
     _check_bit_depth(bit_depth)
@@ -124,6 +124,8 @@ def run(
     if note := meta.get("noise_estimate"):
         typer.echo(f"noise level estimated from the image: {note['param']}={note['sigma']:.4g} "
                    f"({note['sigma_255']:.3g}/255)")
+    if clipping := describe_clipping(meta):
+        typer.echo(clipping)
     typer.echo(describe_uncertainty(meta))
     if "psnr" in row:
         typer.echo("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))

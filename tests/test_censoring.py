@@ -223,3 +223,26 @@ def test_crushed_blacks_are_left_as_the_file_has_them(gen):
         torch.nn.functional.pad(v, (2, 2, 2, 2), mode="replicate"), 5, 1), gen)
     assert note["crushed"] == ["0"] and note["imputed"] is False
     assert torch.equal(out[..., :32, :], y[..., :32, :])
+
+
+def test_the_cli_line_says_what_was_done_with_the_clipped_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from restore.batch import describe_clipping
+    from restore.cli import app
+    from restore.io import write_image
+
+    assert describe_clipping({}) is None
+    tiny = {"fraction_at_0": 0.0001, "fraction_at_1": 0.0, "imputed": False, "why": "too few"}
+    assert describe_clipping({"censored": tiny}) is None  # nothing worth a word
+    left = {**tiny, "fraction_at_0": 0.05, "why": "the noise level was estimated from the image and ..."}
+    assert "left as they are: the noise level was estimated" in describe_clipping({"censored": left})
+    crushed = {"fraction_at_0": 0.05, "fraction_at_1": 0.0, "imputed": False, "crushed": ["0"]}
+    assert "look crushed" in describe_clipping({"censored": crushed})
+    x = _dark_crop()
+    y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    write_image(tmp_path / "noisy.png", y)
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "noisy.png"), "-t", "denoise:gaussian:sigma=0.2", "-o",
+                                 str(tmp_path / "out"), "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert "clipped values: 6." in r.output and "imputed as clipped Gaussian noise" in r.output
