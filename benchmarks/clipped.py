@@ -103,7 +103,8 @@ def main(argv=None):
                 row[f"coverage_90 {mode}"] = round(float(a[:, 1].mean()), 4)
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-            write_results("clipped", {"kind": args.kind, "set": args.set, "auto": args.auto, "images": [n for n, _ in images],
+            write_results("clipped", {"kind": args.kind, "set": args.set, "auto": args.auto,
+                                      "images": [n for n, _ in images],
                                       "crop": args.crop,
                                       "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)
