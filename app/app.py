@@ -427,7 +427,7 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     res = out_dir / "result"
     io.write_array(res / "std.tiff", post.std[0].permute(1, 2, 0).numpy())
     from restore import viz
-    from restore.batch import describe_uncertainty
+    from restore.batch import describe_clipping, describe_uncertainty
 
     at_risk = viz.save_risk_overlay(post, res / "at_risk.png")
     u = post.meta.get("uncertainty", {})
@@ -436,6 +436,8 @@ def restore_image(image, simulate: bool, task: str, solver: str, prior: str | No
     uncertainty = describe_uncertainty(post.meta)
     uncertainty = f"\n\n{'**' + uncertainty + '**' if alarm else uncertainty}. Regions at risk (90 % interval " \
                   f"wider than the local signal): {100 * at_risk:.1f} % of the image."
+    if clipping := describe_clipping(post.meta):  # what the noisy file's values at 0 / 1 became (restore.censoring)
+        uncertainty += f"\n\n{clipping[0].upper()}{clipping[1:]}."
     size_note = "" if plan is None or plan.identity else f" Image: {plan.description}."
     before = y.clamp(0, 1)
     if before.shape != post.mean.shape:  # SR: show the low-resolution input at the output size

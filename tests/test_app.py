@@ -52,6 +52,16 @@ def test_mask_from_editor(tmp_path):
     assert webapp.mask_from_editor({"layers": [np.zeros((20, 30, 4), np.uint8)]}, (20, 30), tmp_path) is None
 
 
+def test_the_info_says_what_became_of_a_noisy_files_clipped_values():
+    import skimage.data
+
+    dark = skimage.data.astronaut()[250:378:2, 60:188:2].astype(np.float64) / 255  # dark suit, bright helmet
+    rng = np.random.default_rng(0)
+    noisy = (np.clip(dark + 0.2 * rng.standard_normal(dark.shape), 0, 1) * 255).round().astype(np.uint8)
+    r = webapp.restore_image(noisy, False, "denoise:gaussian:sigma=0.2", "pmrf", None, 2, 0)
+    assert "Clipped values:" in r["info"] and "imputed as clipped Gaussian noise" in r["info"]
+
+
 def test_restore_handler_outputs(image):
     r = webapp.restore_image(image, True, "denoise:gaussian:sigma=0.1", "langevin", "wavelet", 3, 0, None, FAST)
     before, after = r["slider"]
