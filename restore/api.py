@@ -130,8 +130,9 @@ class Restorer:
             ground_truth: optional clean image of the restored size; adds ``meta['metrics']``.
             progress: optional ``callback(fraction, message)``.
             noise_estimated: the task's stated noise level is itself an estimate from this image (the app's noise
-                slider left at its reading): treated as ``auto`` is (no imputation of clipped values, the camera
-                calibration cell and warning where the noise looks unlike white Gaussian noise).
+                slider left at its reading): treated as ``auto`` is (clipped values imputed only where they look
+                like clipped white Gaussian noise; the camera calibration cell and warning where the noise looks
+                unlike it).
         """
         task = parse(task)
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
