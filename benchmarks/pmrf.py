@@ -141,7 +141,7 @@ def main(argv=None):
         "flow_steps": args.flow_steps or flow.card.get("euler_steps", "paper"),
         "scan_steps": args.scan_steps,
         "sigma_s": sigma_s, "tasks": {t: specs[t] for t in TASKS}, "flow_card_steps": flow.card.get("steps"),
-        "rows": rows, "total_seconds": time.time() - t_start, "lpips_status": metrics.lpips_status()[1]})
+        "rows": rows, "total_seconds": time.time() - t_start, "lpips_status": metrics.lpips_status()[1]}, args.out)
     print(f"wrote {path} in {time.time() - t_start:.0f}s")
 
 
