@@ -197,6 +197,11 @@ class Restorer:
         low, high = censoring.censored(y)
         if sigma <= 0 or not (low.any() or high.any()):
             return y, None
+        shares = {"fraction_at_0": round(float(low.float().mean()), 6),
+                  "fraction_at_1": round(float(high.float().mean()), 6)}
+        if estimated and not force and (few := censoring.too_few_clipped(max(shares.values()))) is not None:
+            # the gate would say so whatever the denoiser found: skip its passes over the whole photo
+            return y, {**shares, "imputed": False, "why": _estimated_why(few)}
         if self._censor_denoiser is None:
             den = registry.load(censoring.DENOISER, self.device)
             from restore.quant import QuantError, quantize
@@ -215,8 +220,7 @@ class Restorer:
             why = censoring.clipping_unlike_gaussian(note)
             if why is not None:
                 keep = {k: v for k, v in note.items() if k not in ("noise_at_0", "noise_at_1", "rounds", "what")}
-                return y, {**keep, "imputed": False, "why": f"the noise level was estimated from the image and {why}; "
-                                                             "state the level to have the clipped values imputed"}
+                return y, {**keep, "imputed": False, "why": _estimated_why(why)}
             note["why"] = ("the noise level was estimated from the image, and the clipped values and the noise look "
                            "like white Gaussian noise at that level (restore.censoring.clipping_unlike_gaussian)")
         return completed, note
@@ -283,6 +287,11 @@ class Restorer:
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         y, _ = task.simulate(x, g)
         return y
+
+
+def _estimated_why(why: str) -> str:
+    """``meta['censored']['why']`` where clipped values at an estimated noise level are left as the file has them."""
+    return f"the noise level was estimated from the image and {why}; state the level to have the clipped values imputed"
 
 
 def restore(image, task: str | Task, solver: str | None = None, prior: str | None = None, samples: int = 8,

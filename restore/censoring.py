@@ -108,6 +108,15 @@ def clipping_sigma(distance: torch.Tensor, n_clipped: int, sigma: float, steps: 
     return math.exp(hi)
 
 
+def too_few_clipped(fraction: float) -> str | None:
+    """Why a bound holding ``fraction`` of the values is too rarely hit for the imputation to matter at an estimated
+    level (:data:`MIN_CLIPPED`), or None."""
+    if fraction < MIN_CLIPPED:
+        return (f"{100 * fraction:.2f} % of the values are clipped, too few for the imputation to matter "
+                f"(< {100 * MIN_CLIPPED:g} %)")
+    return None
+
+
 def clipping_unlike_gaussian(note: dict) -> str | None:
     """Why the clipped values and the noise :func:`uncensor` described in ``note`` do not look like white Gaussian
     noise at the level it was given (a level estimated from the image), or None when they do (:data:`MIN_CLIPPED`,
@@ -116,9 +125,8 @@ def clipping_unlike_gaussian(note: dict) -> str | None:
         return "every clipped bound looks crushed (a camera's black or white level), not clipped noise"
     fractions = {side: note[f"fraction_at_{side}"] for side in ("0", "1") if side not in note["crushed"]}
     side = max(fractions, key=fractions.get)
-    if fractions[side] < MIN_CLIPPED:
-        return (f"{100 * fractions[side]:.2f} % of the values are clipped, too few for the imputation to matter "
-                f"(< {100 * MIN_CLIPPED:g} %)")
+    if (why := too_few_clipped(fractions[side])) is not None:
+        return why
     ratio = note["clipped_vs_expected"][side]
     if ratio < GAUSSIAN_CLIPPING:
         return (f"the values at {side} are {ratio:.2f} times as many as Gaussian noise at the estimated level would "

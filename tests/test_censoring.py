@@ -246,3 +246,17 @@ def test_the_cli_line_says_what_was_done_with_the_clipped_values(tmp_path):
                                  str(tmp_path / "out"), "-n", "2"])
     assert r.exit_code == 0, r.output
     assert "clipped values: 6." in r.output and "imputed as clipped Gaussian noise" in r.output
+
+
+def test_too_few_clipped_values_at_an_estimated_level_cost_no_denoiser_pass():
+    """The gate's first test needs only the counts: a photo with a handful of values at 0 is left as it is without
+    running the denoiser over it, and says why."""
+    y = torch.full((1, 3, 64, 64), 0.5)
+    y[..., 0, :5] = 0.0  # 15 of 12 288 values
+    restorer = Restorer("pmrf")
+    out, note = restorer.uncensor(y, parse("denoise:gaussian:sigma=0.1"), 0, estimated=True)
+    assert out is y and note["imputed"] is False and "too few" in note["why"]
+    assert restorer._censor_denoiser is None
+    _, stated = restorer.uncensor(y, parse("denoise:gaussian:sigma=0.1"), 0)
+    # a stated level still goes through the imputation (here the lone zeros on flat grey read as crushed)
+    assert restorer._censor_denoiser is not None and stated["crushed"] == ["0"]
