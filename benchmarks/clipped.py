@@ -34,8 +34,8 @@ from benchmarks.common import check_cards_exclude, load_set, spread, table, writ
 
 SOLVERS = ("pmrf", "reddiff", "langevin", "vble", "aps")
 MODES = ("unclipped", "file as is", "file imputed")
-KINDS = {"denoise": "denoise:gaussian:sigma={s:.6f}", "deblur": "deblur:gaussian:sigma=1.5,noise={s:.6f}",
-         "sr4": "sr:bicubic:factor=4,noise={s:.6f}"}
+KINDS = {"denoise": "denoise:gaussian:sigma={s}", "deblur": "deblur:gaussian:sigma=1.5,noise={s}",
+         "sr4": "sr:bicubic:factor=4,noise={s}"}  # s: the level as the spec writes it (or "auto")
 
 
 def observation(restorer, x: torch.Tensor, spec: str, seed: int, clipped: bool) -> torch.Tensor:
@@ -80,8 +80,8 @@ def main(argv=None):
         restorers["unclipped"] = restorers[modes[2]]  # nothing at exactly 0 or 1: nothing imputed
         check_cards_exclude(args.set, [restorers["unclipped"].prior_name])
         for level in args.levels:
-            spec = KINDS[args.kind].format(s=level / 255)
-            run_spec = spec.replace(f"{level / 255:.6f}", "auto") if args.auto else spec
+            spec = KINDS[args.kind].format(s=f"{level / 255:.6f}")
+            run_spec = KINDS[args.kind].format(s="auto") if args.auto else spec
             got: dict[str, list] = {m: [] for m in modes}
             clipped_share, imputed = [], 0
             for i, (_, x) in enumerate(images):
@@ -104,9 +104,7 @@ def main(argv=None):
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
             write_results("clipped", {"kind": args.kind, "set": args.set, "auto": args.auto,
-                                      "images": [n for n, _ in images],
-                                      "crop": args.crop,
-                                      "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
+                                      "images": [n for n, _ in images], "crop": args.crop, "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)
     print(table(rows, list(rows[0])))
 
