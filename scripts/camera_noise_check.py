@@ -5,6 +5,7 @@ set).
 
     python scripts/camera_noise_check.py --solver pmrf --out runs/camera_check_pmrf.json
     python scripts/camera_noise_check.py --solver pmrf --without-camera-cell --out runs/camera_check_pmrf_before.json
+    python scripts/camera_noise_check.py --solver vble --prior cae-natural-q4 --out runs/camera_check_vble_q4.json
 
 Noise per crop: Gaussian at 5 / 15 / 25 / 50/255, and ``restore.train.camera_noise``'s two models at three levels each
 (the first model's levels are the ones the camera cell was fitted on; the raw-pipeline ones it never saw).
@@ -43,6 +44,7 @@ def observe(x: torch.Tensor, condition: str, seed: int) -> torch.Tensor:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solver", default="pmrf")
+    ap.add_argument("--prior", default=None, help="a registered prior other than the solver's default (its table)")
     ap.add_argument("--data", default="../shared/data/BSD432-train")
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
@@ -63,10 +65,10 @@ def main(argv=None) -> dict:
         cal.camera_cell = lambda *a, **k: None
     files = list_images(args.data)[-tc.PRIOR_HELD_OUT:]
     crops = [x * args.dark for x in tc.crops(files, args.crop, 7)]
-    restorer = Restorer(args.solver)
+    restorer = Restorer(args.solver, args.prior)
     if args.without_imputation:
         restorer.uncensor = lambda y, task, seed, **k: (y, None)
-    out = {"solver": args.solver, "crop": args.crop, "files": [f.name for f in files],
+    out = {"solver": args.solver, "prior": restorer.prior_name, "crop": args.crop, "files": [f.name for f in files],
            "without_camera_cell": args.without_camera_cell, "without_imputation": args.without_imputation,
            "dark": args.dark,
            "command": " ".join(["python", *sys.argv]),
