@@ -104,7 +104,8 @@ def main(argv=None):
             rows.append(row)
             print(f"[{time.time() - t0:5.0f}s] " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
             write_results("clipped", {"kind": args.kind, "set": args.set, "auto": args.auto,
-                                      "images": [n for n, _ in images], "crop": args.crop, "samples": args.samples, "rows": rows, "seconds": round(time.time() - t0, 1)},
+                                      "images": [n for n, _ in images], "crop": args.crop, "samples": args.samples,
+                                      "rows": rows, "seconds": round(time.time() - t0, 1)},
                           args.out)
     print(table(rows, list(rows[0])))
 

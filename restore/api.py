@@ -197,8 +197,7 @@ class Restorer:
         low, high = censoring.censored(y)
         if sigma <= 0 or not (low.any() or high.any()):
             return y, None
-        shares = {"fraction_at_0": round(float(low.float().mean()), 6),
-                  "fraction_at_1": round(float(high.float().mean()), 6)}
+        shares = censoring.clipped_shares(low, high)
         if estimated and not force and (few := censoring.too_few_clipped(max(shares.values()))) is not None:
             # the gate would say so whatever the denoiser found: skip its passes over the whole photo
             return y, {**shares, "imputed": False, "why": _estimated_why(few)}

@@ -64,6 +64,12 @@ def censored(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y == 0, y == 1
 
 
+def clipped_shares(low: torch.Tensor, high: torch.Tensor) -> dict[str, float]:
+    """``meta['censored']``'s fraction of the values at 0 and at 1, from :func:`censored`'s masks."""
+    return {"fraction_at_0": round(int(low.sum()) / low.numel(), 6),
+            "fraction_at_1": round(int(high.sum()) / high.numel(), 6)}
+
+
 def _draw_below(level: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """level + sigma z with z standard normal conditioned on level + sigma z <= 0 (inverse-CDF draws)."""
     top = torch.special.ndtr(-level / sigma).clamp_min(_U_MIN)
@@ -187,7 +193,7 @@ def uncensor(y: torch.Tensor, sigma: float, denoiser, generator: torch.Generator
     if "1" in crushed:
         completed = torch.where(high, y, completed)
     return completed, {
-        "fraction_at_0": round(n_low / y.numel(), 6), "fraction_at_1": round(n_high / y.numel(), 6),
+        **clipped_shares(low, high),
         "noise_at_0": round(s_low, 6), "noise_at_1": round(s_high, 6), "crushed": crushed,
         "clipped_vs_expected": {side: round(r, 4) for side, r in ratios.items()}, "estimate_chi2": round(fit, 4),
         "imputed": (n_low > 0 and "0" not in crushed) or (n_high > 0 and "1" not in crushed), "rounds": rounds,
