@@ -6,7 +6,9 @@ Nothing here is measured afresh: the numbers come from each prior's card (its va
 and from the benchmark files that measure the prior on its own (``benchmarks.denoiser``, ``benchmarks.cae_rd``,
 ``benchmarks.pmrf``, ``benchmarks.aps``), so rerun those after a training and then this. It prints one row per prior
 (target, now, gap, steps so far, what limits it, the command that continues its training), writes the JSON, and
-plots the validation curves that the cards logged (quality against training steps) as a PNG beside it.
+plots the validation curves that the cards logged (quality against training steps) as a PNG beside it, with the
+continuations that were measured but not shipped (``benchmarks/prior_runs_not_shipped.json``, where each says where
+its numbers come from) dashed after them.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ LIMITS = {
     "cae-natural-q4": "as q2: fine-tuned 41 k CPU steps from q2's weights (10 k with a cosine decay, then 12 k with colour augmentation); level at the end",
     "cae-natural-q6": "capacity above all: M=96 latent channels for a rate where compressai uses M=320; fine-tuned "
                       "15 k CPU steps from q4 (flat at the end), then 12 k with colour augmentation",
-    "flow-natural": "compute: 15 k steps (12 k on a lent GPU) against hundreds of thousands in the PMRF paper; it "
-                    "does not land on clean images, so the default runs 2-4 Euler steps, not the paper's 25",
+    "flow-natural": "compute and capacity: 40 k steps (12 k on a lent GPU, 28 k on one CPU thread) against hundreds "
+                    "of thousands in the PMRF paper, flat over the last 8 k and over 2 250 more at 128 px; it does "
+                    "not land on clean images, so the default runs 2-6 Euler steps (per task family), not the paper's 25",
     "tokens-natural": "compute and data: 29 k GPU steps at 64 px; the transformer barely beats a uniform prior "
-                      "(masked-token accuracy 6 %) and the 4x FSQ tokenizer caps every APS result",
+                      "(masked-token accuracy 6 %) and the 4x FSQ tokenizer caps every APS result (its decoder "
+                      "fine-tuned alone for 10 k CPU steps: +0.1 dB, so the codes are the cap)",
 }
 
 CONTINUE = {  # resumable; without runs/ checkpoints they warm-start from the shipped weights (models/MODELS.md)
@@ -44,8 +48,8 @@ CONTINUE = {  # resumable; without runs/ checkpoints they warm-start from the sh
     "cae-natural-q6": "python -m restore.train.cae --data ../shared/data/BSD432-train --N 64 --M 96 --lmbda 0.0483 "
                       "--init-from models/cae-natural-q6.pt --out models/cae-natural-q6 --ckpt runs/cae-q6/last.pt "
                       "--colour-aug 0.4 --lr 3e-5 --cosine-to 1e-6",
-    "flow-natural": "python -m restore.train.flow --denoiser score-natural --out models/flow-natural "
-                    "--ckpt runs/flow/last.pt",
+    "flow-natural": "python -m restore.train.flow --data ../shared/data/BSD432-train --out models/flow-natural "
+                    "--ckpt runs/flow-cpu/last.pt --threads 1 --batch 8 --patch 64 --lr 5e-5 --steps 60000",
     "tokens-natural": "python -m restore.train.tokens --out models/tokens-natural --ckpt runs/tokens/last.pt",
 }
 
@@ -97,12 +101,23 @@ def tokens_row(card: dict) -> dict:
             "gap_db": round(min(gains.values()) - 1.0, 2) if gains else None}
 
 
+NOT_SHIPPED = Path(__file__).with_name("prior_runs_not_shipped.json")
+
+
 def curves(cards: dict) -> dict:
-    """Validation curves the cards logged: prior -> list of (step, value) with the value's name."""
+    """Validation curves the cards logged: "prior: measure" -> list of (step, value). The tokenizer's card holds one
+    held-out point (its training log is gone), plotted as such."""
     out = {}
     log = cards["score-natural"].get("validation_log", [])
     if log:
         out["score-natural: held-out PSNR at sigma 25 (dB)"] = [(e["step"], e["val_psnr"]["25"]) for e in log]
+    log = cards.get("flow-natural", {}).get("validation_log", [])
+    if log:
+        out["flow-natural: held-out 25-step flow PSNR at 25/255 (dB)"] = [(e["step"], e["psnr_flow"]) for e in log]
+    tokens = cards.get("tokens-natural", {})
+    ceiling = tokens.get("held_out_64px", {}).get("tokenizer_psnr")
+    if ceiling is not None and isinstance(tokens.get("steps"), dict):
+        out["tokens-natural: held-out tokenizer PSNR at 64 px (dB)"] = [(tokens["steps"]["tokenizer"], ceiling)]
     for name in [n for n in cards if n.startswith("cae-")]:
         log = list(cards[name].get("validation_log", []))
         # a fine-tune's own log continues the curve (its steps counted on from the first training's)
@@ -115,7 +130,17 @@ def curves(cards: dict) -> dict:
     return out
 
 
-def plot(curve_data: dict, path: Path) -> Path | None:
+def not_shipped(path: Path) -> dict:
+    """Continuations measured but not shipped: "prior: measure" (as in :func:`curves`) -> list of runs, each with
+    ``what``, ``command``, ``source`` and ``points`` [(step, value)]."""
+    out: dict = {}
+    for run in (json.loads(path.read_text())["curves"] if path.is_file() else []):
+        out.setdefault(f"{run['prior']}: {run['measure']}", []).append(run)
+    return out
+
+
+def plot(curve_data: dict, path: Path, extra: dict | None = None) -> Path | None:
+    """One panel per PSNR curve (3 to a row); ``extra`` (:func:`not_shipped`) adds its runs dashed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -123,13 +148,22 @@ def plot(curve_data: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     psnr = {k: v for k, v in curve_data.items() if "PSNR" in k}
-    fig, axes = plt.subplots(1, len(psnr), figsize=(4.2 * len(psnr), 3.2), squeeze=False)
-    for ax, (name, pts) in zip(axes[0], psnr.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+    cols = min(3, len(psnr))
+    rows = -(-len(psnr) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, (name, pts) in zip(axes.flat, psnr.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label="shipped")
+        for run in (extra or {}).get(name, []):
+            ax.plot([p[0] for p in run["points"]], [p[1] for p in run["points"]], "--", marker=".",
+                    label="not shipped: " + run["what"].split(" (")[0].split(",")[0])
+        if (extra or {}).get(name):
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_title(name.split(":")[0], fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel(name.split(": ")[1], fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(psnr):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -152,9 +186,10 @@ def main(argv=None):
                    hardware=cards[n].get("hardware"), limited_by=LIMITS[n], continue_with=CONTINUE[n])
         rows.append(row)
     print(table(rows, ["prior", "target", "now", "gap_db", "steps"]))
-    curve_data = curves(cards)
-    path = write_results("priors", {"benchmark": "priors", "rows": rows, "curves": curve_data}, args.out)
-    png = plot(curve_data, path.with_name("priors_curves.png"))
+    curve_data, extra = curves(cards), not_shipped(NOT_SHIPPED)
+    path = write_results("priors", {"benchmark": "priors", "rows": rows, "curves": curve_data,
+                                    "not_shipped": extra}, args.out)
+    png = plot(curve_data, path.with_name("priors_curves.png"), extra)
     print(f"wrote {path}" + (f" and {png}" if png else ""))
     return rows
 

@@ -466,6 +466,15 @@ def test_priors_status_reads_cards_and_prior_benchmarks(tmp_path, monkeypatch):
     (models / "cae-natural-q2.json").write_text(json.dumps({
         "validation_log": [{"step": 1000, "psnr": 24.0, "bpp": 0.3}],
         "fine_tune": {"validation_log": [{"step": 500, "psnr": 25.0, "bpp": 0.31}]}}))
+    (models / "flow-natural.json").write_text(json.dumps({"validation_log": [{"step": 100, "psnr_flow": 27.0}]}))
+    (models / "tokens-natural.json").write_text(json.dumps({"steps": {"tokenizer": 80, "transformer": 90},
+                                                            "held_out_64px": {"tokenizer_psnr": 26.9}}))
+    extra = tmp_path / "not_shipped.json"  # a continuation that was measured but not shipped
+    extra.write_text(json.dumps({"curves": [{"prior": "flow-natural", "what": "longer, flat (see log)",
+                                             "measure": "held-out 25-step flow PSNR at 25/255 (dB)",
+                                             "command": "python -m restore.train.flow", "source": "log",
+                                             "points": [[100, 27.0], [200, 26.9]]}]}))
+    monkeypatch.setattr(priors, "NOT_SHIPPED", extra)
     rows = priors.main(["--models", str(models), "--out", str(tmp_path / "priors.json")])
     assert [r["prior"] for r in rows] == ["score-natural", "cae-natural-q2", "cae-natural-q4", "cae-natural-q6",
                                           "flow-natural", "tokens-natural"]
@@ -475,6 +484,10 @@ def test_priors_status_reads_cards_and_prior_benchmarks(tmp_path, monkeypatch):
     assert rows[4]["gap_db"] is None and rows[2]["now"] == rows[4]["now"] == "not measured"
     saved = json.loads((tmp_path / "priors.json").read_text())
     assert saved["curves"]["cae-natural-q2: held-out PSNR (dB)"] == [[1000, 24.0], [1500, 25.0]]
+    assert saved["curves"]["tokens-natural: held-out tokenizer PSNR at 64 px (dB)"] == [[80, 26.9]]
+    flow = "flow-natural: held-out 25-step flow PSNR at 25/255 (dB)"
+    assert saved["curves"][flow] == [[100, 27.0]]  # the continuation is drawn beside it, not merged into it
+    assert saved["not_shipped"][flow][0]["points"] == [[100, 27.0], [200, 26.9]]
     assert (tmp_path / "priors_curves.png").is_file()
 
 
