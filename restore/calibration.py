@@ -33,8 +33,9 @@ distribution-free uncertainty quantification"; Angelopoulos et al., "Conformal r
 A cell is (solver, prior, task family, noise level); the tables live in ``models/calibration/SOLVER.PRIOR.json``
 (loaded through ``restore.priors.registry.calibration_table``) with their provenance: solver config, prior digest,
 images, date. A noise level between two grid points interpolates the weights and the score curves in log sigma
-(status "approximate": the guarantee no longer holds exactly); outside the grid, for another solver config or a
-retrained prior, the status is "uncalibrated" and the raw spread is used, with a warning.
+(status "approximate": the guarantee no longer holds exactly), unless the two cells' scale models read the image more
+than 2x apart, when the wider of the two is used (:func:`wider_neighbour`); outside the grid, for another solver
+config or a retrained prior, the status is "uncalibrated" and the raw spread is used, with a warning.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ SIGMA_MATCH = 0.03  # relative distance in sigma within which a noise level coun
 # sigma=auto reads 50/255 noise as up to 0.217 on textured crops (+11 %; 8 held-out BSD432 crops, 2026-12-06), which
 # fell outside the grid (top 0.196) and lost its calibration (90 % coverage of the raw spread 0.30-0.46)
 EDGE_MARGIN = 0.15
+# Between two grid levels the blend mixes the neighbours' log scales. Where their scale models read the image more than
+# this far apart (median |log s_b / s_a|), one of them is extrapolating far from its level (ScoreDVI's weights put
+# exponents near 3 on the spread; RED-Diff's read a 26-28/255 crop 3x apart), and the blend under-covered (ScoreDVI at
+# sigma=auto on 25/255 crops of the priors' held-out files: 0.65-0.74; RED-Diff 0.82-0.86): the wider neighbour's
+# cell is used instead, conservative (2026-12-07, :func:`apply`).
+BLEND_AGREEMENT = math.log(2.0)
 # unknown real noise: one cell pooled over synthetic camera-like noise (restore.train.camera_noise), keyed by
 # sigma 0; its self-check uses the solver's own noise estimate (meta 'estimated_noise_std')
 REAL_FAMILY = "denoise-real"
@@ -404,7 +411,8 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
                      "mse_scale": (1 - t) * a["mse_scale"] + t * b["mse_scale"], "solvers": a.get("solvers"),
                      "predicted_psnr_range": [min(c.get("predicted_psnr_range", [-math.inf])[0] for c in (a, b))],
                      "chi2_range": [min(a["chi2_range"][0], b["chi2_range"][0]),
-                                    max(a["chi2_range"][1], b["chi2_range"][1])]}
+                                    max(a["chi2_range"][1], b["chi2_range"][1])],
+                     "neighbours": (a, b)}  # for apply's agreement check (wider_neighbour)
             return blend, "approximate", (f"{fam} at noise sigma {sigma:.4g}, interpolated between the calibrated "
                                           f"{a['sigma']:.4g} and {b['sigma']:.4g}: the guarantee holds only "
                                           "approximately")
@@ -602,7 +610,10 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
                      "what": "the solver once more, with one sample, on a fresh degradation of its own estimate; "
                              "how far that moves sets how hard the image is (restore.calibration.BOOT_FEATURES)"}
         post.meta.setdefault("timings", {})["calibration_bootstrap_s"] = boot_note["seconds"]
-    scale = scale_map(cell["weights"], features(post.mean, post.spread, y, physics, names, boot))
+    feats = features(post.mean, post.spread, y, physics, names, boot)
+    if "neighbours" in cell and (wider := wider_neighbour(cell["neighbours"], feats)) is not None:
+        cell, note = wider
+    scale = scale_map(cell["weights"], feats)
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     missing = missing_pixels(physics, post.mean) if cell.get("group_scores") else None
@@ -631,6 +642,23 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
         post.meta["uncertainty"]["warning"] = (
             f"predicted PSNR {predicted_psnr:.1f} dB is below every calibration image's ({lowest:.1f} dB): an unusual "
             "image for this solver and prior; treat the result and its intervals with caution")
+
+
+def wider_neighbour(neighbours: tuple[dict, dict], feats: torch.Tensor) -> tuple[dict, str] | None:
+    """(cell, note) of the neighbour with the wider 90 % interval on this image when the two grid cells around a
+    blended noise level read its error scale more than :data:`BLEND_AGREEMENT` apart (median over pixels of
+    |log s_b - log s_a|, on the run's features ``feats``); None when they agree and the blend stands."""
+    a, b = neighbours
+    log_a, log_b = (torch.log(scale_map(c["weights"], feats)) for c in (a, b))
+    apart = float((log_b - log_a).abs().median())
+    if apart <= BLEND_AGREEMENT:
+        return None
+    width = [calibrated_lambda(np.asarray(c["scores"]), 0.9) * float(torch.exp(ls).median())
+             for c, ls in ((a, log_a), (b, log_b))]
+    cell = a if width[0] >= width[1] else b
+    return cell, (f"{cell['family']} between the calibrated noise levels {a['sigma']:.4g} and {b['sigma']:.4g}, whose "
+                  f"scale models read this image {math.exp(apart):.1f}x apart: using the wider, {cell['sigma']:.4g} "
+                  "(conservative); the guarantee holds only approximately")
 
 
 def camera_cell(table: dict, cell: dict, mean: torch.Tensor, y: torch.Tensor, physics, sigma: float) -> dict | None:

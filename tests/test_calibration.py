@@ -782,6 +782,23 @@ def test_a_blend_between_noise_levels_keeps_the_groups():
     assert np.allclose(blend["group_scores"]["missing"], 3.0 * np.asarray(curves))  # halfway in log sigma
 
 
+def test_neighbours_that_read_an_image_far_apart_give_the_wider_cell_not_a_blend():
+    """Between two grid levels the blend stands while the neighbours' scale models agree on the image; read more than
+    2x apart (one extrapolating far from its level), the wider neighbour's cell is used, and the note says why."""
+    curves = _curves(12).tolist()
+    cell = lambda s, bias: {"family": "denoise", "sigma": s, "weights": [bias, 0.0],  # noqa: E731
+                            "scores": curves, "mse_scale": 1.0, "chi2_range": [0.5, 2.0]}
+    feats = torch.stack([torch.ones(1, 8, 8), torch.zeros(1, 8, 8)])  # ("bias", any other signal) x (C, H, W)
+    for far, pick in ((math.log(3.0), 0.2), (-math.log(3.0), 0.1)):
+        table = {"file": "t.json", "cells": [cell(0.1, 0.0), cell(0.2, far)]}
+        blend, status, _ = cal.find_cell(table, "denoise", 0.11)
+        assert status == "approximate" and [c["sigma"] for c in blend["neighbours"]] == [0.1, 0.2]
+        chosen, note = cal.wider_neighbour(blend["neighbours"], feats)
+        assert chosen["sigma"] == pick and "3.0x apart" in note and "conservative" in note
+    table = {"file": "t.json", "cells": [cell(0.1, 0.0), cell(0.2, math.log(1.5))]}
+    assert cal.wider_neighbour(cal.find_cell(table, "denoise", 0.11)[0]["neighbours"], feats) is None
+
+
 def test_an_inpainting_cell_stores_each_pixel_group(clean_rgb):
     """fit_cell keeps score curves per pixel group for an operator with holes (and says how the held-out crops
     fare in each, with their own and with the pooled multiplier); a denoising cell has none."""
@@ -972,7 +989,8 @@ def test_camera_noise_at_sigma_auto_takes_the_camera_cell(clean_rgb):
     from restore.train import camera_noise
 
     assert cal.CAMERA_FAMILY in train.supported_families(Restorer("pmrf").solver)
-    assert cal.CAMERA_FAMILY not in train.supported_families(Restorer("scoredvi").solver)  # it has denoise-real
+    # ScoreDVI too: its denoise-real cell is for camera noise named as such, this one for camera noise given as Gaussian
+    assert cal.CAMERA_FAMILY in train.supported_families(Restorer("scoredvi").solver)
     x = torch.nn.functional.interpolate(clean_rgb, size=(96, 96), mode="bilinear", align_corners=False)
     y = camera_noise.simulate(x, "light", torch.Generator().manual_seed(0))
     restorer = Restorer("pmrf")

@@ -396,12 +396,12 @@ def dropped(old: dict, families: list[str], config: dict, options: dict, command
 
 
 def supported_families(solver) -> list[str]:
-    """The families of :data:`GRID` whose tasks ``solver`` runs (e.g. denoise-real only for noise-estimating ones,
-    denoise-camera only for those that need a noise level: the others have denoise-real for camera noise)."""
+    """The families of :data:`GRID` whose tasks ``solver`` runs (e.g. denoise-real only for noise-estimating ones;
+    denoise-camera for every solver of Gaussian denoising at sigma=auto, ScoreDVI too since 2026-12-07: its
+    denoise-real cell calibrates camera noise named as such, not camera noise given as Gaussian)."""
     from restore.tasks import parse
 
-    return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None
-            and (f != cal.CAMERA_FAMILY or solver.needs_noise_level)]
+    return [f for f, (levels, spec) in GRID.items() if solver.supports(parse(spec(0, levels[0]))) is None]
 
 
 def cached_cell(cache: Path, fam: str, sigma: float, units: list, restorer=None, samples: int = 8,
