@@ -26,12 +26,14 @@ LIMITS = {
                      "last 2 000 steps)",
     "cae-natural-q2": "capacity and compute: N=64 / M=96 (compressai's low rates use N=128 / M=192) and 41 k steps "
                       "of 128-256 px crops (compressai trains ~2 M steps on Vimeo-90k); still rising at the end",
-    "cae-natural-q4": "as q2: fine-tuned 41 k CPU steps from q2's weights (10 k with a cosine decay, then 12 k with colour augmentation); level at the end",
+    "cae-natural-q4": "as q2: fine-tuned 41 k CPU steps from q2's weights (10 k with a cosine decay, then 12 k with "
+                      "colour augmentation); level at the end",
     "cae-natural-q6": "capacity above all: M=96 latent channels for a rate where compressai uses M=320; fine-tuned "
                       "15 k CPU steps from q4 (flat at the end), then 12 k with colour augmentation",
     "flow-natural": "compute and capacity: 40 k steps (12 k on a lent GPU, 28 k on one CPU thread) against hundreds "
                     "of thousands in the PMRF paper, flat over the last 8 k and over 2 250 more at 128 px; it does "
-                    "not land on clean images, so the default runs 2-6 Euler steps (per task family), not the paper's 25",
+                    "not land on clean images, so the default runs 2-6 Euler steps (per task family), not the "
+                    "paper's 25",
     "tokens-natural": "compute and data: 29 k GPU steps at 64 px; the transformer barely beats a uniform prior "
                       "(masked-token accuracy 6 %) and the 4x FSQ tokenizer caps every APS result (its decoder "
                       "fine-tuned alone for 10 k CPU steps: +0.1 dB, so the codes are the cap)",
