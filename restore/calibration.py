@@ -34,8 +34,8 @@ A cell is (solver, prior, task family, noise level); the tables live in ``models
 (loaded through ``restore.priors.registry.calibration_table``) with their provenance: solver config, prior digest,
 images, date. A noise level between two grid points interpolates the weights and the score curves in log sigma
 (status "approximate": the guarantee no longer holds exactly), unless the two cells' scale models read the image more
-than 2x apart, when the wider of the two is used (:func:`wider_neighbour`); outside the grid, for another solver
-config or a retrained prior, the status is "uncalibrated" and the raw spread is used, with a warning.
+than 2x apart, when their calibrated widths are averaged (:func:`disagreeing_neighbours`); outside the grid, for
+another solver config or a retrained prior, the status is "uncalibrated" and the raw spread is used, with a warning.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ SIGMA_MATCH = 0.03  # relative distance in sigma within which a noise level coun
 # fell outside the grid (top 0.196) and lost its calibration (90 % coverage of the raw spread 0.30-0.46)
 EDGE_MARGIN = 0.15
 # Between two grid levels the blend mixes the neighbours' log scales. Where their scale models read the image more than
-# this far apart (median |log s_b / s_a|), one of them is extrapolating far from its level (ScoreDVI's weights put
-# exponents near 3 on the spread; RED-Diff's read a 26-28/255 crop 3x apart), and the blend under-covered (ScoreDVI at
-# sigma=auto on 25/255 crops of the priors' held-out files: 0.65-0.74; RED-Diff 0.82-0.86): the wider neighbour's
-# cell is used instead, conservative (2026-12-07, :func:`apply`).
+# this far apart (median |log s_b / s_a|), one or both extrapolate far from their level (ScoreDVI's weights put
+# exponents near 3 on the spread; RED-Diff's read a 26-28/255 crop 3x apart) and the log blend follows the narrower:
+# at sigma=auto on 25 and 35/255 crops of the priors' held-out files ScoreDVI covered 0.75 / 0.73, RED-Diff 0.88 /
+# 0.85. There the two cells' calibrated half-widths are averaged instead (:func:`disagreeing_neighbours`, 2026-12-07).
 BLEND_AGREEMENT = math.log(2.0)
 # unknown real noise: one cell pooled over synthetic camera-like noise (restore.train.camera_noise), keyed by
 # sigma 0; its self-check uses the solver's own noise estimate (meta 'estimated_noise_std')
@@ -412,7 +412,7 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
                      "predicted_psnr_range": [min(c.get("predicted_psnr_range", [-math.inf])[0] for c in (a, b))],
                      "chi2_range": [min(a["chi2_range"][0], b["chi2_range"][0]),
                                     max(a["chi2_range"][1], b["chi2_range"][1])],
-                     "neighbours": (a, b)}  # for apply's agreement check (wider_neighbour)
+                     "neighbours": (a, b), "t": t}  # for apply's agreement check (disagreeing_neighbours)
             return blend, "approximate", (f"{fam} at noise sigma {sigma:.4g}, interpolated between the calibrated "
                                           f"{a['sigma']:.4g} and {b['sigma']:.4g}: the guarantee holds only "
                                           "approximately")
@@ -611,9 +611,9 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
                              "how far that moves sets how hard the image is (restore.calibration.BOOT_FEATURES)"}
         post.meta.setdefault("timings", {})["calibration_bootstrap_s"] = boot_note["seconds"]
     feats = features(post.mean, post.spread, y, physics, names, boot)
-    if "neighbours" in cell and (wider := wider_neighbour(cell["neighbours"], feats)) is not None:
-        cell, note = wider
     scale = scale_map(cell["weights"], feats)
+    if "neighbours" in cell and (averaged := disagreeing_neighbours(cell, feats)) is not None:
+        scale, note = averaged
     check = self_check(post.mean, y, physics, float(sigma), cell["chi2_range"])
     widening = max(1.0, math.sqrt(check["chi2_ratio"] / cell["chi2_range"][1]))
     missing = missing_pixels(physics, post.mean) if cell.get("group_scores") else None
@@ -644,21 +644,23 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
             "image for this solver and prior; treat the result and its intervals with caution")
 
 
-def wider_neighbour(neighbours: tuple[dict, dict], feats: torch.Tensor) -> tuple[dict, str] | None:
-    """(cell, note) of the neighbour with the wider 90 % interval on this image when the two grid cells around a
-    blended noise level read its error scale more than :data:`BLEND_AGREEMENT` apart (median over pixels of
-    |log s_b - log s_a|, on the run's features ``feats``); None when they agree and the blend stands."""
-    a, b = neighbours
-    log_a, log_b = (torch.log(scale_map(c["weights"], feats)) for c in (a, b))
-    apart = float((log_b - log_a).abs().median())
-    if apart <= BLEND_AGREEMENT:
+def disagreeing_neighbours(blend: dict, feats: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+    """(scale, note) for a ``blend`` of two grid cells (:func:`find_cell`) whose scale models read this image more
+    than :data:`BLEND_AGREEMENT` apart (median over pixels of |log s_b - log s_a| on the run's features ``feats``):
+    the two cells' calibrated 90 % half-widths l * s averaged with the blend's weights, expressed as a scale for the
+    blend's own multiplier. An average of widths follows the wider where a log blend follows the narrower, which an
+    extrapolating model can make arbitrarily narrow. None when they agree (the log blend stands)."""
+    a, b = blend["neighbours"]
+    t = blend["t"]
+    s_a, s_b = scale_map(a["weights"], feats), scale_map(b["weights"], feats)
+    apart = float((torch.log(s_b) - torch.log(s_a)).abs().median())
+    lam = [calibrated_lambda(np.asarray(c["scores"]), 0.9) for c in (a, b, blend)]
+    if apart <= BLEND_AGREEMENT or not all(math.isfinite(v) and v > 0 for v in lam):
         return None
-    width = [calibrated_lambda(np.asarray(c["scores"]), 0.9) * float(torch.exp(ls).median())
-             for c, ls in ((a, log_a), (b, log_b))]
-    cell = a if width[0] >= width[1] else b
-    return cell, (f"{cell['family']} between the calibrated noise levels {a['sigma']:.4g} and {b['sigma']:.4g}, whose "
-                  f"scale models read this image {math.exp(apart):.1f}x apart: using the wider, {cell['sigma']:.4g} "
-                  "(conservative); the guarantee holds only approximately")
+    scale = ((1 - t) * lam[0] * s_a + t * lam[1] * s_b) / lam[2]
+    return scale, (f"{blend['family']} at noise sigma {blend['sigma']:.4g}, between the calibrated {a['sigma']:.4g} "
+                   f"and {b['sigma']:.4g}, whose scale models read this image {math.exp(apart):.1f}x apart: their "
+                   "calibrated widths averaged; the guarantee holds only approximately")
 
 
 def camera_cell(table: dict, cell: dict, mean: torch.Tensor, y: torch.Tensor, physics, sigma: float) -> dict | None:

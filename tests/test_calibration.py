@@ -782,21 +782,22 @@ def test_a_blend_between_noise_levels_keeps_the_groups():
     assert np.allclose(blend["group_scores"]["missing"], 3.0 * np.asarray(curves))  # halfway in log sigma
 
 
-def test_neighbours_that_read_an_image_far_apart_give_the_wider_cell_not_a_blend():
-    """Between two grid levels the blend stands while the neighbours' scale models agree on the image; read more than
-    2x apart (one extrapolating far from its level), the wider neighbour's cell is used, and the note says why."""
+def test_neighbours_that_read_an_image_far_apart_average_their_widths_not_their_log_scales():
+    """Between two grid levels the log blend stands while the neighbours' scale models agree on the image; read more
+    than 2x apart (one extrapolating far from its level), the interval's half-width is the blend-weighted average of
+    the two cells' calibrated half-widths (the log blend would follow the narrower), and the note says why."""
     curves = _curves(12).tolist()
     cell = lambda s, bias: {"family": "denoise", "sigma": s, "weights": [bias, 0.0],  # noqa: E731
                             "scores": curves, "mse_scale": 1.0, "chi2_range": [0.5, 2.0]}
     feats = torch.stack([torch.ones(1, 8, 8), torch.zeros(1, 8, 8)])  # ("bias", any other signal) x (C, H, W)
-    for far, pick in ((math.log(3.0), 0.2), (-math.log(3.0), 0.1)):
-        table = {"file": "t.json", "cells": [cell(0.1, 0.0), cell(0.2, far)]}
-        blend, status, _ = cal.find_cell(table, "denoise", 0.11)
-        assert status == "approximate" and [c["sigma"] for c in blend["neighbours"]] == [0.1, 0.2]
-        chosen, note = cal.wider_neighbour(blend["neighbours"], feats)
-        assert chosen["sigma"] == pick and "3.0x apart" in note and "conservative" in note
+    table = {"file": "t.json", "cells": [cell(0.1, 0.0), cell(0.2, math.log(9.0))]}  # scales 1 and 9 on this image
+    blend, status, _ = cal.find_cell(table, "denoise", 0.1 * 2 ** 0.5)  # halfway in log sigma
+    assert status == "approximate" and [c["sigma"] for c in blend["neighbours"]] == [0.1, 0.2] and blend["t"] == pytest.approx(0.5)
+    assert torch.allclose(cal.scale_map(blend["weights"], feats), torch.tensor(3.0))  # the log blend: sqrt(1 * 9)
+    scale, note = cal.disagreeing_neighbours(blend, feats)
+    assert torch.allclose(scale, torch.tensor(5.0)) and "9.0x apart" in note and "averaged" in note
     table = {"file": "t.json", "cells": [cell(0.1, 0.0), cell(0.2, math.log(1.5))]}
-    assert cal.wider_neighbour(cal.find_cell(table, "denoise", 0.11)[0]["neighbours"], feats) is None
+    assert cal.disagreeing_neighbours(cal.find_cell(table, "denoise", 0.11)[0], feats) is None
 
 
 def test_an_inpainting_cell_stores_each_pixel_group(clean_rgb):
