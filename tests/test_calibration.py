@@ -282,8 +282,9 @@ def test_real_noise_table_from_synthetic_camera_noise(tmp_path, clean_rgb, monke
 
     from restore.solvers import base
 
-    # "all" families means those the solver runs: real noise only for the solver that estimates it
-    assert train.supported_families(base.get("scoredvi")) == ["denoise", "denoise-real"]
+    # "all" families means those the solver runs: real noise only for the solver that estimates it (and camera noise
+    # given as Gaussian at sigma=auto, like every Gaussian denoiser)
+    assert train.supported_families(base.get("scoredvi")) == ["denoise", "denoise-real", "denoise-camera"]
     assert "denoise-real" not in train.supported_families(base.get("aps"))
     models = tmp_path / "models"
     (models / "calibration").mkdir(parents=True)
