@@ -265,7 +265,7 @@ class Restorer:
         (``calibration.bootstrap_needed``), the run reports 0 to its share of the work and the rerun the rest, so a
         progress bar and its time-left estimate move forward only."""
         if progress is None or not self.calibrate or not calibration.bootstrap_needed(self.solver.name, prior.name,
-                                                                                      task):
+                                                                                      task, self.solver.options):
             return progress, None
         run, rerun = self.solver.cost(task, samples, prior) or samples, self.solver.cost(task, 1, prior) or 1
         share = run / (run + rerun)

@@ -258,12 +258,13 @@ def needs_bootstrap(names) -> bool:
     return any(n.startswith("log_boot") for n in names)
 
 
-def bootstrap_needed(solver: str, prior: str, task) -> bool:
-    """Whether a calibrated run of ``solver`` / ``prior`` on ``task`` pays the bootstrap rerun: its table's cell for
-    the task lists a bootstrap signal (for the time estimate; a cell not found costs nothing extra)."""
+def bootstrap_needed(solver: str, prior: str, task, options: dict | None = None) -> bool:
+    """Whether a calibrated run of ``solver`` / ``prior`` (with explicit solver ``options``) on ``task`` pays the
+    bootstrap rerun: its table's cell for the task lists a bootstrap signal (for the time estimate; a cell not found
+    costs nothing extra)."""
     from restore.priors import registry
 
-    table = registry.calibration_table(solver, prior)
+    table = registry.calibration_table(solver, prior, options)
     fam, _ = family(task)
     if table is None or fam is None:
         return False
@@ -552,15 +553,15 @@ def apply(post, y: torch.Tensor, physics, task, rerun=None, estimated: bool = Fa
     from restore.priors import registry
 
     solver, prior = post.meta.get("solver"), post.meta.get("prior")
-    table = registry.calibration_table(solver, prior)
+    ran = post.meta.get("provenance", {}).get("solvers", [])
+    top_options = ran[0].get("options", {}) if ran else {}
+    table = registry.calibration_table(solver, prior, top_options)  # a preset's own table where one is shipped
     fallback = lambda reason: _uncalibrated(post, reason, y, physics, task)  # noqa: E731
     if table is None:
         return fallback(f"no calibration table for solver {solver} with prior {prior}")
     fam, why = family(task)
     if fam is None:
         return fallback(why)
-    ran = post.meta.get("provenance", {}).get("solvers", [])
-    top_options = ran[0].get("options", {}) if ran else {}
     if (reason := table_mismatch(table, prior, post.meta.get("config", {}), fam, top_options)) is not None:
         return fallback(reason)
     sigma = task.noise_sigma

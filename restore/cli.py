@@ -297,6 +297,25 @@ def batch(
         raise typer.Exit(1)
 
 
+def preset_calibration(solver_name: str, preset: str) -> str:
+    """How runs of ``solver_name`` under ``preset`` get their uncertainty: 'calibrated (families)' where a table
+    fitted with the preset is shipped and matches, else 'uncalibrated'."""
+    import dataclasses
+
+    from restore import calibration
+    from restore.priors import registry
+    from restore.solvers import base
+
+    solver = base.get(solver_name, preset=preset)
+    prior = registry.quantised_name(solver.default_prior, solver.preferred_quant())
+    table = registry.calibration_table(solver_name, prior, solver.options)
+    if table is None or "+" not in table["file"]:
+        return "uncalibrated"
+    stale = calibration.table_mismatch(table, prior, dataclasses.asdict(solver.config), None, solver.options)
+    return (f"uncalibrated: {stale}" if stale else
+            f"calibrated: {', '.join(sorted({c['family'] for c in table['cells']}))}")
+
+
 @app.command("list")
 def list_all():
     """List solvers (with the tasks and priors they take), priors (and whether their files are here) and tasks."""
@@ -317,7 +336,8 @@ def list_all():
         calibrated = ("uncalibrated (raw spread)" if not table else
                       f"uncalibrated at its defaults: {stale}" if stale else
                       f"calibrated ({', '.join(sorted({c['family'] for c in table['cells']}))})")
-        presets = f"; presets: {', '.join(f'-O preset={p}' for p in cls.presets)}" if cls.presets else ""
+        presets = (f"; presets: {', '.join(f'-O preset={p} ({preset_calibration(name, p)})' for p in cls.presets)}"
+                   if cls.presets else "")
         solver = base.get(name)
         picks = {f: solver.prior_for(f) for f in FAMILIES}
         by_family = {f: p for f, p in picks.items() if p != cls.default_prior}

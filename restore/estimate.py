@@ -66,7 +66,8 @@ def estimate_seconds(restorer, task, x_shape: tuple, samples: int) -> float | No
     forwards = restorer.solver.cost(task, samples, prior)
     if forwards is None:
         return None
-    if restorer.calibrate and calibration.bootstrap_needed(restorer.solver.name, prior.name, task):
+    if restorer.calibrate and calibration.bootstrap_needed(restorer.solver.name, prior.name, task,
+                                                                   restorer.solver.options):
         forwards += restorer.solver.cost(task, 1, prior) or 0.0  # the calibration's bootstrap rerun, one sample
     h, w = int(x_shape[-2]), int(x_shape[-1])
     pixels = h * w

@@ -204,6 +204,38 @@ def test_runs_the_table_does_not_cover_say_so(fitted_models, clean_rgb, monkeypa
         assert post.calibrated and "approximately" in u["guarantee"]
 
 
+def test_a_table_fitted_with_options_serves_runs_with_those_options(fitted_models, clean_rgb, monkeypatch, tmp_path):
+    """A preset or other explicit options get their own table (SOLVER.PRIOR+k=v.json, where the fit writes it by
+    default); runs without them keep the defaults' table, and options no table was fitted with fall back."""
+    from restore.priors import registry
+    from restore.train import calibration as train
+
+    models = tmp_path / "models"
+    (models / "calibration").mkdir(parents=True)
+    for f in fitted_models.glob("*.*"):
+        (models / f.name).symlink_to(f.resolve())
+    (models / "calibration" / "pmrf.flow-natural.json").symlink_to(
+        (fitted_models / "calibration" / "pmrf.flow-natural.json").resolve())
+    monkeypatch.setenv("RESTORE_MODELS", str(models))
+    train.main(["--solver", "pmrf", "--options", "flow_steps=3", "--families", "denoise", "--sigmas", "0.1",
+                "--data", str(_crop_folder(tmp_path / "data")), "--fit", "3", "--cal", "12", "--heldout", "1",
+                "--crop", "48", "--samples", "4", "--runs", str(tmp_path / "runs")])
+    fitted = models / "calibration" / "pmrf.flow-natural+flow_steps=3.json"
+    assert json.loads(fitted.read_text())["solver_config"]["flow_steps"] == 3
+    assert registry.split_table_name(fitted.stem) == ("pmrf", "flow-natural", {"flow_steps": "3"})
+    from restore.api import Restorer
+
+    spec = "denoise:gaussian:sigma=0.1"
+    for options, table in (({"flow_steps": 3}, fitted.name), ({}, "pmrf.flow-natural.json")):
+        r = Restorer("pmrf", **options)
+        post = r(r.simulate(clean_rgb, spec), spec, samples=4)
+        assert post.calibrated and post.meta["uncertainty"]["table"].endswith(table), post.meta["uncertainty"]
+    r = Restorer("pmrf", flow_steps=5)
+    with pytest.warns(cal.UncalibratedWarning, match="settings differ .*flow_steps"):
+        post = r(r.simulate(clean_rgb, spec), spec, samples=4)
+    assert not post.calibrated
+
+
 def _with_edited_table(fitted_models, folder, edit):
     """A models folder like ``fitted_models`` whose PMRF table went through ``edit(table)``."""
     table = json.loads((fitted_models / "calibration" / "pmrf.flow-natural.json").read_text())
@@ -538,11 +570,11 @@ def test_every_shipped_table_matches_its_prior_and_solver():
     files = sorted((registry.models_dir() / "calibration").glob("*.json"))
     assert len(files) >= 6
     for f in files:
-        solver, prior = f.stem.split(".", 1)
-        table = registry.calibration_table(solver, prior)  # the loader run time uses, file name and all
-        assert (table["solver"], table["prior"]) == (solver, prior), f.name
-        defaults = dataclasses.asdict(base.solver_class(solver).config_cls())
-        assert calibration.table_mismatch(table, table["prior"], defaults) is None, f.name
+        solver, prior, options = registry.split_table_name(f.stem)  # SOLVER.PRIOR or SOLVER.PRIOR+preset=paper
+        table = registry.calibration_table(solver, prior, options)  # the loader run time uses, file name and all
+        assert (table["solver"], table["prior"], table["file"]) == (solver, prior, f"calibration/{f.name}"), f.name
+        config = dataclasses.asdict(base.get(solver, **options).config)  # the defaults, or the preset's settings
+        assert calibration.table_mismatch(table, table["prior"], config, None, options) is None, f.name
 
 
 def test_wiener_error_orders_operators_by_how_hard_they_make_the_problem():

@@ -204,14 +204,38 @@ def spec(name: str) -> PriorSpec:
 _TABLES: dict = {}
 
 
-def calibration_table(solver: str | None, prior: str | None) -> dict | None:
+def options_key(options: dict | None) -> str:
+    """The file-name tag of a run's explicit solver options (``preset=paper``; several joined by ',', sorted), or ''
+    for none: a table fitted with options is ``SOLVER.PRIOR+TAG.json`` (:func:`calibration_table`). The prior an
+    option names is not part of it (the file name holds the prior already)."""
+    return ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()) if k != "prior")
+
+
+def calibration_table(solver: str | None, prior: str | None, options: dict | None = None) -> dict | None:
     """The calibration table of a (solver, prior) pair, ``models/calibration/SOLVER.PRIOR.json`` (fitted by
     ``python -m restore.train.calibration``; read by ``restore.calibration``), or None when there is none.
     A quantised prior (NAME@SCHEME, e.g. RED-Diff's default int8 denoiser) has its own table, fitted with that
-    scheme (``SOLVER.NAME@SCHEME.json``): its outputs differ from the float ones."""
+    scheme (``SOLVER.NAME@SCHEME.json``): its outputs differ from the float ones. A run with explicit solver
+    ``options`` (``-O preset=paper``) takes the table fitted with exactly those options,
+    ``SOLVER.PRIOR+preset=paper.json``, where one is shipped, and otherwise the defaults' table (which then tells
+    the run that its settings differ: ``restore.calibration.table_mismatch``)."""
     if not solver or not prior:
         return None
-    f = models_dir() / "calibration" / f"{solver}.{prior}.json"
+    tag = options_key(options)
+    if tag and (found := _read_table(models_dir() / "calibration" / f"{solver}.{prior}+{tag}.json")) is not None:
+        return found
+    return _read_table(models_dir() / "calibration" / f"{solver}.{prior}.json")
+
+
+def split_table_name(stem: str) -> tuple[str, str, dict]:
+    """(solver, prior, options) of a table file's stem, ``SOLVER.PRIOR`` or ``SOLVER.PRIOR+k=v,...`` (the
+    options' values as strings)."""
+    solver, rest = stem.split(".", 1)
+    prior, _, tag = rest.partition("+")
+    return solver, prior, dict(kv.split("=", 1) for kv in tag.split(",")) if tag else {}
+
+
+def _read_table(f: Path) -> dict | None:
     key = (str(f), f.stat().st_mtime_ns if f.exists() else None)
     if key not in _TABLES:
         if key[1] is None:

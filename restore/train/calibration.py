@@ -479,6 +479,15 @@ def plan_folder(folder: str, args, need: int, cache: Path) -> FolderPlan:
                       crops(extra_files, args.crop, args.seed + 1), cache, str(folder))
 
 
+def table_path(solver: str, prior: str, options: dict) -> Path:
+    """Where a table of ``solver`` / ``prior`` fitted with explicit solver ``options`` goes, the file
+    ``restore.priors.registry.calibration_table`` looks up for runs with those options."""
+    from restore.priors import registry
+
+    tag = registry.options_key(options)
+    return registry.models_dir() / "calibration" / f"{solver}.{prior}{f'+{tag}' if tag else ''}.json"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solver", required=True)
@@ -499,7 +508,8 @@ def main(argv=None):
     ap.add_argument("--runs", default="runs/calibration")
     ap.add_argument("--sigmas", default=None, help="comma-separated noise levels on [0, 1] replacing the grid's "
                     "(a quick or extra fit)")
-    ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json)")
+    ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json, with "
+                    "--options SOLVER.PRIOR+k=v.json: registry.calibration_table)")
     ap.add_argument("--quant", default=None, help="quantisation scheme (default: the solver's own, e.g. RED-Diff's "
                     "int8; 'none' = float): the table is fitted for, and applies to, runs with that scheme")
     ap.add_argument("--drop", action="store_true", help="remove the --families' cells instead of fitting them (their "
@@ -529,7 +539,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown families {', '.join(sorted(unknown))}; known: {', '.join(GRID)}")
     if args.drop:
-        out = Path(args.out) if args.out else registry.models_dir() / "calibration" / f"{args.solver}.{prior}.json"
+        out = Path(args.out) if args.out else table_path(args.solver, prior, restorer.solver.options)
         config = canonical(dataclasses.asdict(restorer.solver.config))
         write_json_atomic(dropped(json.loads(out.read_text()), families, config,
                                   canonical(restorer.solver.options), training_command("restore.train.calibration",
@@ -540,7 +550,7 @@ def main(argv=None):
     # the first folder's runs cache where a one-folder fit always did; a further folder's in a subfolder of its name
     plans = [plan_folder(folder, args, need, base_cache if k == 0 else base_cache / Path(folder).name)
              for k, folder in enumerate(args.data.split(","))]
-    out = Path(args.out) if args.out else registry.models_dir() / "calibration" / f"{args.solver}.{prior}.json"
+    out = Path(args.out) if args.out else table_path(args.solver, prior, restorer.solver.options)
     cells, seconds = [], []
     for fam in families:
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
