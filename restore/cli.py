@@ -298,22 +298,31 @@ def batch(
 
 
 def preset_calibration(solver_name: str, preset: str) -> str:
-    """How runs of ``solver_name`` under ``preset`` get their uncertainty: 'calibrated (families)' where a table
-    fitted with the preset is shipped and matches, else 'uncalibrated'."""
+    """How runs of ``solver_name`` under ``preset`` get their uncertainty: 'calibrated: families' where tables fitted
+    with the preset are shipped for the priors it picks per task family (VBLE's CAE rates) and match, else
+    'uncalibrated'."""
     import dataclasses
 
     from restore import calibration
     from restore.priors import registry
     from restore.solvers import base
+    from restore.tasks import FAMILIES
 
     solver = base.get(solver_name, preset=preset)
-    prior = registry.quantised_name(solver.default_prior, solver.preferred_quant())
-    table = registry.calibration_table(solver_name, prior, solver.options)
-    if table is None or "+" not in table["file"]:
-        return "uncalibrated"
-    stale = calibration.table_mismatch(table, prior, dataclasses.asdict(solver.config), None, solver.options)
-    return (f"uncalibrated: {stale}" if stale else
-            f"calibrated: {', '.join(sorted({c['family'] for c in table['cells']}))}")
+    covered, stale = set(), []
+    for fam in FAMILIES:
+        prior = registry.quantised_name(solver.prior_for(fam), solver.preferred_quant())
+        table = registry.calibration_table(solver_name, prior, solver.options)
+        if table is None or "+" not in table["file"]:
+            continue
+        if reason := calibration.table_mismatch(table, prior, dataclasses.asdict(solver.config), fam,
+                                                solver.options):
+            stale.append(reason)
+        elif any(c["family"] == fam for c in table["cells"]):
+            covered.add(fam)
+    if covered:
+        return f"calibrated: {', '.join(f for f in FAMILIES if f in covered)}"
+    return f"uncalibrated: {stale[0]}" if stale else "uncalibrated"
 
 
 @app.command("list")

@@ -188,7 +188,11 @@ def test_console_script_installed(tmp_path):
     res = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout
     reddiff = next(line for line in res.stdout.splitlines() if line.strip().startswith("reddiff"))
-    assert "presets: -O preset=paper" in reddiff
+    assert "presets: -O preset=paper (uncalibrated)" in reddiff  # no table fitted with RED-Diff's paper settings
+    # PMRF's and VBLE's paper presets ship their own tables (SOLVER.PRIOR+preset=paper.json; VBLE's over its 3 CAEs)
+    for name in ("pmrf", "vble"):
+        line = next(line for line in res.stdout.splitlines() if line.strip().startswith(name))
+        assert "-O preset=paper (calibrated: denoise, deblur, sr4, inpaint-random, inpaint-region)" in line, line
     # each task variant names the solver that runs when none is given (restore.api.RECOMMENDED)
     tasks = {line.split()[0].split(":")[0] + ":" + line.split()[0].split(":")[1]: line.split("recommended:")[1].strip()
              for line in res.stdout.splitlines() if "recommended:" in line}
