@@ -192,7 +192,7 @@ def test_console_script_installed(tmp_path):
     # PMRF's and VBLE's paper presets ship their own tables (SOLVER.PRIOR+preset=paper.json; VBLE's over its 3 CAEs)
     for name in ("pmrf", "vble"):
         line = next(line for line in res.stdout.splitlines() if line.strip().startswith(name))
-        assert "-O preset=paper (calibrated: denoise, deblur, sr4, inpaint-random, inpaint-region)" in line, line
+        assert "-O preset=paper (calibrated: denoise, deblur, sr2, sr4, inpaint-random, inpaint-region)" in line, line
     # each task variant names the solver that runs when none is given (restore.api.RECOMMENDED)
     tasks = {line.split()[0].split(":")[0] + ":" + line.split()[0].split(":")[1]: line.split("recommended:")[1].strip()
              for line in res.stdout.splitlines() if "recommended:" in line}
