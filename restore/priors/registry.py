@@ -221,10 +221,16 @@ def calibration_table(solver: str | None, prior: str | None, options: dict | Non
     the run that its settings differ: ``restore.calibration.table_mismatch``)."""
     if not solver or not prior:
         return None
-    tag = options_key(options)
-    if tag and (found := _read_table(models_dir() / "calibration" / f"{solver}.{prior}+{tag}.json")) is not None:
+    if options_key(options) and (found := _read_table(calibration_table_path(solver, prior, options))) is not None:
         return found
-    return _read_table(models_dir() / "calibration" / f"{solver}.{prior}.json")
+    return _read_table(calibration_table_path(solver, prior))
+
+
+def calibration_table_path(solver: str, prior: str, options: dict | None = None) -> Path:
+    """The file of the table of ``solver`` / ``prior`` fitted with explicit solver ``options`` (none: the defaults'
+    table), where ``python -m restore.train.calibration`` writes it and :func:`calibration_table` looks."""
+    tag = options_key(options)
+    return models_dir() / "calibration" / f"{solver}.{prior}{f'+{tag}' if tag else ''}.json"
 
 
 def split_table_name(stem: str) -> tuple[str, str, dict]:

@@ -479,15 +479,6 @@ def plan_folder(folder: str, args, need: int, cache: Path) -> FolderPlan:
                       crops(extra_files, args.crop, args.seed + 1), cache, str(folder))
 
 
-def table_path(solver: str, prior: str, options: dict) -> Path:
-    """Where a table of ``solver`` / ``prior`` fitted with explicit solver ``options`` goes, the file
-    ``restore.priors.registry.calibration_table`` looks up for runs with those options."""
-    from restore.priors import registry
-
-    tag = registry.options_key(options)
-    return registry.models_dir() / "calibration" / f"{solver}.{prior}{f'+{tag}' if tag else ''}.json"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--solver", required=True)
@@ -538,8 +529,9 @@ def main(argv=None):
     unknown = set(families) - set(GRID)
     if unknown:
         raise SystemExit(f"unknown families {', '.join(sorted(unknown))}; known: {', '.join(GRID)}")
+    out = Path(args.out) if args.out else registry.calibration_table_path(args.solver, prior,
+                                                                       restorer.solver.options)
     if args.drop:
-        out = Path(args.out) if args.out else table_path(args.solver, prior, restorer.solver.options)
         config = canonical(dataclasses.asdict(restorer.solver.config))
         write_json_atomic(dropped(json.loads(out.read_text()), families, config,
                                   canonical(restorer.solver.options), training_command("restore.train.calibration",
@@ -550,7 +542,6 @@ def main(argv=None):
     # the first folder's runs cache where a one-folder fit always did; a further folder's in a subfolder of its name
     plans = [plan_folder(folder, args, need, base_cache if k == 0 else base_cache / Path(folder).name)
              for k, folder in enumerate(args.data.split(","))]
-    out = Path(args.out) if args.out else table_path(args.solver, prior, restorer.solver.options)
     cells, seconds = [], []
     for fam in families:
         for sigma in ([float(v) for v in args.sigmas.split(",")] if args.sigmas else GRID[fam][0]):
