@@ -214,7 +214,8 @@ def _single(title: str):
 def _uncertainty(data: dict) -> str:
     from benchmarks.uncertainty import COLUMNS
 
-    return (f"**Calibrated uncertainty ({', '.join(data['solvers'])}, default settings)**: {data['crop']} px crops, "
+    settings = ", ".join(f"{k}={v}" for k, v in data.get("options", {}).items()) or "default settings"
+    return (f"**Calibrated uncertainty ({', '.join(data['solvers'])}, {settings})**: {data['crop']} px crops, "
             f"{data['samples']} samples; `_raw` = the solver's own spread, unsuffixed = calibrated "
             "(`models/calibration/`); `below_87` = fraction of images under 87 % coverage; `spearman_ceiling` = the "
             "same rank correlation for the true error's own 5x5 RMS (what a smooth std map can reach); "
@@ -258,6 +259,7 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
           "uncertainty_pmrf": _uncertainty, "uncertainty_vble": _uncertainty, "uncertainty_reddiff": _uncertainty,
           "uncertainty_langevin": _uncertainty, "uncertainty_aps": _uncertainty,
           "uncertainty_scoredvi": _uncertainty, "uncertainty": _uncertainty,
+          "uncertainty_paper_pmrf": _uncertainty, "uncertainty_paper_vble": _uncertainty,
           "calibration": _calibration, "calibration_paper_quick": _calibration, "calibration_quick": _calibration,
           "priors": _priors, "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
           "aps": _single("APS ablation on held-out BSD432 crops (paper steps)"),

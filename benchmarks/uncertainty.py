@@ -2,8 +2,10 @@
 
     python -m benchmarks.uncertainty --solvers vble,pmrf            # 12 CBSD68 crops + the shifted sets
     python -m benchmarks.uncertainty --solvers vble --images 4 --resume
+    python -m benchmarks.uncertainty --solvers pmrf --options preset=paper --out benchmarks/results/uncertainty_paper_pmrf.json
 
-Each calibrated solver (a table in ``models/calibration/``) runs at its defaults with 8 samples on
+Each calibrated solver (a table in ``models/calibration/``) runs at its defaults, or with ``--options`` (a preset's
+own table, e.g. ``preset=paper``; rows then name the solver ``pmrf (preset=paper)``), with 8 samples on
 - ``CBSD68``: 128 px centre crops, the 6 tasks of ``benchmarks.quality`` plus Gaussian denoising at 15 and 50/255;
 - ``FFHQ-test-15`` (faces, a content shift: the tables were fitted on BSD432 landscapes, animals, buildings);
 - ``CBSD68 off-grid``: noise levels between the grid points (denoising 35/255, Gaussian deblurring at 0.02), where
@@ -159,6 +161,14 @@ def reliability(units: list[dict], path) -> dict:
     return curves
 
 
+def solver_labels(solvers: list[str], options: dict) -> dict[str, str]:
+    """solver -> the name its rows carry: the solver's, with the run's options beside it when there are any
+    (``pmrf (preset=paper)``), so a preset's rows never mix with the defaults' in a resumed file or the report."""
+    from restore.priors.registry import options_key
+
+    return {s: f"{s} ({options_key(options)})" if options else s for s in solvers}
+
+
 def kept_units(units: list[dict], rerun, solvers, sets=None) -> list[dict]:
     """The resumed units that stay: all but those of a ``rerun`` task run by one of ``solvers`` in one of ``sets``
     (every set when None): a set this run skips (not chosen, or its folder missing) keeps its rows."""
@@ -177,11 +187,18 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--rerun", nargs="*", default=[], metavar="TASK",
                     help="with --resume: run these tasks again for --solvers (a code change the file cannot see)")
+    ap.add_argument("--options", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="solver options for every solver (e.g. preset=paper: the preset's own calibration table)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from restore.api import Restorer
+    from restore.train.tune import parse_grid
+    from restore.priors.registry import options_key
     from restore.tasks import parse
+
+    options = {k: v[0] for k, v in parse_grid(args.options).items()}
+    labels = solver_labels(args.solvers.split(","), options)
 
     out = Path(args.out) if args.out else RESULTS / "uncertainty.json"
     hold_results_lock(out)
@@ -191,7 +208,7 @@ def main(argv=None):
     if args.sets == "all" and not (REPO / CQ100_FOLDER).is_dir():
         print(f"{CQ100_SET}: skipped ({CQ100_FOLDER} is missing; python scripts/get_cq100.py makes it)", flush=True)
         chosen.remove(CQ100_SET)
-    units = kept_units(units, args.rerun, args.solvers.split(","), chosen)
+    units = kept_units(units, args.rerun, list(labels.values()), chosen)
     done = {(u["set"], u["solver"], u["task"], u["image"]) for u in units}
     images = {}
     for name in chosen:
@@ -204,25 +221,25 @@ def main(argv=None):
         rows = summarise(units)
         plot = out.with_name(f"reliability_{out.stem}.png")
         curves = reliability(units, plot) if units else {}
-        write_results("uncertainty", {"solvers": args.solvers.split(","), "crop": args.crop, "samples": args.samples,
+        write_results("uncertainty", {"solvers": list(labels.values()), "options": options, "crop": args.crop, "samples": args.samples,
                                       "levels": list(LEVELS), "rows": rows, "curves": curves, "plot": plot.name,
                                       "units": units}, args.out)
         return rows
 
-    for solver in args.solvers.split(","):
-        restorer = Restorer(solver)
+    for solver, label in labels.items():
+        restorer = Restorer(solver, **options)
         for name in chosen:
             folder, specs = sets[name]
             for task, spec in specs.items():
                 if (why := restorer.solver.supports(parse(spec))) is not None:
-                    print(f"{name} {solver} {task}: skipped ({why})", flush=True)  # e.g. ScoreDVI beyond denoising
+                    print(f"{name} {label} {task}: skipped ({why})", flush=True)  # e.g. ScoreDVI beyond denoising
                     continue
                 for i, (fname, truth) in enumerate(images[folder]):
-                    if (name, solver, task, fname) in done:
+                    if (name, label, task, fname) in done:
                         continue
                     row = evaluate(restorer, spec, truth, seed=i, samples=args.samples)
-                    units.append({"set": name, "solver": solver, "task": task, "image": fname, **row})
-                    print(f"{name} {solver} {task} {fname}: {row['psnr']:.2f} dB, cov90 "
+                    units.append({"set": name, "solver": label, "task": task, "image": fname, **row})
+                    print(f"{name} {label} {task} {fname}: {row['psnr']:.2f} dB, cov90 "
                           f"{row.get('coverage_90_raw'):.3f} -> {row.get('coverage_90', math.nan):.3f}", flush=True)
                 save()
     rows = save()

@@ -510,6 +510,17 @@ def test_uncertainty_rerun_keeps_the_rows_of_a_set_this_run_skips():
     assert [u["set"] for u in kept] == ["CQ100"]
 
 
+def test_uncertainty_rows_of_a_preset_carry_its_options_and_rerun_apart_from_the_defaults():
+    from benchmarks import uncertainty
+
+    labels = uncertainty.solver_labels(["pmrf", "vble"], {"preset": "paper"})
+    assert labels == {"pmrf": "pmrf (preset=paper)", "vble": "vble (preset=paper)"}
+    assert uncertainty.solver_labels(["pmrf"], {}) == {"pmrf": "pmrf"}
+    units = [{"set": "CBSD68", "solver": sv, "task": "sr4", "image": "1"} for sv in ("pmrf", labels["pmrf"])]
+    kept = uncertainty.kept_units(units, ["sr4"], [labels["pmrf"]])  # a preset's rerun leaves the defaults' rows
+    assert [u["solver"] for u in kept] == ["pmrf"]
+
+
 def test_paired_comparison_pairs_images_and_counts_wins():
     from benchmarks.common import paired_against
 

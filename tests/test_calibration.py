@@ -1042,3 +1042,34 @@ def test_camera_noise_at_sigma_auto_takes_the_camera_cell(clean_rgb):
     gauss = restorer(restorer.simulate(x, "denoise:gaussian:sigma=0.1", seed=0), "denoise:gaussian:sigma=auto",
                      samples=4, seed=0)
     assert not gauss.meta["uncertainty"]["cell"].startswith(cal.CAMERA_NOTE)
+
+
+def test_device_script_plans_the_benchmark_cells_first_and_only_the_families_a_preset_runs():
+    # scripts/calibrate_on_device.py: what a lent GPU fits first for the slow paper presets, and the calls it makes
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    from restore.train import calibration as tcal
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("calibrate_on_device", root / "scripts" / "calibrate_on_device.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    reddiff = script.cells_for("reddiff")
+    assert reddiff[:5] == [("denoise", "0.098039"), ("deblur", "0.01"), ("sr4", None), ("inpaint-random", None),
+                           ("inpaint-region", None)]  # the quality benchmark's six tasks
+    assert {f for f, _ in script.cells_for("scoredvi")} <= {"denoise", "denoise-camera", "denoise-real"}
+    # every grid level of every family the preset runs is planned once
+    from restore.solvers import base
+
+    families = set(tcal.supported_families(base.get("reddiff", preset="paper")))
+    planned = {(f, round(float(s), 4)) for f, sigmas in reddiff
+               for s in (sigmas.split(",") if sigmas else tcal.GRID[f][0])}
+    assert planned == {(f, round(s, 4)) for f in families for s in tcal.GRID[f][0]}
+    args = argparse.Namespace(device="cuda", runs="r", data="d", threads=2, fit=None, cal=9, heldout=None,
+                              crop=None, samples=None)
+    cmd = script.cell_args("reddiff", "deblur", "0.01", args)
+    assert cmd[1:] == ["-m", "restore.train.calibration", "--solver", "reddiff", "--options", "preset=paper",
+                       "--device", "cuda", "--runs", "r", "--data", "d", "--threads", "2", "--families", "deblur",
+                       "--sigmas", "0.01", "--cal", "9"]

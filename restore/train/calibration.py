@@ -201,7 +201,8 @@ def with_bootstrap(restorer, unit: dict, fam: str) -> dict:
     where the solver's cells of ``fam`` use it; a cached run from before gets it added (without a restorer, as it
     is)."""
     if lacks_bootstrap(restorer, unit, fam):
-        unit["boot"] = restorer.bootstrap_mean(unit["mean"], unit["spec"], seed=unit["index"])
+        unit["boot"] = restorer.bootstrap_mean(unit["mean"].to(restorer.device), unit["spec"],
+                                               seed=unit["index"]).cpu()
     return unit
 
 
@@ -227,8 +228,9 @@ def run_unit(restorer, fam: str, sigma: float, samples: int, i: int, name: str, 
     elif fam == cal.CAMERA_FAMILY:  # the level sigma=auto read, and the task it made (the features' physics)
         extra["sigma_used"] = float(post.meta["noise_estimate"]["sigma"])
         extra["resolved_spec"] = post.meta["task"]
-    unit = {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y, "mean": post.mean,
-            "spread": post.spread, "seconds": time.perf_counter() - t0,
+    # cached on the CPU whatever ran the solver (--device cuda: the fit and every later use read them here)
+    unit = {"role": role, "index": i, "file": name, "spec": str(task), "x": x, "y": y.cpu(), "mean": post.mean.cpu(),
+            "spread": post.spread.cpu(), "seconds": time.perf_counter() - t0,
             "solvers": post.meta["provenance"]["solvers"], "priors": post.meta["provenance"]["priors"], **extra}
     return with_bootstrap(restorer, unit, fam)
 
@@ -496,6 +498,8 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the solver runs (cuda: a lent GPU, e.g. for the slow "
+                    "paper presets, scripts/calibrate_on_device.sh); the runs are cached and fitted on the CPU")
     ap.add_argument("--runs", default="runs/calibration")
     ap.add_argument("--sigmas", default=None, help="comma-separated noise levels on [0, 1] replacing the grid's "
                     "(a quick or extra fit)")
@@ -522,8 +526,8 @@ def main(argv=None):
     from restore.solvers import base
 
     # one table is one prior's, for every family (VBLE would otherwise pick its CAE rate per family)
-    restorer = Restorer(args.solver, args.prior or base.solver_class(args.solver).default_prior, calibrate=False,
-                        quant=args.quant, **options)
+    restorer = Restorer(args.solver, args.prior or base.solver_class(args.solver).default_prior, args.device,
+                        calibrate=False, quant=args.quant, **options)
     prior = restorer.prior().name  # NAME@SCHEME when the solver runs it quantised (RED-Diff: int8)
     families = supported_families(restorer.solver) if args.families == "all" else args.families.split(",")
     unknown = set(families) - set(GRID)
