@@ -194,7 +194,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from restore.api import Restorer
     from restore.train.tune import parse_grid
-    from restore.priors.registry import options_key
     from restore.tasks import parse
 
     options = {k: v[0] for k, v in parse_grid(args.options).items()}
