@@ -214,8 +214,8 @@ def _single(title: str):
 def _uncertainty(data: dict) -> str:
     from benchmarks.uncertainty import COLUMNS
 
-    settings = ", ".join(f"{k}={v}" for k, v in data.get("options", {}).items()) or "default settings"
-    return (f"**Calibrated uncertainty ({', '.join(data['solvers'])}, {settings})**: {data['crop']} px crops, "
+    settings = "" if data.get("options") else ", default settings"  # a preset's rows name it beside the solver
+    return (f"**Calibrated uncertainty ({', '.join(data['solvers'])}{settings})**: {data['crop']} px crops, "
             f"{data['samples']} samples; `_raw` = the solver's own spread, unsuffixed = calibrated "
             "(`models/calibration/`); `below_87` = fraction of images under 87 % coverage; `spearman_ceiling` = the "
             "same rank correlation for the true error's own 5x5 RMS (what a smooth std map can reach); "
