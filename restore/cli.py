@@ -299,8 +299,8 @@ def batch(
 
 def preset_calibration(solver_name: str, preset: str) -> str:
     """How runs of ``solver_name`` under ``preset`` get their uncertainty: 'calibrated: families' where tables fitted
-    with the preset are shipped for the priors it picks per task family (VBLE's CAE rates) and match, else
-    'uncalibrated'."""
+    with the preset are shipped for the priors it picks per task family (VBLE's CAE rates) and match (a family with
+    cells at some of its grid's noise levels only names them: 'denoise (sigma 0.098)'), else 'uncalibrated'."""
     import dataclasses
 
     from restore import calibration
@@ -308,8 +308,10 @@ def preset_calibration(solver_name: str, preset: str) -> str:
     from restore.solvers import base
     from restore.tasks import FAMILIES
 
+    from restore.train.calibration import GRID
+
     solver = base.get(solver_name, preset=preset)
-    covered, stale = set(), []
+    covered, stale = {}, []
     for fam in FAMILIES:
         prior = registry.quantised_name(solver.prior_for(fam), solver.preferred_quant())
         table = registry.calibration_table(solver_name, prior, solver.options)
@@ -318,10 +320,12 @@ def preset_calibration(solver_name: str, preset: str) -> str:
         if reason := calibration.table_mismatch(table, prior, dataclasses.asdict(solver.config), fam,
                                                 solver.options):
             stale.append(reason)
-        elif any(c["family"] == fam for c in table["cells"]):
-            covered.add(fam)
+        elif levels := sorted(c["sigma"] for c in table["cells"] if c["family"] == fam):
+            # a family fitted at some of its grid's noise levels only (a slow preset's first cells) names them
+            part = len(levels) < len(GRID.get(fam, ((),))[0])
+            covered[fam] = f"{fam} (sigma {', '.join(f'{s:.3g}' for s in levels)})" if part else fam
     if covered:
-        return f"calibrated: {', '.join(f for f in FAMILIES if f in covered)}"
+        return f"calibrated: {', '.join(covered[f] for f in FAMILIES if f in covered)}"
     return f"uncalibrated: {stale[0]}" if stale else "uncalibrated"
 
 
