@@ -220,9 +220,9 @@ def main(argv=None):
         rows = summarise(units)
         plot = out.with_name(f"reliability_{out.stem}.png")
         curves = reliability(units, plot) if units else {}
-        write_results("uncertainty", {"solvers": list(labels.values()), "options": options, "crop": args.crop, "samples": args.samples,
-                                      "levels": list(LEVELS), "rows": rows, "curves": curves, "plot": plot.name,
-                                      "units": units}, args.out)
+        write_results("uncertainty", {"solvers": list(labels.values()), "options": options, "crop": args.crop,
+                                      "samples": args.samples, "levels": list(LEVELS), "rows": rows,
+                                      "curves": curves, "plot": plot.name, "units": units}, args.out)
         return rows
 
     for solver, label in labels.items():

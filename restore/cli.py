@@ -307,7 +307,6 @@ def preset_calibration(solver_name: str, preset: str) -> str:
     from restore.priors import registry
     from restore.solvers import base
     from restore.tasks import FAMILIES
-
     from restore.train.calibration import GRID
 
     solver = base.get(solver_name, preset=preset)

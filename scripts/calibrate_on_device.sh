@@ -1,5 +1,5 @@
 #!/bin/bash
-# The slow paper presets' calibration tables (RED-Diff, PnP-ULA, APS, ScoreDVI: 3-20 min a crop on this CPU) on a
+# The slow paper presets' calibration tables (RED-Diff, PnP-ULA, APS, ScoreDVI: 0.5-10 min a run on this CPU) on a
 # lent GPU: runs cells for MINUTES, fits the finished ones, leaves the tables and logs in $OUT
 # (scripts/calibrate_on_device.py says how). A rerun on the same warm machine resumes from runs/calibration-paper.
 #   prepare here:  mkdir -p train_data && cp -r ../shared/data/BSD432-train train_data/   (ignored)
