@@ -7,11 +7,12 @@
 On this CPU a calibration run (96 px, 8 samples, one thread) of the paper presets takes 33 s for RED-Diff (100 steps)
 and 1.5-10 min for APS (16 x 30 steps), PnP-ULA (500 iterations) and ScoreDVI (400 iterations), and a table needs
 about 72 runs a cell: hours to days. On a GPU a run takes seconds. Each solver gets one process (they share the
-GPU), which works through its cells in :data:`CELL_ORDER` (the benchmark's tasks first), each cell one
+GPU), which works through its cells in :data:`CELL_ORDER` (the benchmark's tasks first; cells its table already
+holds at the current settings are skipped, e.g. RED-Diff's, fitted on this CPU), each cell one
 ``python -m restore.train.calibration --options preset=paper`` call whose runs are cached under ``--runs`` (a rerun
 on the same warm machine resumes). At the deadline the processes
-stop; every cell whose runs are all cached is then fitted (``--fit-only``, one call per family, since a family's
-fit replaces all its noise levels) into ``models/calibration/SOLVER.PRIOR+preset=paper.json``, and the tables and
+stop; every cell whose runs are all cached is then fitted (``--fit-only``, one call per family, naming the levels
+it ran; the table's other cells stay) into ``models/calibration/SOLVER.PRIOR+preset=paper.json``, and the tables and
 logs are copied to ``--out-dir`` ($OUT). Commit them with MODELS.md rows and rerun
 ``python -m benchmarks.calibration --source quality_paper_quick`` on the CPU.
 """
@@ -49,6 +50,40 @@ def cells_for(solver: str) -> list[tuple[str, str | None]]:
     return [(f, s) for f, s in CELL_ORDER if f in families]
 
 
+def preset_table(solver: str, args):
+    """The paper preset's restorer (uncalibrated) and the path of its table (``--tables-dir`` or the shipped one)."""
+    from restore.api import Restorer
+    from restore.priors import registry
+
+    restorer = Restorer(solver, calibrate=False, preset="paper")
+    path = registry.calibration_table_path(solver, restorer.prior().name, restorer.solver.options)
+    return restorer, (Path(args.tables_dir) / path.name if args.tables_dir else path)
+
+
+def cells_to_fit(solver: str, args) -> list[tuple[str, str | None]]:
+    """:func:`cells_for` without the cells the preset's table already holds at the current settings, prior and
+    sample count (fitted on the CPU, or by an earlier lease): their runs are not on the device, and a refit of other
+    levels keeps them (``restore.train.calibration.kept_cells``)."""
+    import dataclasses
+
+    from restore.priors import registry
+    from restore.provenance import canonical
+    from restore.train.calibration import GRID, kept_cells, same_level
+
+    restorer, path = preset_table(solver, args)
+    held = []
+    if path.exists():
+        config = canonical(dataclasses.asdict(restorer.solver.config))
+        held = kept_cells(json.loads(path.read_text()), [], config, canonical(restorer.solver.options),
+                          registry.digest(restorer.prior().name), args.samples or 8)
+
+    def fitted(family: str, level: float) -> bool:
+        return any(c["family"] == family and same_level(c["sigma"], level) for c in held)
+
+    return [(f, s) for f, s in cells_for(solver)
+            if not all(fitted(f, float(v)) for v in (s.split(",") if s else GRID[f][0]))]
+
+
 def cell_args(solver: str, family: str, sigmas: str | None, args) -> list[str]:
     cmd = [sys.executable, "-m", "restore.train.calibration", "--solver", solver, "--options", "preset=paper",
            "--device", args.device, "--runs", args.runs, "--data", args.data, "--threads", str(args.threads),
@@ -64,7 +99,7 @@ def cell_args(solver: str, family: str, sigmas: str | None, args) -> list[str]:
 def work_through(solver: str, args, deadline: float, log) -> list[tuple[str, str | None]]:
     """Run ``solver``'s cells in order until the deadline; the cells that finished (their one-cell fit wrote)."""
     done = []
-    for family, sigmas in cells_for(solver):
+    for family, sigmas in cells_to_fit(solver, args):
         left = deadline - time.time()
         if left < 5:
             break
@@ -89,14 +124,9 @@ def work_through(solver: str, args, deadline: float, log) -> list[tuple[str, str
 
 
 def assemble(solver: str, done: list[tuple[str, str | None]], args, log) -> Path | None:
-    """Fit the finished cells into the solver's preset table, one ``--fit-only`` call per family."""
-    from restore.api import Restorer
-    from restore.priors import registry
-
-    restorer = Restorer(solver, calibrate=False, preset="paper")
-    path = registry.calibration_table_path(solver, restorer.prior().name, restorer.solver.options)
-    if args.tables_dir:
-        path = Path(args.tables_dir) / path.name
+    """Fit the finished cells into the solver's preset table, one ``--fit-only`` call per family (naming the levels
+    it ran, so the table's cells at other levels stay)."""
+    _, path = preset_table(solver, args)
     by_family: dict[str, list[str]] = {}
     for family, sigmas in done:
         by_family.setdefault(family, []).extend(sigmas.split(",") if sigmas else [])

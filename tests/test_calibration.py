@@ -466,6 +466,31 @@ def test_a_partial_refit_keeps_the_cells_whose_family_runs_unchanged():
     assert [c["family"] for c in kept_cells(old, ["inpaint-region"], lang, {}, "d1", 8)] == ["denoise", "sr4"]
 
 
+def test_a_refit_naming_noise_levels_replaces_only_those_cells_of_its_family():
+    # `--sigmas` refits those levels: the family's cells at other levels stay (fitted earlier, or on another machine
+    # whose cached runs are not here), unless they went stale like any other kept cell
+    import dataclasses
+
+    from restore.provenance import canonical
+    from restore.solvers import base
+    from restore.train.calibration import kept_cells
+
+    now = canonical(dataclasses.asdict(base.get("reddiff").config))
+    cells = [{"family": "denoise", "sigma": 0.098039}, {"family": "denoise", "sigma": 0.196078},
+             {"family": "deblur", "sigma": 0.01}]
+    old = {"features": list(cal.FEATURES), "prior_digest": "d1", "n_samples": 8, "solver_config": now,
+           "cells": cells}
+
+    def kept(levels):
+        return [(c["family"], c["sigma"]) for c in kept_cells(old, ["denoise"], now, {}, "d1", 8, levels)]
+
+    assert kept({"denoise": [0.058823529]}) == [("denoise", 0.098039), ("denoise", 0.196078), ("deblur", 0.01)]
+    assert kept({"denoise": [50 / 255]}) == [("denoise", 0.098039), ("deblur", 0.01)]  # the cell's own level goes
+    assert kept({"denoise": [25 / 255, 50 / 255]}) == [("deblur", 0.01)]
+    assert kept(None) == [("deblur", 0.01)]  # the whole grid refitted
+    assert kept_cells(old, ["denoise"], now, {}, "d2", 8, {"denoise": [0.01]}) == []  # another prior: nothing kept
+
+
 def test_dropping_the_cells_of_changed_families_keeps_the_rest_valid():
     """``--drop``: a default changed for some families before their refit removes just their cells and records the
     new config, so those families fall back to the raw spread while the others stay calibrated; a kept cell whose
@@ -1044,7 +1069,7 @@ def test_camera_noise_at_sigma_auto_takes_the_camera_cell(clean_rgb):
     assert not gauss.meta["uncertainty"]["cell"].startswith(cal.CAMERA_NOTE)
 
 
-def test_device_script_plans_the_benchmark_cells_first_and_only_the_families_a_preset_runs():
+def test_device_script_plans_the_benchmark_cells_first_and_only_the_families_a_preset_runs(tmp_path):
     # scripts/calibrate_on_device.py: what a lent GPU fits first for the slow paper presets, and the calls it makes
     import argparse
     import importlib.util
@@ -1069,6 +1094,17 @@ def test_device_script_plans_the_benchmark_cells_first_and_only_the_families_a_p
     assert planned == {(f, round(s, 4)) for f in families for s in tcal.GRID[f][0]}
     args = argparse.Namespace(device="cuda", runs="r", data="d", threads=2, fit=None, cal=9, heldout=None,
                               crop=None, samples=None)
+    # a lease skips the cells the preset's table already holds (RED-Diff's, fitted on this CPU), not the others
+    shipped = {(c["family"], round(c["sigma"], 4)) for c in
+               json.loads(Path(root / "models" / "calibration" / "reddiff.score-natural+preset=paper.json")
+                          .read_text())["cells"]}
+    assert ("denoise", 0.098) in shipped and ("deblur", 0.01) in shipped
+    lease = argparse.Namespace(tables_dir=None, samples=None)
+    todo = {(f, round(float(s), 4)) for f, sigmas in script.cells_to_fit("reddiff", lease)
+            for s in (sigmas.split(",") if sigmas else tcal.GRID[f][0])}
+    assert todo and not todo & shipped and todo | shipped == planned
+    assert script.cells_to_fit("reddiff", argparse.Namespace(tables_dir=str(tmp_path), samples=None)) == reddiff
+    assert script.cells_to_fit("reddiff", argparse.Namespace(tables_dir=None, samples=4)) == reddiff  # other K
     cmd = script.cell_args("reddiff", "deblur", "0.01", args)
     assert cmd[1:] == ["-m", "restore.train.calibration", "--solver", "reddiff", "--options", "preset=paper",
                        "--device", "cuda", "--runs", "r", "--data", "d", "--threads", "2", "--families", "deblur",

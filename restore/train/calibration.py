@@ -364,17 +364,30 @@ def _rank_corr(a, b) -> float | None:
 
 
 def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prior_digest: str | None,
-               samples: int) -> list[dict]:
+               samples: int, levels: dict[str, list[float]] | None = None) -> list[dict]:
     """The cells of the ``old`` table that a partial refit of the ``refitted`` families keeps: those of other families
     fitted on the same features, prior weights and sample count, with solver settings that run their family the same
     way as ``config`` does (a per-family default changed for another family, e.g. PMRF's deblurring mean source,
-    leaves them valid; a family such as 'inpaint-region' counts apart from its kind's other families). Anything else
-    is dropped, and a table with nothing kept is replaced as a whole."""
+    leaves them valid; a family such as 'inpaint-region' counts apart from its kind's other families). ``levels``
+    (family -> noise levels on [0, 1], from ``--sigmas``) narrows a family's refit to those levels: its cells at
+    other levels are kept under the same conditions, so a cell fitted later (e.g. on a lent GPU, whose cached runs
+    stay there) joins the ones fitted before. Anything else is dropped, and a table with nothing kept is replaced as
+    a whole."""
     if (old.get("features") != list(cal.FEATURES) or old.get("prior_digest") != prior_digest
             or old.get("n_samples") != samples or "solver_config" not in old):
         return []
-    return [c for c in old.get("cells", []) if c["family"] not in refitted and c["family"] in GRID
+
+    def replaced(cell: dict) -> bool:
+        named = (levels or {}).get(cell["family"])
+        return cell["family"] in refitted and (named is None or any(same_level(cell["sigma"], s) for s in named))
+
+    return [c for c in old.get("cells", []) if not replaced(c) and c["family"] in GRID
             and not runs_otherwise(old, config, options, c["family"])]
+
+
+def same_level(a: float, b: float) -> bool:
+    """Whether two noise levels name the same cell (a cell stores its level to 6 decimals)."""
+    return abs(a - b) <= 1e-6 + 1e-4 * max(a, b)
 
 
 def runs_otherwise(old: dict, config: dict, options: dict, family: str) -> list[str]:
@@ -502,7 +515,7 @@ def main(argv=None):
                     "paper presets, scripts/calibrate_on_device.sh); the runs are cached and fitted on the CPU")
     ap.add_argument("--runs", default="runs/calibration")
     ap.add_argument("--sigmas", default=None, help="comma-separated noise levels on [0, 1] replacing the grid's "
-                    "(a quick or extra fit)")
+                    "(a quick or extra fit); only those levels' cells are replaced, the family's others kept")
     ap.add_argument("--out", default=None, help="table path (default models/calibration/SOLVER.PRIOR.json, with "
                     "--options SOLVER.PRIOR+k=v.json: registry.calibration_table)")
     ap.add_argument("--quant", default=None, help="quantisation scheme (default: the solver's own, e.g. RED-Diff's "
@@ -575,8 +588,9 @@ def main(argv=None):
                   f"{cells[-1].get('prior_held_out_images', {})}", flush=True)
     config = canonical(dataclasses.asdict(restorer.solver.config))
     old = json.loads(out.read_text()) if out.exists() else {}
+    levels = {f: [float(v) for v in args.sigmas.split(",")] for f in families} if args.sigmas else None
     keep = kept_cells(old, families, config, canonical(restorer.solver.options), registry.digest(prior),
-                      args.samples)
+                      args.samples, levels)
     images = [{"source": p.name, "crop": args.crop,
                "fit_and_cal": ("random crops of files the priors trained on (not their 8 held-out files)"
                                if p.trained else "random crops of photos no prior trained on"),
