@@ -386,7 +386,8 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
 
 
 def same_level(a: float, b: float) -> bool:
-    """Whether two noise levels name the same cell (a cell stores its level to 6 decimals)."""
+    """Whether two noise levels name the same cell (a cell stores the level its fit was given: 0.098039 or
+    0.09803921568627451 for 25/255)."""
     return abs(a - b) <= 1e-6 + 1e-4 * max(a, b)
 
 
