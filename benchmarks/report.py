@@ -260,6 +260,7 @@ RENDER = {"quality": _quality, "quality_paper_quick": _quality, "quality_quick":
           "uncertainty_langevin": _uncertainty, "uncertainty_aps": _uncertainty,
           "uncertainty_scoredvi": _uncertainty, "uncertainty": _uncertainty,
           "uncertainty_paper_pmrf": _uncertainty, "uncertainty_paper_vble": _uncertainty,
+          "uncertainty_paper_reddiff": _uncertainty,
           "calibration": _calibration, "calibration_paper_quick": _calibration, "calibration_quick": _calibration,
           "priors": _priors, "denoiser": _denoiser, "denoiser_quick": _denoiser, "pmrf": _pmrf, "pmrf_quick": _pmrf,
           "aps": _single("APS ablation on held-out BSD432 crops (paper steps)"),
