@@ -385,6 +385,12 @@ GROUPED = "; for the observed and the missing pixels separately (each group cali
 
 # ---- tables ----------------------------------------------------------------------------------------------------
 
+def at_level(cell: dict, sigma: float) -> bool:
+    """Whether a run at noise level ``sigma`` takes ``cell`` as its own (within :data:`SIGMA_MATCH` of the level it
+    was fitted at); a refit at ``sigma`` replaces that cell (``restore.train.calibration.kept_cells``)."""
+    return abs(sigma - cell["sigma"]) <= SIGMA_MATCH * cell["sigma"]
+
+
 def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, str]:
     """(cell, status, note) for a family and noise level: the grid cell ('calibrated'), a blend of the two
     neighbours in log sigma ('approximate'), or None ('uncalibrated') outside the grid."""
@@ -392,7 +398,7 @@ def find_cell(table: dict, fam: str, sigma: float) -> tuple[dict | None, str, st
     if not cells:
         return None, "uncalibrated", f"no cell for {fam} in {table['file']}"
     for c in cells:
-        if abs(sigma - c["sigma"]) <= SIGMA_MATCH * c["sigma"]:
+        if at_level(c, sigma):
             return c, "calibrated", f"{fam} at noise sigma {c['sigma']:.4g}"
     grid = ", ".join(f"{c['sigma']:.4g}" for c in cells)
     for a, b in zip(cells, cells[1:]):

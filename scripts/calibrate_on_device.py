@@ -66,9 +66,10 @@ def cells_to_fit(solver: str, args) -> list[tuple[str, str | None]]:
     levels keeps them (``restore.train.calibration.kept_cells``)."""
     import dataclasses
 
+    from restore.calibration import at_level
     from restore.priors import registry
     from restore.provenance import canonical
-    from restore.train.calibration import GRID, kept_cells, same_level
+    from restore.train.calibration import GRID, kept_cells
 
     restorer, path = preset_table(solver, args)
     held = []
@@ -78,7 +79,7 @@ def cells_to_fit(solver: str, args) -> list[tuple[str, str | None]]:
                           registry.digest(restorer.prior().name), args.samples or 8)
 
     def fitted(family: str, level: float) -> bool:
-        return any(c["family"] == family and same_level(c["sigma"], level) for c in held)
+        return any(c["family"] == family and at_level(c, level) for c in held)
 
     return [(f, s) for f, s in cells_for(solver)
             if not all(fitted(f, float(v)) for v in (s.split(",") if s else GRID[f][0]))]

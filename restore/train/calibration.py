@@ -379,16 +379,10 @@ def kept_cells(old: dict, refitted: list[str], config: dict, options: dict, prio
 
     def replaced(cell: dict) -> bool:
         named = (levels or {}).get(cell["family"])
-        return cell["family"] in refitted and (named is None or any(same_level(cell["sigma"], s) for s in named))
+        return cell["family"] in refitted and (named is None or any(cal.at_level(cell, s) for s in named))
 
     return [c for c in old.get("cells", []) if not replaced(c) and c["family"] in GRID
             and not runs_otherwise(old, config, options, c["family"])]
-
-
-def same_level(a: float, b: float) -> bool:
-    """Whether two noise levels name the same cell (a cell stores the level its fit was given: 0.098039 or
-    0.09803921568627451 for 25/255)."""
-    return abs(a - b) <= 1e-6 + 1e-4 * max(a, b)
 
 
 def runs_otherwise(old: dict, config: dict, options: dict, family: str) -> list[str]:
