@@ -69,14 +69,14 @@ def cells_to_fit(solver: str, args) -> list[tuple[str, str | None]]:
     from restore.calibration import at_level
     from restore.priors import registry
     from restore.provenance import canonical
-    from restore.train.calibration import GRID, kept_cells
+    from restore.train.calibration import GRID, SAMPLES, kept_cells
 
     restorer, path = preset_table(solver, args)
     held = []
     if path.exists():
         config = canonical(dataclasses.asdict(restorer.solver.config))
         held = kept_cells(json.loads(path.read_text()), [], config, canonical(restorer.solver.options),
-                          registry.digest(restorer.prior().name), args.samples or 8)
+                          registry.digest(restorer.prior().name), args.samples or SAMPLES)
 
     def fitted(family: str, level: float) -> bool:
         return any(c["family"] == family and at_level(c, level) for c in held)

@@ -94,6 +94,7 @@ SOLVER_FEATURES = {"pmrf": (cal.BOOT_FEATURES, ("denoise", "deblur", "sr2", "sr4
 # 2000+.
 EXTRA_FIT = {"deblur": 24}
 PRIOR_HELD_OUT = 8  # the priors' training scripts hold out the last 8 files of BSD432-train
+SAMPLES = 8  # posterior samples a calibration run draws (--samples); runs with another K are only approximate
 FIT_PIXELS = 20_000  # pixels per fit image in the least squares (plenty for len(FEATURES) weights)
 
 
@@ -503,7 +504,7 @@ def main(argv=None):
     ap.add_argument("--cal", type=int, default=60)
     ap.add_argument("--heldout", type=int, default=4, help="crops of the priors' held-out files (for the gap)")
     ap.add_argument("--crop", type=int, default=96)
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=SAMPLES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where the solver runs (cuda: a lent GPU, e.g. for the slow "
