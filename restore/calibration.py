@@ -140,11 +140,12 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
     """The per-pixel signals behind the error scale, (len(names), C, H, W) for a (1, C, H, W) mean, in the order of
     ``names`` (default :data:`FEATURES`; a table passes its own list): the spread and the mean's local contrast (per
     channel and channel-averaged) and the data-fit residual A^T(y - A mean) at a few window sizes, how much of the
-    neighbourhood the operator observes, the brightness, and two per-image numbers: the log of the operator's Wiener
+    neighbourhood the operator observes, the brightness, and per-image numbers: the log of the operator's Wiener
     error (:func:`wiener_rmse`, ``log_wiener``) and of its blur's elongation (:func:`kernel_anisotropy`,
-    ``log_anisotropy``), and the parametric bootstrap's (:data:`BOOT_FEATURES`: the local and the whole-image RMS of
-    ``boot - mean``). A name is ``log_<signal>_<window>``, "bias", "brightness", "log_wiener", "log_anisotropy" or
-    "log_boot_image".
+    ``log_anisotropy``), how much the blur is a motion blur (:func:`motion_share`, ``motion``) and its product with
+    the first (``log_wiener_motion``), and the parametric bootstrap's (:data:`BOOT_FEATURES`: the local and the
+    whole-image RMS of ``boot - mean``). A name is ``log_<signal>_<window>``, "bias", "brightness", "log_wiener",
+    "log_anisotropy", "motion", "log_wiener_motion" or "log_boot_image".
 
     mean, spread: the solver's estimate and its samples' std, [0, 1] units; y: the observation; physics: its
     deepinv operator (noiseless ``A`` / ``A_adjoint`` are used); boot: the bootstrap estimate (:func:`bootstrap`),
@@ -170,6 +171,11 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
                 return torch.full_like(mean, math.log(wiener_rmse(physics, tuple(mean.shape))))
             if name == "log_anisotropy":
                 return torch.full_like(mean, kernel_anisotropy(physics, tuple(mean.shape)))
+            if name == "motion":
+                return torch.full_like(mean, motion_share(physics, tuple(mean.shape)))
+            if name == "log_wiener_motion":
+                shape = tuple(mean.shape)
+                return torch.full_like(mean, math.log(wiener_rmse(physics, shape)) * motion_share(physics, shape))
             if name == "brightness":
                 return mean
             if name.startswith("log_boot"):
@@ -246,10 +252,23 @@ def kernel_anisotropy(physics, shape: tuple[int, ...]) -> float:
         return math.log((high + 0.25) / (max(low, 0.0) + 0.25))
 
 
+MOTION_ANISOTROPY = 0.3  # the elongation (kernel_anisotropy) at which a blur counts as three quarters motion
+
+
+def motion_share(physics, shape: tuple[int, ...]) -> float:
+    """How much the operator's blur is a motion (camera-shake) blur rather than an isotropic one, in [0, 1): tanh of
+    :func:`kernel_anisotropy` over :data:`MOTION_ANISOTROPY`; 0 for Gaussian blur, 0.75-1 for motion kernels. With
+    its product with ``log_wiener`` it lets the error scale follow kernel width one way for isotropic blur and
+    another for motion blur (a learned solver's tail of errors grows with a Gaussian kernel's width, not with a
+    motion kernel's length)."""
+    return math.tanh(kernel_anisotropy(physics, shape) / MOTION_ANISOTROPY)
+
+
 def known_feature(name: str) -> bool:
     """Whether :func:`features` computes ``name`` (a table naming another one needs a newer restore)."""
     kind, _, size = name.rpartition("_")
-    return (name in ("bias", "brightness", "log_wiener", "log_anisotropy", "log_boot_image")
+    return (name in ("bias", "brightness", "log_wiener", "log_anisotropy", "motion", "log_wiener_motion",
+                     "log_boot_image")
             or (kind in WINDOWED and size.isdigit() and int(size) % 2 == 1))
 
 
