@@ -192,7 +192,7 @@ def test_console_script_installed(tmp_path):
     # RED-Diff's paper table, fitted on this CPU cell by cell: a family fitted at some of its grid's noise levels
     # names them (denoising), one fitted at all of them does not (deblurring at 0.01 and 0.03)
     reddiff = next(line for line in res.stdout.splitlines() if line.strip().startswith("reddiff"))
-    assert ("-O preset=paper (calibrated: denoise (sigma 0.0588, 0.098, 0.196), deblur, sr2, sr4, "
+    assert ("-O preset=paper (calibrated: denoise (sigma 0.0196, 0.0588, 0.098, 0.196), deblur, sr2, sr4, "
             "inpaint-random, inpaint-region)") in reddiff, reddiff
     # PMRF's and VBLE's paper presets ship their own tables (SOLVER.PRIOR+preset=paper.json; VBLE's over its 3 CAEs)
     for name in ("pmrf", "vble"):
