@@ -80,9 +80,10 @@ def flat_window(fam: str, i: int) -> bool:
 EXTRA_FEATURES = {"deblur": ("log_wiener", "log_anisotropy", "motion", "log_wiener_motion")}
 # the per-image signals whose weights a second stage refits (:func:`image_stage`). The first stage fits the mean of
 # log|error|, but how far the error's tail reaches past that mean differs between kernels too: with one stage PMRF's
-# calibration crops covered 0.94 at Gaussian sigma 1 and 0.84-0.85 at sigma 2-3 under the pooled 90 % multiplier
-# (motion kernels 0.93-0.96; std across the 8 kernels 0.041); the second stage, fitted on the fit crops' own 90 %
-# score quantiles, brought them to 0.90 / 0.88-0.91 (std 0.019, 2026-12-07, docs/calibration.md)
+# calibration crops covered 0.83-0.96 per kernel under the pooled 90 % multiplier (sd over the 8 kernels 0.051 at
+# noise 0.01, Gaussian sigma 2-3 lowest); the second stage, fitted on the 96 fit crops' own 90 % score quantiles,
+# 0.86-0.95 (sd 0.029), and with each kernel left out of the fit mean |coverage - 0.9| 0.053 -> 0.033 (2026-12-07,
+# docs/calibration.md)
 IMAGE_STAGE = {"deblur": ("bias", "log_wiener", "motion", "log_wiener_motion")}
 IMAGE_STAGE_LEVEL = 0.9
 # signals a solver's cells add (after the family's), and the families whose cells do: PMRF's parametric bootstrap
