@@ -162,20 +162,26 @@ def features(mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, physics,
         def observed():
             return observed_weight(physics, mean)
 
+        # the operator's per-image numbers, each probed once however many names use it
+        def log_wiener() -> float:
+            return once("log_wiener", lambda: math.log(wiener_rmse(physics, tuple(mean.shape))))
+
+        def anisotropy() -> float:
+            return once("anisotropy", lambda: kernel_anisotropy(physics, tuple(mean.shape)))
+
         def signal(name: str) -> torch.Tensor:
             if not known_feature(name):
                 raise ValueError(f"unknown calibration feature {name!r}")
             if name == "bias":
                 return torch.ones_like(mean)
             if name == "log_wiener":
-                return torch.full_like(mean, math.log(wiener_rmse(physics, tuple(mean.shape))))
+                return torch.full_like(mean, log_wiener())
             if name == "log_anisotropy":
-                return torch.full_like(mean, kernel_anisotropy(physics, tuple(mean.shape)))
+                return torch.full_like(mean, anisotropy())
             if name == "motion":
-                return torch.full_like(mean, motion_share(physics, tuple(mean.shape)))
+                return torch.full_like(mean, motion_share(anisotropy()))
             if name == "log_wiener_motion":
-                shape = tuple(mean.shape)
-                return torch.full_like(mean, math.log(wiener_rmse(physics, shape)) * motion_share(physics, shape))
+                return torch.full_like(mean, log_wiener() * motion_share(anisotropy()))
             if name == "brightness":
                 return mean
             if name.startswith("log_boot"):
@@ -255,13 +261,13 @@ def kernel_anisotropy(physics, shape: tuple[int, ...]) -> float:
 MOTION_ANISOTROPY = 0.3  # the elongation (kernel_anisotropy) at which a blur counts as three quarters motion
 
 
-def motion_share(physics, shape: tuple[int, ...]) -> float:
-    """How much the operator's blur is a motion (camera-shake) blur rather than an isotropic one, in [0, 1): tanh of
-    :func:`kernel_anisotropy` over :data:`MOTION_ANISOTROPY`; 0 for Gaussian blur, 0.75-1 for motion kernels. With
-    its product with ``log_wiener`` it lets the error scale follow kernel width one way for isotropic blur and
-    another for motion blur (a learned solver's tail of errors grows with a Gaussian kernel's width, not with a
-    motion kernel's length)."""
-    return math.tanh(kernel_anisotropy(physics, shape) / MOTION_ANISOTROPY)
+def motion_share(anisotropy: float) -> float:
+    """How much a blur of elongation ``anisotropy`` (:func:`kernel_anisotropy`) is a motion (camera-shake) blur
+    rather than an isotropic one, in [0, 1): tanh of it over :data:`MOTION_ANISOTROPY`; 0 for Gaussian blur, 0.75-1
+    for motion kernels. With its product with ``log_wiener`` it lets the error scale follow kernel width one way for
+    isotropic blur and another for motion blur (a learned solver's tail of errors grows with a Gaussian kernel's
+    width, not with a motion kernel's length)."""
+    return math.tanh(anisotropy / MOTION_ANISOTROPY)
 
 
 def known_feature(name: str) -> bool:

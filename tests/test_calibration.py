@@ -655,7 +655,7 @@ def test_kernel_anisotropy_tells_motion_kernels_from_isotropic_operators():
     assert 0.75 < share < 1 and torch.allclose(feat[1], torch.full_like(x[0], share))
     assert torch.allclose(feat[2], torch.full_like(x[0], math.log(cal.wiener_rmse(physics, shape)) * share))
     gauss = parse("deblur:gaussian:sigma=2,noise=0.01").physics(shape)
-    assert cal.motion_share(gauss, shape) == 0.0
+    assert cal.motion_share(cal.kernel_anisotropy(gauss, shape)) == 0.0
     assert cal.known_feature("motion") and cal.known_feature("log_wiener_motion")
 
 
