@@ -297,6 +297,15 @@ def batch(
         raise typer.Exit(1)
 
 
+def family_coverage(fam: str, levels: list[float], grid_size: int) -> str:
+    """How ``restore list`` names a task family whose table has cells at noise ``levels`` of a grid of ``grid_size``:
+    the family alone when every grid level is fitted, else with its fitted levels ('denoise (sigma 0.098)': a slow
+    preset's first cells)."""
+    if len(levels) >= grid_size:
+        return fam
+    return f"{fam} (sigma {', '.join(f'{s:.3g}' for s in sorted(levels))})"
+
+
 def preset_calibration(solver_name: str, preset: str) -> str:
     """How runs of ``solver_name`` under ``preset`` get their uncertainty: 'calibrated: families' where tables fitted
     with the preset are shipped for the priors it picks per task family (VBLE's CAE rates) and match (a family with
@@ -319,10 +328,8 @@ def preset_calibration(solver_name: str, preset: str) -> str:
         if reason := calibration.table_mismatch(table, prior, dataclasses.asdict(solver.config), fam,
                                                 solver.options):
             stale.append(reason)
-        elif levels := sorted(c["sigma"] for c in table["cells"] if c["family"] == fam):
-            # a family fitted at some of its grid's noise levels only (a slow preset's first cells) names them
-            part = len(levels) < len(GRID.get(fam, ((),))[0])
-            covered[fam] = f"{fam} (sigma {', '.join(f'{s:.3g}' for s in levels)})" if part else fam
+        elif levels := [c["sigma"] for c in table["cells"] if c["family"] == fam]:
+            covered[fam] = family_coverage(fam, levels, len(GRID.get(fam, ((),))[0]))
     if covered:
         return f"calibrated: {', '.join(covered[f] for f in FAMILIES if f in covered)}"
     return f"uncalibrated: {stale[0]}" if stale else "uncalibrated"

@@ -205,6 +205,16 @@ def test_console_script_installed(tmp_path):
     assert tasks["sr:bicubic"] == "reddiff (pmrf at factor=2)"  # a parameter-level exception is listed beside it
 
 
+def test_list_names_a_familys_fitted_levels_only_while_some_are_missing():
+    """A preset's table fitted cell by cell names the noise levels it has until the grid is complete."""
+    from restore.train.calibration import GRID
+
+    grid = len(GRID["denoise"][0])
+    assert cli.family_coverage("denoise", [0.098, 0.0196], grid) == "denoise (sigma 0.0196, 0.098)"
+    assert cli.family_coverage("denoise", list(GRID["denoise"][0]), grid) == "denoise"
+    assert cli.family_coverage("deblur", [0.03, 0.01], len(GRID["deblur"][0])) == "deblur"
+
+
 def test_bench_unknown_name_lists_known():
     r = invoke("bench", "nope")
     assert r.exit_code == 2 and "unknown benchmark 'nope'" in r.output and "quality" in r.output
