@@ -1109,14 +1109,21 @@ def test_device_script_plans_the_benchmark_cells_first_and_only_the_families_a_p
     args = argparse.Namespace(device="cuda", runs="r", data="d", threads=2, fit=None, cal=9, heldout=None,
                               crop=None, samples=None)
     # a lease skips the cells the preset's table already holds (RED-Diff's, fitted on this CPU), not the others
-    shipped = {(c["family"], round(c["sigma"], 4)) for c in
-               json.loads(Path(root / "models" / "calibration" / "reddiff.score-natural+preset=paper.json")
-                          .read_text())["cells"]}
-    assert ("denoise", 0.098) in shipped and ("deblur", 0.01) in shipped
-    lease = argparse.Namespace(tables_dir=None, samples=None)
+    name = "reddiff.score-natural+preset=paper.json"
+    table = json.loads(Path(root / "models" / "calibration" / name).read_text())
+    shipped = {(c["family"], round(c["sigma"], 4)) for c in table["cells"]}
+    assert shipped == planned  # every cell of its grid, the last (2.55/255) since 2026-12-08
+    assert script.cells_to_fit("reddiff", argparse.Namespace(tables_dir=None, samples=None)) == []
+    # a table holding part of the grid (two cells taken out) leaves exactly those two to the lease
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    gone = {("denoise", 0.01), ("sr4", 0.01)}
+    (partial / name).write_text(json.dumps(
+        {**table, "cells": [c for c in table["cells"] if (c["family"], round(c["sigma"], 4)) not in gone]}))
+    lease = argparse.Namespace(tables_dir=str(partial), samples=None)
     todo = {(f, round(float(s), 4)) for f, sigmas in script.cells_to_fit("reddiff", lease)
             for s in (sigmas.split(",") if sigmas else tcal.GRID[f][0])}
-    assert todo and not todo & shipped and todo | shipped == planned
+    assert todo == gone
     assert script.cells_to_fit("reddiff", argparse.Namespace(tables_dir=str(tmp_path), samples=None)) == reddiff
     assert script.cells_to_fit("reddiff", argparse.Namespace(tables_dir=None, samples=4)) == reddiff  # other K
     cmd = script.cell_args("reddiff", "deblur", "0.01", args)

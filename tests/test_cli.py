@@ -189,13 +189,9 @@ def test_console_script_installed(tmp_path):
     assert res.returncode == 0 and "langevin" in res.stdout and "deblur:motion" in res.stdout
     aps = next(line for line in res.stdout.splitlines() if line.strip().startswith("aps"))
     assert "presets: -O preset=paper (uncalibrated)" in aps  # no table fitted with APS's paper settings
-    # RED-Diff's paper table, fitted on this CPU cell by cell: a family fitted at some of its grid's noise levels
-    # names them (denoising), one fitted at all of them does not (deblurring at 0.01 and 0.03)
-    reddiff = next(line for line in res.stdout.splitlines() if line.strip().startswith("reddiff"))
-    assert ("-O preset=paper (calibrated: denoise (sigma 0.0196, 0.0588, 0.098, 0.196), deblur, sr2, sr4, "
-            "inpaint-random, inpaint-region)") in reddiff, reddiff
-    # PMRF's and VBLE's paper presets ship their own tables (SOLVER.PRIOR+preset=paper.json; VBLE's over its 3 CAEs)
-    for name in ("pmrf", "vble"):
+    # PMRF's, VBLE's and RED-Diff's paper presets ship their own tables (SOLVER.PRIOR+preset=paper.json; VBLE's over
+    # its 3 CAEs; RED-Diff's fitted on this CPU cell by cell, every grid level now: test_list_names_a_familys_...)
+    for name in ("pmrf", "vble", "reddiff"):
         line = next(line for line in res.stdout.splitlines() if line.strip().startswith(name))
         assert "-O preset=paper (calibrated: denoise, deblur, sr2, sr4, inpaint-random, inpaint-region)" in line, line
     # each task variant names the solver that runs when none is given (restore.api.RECOMMENDED)
