@@ -77,18 +77,17 @@ def test_installed_restore_lists_restores_and_serves(installed):
     for prior in ("score-natural", "cae-natural-q2", "flow-natural", "tokens-natural"):
         assert any(prior in line and "ready" in line for line in listing.splitlines()), listing
     iio.imwrite(root / "tiny.png", skimage.data.astronaut()[100:132, 180:212])
-    # one tiny restore on every shipped prior kind, with cut-down settings: the first through the console script, the
-    # others through the installed CLI's main() in one interpreter (IN_ONE_PROCESS)
+    # one tiny restore on every shipped prior kind, with cut-down settings, and `ui --help`, through the installed
+    # CLI's main() in one interpreter (IN_ONE_PROCESS); `restore list` above went through the console script
     runs = [("pmrf", "flow-natural", []), ("reddiff", "score-natural", ["-O", "steps=3"]),
             ("vble", "cae-natural-q2", ["-O", "iterations=5", "-O", "stat_samples=4"]),
             ("aps", "tokens-natural", ["-O", "steps=2", "-O", "inner_steps=1"])]
     argv = [["tiny.png", "--simulate", "-t", "denoise:gaussian:sigma=0.1", "-s", solver, "-p", prior, "-n", "2",
              "-o", f"out_{solver}", *opts] for solver, prior, opts in runs]
-    _run(root, "restore", *argv[0])
-    where = _run(root, "python", "-c", IN_ONE_PROCESS, json.dumps(argv[1:]))
+    where = _run(root, "python", "-c", IN_ONE_PROCESS, json.dumps([*argv, ["ui", "--help"]]))
     assert "site-packages/restore/_models" in where.splitlines()[0]
+    assert "--host" in where
     for solver, prior, _ in runs:
         meta = json.loads((root / f"out_{solver}" / "meta.json").read_text())
         ran = prior + "@int8" if solver == "reddiff" else prior  # RED-Diff's default int8 denoiser
         assert meta["prior"] == ran and np.load(root / f"out_{solver}" / "std.npy").shape == (32, 32, 3)
-    assert "--host" in _run(root, "restore", "ui", "--help")
