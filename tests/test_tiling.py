@@ -29,7 +29,7 @@ def _smooth_image(h=96, w=224):
 def test_no_seams_in_mean_or_std():
     x = _smooth_image()
     task = parse("denoise:gaussian:sigma=0.1")
-    r = Restorer("langevin", tile=64, overlap=16, tile_above=0, iterations=60)
+    r = Restorer("langevin", tile=64, overlap=16, tile_above=0, iterations=40)
     y = r.simulate(x, task, seed=0)
     post = r(y, task, samples=2, seed=0)
     assert post.meta["tiling"]["tiles"] > 4 and post.mean.shape == x.shape
@@ -39,7 +39,7 @@ def test_no_seams_in_mean_or_std():
     inner = [c for c in range(8, 216) if all(abs(c - s) > 4 for s in seams)]
     assert float(col_err[seams].mean()) < 1.5 * float(col_err[inner].mean())
     assert 0.8 < float(col_std[seams].mean()) / float(col_std[inner].mean()) < 1.2
-    untiled = Restorer("langevin", tile=0, iterations=60)(y, task, samples=2, seed=0)
+    untiled = Restorer("langevin", tile=0, iterations=40)(y, task, samples=2, seed=0)
     assert abs(float((post.mean - x).abs().mean()) - float((untiled.mean - x).abs().mean())) < 0.01
 
 
