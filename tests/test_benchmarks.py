@@ -84,7 +84,7 @@ def test_parallel_units_match_serial_ones(pairs):
     images, _, todo = pairs
     # equality, not quality, is asserted: shorter runs than the fixture's
     short = {"langevin": {"iterations": 30}, "vble": {"iterations": 8}}
-    units = [(t, s, m, {**c, "options": {**c.get("options", {}), **short.get(m, {})}}, i) for t, s, m, c in todo
+    units = [(t, s, m, {**c, "options": {**c["options"], **short[m]}} if m in short else c, i) for t, s, m, c in todo
              for i in range(len(images))]
     serial, parallel = [], []
     quality.run_units(units, images, 2, "cpu", 1, serial.append)
